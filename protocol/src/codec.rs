@@ -1,0 +1,228 @@
+//! The byte-stream codec: an incremental frame decoder and an encoder that writes messages
+//! straight into a reused output buffer.
+
+use bytes::{Buf, BytesMut};
+use rkyv::{
+    api::high::HighSerializer,
+    ser::{Positional, Writer, allocator::Arena, allocator::ArenaHandle},
+};
+
+use crate::{
+    DecodeConfig, Error, Frame, FrameHeader, Message, TraceContext,
+    frame::{LENGTH_PREFIX_LEN, Scan, scan},
+    message::RkyvError,
+};
+
+/// The serializer messages are written with: rkyv's high-level serializer over a frame's output
+/// buffer, with a reused arena for scratch space.
+pub type WireSerializer<'a> = HighSerializer<PayloadWriter<'a>, ArenaHandle<'a>, RkyvError>;
+
+/// An rkyv writer that appends a payload to a frame buffer.
+///
+/// Positions are relative to the payload's start, so the archive is the same bytes wherever in the
+/// buffer it lands (the unaligned format needs no padding to absolute offsets).
+pub struct PayloadWriter<'a> {
+    buffer: &'a mut BytesMut,
+    start: usize,
+}
+
+impl Positional for PayloadWriter<'_> {
+    fn pos(&self) -> usize {
+        self.buffer.len() - self.start
+    }
+}
+
+impl<E> Writer<E> for PayloadWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), E> {
+        self.buffer.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// Appends the rkyv archive of `value` to `buffer`, using `arena` for scratch space.
+pub(crate) fn write_archive<T>(
+    value: &T,
+    buffer: &mut BytesMut,
+    arena: &mut Arena,
+    name: &'static str,
+) -> Result<(), Error>
+where
+    T: for<'a> rkyv::Serialize<WireSerializer<'a>>,
+{
+    let start = buffer.len();
+    let writer = PayloadWriter { buffer, start };
+    rkyv::api::high::to_bytes_in_with_alloc::<_, _, RkyvError>(value, writer, arena.acquire())
+        .map(drop)
+        .map_err(|reason| Error::Encode {
+            message: name,
+            reason,
+        })
+}
+
+/// What the encoder needs besides the message: the header fields the sender chooses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrameMeta {
+    /// The sequence number to stamp.
+    pub seq: u32,
+    /// The trace context to carry, if any.
+    pub trace: Option<TraceContext>,
+}
+
+/// A message with its header fields, ready for [`FrameCodec`]'s encoder.
+#[derive(Debug)]
+pub struct Outbound<'m, M> {
+    /// The message to encode.
+    pub message: &'m M,
+    /// Its header fields.
+    pub meta: FrameMeta,
+}
+
+/// The protocol's codec, for `tokio_util` and actix framed streams alike.
+///
+/// Decoding yields [`Frame`]s whose headers passed every check; payloads are validated later, once,
+/// by the protocol. Encoding writes a header and the message's archive straight into the output
+/// buffer the framework reuses, reusing one scratch arena, so steady-state encoding does not
+/// allocate.
+pub struct FrameCodec {
+    config: DecodeConfig,
+    arena: Arena,
+}
+
+impl FrameCodec {
+    /// A codec with the given limits.
+    pub fn new(config: DecodeConfig) -> Self {
+        FrameCodec {
+            config,
+            arena: Arena::new(),
+        }
+    }
+
+    /// The codec's limits.
+    pub fn config(&self) -> &DecodeConfig {
+        &self.config
+    }
+
+    /// Appends one frame holding `message` to `dst`.
+    ///
+    /// # Errors
+    /// [`Error::Encode`] when the message cannot be serialized and [`Error::Oversize`] when the
+    /// frame would exceed the configured maximum; `dst` is left as it was in both cases.
+    pub fn encode_message<M: Message>(
+        &mut self,
+        message: &M,
+        meta: FrameMeta,
+        dst: &mut BytesMut,
+    ) -> Result<(), Error> {
+        let header = FrameHeader {
+            kind: M::KIND,
+            seq: meta.seq,
+            trace: meta.trace,
+        };
+        let prefix_at = header.write_with_placeholder(dst);
+        if let Err(error) = write_archive(message, dst, &mut self.arena, M::NAME) {
+            dst.truncate(prefix_at);
+            return Err(error);
+        }
+        let total = dst.len() - prefix_at;
+        if total > self.config.max_frame_len {
+            dst.truncate(prefix_at);
+            return Err(Error::Oversize {
+                length: total as u64,
+                max: self.config.max_frame_len,
+            });
+        }
+        // The check above bounds `total` by `max_frame_len`; frames over 4 GiB cannot be configured.
+        let length = u32::try_from(total - LENGTH_PREFIX_LEN).map_err(|_| Error::Oversize {
+            length: total as u64,
+            max: self.config.max_frame_len,
+        })?;
+        dst[prefix_at..prefix_at + LENGTH_PREFIX_LEN].copy_from_slice(&length.to_le_bytes());
+        Ok(())
+    }
+}
+
+impl Default for FrameCodec {
+    fn default() -> Self {
+        FrameCodec::new(DecodeConfig::default())
+    }
+}
+
+impl std::fmt::Debug for FrameCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameCodec")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl tokio_util::codec::Decoder for FrameCodec {
+    type Item = Frame;
+    type Error = Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, Error> {
+        match scan(src, &self.config)? {
+            Scan::NeedMore { need, .. } => {
+                // `need` is bounded by the checked length prefix (or the fixed header), so a
+                // hostile prefix never makes this reserve more than `max_frame_len`.
+                src.reserve(need.saturating_sub(src.len()));
+                Ok(None)
+            }
+            Scan::Complete {
+                header,
+                total,
+                payload_offset,
+            } => Ok(Some(split_frame(src, header, total, payload_offset))),
+        }
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, Error> {
+        match scan(src, &self.config)? {
+            Scan::Complete {
+                header,
+                total,
+                payload_offset,
+            } => Ok(Some(split_frame(src, header, total, payload_offset))),
+            Scan::NeedMore { .. } if src.is_empty() => Ok(None),
+            Scan::NeedMore { need, in_header } => {
+                // The stream ended inside a frame: report exactly what was cut off, and consume
+                // it so the framed stream terminates.
+                let have = src.len();
+                src.advance(have);
+                Err(if in_header {
+                    Error::TruncatedHeader { have, need }
+                } else {
+                    Error::TruncatedFrame { have, need }
+                })
+            }
+        }
+    }
+}
+
+/// Splits a whole frame off the front of `src` without copying it.
+fn split_frame(
+    src: &mut BytesMut,
+    header: FrameHeader,
+    total: usize,
+    payload_offset: usize,
+) -> Frame {
+    Frame::from_parts(header, src.split_to(total).freeze(), payload_offset)
+}
+
+impl<M: Message> tokio_util::codec::Encoder<Outbound<'_, M>> for FrameCodec {
+    type Error = Error;
+
+    fn encode(&mut self, item: Outbound<'_, M>, dst: &mut BytesMut) -> Result<(), Error> {
+        self.encode_message(item.message, item.meta, dst)
+    }
+}
+
+/// Forwards an already-encoded frame unchanged (a broadcast encodes once and sends the same
+/// bytes to every recipient).
+impl tokio_util::codec::Encoder<Frame> for FrameCodec {
+    type Error = Error;
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), Error> {
+        dst.extend_from_slice(frame.wire());
+        Ok(())
+    }
+}

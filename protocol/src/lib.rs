@@ -1,0 +1,64 @@
+//! Garrison's wire protocol: length-prefixed frames carrying [rkyv] archives, validated once at
+//! the edge and read in place afterwards.
+//!
+//! A game declares its messages with stable kind ids using [`messages!`]. The [`FrameCodec`]
+//! cuts a byte stream into [`Frame`]s, checking every header field as soon as its bytes arrive and
+//! refusing an oversize frame before allocating for it. A protocol's `validate` then checks the
+//! payload once with bytecheck; the resulting [`Validated`] message owns the frame's bytes, can be
+//! sent to another thread, and dereferences to the archived message with no copy and no further
+//! check. The same archives serve as entity [`snapshot`]s.
+//!
+//! The byte layout is in `docs/protocol.md`, so clients in other languages can be written from it.
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use garrison_protocol::{messages, DecodeConfig, FrameCodec, FrameMeta, Protocol};
+//! use tokio_util::codec::Decoder;
+//!
+//! #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq)]
+//! pub struct Move { pub entity: u64, pub dx: i32, pub dy: i32 }
+//! #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq)]
+//! pub struct Chat { pub text: String }
+//!
+//! messages! {
+//!     /// What a client sends.
+//!     pub enum ClientMessage {
+//!         0x0010 => Move(Move),
+//!         0x0011 => Chat(Chat),
+//!     }
+//! }
+//!
+//! // The client side encodes into a reused buffer...
+//! let mut codec = FrameCodec::new(DecodeConfig::for_protocol::<ClientMessage>());
+//! let mut wire = BytesMut::new();
+//! codec.encode_message(&Move { entity: 7, dx: -1, dy: 2 }, FrameMeta { seq: 1, trace: None }, &mut wire)?;
+//! codec.encode_message(&Chat { text: "gg".into() }, FrameMeta { seq: 2, trace: None }, &mut wire)?;
+//!
+//! // ...the server decodes frames, validates each once, and reads it in place.
+//! let mut seen = Vec::new();
+//! while let Some(frame) = codec.decode(&mut wire)? {
+//!     match ClientMessage::validate(frame)? {
+//!         ClientMessage::Move(m) => seen.push(format!("move {} by {},{}", m.entity, m.dx, m.dy)),
+//!         ClientMessage::Chat(c) => seen.push(format!("chat {}", c.text)),
+//!     }
+//! }
+//! assert_eq!(seen, ["move 7 by -1,2", "chat gg"]);
+//! # Ok::<(), garrison_protocol::Error>(())
+//! ```
+
+mod codec;
+mod error;
+mod frame;
+mod message;
+pub mod snapshot;
+
+pub use codec::{FrameCodec, FrameMeta, Outbound, PayloadWriter, WireSerializer};
+pub use error::Error;
+pub use frame::{
+    DEFAULT_MAX_FRAME_LEN, DecodeConfig, FIXED_HEADER_LEN, FLAG_TRACE_CONTEXT, Frame, FrameHeader,
+    KNOWN_FLAGS, LENGTH_PREFIX_LEN, PROTOCOL_VERSION, TRACE_CONTEXT_LEN, TraceContext,
+};
+#[doc(hidden)]
+pub use message::__private;
+pub use message::{Message, MessageKind, Protocol, RkyvError, Validated};
+pub use snapshot::{Snapshot, SnapshotRef, SnapshotWriter};

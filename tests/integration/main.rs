@@ -1,0 +1,9 @@
+//! Garrison's integration tests: one binary, one module per behaviour, each named after the
+//! invariant it checks.
+
+mod protocol_fuzz_regressions;
+mod protocol_hostile_frames;
+mod protocol_round_trip;
+mod protocol_snapshots;
+mod protocol_stream_properties;
+mod protocol_zero_copy;
