@@ -7,3 +7,8 @@ mod protocol_round_trip;
 mod protocol_snapshots;
 mod protocol_stream_properties;
 mod protocol_zero_copy;
+mod supervisor_intensity;
+mod supervisor_introspection;
+mod supervisor_shutdown;
+mod supervisor_stable_address;
+mod supervisor_strategies;

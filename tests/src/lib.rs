@@ -2,7 +2,9 @@
 //!
 //! [`wire`] declares the message shapes the protocol tests exercise and the stream check the fuzz
 //! target and the property tests run, so a crashing input found by either is replayed by the
-//! other. [`bench`](mod@bench) prints the ratio of our figure to each baseline's after a criterion run.
+//! other. [`probe`] is a scriptable worker that records its lifecycle, for supervision tests.
+//! [`bench`](mod@bench) prints the ratio of our figure to each baseline's after a criterion run.
 
 pub mod bench;
+pub mod probe;
 pub mod wire;

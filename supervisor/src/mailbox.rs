@@ -1,0 +1,282 @@
+//! Child mailboxes that outlive incarnations, and the stable handles that send to them.
+//!
+//! A supervised worker's messages do not live in ractor's (unbounded, per-incarnation) mailbox:
+//! they live in a bounded queue owned by the child's slot, which every incarnation drains. The
+//! ractor actor only receives a [`Wake`] when the queue goes from idle to busy. A crash therefore
+//! loses only the message being handled; the queue, and every [`ChildRef`] to it, carry over to
+//! the next incarnation.
+
+use std::sync::{
+    Arc, OnceLock, RwLock,
+    atomic::{AtomicBool, AtomicU64, Ordering, fence},
+};
+
+use crossbeam_queue::ArrayQueue;
+use ractor::ActorRef;
+
+/// Default mailbox capacity of a worker.
+pub const DEFAULT_MAILBOX_CAPACITY: usize = 1024;
+
+/// The only message a hosting ractor actor receives: "your queue has work".
+#[derive(Debug)]
+pub(crate) struct Wake;
+
+/// What a full mailbox does with one more message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// Refuse the new message and hand it back to the sender ([`SendError::Full`]).
+    #[default]
+    Reject,
+    /// Accept the new message and evict the oldest queued one, handing *that* back
+    /// ([`Sent::Evicted`]); for state-like messages where only the latest matters.
+    DropOldest,
+}
+
+/// A message that could not be queued, handed back to the sender.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SendError<M> {
+    /// The mailbox is full and its policy is [`Overflow::Reject`].
+    #[error("mailbox full")]
+    Full(M),
+    /// The child is gone for good (temporary child exited, or its supervisor stopped).
+    #[error("child is closed")]
+    Closed(M),
+}
+
+impl<M> SendError<M> {
+    /// The message that was not queued.
+    pub fn into_inner(self) -> M {
+        match self {
+            SendError::Full(message) | SendError::Closed(message) => message,
+        }
+    }
+}
+
+/// What happened to a message that was queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Sent<M> {
+    /// Queued.
+    Queued,
+    /// Queued, evicting this older message ([`Overflow::DropOldest`]).
+    Evicted(M),
+}
+
+pub(crate) struct Slot<M> {
+    id: OnceLock<Arc<str>>,
+    queue: ArrayQueue<M>,
+    overflow: Overflow,
+    /// True while a `Wake` is pending or the host is draining; see `wake` for the protocol.
+    scheduled: AtomicBool,
+    current: RwLock<Option<ActorRef<Wake>>>,
+    closed: AtomicBool,
+    incarnations: AtomicU64,
+}
+
+impl<M> Slot<M> {
+    pub(crate) fn new(capacity: usize, overflow: Overflow) -> Self {
+        Slot {
+            id: OnceLock::new(),
+            queue: ArrayQueue::new(capacity.max(1)),
+            overflow,
+            scheduled: AtomicBool::new(false),
+            current: RwLock::new(None),
+            closed: AtomicBool::new(false),
+            incarnations: AtomicU64::new(0),
+        }
+    }
+
+    /// Names the slot after its child; the first name sticks (a spec reused under another id
+    /// keeps its first).
+    pub(crate) fn name(&self, id: &Arc<str>) {
+        let _ = self.id.set(id.clone());
+    }
+
+    pub(crate) fn id(&self) -> &str {
+        self.id.get().map_or("", |id| id)
+    }
+
+    /// Sends a `Wake` unless one is already pending.
+    ///
+    /// Lost-wakeup freedom is a Dekker pattern: the sender does (push; fence; swap flag) and the
+    /// host does (clear flag; fence; pop). With both fences `SeqCst`, either the host's pop sees
+    /// the push, or the sender's swap sees the cleared flag and sends a new `Wake`.
+    fn wake(&self) {
+        fence(Ordering::SeqCst);
+        if !self.scheduled.swap(true, Ordering::SeqCst) {
+            // A poisoned lock only means a panic elsewhere while it was held; the value is a
+            // plain handle and still good.
+            let current = self
+                .current
+                .read()
+                .unwrap_or_else(|poison| poison.into_inner());
+            if let Some(actor) = current.as_ref() {
+                // A dead incarnation refuses the wake; its successor wakes itself on start.
+                let _ = actor.send_message(Wake);
+            }
+        }
+    }
+
+    /// The host calls this before draining: clears the flag, then fences (see `wake`).
+    pub(crate) fn begin_drain(&self) {
+        self.scheduled.store(false, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+    }
+
+    /// The host calls this after a bounded batch: if work remains, make sure a `Wake` is pending.
+    pub(crate) fn end_drain(&self, myself: &ActorRef<Wake>) {
+        if !self.queue.is_empty() && !self.scheduled.swap(true, Ordering::SeqCst) {
+            let _ = myself.send_message(Wake);
+        }
+    }
+
+    pub(crate) fn pop(&self) -> Option<M> {
+        self.queue.pop()
+    }
+
+    /// A new incarnation is running: route wakes to it and wake it once, since messages may have
+    /// queued while no incarnation was running.
+    pub(crate) fn attach(&self, actor: ActorRef<Wake>) -> u64 {
+        let incarnation = self.incarnations.fetch_add(1, Ordering::Relaxed) + 1;
+        *self
+            .current
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner()) = Some(actor.clone());
+        self.scheduled.store(true, Ordering::SeqCst);
+        let _ = actor.send_message(Wake);
+        incarnation
+    }
+
+    /// The incarnation with this actor id has ended.
+    pub(crate) fn detach(&self, actor: ractor::ActorId) {
+        let mut current = self
+            .current
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if current
+            .as_ref()
+            .is_some_and(|running| running.get_id() == actor)
+        {
+            *current = None;
+        }
+    }
+
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn reopen(&self) {
+        self.closed.store(false, Ordering::Release);
+    }
+
+    pub(crate) fn incarnations(&self) -> u64 {
+        self.incarnations.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn depth(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+/// A stable handle to a supervised worker, valid across its restarts.
+///
+/// A message sent after a restart reaches the new incarnation; messages queued before a crash
+/// are delivered to the next incarnation, except the one whose handling crashed. The mailbox is
+/// bounded; [`Overflow`] decides what a full one does.
+pub struct ChildRef<M> {
+    slot: Arc<Slot<M>>,
+}
+
+impl<M> Clone for ChildRef<M> {
+    fn clone(&self) -> Self {
+        ChildRef {
+            slot: self.slot.clone(),
+        }
+    }
+}
+
+impl<M> std::fmt::Debug for ChildRef<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChildRef")
+            .field("id", &self.slot.id())
+            .field("depth", &self.slot.depth())
+            .field("incarnations", &self.slot.incarnations())
+            .finish()
+    }
+}
+
+impl<M: Send + 'static> ChildRef<M> {
+    pub(crate) fn new(slot: Arc<Slot<M>>) -> Self {
+        ChildRef { slot }
+    }
+
+    /// Queues a message for the child.
+    ///
+    /// # Errors
+    /// [`SendError::Full`] when the mailbox is full under [`Overflow::Reject`];
+    /// [`SendError::Closed`] when the child is gone for good. Both hand the message back.
+    pub fn send(&self, message: M) -> Result<Sent<M>, SendError<M>> {
+        if self.slot.closed.load(Ordering::Acquire) {
+            return Err(SendError::Closed(message));
+        }
+        let sent = match self.slot.overflow {
+            Overflow::Reject => {
+                self.slot.queue.push(message).map_err(SendError::Full)?;
+                Sent::Queued
+            }
+            Overflow::DropOldest => match self.slot.queue.force_push(message) {
+                None => Sent::Queued,
+                Some(evicted) => Sent::Evicted(evicted),
+            },
+        };
+        self.slot.wake();
+        Ok(sent)
+    }
+
+    /// Sends a request built around a reply channel and awaits the reply.
+    ///
+    /// # Errors
+    /// [`CallError::Send`] when the request could not be queued, and [`CallError::NoReply`] when
+    /// the child dropped the reply channel (it crashed while handling the request, or ignored it).
+    pub async fn call<R>(
+        &self,
+        request: impl FnOnce(tokio::sync::oneshot::Sender<R>) -> M,
+    ) -> Result<R, CallError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.send(request(reply)).map_err(|error| match error {
+            SendError::Full(_) => CallError::Send("mailbox full"),
+            SendError::Closed(_) => CallError::Send("child is closed"),
+        })?;
+        answer.await.map_err(|_| CallError::NoReply)
+    }
+
+    /// The child's id.
+    pub fn id(&self) -> &str {
+        self.slot.id()
+    }
+
+    /// Messages queued and not yet taken by an incarnation.
+    pub fn depth(&self) -> usize {
+        self.slot.depth()
+    }
+
+    /// The mailbox's capacity.
+    pub fn capacity(&self) -> usize {
+        self.slot.queue.capacity()
+    }
+
+    /// How many incarnations have started so far (1 after the first start, +1 per restart).
+    pub fn incarnations(&self) -> u64 {
+        self.slot.incarnations()
+    }
+}
+
+/// A request sent with [`ChildRef::call`] got no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The request was not queued.
+    #[error("request not queued: {0}")]
+    Send(&'static str),
+    /// The reply channel was dropped without an answer.
+    #[error("no reply: the child dropped the request")]
+    NoReply,
+}

@@ -1,0 +1,1048 @@
+//! The supervisor actor: ordered start and shutdown, restart strategies, intensity and
+//! escalation, backoff, introspection, lifecycle events and restart traces.
+
+use std::{
+    any::Any,
+    collections::VecDeque,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RactorErr, SupervisionEvent};
+use tokio::{
+    sync::{broadcast, oneshot, watch},
+    time::Instant,
+};
+
+use crate::{
+    ChildRef, ChildSpec, Error,
+    exit::{self, ChildFailure, ExitReason, SHUTDOWN_REASON},
+    spec::{AutoShutdown, ChildKind, Intensity, Restart, Shutdown, Strategy},
+};
+
+/// Capacity of a tree's lifecycle-event channel. A subscriber that falls further behind loses
+/// the oldest events and is told how many it missed (`broadcast::error::RecvError::Lagged`);
+/// the supervisor never blocks on a slow subscriber.
+pub const EVENT_CHANNEL_CAPACITY: usize = 4096;
+
+/// What happened in a supervision tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LifecycleEvent {
+    /// The supervisor that acted.
+    pub supervisor: Arc<str>,
+    /// The child concerned (the supervisor's own id for `Escalated` and `ShutDown`).
+    pub child: Arc<str>,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// The kinds of lifecycle event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// A child started (its first start or a restart).
+    Started,
+    /// A child exited on its own (crash, error, or normal stop).
+    Exited(ExitReason),
+    /// The supervisor stopped a child (shutdown, strategy, or `terminate_child`).
+    Stopped(ExitReason),
+    /// A child will be restarted after `delay`; `restarts` counts its restarts so far.
+    Restarting {
+        /// The backoff delay (zero without backoff).
+        delay: Duration,
+        /// This child's restart count, including this one.
+        restarts: u32,
+    },
+    /// The supervisor exceeded its restart intensity, stopped its children and failed.
+    Escalated,
+    /// The supervisor finished an ordered shutdown.
+    ShutDown,
+}
+
+/// What a running child looks like from outside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildInfo {
+    /// Its id.
+    pub id: Arc<str>,
+    /// Worker or supervisor.
+    pub kind: ChildKind,
+    /// Its restart type.
+    pub restart: Restart,
+    /// Running, restarting or terminated.
+    pub status: ChildStatus,
+    /// How often it was restarted.
+    pub restarts: u32,
+    /// Messages waiting in its mailbox (workers only).
+    pub mailbox_depth: Option<usize>,
+}
+
+/// A child's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildStatus {
+    /// Running.
+    Running,
+    /// Waiting for (or in) a restart.
+    Restarting,
+    /// Exited and not restarted (a transient child that ended normally, or a terminated child).
+    Terminated,
+}
+
+/// Counts of a supervisor's children (OTP `count_children`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ChildCounts {
+    /// All child specs.
+    pub specs: usize,
+    /// Running children.
+    pub active: usize,
+    /// Children that are supervisors.
+    pub supervisors: usize,
+    /// Children that are workers.
+    pub workers: usize,
+}
+
+/// A serialisable picture of a whole tree: its nodes depth-first, the root supervisor first.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct TreeSnapshot {
+    /// Every supervisor and worker, depth-first in start order; `nodes[0]` is the root.
+    pub nodes: Vec<NodeSnapshot>,
+}
+
+/// One supervisor or worker in a [`TreeSnapshot`].
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct NodeSnapshot {
+    /// Index of the parent supervisor in `nodes`; `None` for the root.
+    pub parent: Option<u32>,
+    /// The id.
+    pub id: String,
+    /// `worker` or `supervisor`.
+    pub kind: String,
+    /// A supervisor's strategy (OTP name); `None` for a worker or a supervisor not running.
+    pub strategy: Option<String>,
+    /// `running`, `restarting` or `terminated`.
+    pub status: String,
+    /// Restart count (0 for the root).
+    pub restarts: u32,
+    /// Mailbox depth (workers).
+    pub mailbox_depth: Option<u64>,
+}
+
+/// Shared by a supervisor's handle and every incarnation of its actor.
+pub(crate) struct SupervisorShared {
+    pub(crate) id: Arc<str>,
+    current: RwLock<Option<ActorRef<SupervisorMsg>>>,
+    exit: watch::Sender<Option<ExitReason>>,
+    tree: RwLock<Option<Tree>>,
+    root: AtomicBool,
+}
+
+/// What every supervisor of one tree shares.
+#[derive(Clone)]
+pub(crate) struct Tree {
+    events: broadcast::Sender<LifecycleEvent>,
+    /// Set when the tree is going away for good: slots close so senders learn it at once.
+    closing: Arc<AtomicBool>,
+}
+
+/// A stable handle to a supervisor, valid across its restarts by its parent.
+#[derive(Clone)]
+pub struct SupervisorRef {
+    shared: Arc<SupervisorShared>,
+}
+
+impl std::fmt::Debug for SupervisorRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SupervisorRef")
+            .field("id", &self.shared.id)
+            .finish()
+    }
+}
+
+/// A snapshot of one supervisor: its strategy and its children (with nested supervisors' handles).
+type LevelSnapshot = (String, Vec<(ChildInfo, Option<SupervisorRef>)>);
+/// A child found by id: its worker handle (type-erased) or its supervisor handle.
+type Found = Option<(Option<Arc<dyn Any + Send + Sync>>, Option<SupervisorRef>)>;
+
+pub(crate) enum SupervisorMsg {
+    RestartDue { generation: u64 },
+    StartFailed { id: Arc<str>, reason: ExitReason },
+    WhichChildren(oneshot::Sender<Vec<ChildInfo>>),
+    Snapshot(oneshot::Sender<LevelSnapshot>),
+    Lookup(Arc<str>, oneshot::Sender<Found>),
+    StartChild(Box<ChildSpec>, oneshot::Sender<Result<(), Error>>),
+    TerminateChild(Arc<str>, oneshot::Sender<Result<(), Error>>),
+    RestartChild(Arc<str>, oneshot::Sender<Result<(), Error>>),
+}
+
+impl SupervisorRef {
+    pub(crate) fn new(id: Arc<str>) -> Self {
+        SupervisorRef {
+            shared: Arc::new(SupervisorShared {
+                id,
+                current: RwLock::new(None),
+                exit: watch::channel(None).0,
+                tree: RwLock::new(None),
+                root: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The supervisor's id.
+    pub fn id(&self) -> &str {
+        &self.shared.id
+    }
+
+    fn actor(&self) -> Result<ActorRef<SupervisorMsg>, Error> {
+        let current = self
+            .shared
+            .current
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner());
+        current.clone().ok_or_else(|| self.down())
+    }
+
+    fn down(&self) -> Error {
+        Error::SupervisorDown {
+            supervisor: self.shared.id.to_string(),
+        }
+    }
+
+    async fn ask<T>(
+        &self,
+        request: impl FnOnce(oneshot::Sender<T>) -> SupervisorMsg,
+    ) -> Result<T, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.actor()?
+            .send_message(request(reply))
+            .map_err(|_| self.down())?;
+        answer.await.map_err(|_| self.down())
+    }
+
+    /// The children in start order (OTP `which_children`).
+    ///
+    /// # Errors
+    /// [`Error::SupervisorDown`] when the supervisor is not running.
+    pub async fn which_children(&self) -> Result<Vec<ChildInfo>, Error> {
+        self.ask(SupervisorMsg::WhichChildren).await
+    }
+
+    /// Counts of the children (OTP `count_children`).
+    ///
+    /// # Errors
+    /// [`Error::SupervisorDown`] when the supervisor is not running.
+    pub async fn count_children(&self) -> Result<ChildCounts, Error> {
+        let children = self.which_children().await?;
+        Ok(ChildCounts {
+            specs: children.len(),
+            active: children
+                .iter()
+                .filter(|child| child.status == ChildStatus::Running)
+                .count(),
+            supervisors: children
+                .iter()
+                .filter(|child| child.kind == ChildKind::Supervisor)
+                .count(),
+            workers: children
+                .iter()
+                .filter(|child| child.kind == ChildKind::Worker)
+                .count(),
+        })
+    }
+
+    /// A serialisable picture of the whole tree under this supervisor.
+    ///
+    /// # Errors
+    /// [`Error::SupervisorDown`] when this supervisor is not running; a nested supervisor that
+    /// is restarting shows without its children.
+    pub async fn snapshot(&self) -> Result<TreeSnapshot, Error> {
+        let mut nodes = Vec::new();
+        let (strategy, children) = self.ask(SupervisorMsg::Snapshot).await?;
+        nodes.push(NodeSnapshot {
+            parent: None,
+            id: self.shared.id.to_string(),
+            kind: "supervisor".into(),
+            strategy: Some(strategy),
+            status: "running".into(),
+            restarts: 0,
+            mailbox_depth: None,
+        });
+        // Depth-first without recursion: (parent index, children still to visit).
+        let mut stack = vec![(0u32, children.into_iter())];
+        while let Some((parent, mut rest)) = stack.pop() {
+            let Some((info, nested)) = rest.next() else {
+                continue;
+            };
+            stack.push((parent, rest));
+            let index = nodes.len() as u32;
+            let subtree = match nested {
+                Some(nested) if info.status == ChildStatus::Running => {
+                    nested.ask(SupervisorMsg::Snapshot).await.ok()
+                }
+                _ => None,
+            };
+            nodes.push(NodeSnapshot {
+                parent: Some(parent),
+                id: info.id.to_string(),
+                kind: match info.kind {
+                    ChildKind::Worker => "worker",
+                    ChildKind::Supervisor => "supervisor",
+                }
+                .into(),
+                strategy: subtree.as_ref().map(|(strategy, _)| strategy.clone()),
+                status: match info.status {
+                    ChildStatus::Running => "running",
+                    ChildStatus::Restarting => "restarting",
+                    ChildStatus::Terminated => "terminated",
+                }
+                .into(),
+                restarts: info.restarts,
+                mailbox_depth: info.mailbox_depth.map(|depth| depth as u64),
+            });
+            if let Some((_, grandchildren)) = subtree {
+                stack.push((index, grandchildren.into_iter()));
+            }
+        }
+        Ok(TreeSnapshot { nodes })
+    }
+
+    /// The stable handle of worker child `id` whose messages are `M`.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchChild`] when there is no such worker with messages of type `M`;
+    /// [`Error::SupervisorDown`] when the supervisor is not running.
+    pub async fn child<M: Send + 'static>(&self, id: &str) -> Result<ChildRef<M>, Error> {
+        let found = self
+            .ask(|reply| SupervisorMsg::Lookup(Arc::from(id), reply))
+            .await?;
+        found
+            .and_then(|(handle, _)| handle?.downcast_ref::<ChildRef<M>>().cloned())
+            .ok_or_else(|| Error::NoSuchChild {
+                supervisor: self.shared.id.to_string(),
+                child: id.to_owned(),
+            })
+    }
+
+    /// The stable handle of nested supervisor `id`.
+    ///
+    /// # Errors
+    /// As [`SupervisorRef::child`].
+    pub async fn supervisor(&self, id: &str) -> Result<SupervisorRef, Error> {
+        let found = self
+            .ask(|reply| SupervisorMsg::Lookup(Arc::from(id), reply))
+            .await?;
+        found
+            .and_then(|(_, nested)| nested)
+            .ok_or_else(|| Error::NoSuchChild {
+                supervisor: self.shared.id.to_string(),
+                child: id.to_owned(),
+            })
+    }
+
+    /// Starts a child at run time (dynamic supervisors, or adding to a static one).
+    ///
+    /// # Errors
+    /// [`Error::MaxChildren`], [`Error::DuplicateChild`], [`Error::StartFailed`] (the child is
+    /// not added), or [`Error::SupervisorDown`].
+    pub async fn start_child(&self, spec: ChildSpec) -> Result<(), Error> {
+        self.ask(|reply| SupervisorMsg::StartChild(Box::new(spec), reply))
+            .await?
+    }
+
+    /// Stops child `id` with its shutdown policy; a dynamic supervisor forgets it, a static one
+    /// keeps its spec for `restart_child`.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchChild`] or [`Error::SupervisorDown`].
+    pub async fn terminate_child(&self, id: &str) -> Result<(), Error> {
+        self.ask(|reply| SupervisorMsg::TerminateChild(Arc::from(id), reply))
+            .await?
+    }
+
+    /// Restarts child `id` now: stops it if it runs, then starts it. Does not count toward the
+    /// restart intensity (it is a request, not a crash).
+    ///
+    /// # Errors
+    /// [`Error::NoSuchChild`], [`Error::StartFailed`] or [`Error::SupervisorDown`].
+    pub async fn restart_child(&self, id: &str) -> Result<(), Error> {
+        self.ask(|reply| SupervisorMsg::RestartChild(Arc::from(id), reply))
+            .await?
+    }
+
+    /// Subscribes to the tree's lifecycle events (see [`EVENT_CHANNEL_CAPACITY`] for overflow).
+    ///
+    /// # Errors
+    /// [`Error::SupervisorDown`] when the tree has not started.
+    pub fn events(&self) -> Result<broadcast::Receiver<LifecycleEvent>, Error> {
+        let tree = self
+            .shared
+            .tree
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner());
+        tree.as_ref()
+            .map(|tree| tree.events.subscribe())
+            .ok_or_else(|| self.down())
+    }
+
+    /// Stops the tree in order: children in reverse start order, each with its shutdown
+    /// policy, nested supervisors recursively. Worker handles are closed afterwards.
+    ///
+    /// # Errors
+    /// [`Error::SupervisorDown`] when it was not running.
+    pub async fn stop(&self) -> Result<(), Error> {
+        let actor = self.actor()?;
+        if self.shared.root.load(Ordering::Acquire) {
+            self.mark_closing();
+        }
+        actor
+            .get_cell()
+            .stop_and_wait(Some(SHUTDOWN_REASON.to_owned()), None)
+            .await
+            .map_err(|_| self.down())
+    }
+
+    fn mark_closing(&self) {
+        let tree = self
+            .shared
+            .tree
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if let Some(tree) = tree.as_ref() {
+            // Release: pairs with the Acquire in each supervisor's post_stop.
+            tree.closing.store(true, Ordering::Release);
+        }
+    }
+
+    /// Waits until this supervisor's current incarnation exits and tells why: `Shutdown` after
+    /// [`SupervisorRef::stop`], `Escalated` after its intensity was exceeded.
+    pub async fn wait(&self) -> ExitReason {
+        let mut exit = self.shared.exit.subscribe();
+        loop {
+            if let Some(reason) = exit.borrow_and_update().clone() {
+                return reason;
+            }
+            if exit.changed().await.is_err() {
+                return ExitReason::Shutdown;
+            }
+        }
+    }
+}
+
+pub(crate) struct SupervisorArgs {
+    pub(crate) spec: crate::SupervisorSpec,
+    pub(crate) tree: Tree,
+}
+
+/// Starts a tree's root supervisor.
+pub(crate) async fn start_root(spec: crate::SupervisorSpec) -> Result<SupervisorRef, Error> {
+    let tree = Tree {
+        events: broadcast::channel(EVENT_CHANNEL_CAPACITY).0,
+        closing: Arc::new(AtomicBool::new(false)),
+    };
+    let handle = spec.handle();
+    handle.shared.root.store(true, Ordering::Release);
+    let id = handle.shared.id.to_string();
+    match Actor::spawn(None, SupervisorActor, SupervisorArgs { spec, tree }).await {
+        Ok(_) => Ok(handle),
+        Err(ractor::SpawnErr::StartupFailed(error)) => match exit::from_failure(&*error) {
+            ExitReason::StartFailed(reason) => Err(start_failed_error(&id, &reason)),
+            other => Err(Error::Spawn {
+                supervisor: id,
+                reason: other.to_string(),
+            }),
+        },
+        Err(error) => Err(Error::Spawn {
+            supervisor: id,
+            reason: error.to_string(),
+        }),
+    }
+}
+
+/// Turns "child X: reason" (how a supervisor reports a failed start) into the typed error.
+fn start_failed_error(supervisor: &str, reason: &str) -> Error {
+    let (child, reason) = reason.split_once(": ").unwrap_or(("?", reason));
+    Error::StartFailed {
+        supervisor: supervisor.to_owned(),
+        child: child.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+pub(crate) struct SupervisorActor;
+
+struct ChildState {
+    spec: ChildSpec,
+    cell: Option<ActorCell>,
+    status: ChildStatus,
+    restarts: u32,
+    backoff_attempt: u32,
+    started_at: Option<Instant>,
+    pending: Option<u64>,
+    /// Restart times for intensity, per child in a dynamic supervisor.
+    window: VecDeque<Instant>,
+}
+
+impl ChildState {
+    fn new(spec: ChildSpec) -> Self {
+        ChildState {
+            spec,
+            cell: None,
+            status: ChildStatus::Terminated,
+            restarts: 0,
+            backoff_attempt: 0,
+            started_at: None,
+            pending: None,
+            window: VecDeque::new(),
+        }
+    }
+
+    fn info(&self) -> ChildInfo {
+        ChildInfo {
+            id: self.spec.id.clone(),
+            kind: self.spec.start.kind,
+            restart: self.spec.restart,
+            status: self.status,
+            restarts: self.restarts,
+            mailbox_depth: self.spec.start.slot.as_ref().map(|slot| slot.depth()),
+        }
+    }
+}
+
+pub(crate) struct SupervisorState {
+    spec: crate::SupervisorSpec,
+    children: Vec<ChildState>,
+    /// Restart times for intensity (static supervisors).
+    window: VecDeque<Instant>,
+    tree: Tree,
+    next_generation: u64,
+    myself: ActorRef<SupervisorMsg>,
+    /// Deterministic jitter source for backoff (splitmix64).
+    noise: u64,
+}
+
+impl SupervisorState {
+    fn emit(&self, child: &Arc<str>, kind: EventKind) {
+        // No subscriber is fine: events are for whoever listens.
+        let _ = self.tree.events.send(LifecycleEvent {
+            supervisor: self.spec.id.clone(),
+            child: child.clone(),
+            kind,
+        });
+    }
+
+    fn index_of_cell(&self, cell: &ActorCell) -> Option<usize> {
+        let id = cell.get_id();
+        self.children.iter().position(|child| {
+            child
+                .cell
+                .as_ref()
+                .is_some_and(|running| running.get_id() == id)
+        })
+    }
+
+    fn index_of(&self, id: &str) -> Option<usize> {
+        self.children.iter().position(|child| &*child.spec.id == id)
+    }
+
+    fn next_noise(&mut self) -> f64 {
+        self.noise = self.noise.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.noise;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) as f64 / u64::MAX as f64
+    }
+
+    /// Starts child `index`; on success it is running and `Started` is emitted.
+    async fn start_child(&mut self, index: usize) -> Result<(), ExitReason> {
+        let supervisor = self.myself.get_cell();
+        let tree = self.tree.clone();
+        let child = &mut self.children[index];
+        if let Some(slot) = &child.spec.start.slot {
+            slot.reopen();
+        }
+        let cell = child.spec.start.run(supervisor, tree).await?;
+        child.cell = Some(cell);
+        child.status = ChildStatus::Running;
+        child.started_at = Some(Instant::now());
+        let id = child.spec.id.clone();
+        self.emit(&id, EventKind::Started);
+        Ok(())
+    }
+
+    /// Stops child `index` with its shutdown policy and waits until it has stopped.
+    async fn stop_child(&mut self, index: usize) {
+        let child = &mut self.children[index];
+        let Some(cell) = child.cell.take() else {
+            return;
+        };
+        let reason = match child.spec.shutdown {
+            Shutdown::BrutalKill => {
+                let _ = cell.kill_and_wait(None).await;
+                ExitReason::Killed
+            }
+            Shutdown::Timeout(limit) => {
+                match cell
+                    .stop_and_wait(Some(SHUTDOWN_REASON.to_owned()), Some(limit))
+                    .await
+                {
+                    Err(RactorErr::Timeout) => {
+                        let _ = cell.kill_and_wait(None).await;
+                        ExitReason::Killed
+                    }
+                    _ => ExitReason::Shutdown,
+                }
+            }
+            Shutdown::Infinity => {
+                let _ = cell
+                    .stop_and_wait(Some(SHUTDOWN_REASON.to_owned()), None)
+                    .await;
+                ExitReason::Shutdown
+            }
+        };
+        if let Some(slot) = &child.spec.start.slot {
+            slot.detach(cell.get_id());
+        }
+        child.status = ChildStatus::Terminated;
+        let id = child.spec.id.clone();
+        self.emit(&id, EventKind::Stopped(reason));
+    }
+
+    /// Stops every running child in reverse start order.
+    async fn stop_all(&mut self) {
+        for index in (0..self.children.len()).rev() {
+            self.stop_child(index).await;
+        }
+    }
+
+    /// Records a restart; returns false when the intensity is exceeded.
+    fn allow_restart(&mut self, index: usize) -> bool {
+        let Intensity {
+            max_restarts,
+            period,
+        } = self.spec.intensity;
+        let now = Instant::now();
+        let window = if self.spec.max_children.is_some() {
+            &mut self.children[index].window
+        } else {
+            &mut self.window
+        };
+        window.push_back(now);
+        while window
+            .front()
+            .is_some_and(|at| now.duration_since(*at) > period)
+        {
+            window.pop_front();
+        }
+        window.len() <= max_restarts as usize
+    }
+
+    /// What the supervisor does after child `index` ended with `reason` (it is no longer
+    /// running). Returns an error when the supervisor must fail (escalation).
+    async fn on_exit(
+        &mut self,
+        index: usize,
+        reason: ExitReason,
+    ) -> Result<(), ActorProcessingErr> {
+        let child = &mut self.children[index];
+        let id = child.spec.id.clone();
+        child.status = ChildStatus::Terminated;
+        let restart = match child.spec.restart {
+            Restart::Permanent => true,
+            Restart::Transient => reason.is_abnormal(),
+            Restart::Temporary => false,
+        };
+        if !restart {
+            let significant = child.spec.significant;
+            if child.spec.restart == Restart::Temporary || self.spec.max_children.is_some() {
+                if let Some(slot) = &child.spec.start.slot {
+                    slot.close();
+                }
+                self.children.remove(index);
+            }
+            if significant && self.auto_shutdown_due() {
+                self.myself.stop(Some(SHUTDOWN_REASON.to_owned()));
+            }
+            return Ok(());
+        }
+
+        if !self.allow_restart(index) {
+            let Intensity {
+                max_restarts,
+                period,
+            } = self.spec.intensity;
+            let span = tracing::warn_span!(
+                "garrison.supervisor.escalate",
+                supervisor.id = %self.spec.id,
+                supervisor.strategy = self.spec.strategy.name(),
+                child.id = %id,
+                exit.reason = %reason,
+                restart.max = max_restarts,
+                restart.period_ms = period.as_millis() as u64,
+            );
+            let _entered = span.enter();
+            tracing::warn!("restart intensity exceeded; stopping children and escalating");
+            let handle = self.spec.handle();
+            if handle.shared.root.load(Ordering::Acquire) {
+                // Nobody above will restart this tree: close its handles as it goes.
+                handle.mark_closing();
+            }
+            self.stop_all().await;
+            if self.tree.closing.load(Ordering::Acquire) {
+                self.close_slots();
+            }
+            self.emit(&self.spec.id.clone(), EventKind::Escalated);
+            let escalated = ExitReason::Escalated(format!(
+                "more than {max_restarts} restarts in {period:?} (last: child {id}, {reason})"
+            ));
+            self.spec
+                .handle()
+                .shared
+                .exit
+                .send_replace(Some(escalated.clone()));
+            return Err(Box::new(ChildFailure(escalated)));
+        }
+
+        let count = self.children.len();
+        let group: Vec<usize> = match self.spec.strategy {
+            Strategy::OneForOne => vec![index],
+            Strategy::OneForAll => (0..count).collect(),
+            Strategy::RestForOne => (index..count).collect(),
+        };
+        // Siblings to restart: those running now or already waiting for a restart.
+        let members: Vec<usize> = group
+            .into_iter()
+            .filter(|&member| {
+                member == index
+                    || self.children[member].cell.is_some()
+                    || self.children[member].status == ChildStatus::Restarting
+            })
+            .collect();
+        for &member in members.iter().rev() {
+            if member != index {
+                self.stop_child(member).await;
+            }
+        }
+
+        let delay = self.backoff_delay(index);
+        self.next_generation += 1;
+        let generation = self.next_generation;
+        let child = &mut self.children[index];
+        child.restarts += 1;
+        let restarts = child.restarts;
+        let attributes = child.spec.attributes.clone();
+        for &member in &members {
+            self.children[member].status = ChildStatus::Restarting;
+            self.children[member].pending = Some(generation);
+        }
+        {
+            let span = tracing::info_span!(
+                "garrison.supervisor.restart",
+                supervisor.id = %self.spec.id,
+                supervisor.strategy = self.spec.strategy.name(),
+                child.id = %id,
+                exit.kind = reason.kind(),
+                exit.reason = %reason,
+                restart.count = restarts,
+                restart.delay_ms = delay.as_millis() as u64,
+                game.session.id = tracing::field::Empty,
+                game.world.zone = tracing::field::Empty,
+                game.entity.kind = tracing::field::Empty,
+                game.entity.key = tracing::field::Empty,
+            );
+            for (field, value) in [
+                ("game.session.id", &attributes.session_id),
+                ("game.world.zone", &attributes.zone),
+                ("game.entity.kind", &attributes.entity_kind),
+                ("game.entity.key", &attributes.entity_key),
+            ] {
+                if let Some(value) = value {
+                    span.record(field, &**value);
+                }
+            }
+            let _entered = span.enter();
+            tracing::info!("restarting");
+        }
+        self.emit(&id, EventKind::Restarting { delay, restarts });
+        if delay.is_zero() {
+            self.restart_generation(generation).await;
+        } else {
+            let myself = self.myself.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = myself.send_message(SupervisorMsg::RestartDue { generation });
+            });
+        }
+        Ok(())
+    }
+
+    fn backoff_delay(&mut self, index: usize) -> Duration {
+        let Some(backoff) = self.children[index].spec.backoff else {
+            return Duration::ZERO;
+        };
+        let noise = self.next_noise();
+        let child = &mut self.children[index];
+        if child
+            .started_at
+            .is_some_and(|at| at.elapsed() >= backoff.reset_after)
+        {
+            child.backoff_attempt = 0;
+        }
+        let delay = backoff.delay(child.backoff_attempt, noise);
+        child.backoff_attempt = child.backoff_attempt.saturating_add(1);
+        delay
+    }
+
+    /// Starts, in start order, the children waiting for restart `generation`. A failed start is
+    /// handled as that child's exit (counting toward intensity); the rest of the group keeps
+    /// waiting and is picked up by that handling.
+    async fn restart_generation(&mut self, generation: u64) {
+        let mut index = 0;
+        while index < self.children.len() {
+            if self.children[index].pending == Some(generation) {
+                self.children[index].pending = None;
+                if let Err(reason) = self.start_child(index).await {
+                    let id = self.children[index].spec.id.clone();
+                    let _ = self
+                        .myself
+                        .send_message(SupervisorMsg::StartFailed { id, reason });
+                    return;
+                }
+            }
+            index += 1;
+        }
+    }
+
+    fn close_slots(&self) {
+        for child in &self.children {
+            if let Some(slot) = &child.spec.start.slot {
+                slot.close();
+            }
+        }
+    }
+
+    fn auto_shutdown_due(&self) -> bool {
+        match self.spec.auto_shutdown {
+            AutoShutdown::Never => false,
+            AutoShutdown::AnySignificant => true,
+            AutoShutdown::AllSignificant => !self
+                .children
+                .iter()
+                .any(|child| child.spec.significant && child.status != ChildStatus::Terminated),
+        }
+    }
+
+    async fn handle_request(&mut self, message: SupervisorMsg) -> Result<(), ActorProcessingErr> {
+        match message {
+            SupervisorMsg::RestartDue { generation } => self.restart_generation(generation).await,
+            SupervisorMsg::StartFailed { id, reason } => {
+                if let Some(index) = self.index_of(&id) {
+                    let child_id = self.children[index].spec.id.clone();
+                    self.emit(&child_id, EventKind::Exited(reason.clone()));
+                    return self.on_exit(index, reason).await;
+                }
+            }
+            SupervisorMsg::WhichChildren(reply) => {
+                let _ = reply.send(self.children.iter().map(ChildState::info).collect());
+            }
+            SupervisorMsg::Snapshot(reply) => {
+                let children = self
+                    .children
+                    .iter()
+                    .map(|child| (child.info(), child.spec.start.supervisor.clone()))
+                    .collect();
+                let _ = reply.send((self.spec.strategy.name().to_owned(), children));
+            }
+            SupervisorMsg::Lookup(id, reply) => {
+                let found = self.index_of(&id).map(|index| {
+                    (
+                        self.children[index].spec.start.handle.clone(),
+                        self.children[index].spec.start.supervisor.clone(),
+                    )
+                });
+                let _ = reply.send(found);
+            }
+            SupervisorMsg::StartChild(spec, reply) => {
+                let _ = reply.send(self.add_child(*spec).await);
+            }
+            SupervisorMsg::TerminateChild(id, reply) => {
+                let Some(index) = self.index_of(&id) else {
+                    let _ = reply.send(Err(self.no_such(&id)));
+                    return Ok(());
+                };
+                self.stop_child(index).await;
+                if self.spec.max_children.is_some() {
+                    if let Some(slot) = &self.children[index].spec.start.slot {
+                        slot.close();
+                    }
+                    self.children.remove(index);
+                }
+                let _ = reply.send(Ok(()));
+            }
+            SupervisorMsg::RestartChild(id, reply) => {
+                let Some(index) = self.index_of(&id) else {
+                    let _ = reply.send(Err(self.no_such(&id)));
+                    return Ok(());
+                };
+                self.stop_child(index).await;
+                self.children[index].pending = None;
+                let started = self
+                    .start_child(index)
+                    .await
+                    .map_err(|reason| Error::StartFailed {
+                        supervisor: self.spec.id.to_string(),
+                        child: id.to_string(),
+                        reason: reason.to_string(),
+                    });
+                let _ = reply.send(started);
+            }
+        }
+        Ok(())
+    }
+
+    fn no_such(&self, id: &str) -> Error {
+        Error::NoSuchChild {
+            supervisor: self.spec.id.to_string(),
+            child: id.to_owned(),
+        }
+    }
+
+    async fn add_child(&mut self, spec: ChildSpec) -> Result<(), Error> {
+        let supervisor = self.spec.id.to_string();
+        if self.index_of(&spec.id).is_some() {
+            return Err(Error::DuplicateChild {
+                supervisor,
+                child: spec.id.to_string(),
+            });
+        }
+        if let Some(max) = self.spec.max_children {
+            if self.children.len() >= max {
+                return Err(Error::MaxChildren { supervisor, max });
+            }
+        }
+        let id = spec.id.clone();
+        self.children.push(ChildState::new(spec));
+        let index = self.children.len() - 1;
+        if let Err(reason) = self.start_child(index).await {
+            self.children.remove(index);
+            return Err(Error::StartFailed {
+                supervisor,
+                child: id.to_string(),
+                reason: reason.to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Actor for SupervisorActor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        SupervisorArgs { spec, tree }: SupervisorArgs,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        let handle = spec.handle();
+        *handle
+            .shared
+            .tree
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner()) = Some(tree.clone());
+        handle.shared.exit.send_replace(None);
+        let noise = spec
+            .id
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+                (hash ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3)
+            });
+        let mut state = SupervisorState {
+            children: spec.children.iter().cloned().map(ChildState::new).collect(),
+            spec,
+            window: VecDeque::new(),
+            tree,
+            next_generation: 0,
+            myself: myself.clone(),
+            noise,
+        };
+        for index in 0..state.children.len() {
+            if let Err(reason) = state.start_child(index).await {
+                // Children already started stop again, in reverse, before the failure is reported.
+                state.stop_all().await;
+                let id = state.children[index].spec.id.clone();
+                let detail = match reason {
+                    ExitReason::StartFailed(detail) => detail,
+                    other => other.to_string(),
+                };
+                return Err(Box::new(ChildFailure(ExitReason::StartFailed(format!(
+                    "{id}: {detail}"
+                )))));
+            }
+        }
+        *handle
+            .shared
+            .current
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner()) = Some(myself);
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<SupervisorMsg>,
+        message: SupervisorMsg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.handle_request(message).await
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<SupervisorMsg>,
+        event: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, reason) = match event {
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, exit::from_termination(reason.as_deref()))
+            }
+            SupervisionEvent::ActorFailed(cell, error) => (cell, exit::from_failure(&*error)),
+            _ => return Ok(()),
+        };
+        // Events from incarnations the supervisor already stopped itself are stale.
+        let Some(index) = state.index_of_cell(&cell) else {
+            return Ok(());
+        };
+        let child = &mut state.children[index];
+        child.cell = None;
+        if let Some(slot) = &child.spec.start.slot {
+            slot.detach(cell.get_id());
+        }
+        let id = child.spec.id.clone();
+        state.emit(&id, EventKind::Exited(reason.clone()));
+        state.on_exit(index, reason).await
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let handle = state.spec.handle();
+        *handle
+            .shared
+            .current
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner()) = None;
+        state.stop_all().await;
+        if state.tree.closing.load(Ordering::Acquire) {
+            state.close_slots();
+        }
+        let id = state.spec.id.clone();
+        state.emit(&id, EventKind::ShutDown);
+        handle.shared.exit.send_replace(Some(ExitReason::Shutdown));
+        Ok(())
+    }
+}
