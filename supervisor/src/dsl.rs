@@ -114,12 +114,9 @@ macro_rules! supervisor {
     ) => {
         // A closure so that nested `build()?` calls return from the macro's expression, not
         // from the function the macro is used in.
-        #[allow(clippy::needless_question_mark)]
         (|| -> ::core::result::Result<$crate::SupervisorSpec, $crate::Error> {
-            ::core::result::Result::Ok(
-                $crate::supervisor!(@node $id : $strategy $(, intensity $max per $period)? $(, auto_shutdown $auto)? { $($body)* })
-                    .build()?
-            )
+            $crate::supervisor!(@node $id : $strategy $(, intensity $max per $period)? $(, auto_shutdown $auto)? { $($body)* })
+                .build()
         })()
     };
 

@@ -66,4 +66,22 @@ pub enum Error {
         /// The supervisor's id.
         supervisor: String,
     },
+    /// A request could not be queued: the child's mailbox is full.
+    #[error("child {child}: mailbox full")]
+    MailboxFull {
+        /// The child.
+        child: String,
+    },
+    /// A request could not be queued: the child is gone for good.
+    #[error("child {child} is closed")]
+    Closed {
+        /// The child.
+        child: String,
+    },
+    /// The child dropped a request's reply channel: it crashed handling it, or ignored it.
+    #[error("child {child} dropped the request without a reply")]
+    NoReply {
+        /// The child.
+        child: String,
+    },
 }

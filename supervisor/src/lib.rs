@@ -62,7 +62,7 @@ mod worker;
 
 pub use error::Error;
 pub use exit::ExitReason;
-pub use mailbox::{CallError, ChildRef, DEFAULT_MAILBOX_CAPACITY, Overflow, SendError, Sent};
+pub use mailbox::{ChildRef, DEFAULT_MAILBOX_CAPACITY, Overflow, SendError, Sent};
 pub use spec::{
     AutoShutdown, Backoff, ChildKind, ChildSpec, DEFAULT_WORKER_SHUTDOWN, GameAttributes,
     Intensity, Restart, Shutdown, Start, Strategy, SupervisorBuilder, SupervisorSpec,

@@ -14,6 +14,8 @@ use std::sync::{
 use crossbeam_queue::ArrayQueue;
 use ractor::ActorRef;
 
+use crate::Error;
+
 /// Default mailbox capacity of a worker.
 pub const DEFAULT_MAILBOX_CAPACITY: usize = 1024;
 
@@ -235,18 +237,20 @@ impl<M: Send + 'static> ChildRef<M> {
     /// Sends a request built around a reply channel and awaits the reply.
     ///
     /// # Errors
-    /// [`CallError::Send`] when the request could not be queued, and [`CallError::NoReply`] when
-    /// the child dropped the reply channel (it crashed while handling the request, or ignored it).
+    /// [`Error::MailboxFull`] or [`Error::Closed`] when the request could not be queued, and
+    /// [`Error::NoReply`] when the child dropped the reply channel (it crashed while handling
+    /// the request, or ignored it).
     pub async fn call<R>(
         &self,
         request: impl FnOnce(tokio::sync::oneshot::Sender<R>) -> M,
-    ) -> Result<R, CallError> {
+    ) -> Result<R, Error> {
         let (reply, answer) = tokio::sync::oneshot::channel();
+        let child = || self.id().to_owned();
         self.send(request(reply)).map_err(|error| match error {
-            SendError::Full(_) => CallError::Send("mailbox full"),
-            SendError::Closed(_) => CallError::Send("child is closed"),
+            SendError::Full(_) => Error::MailboxFull { child: child() },
+            SendError::Closed(_) => Error::Closed { child: child() },
         })?;
-        answer.await.map_err(|_| CallError::NoReply)
+        answer.await.map_err(|_| Error::NoReply { child: child() })
     }
 
     /// The child's id.
@@ -268,15 +272,4 @@ impl<M: Send + 'static> ChildRef<M> {
     pub fn incarnations(&self) -> u64 {
         self.slot.incarnations()
     }
-}
-
-/// A request sent with [`ChildRef::call`] got no answer.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CallError {
-    /// The request was not queued.
-    #[error("request not queued: {0}")]
-    Send(&'static str),
-    /// The reply channel was dropped without an answer.
-    #[error("no reply: the child dropped the request")]
-    NoReply,
 }

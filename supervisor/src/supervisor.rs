@@ -386,7 +386,9 @@ impl SupervisorRef {
     }
 
     /// Stops the tree in order: children in reverse start order, each with its shutdown
-    /// policy, nested supervisors recursively. Worker handles are closed afterwards.
+    /// policy, nested supervisors recursively. Called on the root, worker handles close
+    /// afterwards. Called on a nested supervisor, its parent sees a `Shutdown` exit and applies
+    /// its restart type; use the parent's [`SupervisorRef::terminate_child`] to stop it for good.
     ///
     /// # Errors
     /// [`Error::SupervisorDown`] when it was not running.
@@ -628,9 +630,12 @@ impl SupervisorState {
             &mut self.window
         };
         window.push_back(now);
-        while window
-            .front()
-            .is_some_and(|at| now.duration_since(*at) > period)
+        // Only the newest `max_restarts + 1` entries can matter (one more than allowed already
+        // escalates), so the window never outgrows the configuration, whatever the restart rate.
+        while window.len() > max_restarts as usize + 1
+            || window
+                .front()
+                .is_some_and(|at| now.duration_since(*at) > period)
         {
             window.pop_front();
         }
