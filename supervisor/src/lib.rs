@@ -52,6 +52,7 @@
 //! # }
 //! ```
 
+mod children;
 mod dsl;
 mod error;
 mod exit;

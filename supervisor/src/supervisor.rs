@@ -19,6 +19,7 @@ use tokio::{
 
 use crate::{
     ChildRef, ChildSpec, Error,
+    children::{ChildState, Children},
     exit::{self, ChildFailure, ExitReason, SHUTDOWN_REASON},
     spec::{AutoShutdown, ChildKind, Intensity, Restart, Shutdown, Strategy},
 };
@@ -473,47 +474,9 @@ fn start_failed_error(supervisor: &str, reason: &str) -> Error {
 
 pub(crate) struct SupervisorActor;
 
-struct ChildState {
-    spec: ChildSpec,
-    cell: Option<ActorCell>,
-    status: ChildStatus,
-    restarts: u32,
-    backoff_attempt: u32,
-    started_at: Option<Instant>,
-    pending: Option<u64>,
-    /// Restart times for intensity, per child in a dynamic supervisor.
-    window: VecDeque<Instant>,
-}
-
-impl ChildState {
-    fn new(spec: ChildSpec) -> Self {
-        ChildState {
-            spec,
-            cell: None,
-            status: ChildStatus::Terminated,
-            restarts: 0,
-            backoff_attempt: 0,
-            started_at: None,
-            pending: None,
-            window: VecDeque::new(),
-        }
-    }
-
-    fn info(&self) -> ChildInfo {
-        ChildInfo {
-            id: self.spec.id.clone(),
-            kind: self.spec.start.kind,
-            restart: self.spec.restart,
-            status: self.status,
-            restarts: self.restarts,
-            mailbox_depth: self.spec.start.slot.as_ref().map(|slot| slot.depth()),
-        }
-    }
-}
-
 pub(crate) struct SupervisorState {
     spec: crate::SupervisorSpec,
-    children: Vec<ChildState>,
+    children: Children,
     /// Restart times for intensity (static supervisors).
     window: VecDeque<Instant>,
     tree: Tree,
@@ -534,17 +497,11 @@ impl SupervisorState {
     }
 
     fn index_of_cell(&self, cell: &ActorCell) -> Option<usize> {
-        let id = cell.get_id();
-        self.children.iter().position(|child| {
-            child
-                .cell
-                .as_ref()
-                .is_some_and(|running| running.get_id() == id)
-        })
+        self.children.index_of_actor(cell.get_id())
     }
 
     fn index_of(&self, id: &str) -> Option<usize> {
-        self.children.iter().position(|child| &*child.spec.id == id)
+        self.children.index_of(id)
     }
 
     fn next_noise(&mut self) -> f64 {
@@ -564,7 +521,8 @@ impl SupervisorState {
             slot.reopen();
         }
         let cell = child.spec.start.run(supervisor, tree).await?;
-        child.cell = Some(cell);
+        self.children.set_cell(index, cell);
+        let child = &mut self.children[index];
         child.status = ChildStatus::Running;
         child.started_at = Some(Instant::now());
         let id = child.spec.id.clone();
@@ -574,10 +532,10 @@ impl SupervisorState {
 
     /// Stops child `index` with its shutdown policy and waits until it has stopped.
     async fn stop_child(&mut self, index: usize) {
-        let child = &mut self.children[index];
-        let Some(cell) = child.cell.take() else {
+        let Some(cell) = self.children.take_cell(index) else {
             return;
         };
+        let child = &mut self.children[index];
         let reason = match child.spec.shutdown {
             Shutdown::BrutalKill => {
                 let _ = cell.kill_and_wait(None).await;
@@ -719,7 +677,7 @@ impl SupervisorState {
             .into_iter()
             .filter(|&member| {
                 member == index
-                    || self.children[member].cell.is_some()
+                    || self.children[member].is_running()
                     || self.children[member].status == ChildStatus::Restarting
             })
             .collect();
@@ -819,7 +777,7 @@ impl SupervisorState {
     }
 
     fn close_slots(&self) {
-        for child in &self.children {
+        for child in self.children.iter() {
             if let Some(slot) = &child.spec.start.slot {
                 slot.close();
             }
@@ -926,8 +884,7 @@ impl SupervisorState {
             }
         }
         let id = spec.id.clone();
-        self.children.push(ChildState::new(spec));
-        let index = self.children.len() - 1;
+        let index = self.children.push(ChildState::new(spec));
         if let Err(reason) = self.start_child(index).await {
             self.children.remove(index);
             return Err(Error::StartFailed {
@@ -964,7 +921,10 @@ impl Actor for SupervisorActor {
                 (hash ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3)
             });
         let mut state = SupervisorState {
-            children: spec.children.iter().cloned().map(ChildState::new).collect(),
+            children: Children::new(
+                spec.children.iter().cloned().map(ChildState::new).collect(),
+                spec.max_children.is_none(),
+            ),
             spec,
             window: VecDeque::new(),
             tree,
@@ -1020,8 +980,8 @@ impl Actor for SupervisorActor {
         let Some(index) = state.index_of_cell(&cell) else {
             return Ok(());
         };
+        state.children.take_cell(index);
         let child = &mut state.children[index];
-        child.cell = None;
         if let Some(slot) = &child.spec.start.slot {
             slot.detach(cell.get_id());
         }
