@@ -1,4 +1,69 @@
-//! Garrison's entity runtime (skeleton): this crate will hold actor modules (the trait game
-//! logic implements), stable entity addressing by kind and key with session affinity, bounded
-//! mailboxes, checkpoint-and-recover restarts, passivation, game-event tracing, the coarse clock
-//! and the actix gateway. Its content lands with the entity-runtime and gateway issues.
+//! Garrison's entity runtime: game logic written as actor modules.
+//!
+//! Implement [`Entity`] for a kind of game entity (a player, a room); [`Entities`] is its
+//! registry and address book. Sending to a key activates its entity if needed (exactly once,
+//! however many senders race); the entity runs as a supervised ractor actor, restarts from its
+//! last checkpoint after a crash with the messages queued behind the crashing one, passivates to
+//! a compact rkyv snapshot when idle, and handles each message in a span carrying the game
+//! attributes. [`Sessions`] bind a connected player to the entities it may address.
+//!
+//! ```
+//! use garrison_runtime::{Entities, Entity, EntityContext, EntityMessage, HandlerError, KindConfig};
+//! use garrison_supervisor::supervisor;
+//!
+//! /// A player with an inventory.
+//! struct Player;
+//! #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Default)]
+//! struct Inventory { items: Vec<(u32, u16)> }
+//! impl garrison_protocol::Snapshot for Inventory { const SCHEMA: &'static str = "player.inventory"; const VERSION: u16 = 1; }
+//! enum PlayerMsg { Pick(u32), Count(tokio::sync::oneshot::Sender<usize>) }
+//! impl EntityMessage for PlayerMsg {
+//!     fn event_type(&self) -> &'static str { match self { PlayerMsg::Pick(_) => "pick", PlayerMsg::Count(_) => "count" } }
+//! }
+//!
+//! impl Entity for Player {
+//!     const KIND: &'static str = "player";
+//!     type Key = u64;
+//!     type State = Inventory;
+//!     type Message = PlayerMsg;
+//!     async fn activate(&self, _: &u64, recovered: Option<Inventory>) -> Result<Inventory, HandlerError> {
+//!         Ok(recovered.unwrap_or_default())
+//!     }
+//!     async fn handle(&self, cx: &mut EntityContext<'_, Self>, msg: PlayerMsg, inv: &mut Inventory) -> Result<(), HandlerError> {
+//!         match msg {
+//!             PlayerMsg::Pick(item) => { inv.items.push((item, 1)); cx.checkpoint(); }
+//!             PlayerMsg::Count(reply) => { let _ = reply.send(inv.items.len()); }
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let players = Entities::new(Player, KindConfig::default())?;
+//! let tree = supervisor! { "game": one_for_one { entities "players" => players.start(); } }?.start().await?;
+//!
+//! let alice = players.get(7);
+//! alice.send(PlayerMsg::Pick(42)).map_err(|refused| format!("{:?}", refused.reason))?;
+//! let (reply, count) = tokio::sync::oneshot::channel();
+//! alice.send(PlayerMsg::Count(reply)).map_err(|refused| format!("{:?}", refused.reason))?;
+//! assert_eq!(count.await?, 1);
+//! tree.stop().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod clock;
+mod dead_letter;
+mod entity;
+mod error;
+mod host;
+mod registry;
+mod session;
+
+pub use dead_letter::{DEAD_LETTER_CAPACITY, DeadLetter, DeadLetters};
+pub use entity::{Checkpoint, Entity, EntityContext, EntityMessage, KindConfig, State};
+pub use error::Error;
+pub use garrison_supervisor::HandlerError;
+pub use registry::{Entities, EntityRef, Refusal, Refused};
+pub use session::{Outbound, SessionId, Sessions};

@@ -80,6 +80,7 @@ pub const fn assert_unique_ids(ids: &[&str]) {
 /// supervisor! {
 ///     "id": STRATEGY [, intensity N per DURATION] [, auto_shutdown any_significant|all_significant] {
 ///         worker "id" => START_EXPR [, OPTION]* ;
+///         entities "id" => ENTITIES.start() [, OPTION]* ;   (a runtime entity kind)
 ///         dynamic "id", max_children N [, intensity N per DURATION] [, OPTION]* ;
 ///         supervisor "id": STRATEGY [, intensity ...] [, auto_shutdown ...] { ... } [, OPTION]* [;]
 ///     }
@@ -144,6 +145,12 @@ macro_rules! supervisor {
         $crate::supervisor!(@items
             ($builder.child($crate::supervisor!(@opts $crate::ChildSpec::new($id, $start) ; $($opt $($arg)? $(.. $arg2)? ,)*)))
             [$($ids,)* $id] ; $($rest)*)
+    };
+    (@items ($builder:expr) [$($ids:literal),*] ;
+        entities $id:literal => $start:expr $(, $opt:ident $($arg:literal)? $(.. $arg2:literal)?)* ; $($rest:tt)*
+    ) => {
+        $crate::supervisor!(@items ($builder) [$($ids),*] ;
+            worker $id => $start $(, $opt $($arg)? $(.. $arg2)?)* ; $($rest)*)
     };
     (@items ($builder:expr) [$($ids:literal),*] ;
         dynamic $id:literal, max_children $max_children:literal

@@ -65,8 +65,9 @@ pub use error::Error;
 pub use exit::ExitReason;
 pub use mailbox::{ChildRef, DEFAULT_MAILBOX_CAPACITY, Overflow, SendError, Sent};
 pub use spec::{
-    AutoShutdown, Backoff, ChildKind, ChildSpec, DEFAULT_WORKER_SHUTDOWN, GameAttributes,
-    Intensity, Restart, Shutdown, Start, Strategy, SupervisorBuilder, SupervisorSpec,
+    AutoShutdown, Backoff, ChildKind, ChildSpec, CrashLoop, DEFAULT_WORKER_SHUTDOWN,
+    GameAttributes, Intensity, Restart, Shutdown, Start, Strategy, SupervisorBuilder,
+    SupervisorSpec,
 };
 pub use supervisor::{
     ChildCounts, ChildInfo, ChildStatus, EVENT_CHANNEL_CAPACITY, EventKind, LifecycleEvent,

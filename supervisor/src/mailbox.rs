@@ -72,6 +72,9 @@ pub(crate) struct Slot<M> {
     current: RwLock<Option<ActorRef<Wake>>>,
     closed: AtomicBool,
     incarnations: AtomicU64,
+    /// The span of the message being handled, set by workers that trace their messages, so a
+    /// restart after a crash is recorded inside the trace of the message that caused it.
+    trace_parent: std::sync::Mutex<Option<tracing::Span>>,
 }
 
 impl<M> Slot<M> {
@@ -84,6 +87,7 @@ impl<M> Slot<M> {
             current: RwLock::new(None),
             closed: AtomicBool::new(false),
             incarnations: AtomicU64::new(0),
+            trace_parent: std::sync::Mutex::new(None),
         }
     }
 
@@ -177,6 +181,21 @@ impl<M> Slot<M> {
     pub(crate) fn depth(&self) -> usize {
         self.queue.len()
     }
+
+    pub(crate) fn set_trace_parent(&self, span: tracing::Span) {
+        *self
+            .trace_parent
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = Some(span);
+    }
+
+    /// Takes the recorded span: a span held here stays open (unexported) until dropped.
+    pub(crate) fn take_trace_parent(&self) -> Option<tracing::Span> {
+        self.trace_parent
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .take()
+    }
 }
 
 /// A stable handle to a supervised worker, valid across its restarts.
@@ -251,6 +270,11 @@ impl<M: Send + 'static> ChildRef<M> {
             SendError::Closed(_) => Error::Closed { child: child() },
         })?;
         answer.await.map_err(|_| Error::NoReply { child: child() })
+    }
+
+    /// Whether both handles address the same child.
+    pub fn same_child(&self, other: &ChildRef<M>) -> bool {
+        Arc::ptr_eq(&self.slot, &other.slot)
     }
 
     /// The child's id.

@@ -95,6 +95,17 @@ impl Default for Intensity {
     }
 }
 
+/// What a dynamic supervisor does when one child exceeds its restart intensity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CrashLoop {
+    /// OTP: stop every child and escalate to the parent.
+    #[default]
+    Escalate,
+    /// Give up on that child alone: it is removed and its handle closed; its siblings run on.
+    /// For game entities, where one poisoned room must not take down every room.
+    RemoveChild,
+}
+
 /// Exponential restart backoff (Akka's `restartWithBackoff`).
 ///
 /// The n-th consecutive restart waits `min * 2^n`, capped at `max`, stretched by up to
@@ -166,6 +177,7 @@ pub(crate) trait SlotControl: Send + Sync {
     fn close(&self);
     fn reopen(&self);
     fn depth(&self) -> usize;
+    fn take_trace_parent(&self) -> Option<tracing::Span>;
 }
 
 impl<M: Send + 'static> SlotControl for Slot<M> {
@@ -183,6 +195,9 @@ impl<M: Send + 'static> SlotControl for Slot<M> {
     }
     fn depth(&self) -> usize {
         Slot::depth(self)
+    }
+    fn take_trace_parent(&self) -> Option<tracing::Span> {
+        Slot::take_trace_parent(self)
     }
 }
 
@@ -380,6 +395,7 @@ pub struct SupervisorSpec {
     pub(crate) auto_shutdown: AutoShutdown,
     pub(crate) children: Vec<ChildSpec>,
     pub(crate) max_children: Option<usize>,
+    pub(crate) crash_loop: CrashLoop,
     handle: SupervisorRef,
 }
 
@@ -414,6 +430,7 @@ pub struct SupervisorBuilder {
     auto_shutdown: AutoShutdown,
     children: Vec<ChildSpec>,
     max_children: Option<usize>,
+    crash_loop: CrashLoop,
 }
 
 impl SupervisorBuilder {
@@ -426,6 +443,7 @@ impl SupervisorBuilder {
             auto_shutdown: AutoShutdown::Never,
             children: Vec::new(),
             max_children: None,
+            crash_loop: CrashLoop::Escalate,
         }
     }
 
@@ -438,6 +456,13 @@ impl SupervisorBuilder {
             max_children: Some(max_children),
             ..SupervisorBuilder::new(id)
         }
+    }
+
+    /// Sets what a dynamic supervisor does when one child exceeds its restart intensity
+    /// (ignored by static supervisors, which always escalate).
+    pub fn crash_loop(mut self, crash_loop: CrashLoop) -> SupervisorBuilder {
+        self.crash_loop = crash_loop;
+        self
     }
 
     /// Sets the strategy.
@@ -496,6 +521,7 @@ impl SupervisorBuilder {
             auto_shutdown: self.auto_shutdown,
             children: self.children,
             max_children: self.max_children,
+            crash_loop: self.crash_loop,
             handle,
         })
     }

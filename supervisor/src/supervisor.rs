@@ -21,7 +21,7 @@ use crate::{
     ChildRef, ChildSpec, Error,
     children::{ChildState, Children},
     exit::{self, ChildFailure, ExitReason, SHUTDOWN_REASON},
-    spec::{AutoShutdown, ChildKind, Intensity, Restart, Shutdown, Strategy},
+    spec::{AutoShutdown, ChildKind, CrashLoop, Intensity, Restart, Shutdown, Strategy},
 };
 
 /// Capacity of a tree's lifecycle-event channel. A subscriber that falls further behind loses
@@ -61,6 +61,8 @@ pub enum EventKind {
     Escalated,
     /// The supervisor finished an ordered shutdown.
     ShutDown,
+    /// A dynamic supervisor gave up on a crash-looping child ([`crate::CrashLoop::RemoveChild`]).
+    GaveUp,
 }
 
 /// What a running child looks like from outside.
@@ -575,6 +577,16 @@ impl SupervisorState {
         }
     }
 
+    /// Whether the restart just recorded by `allow_restart` exceeded the intensity.
+    fn window_exceeded(&self, index: usize) -> bool {
+        let window = if self.spec.max_children.is_some() {
+            &self.children[index].window
+        } else {
+            &self.window
+        };
+        window.len() > self.spec.intensity.max_restarts as usize
+    }
+
     /// Records a restart; returns false when the intensity is exceeded.
     fn allow_restart(&mut self, index: usize) -> bool {
         let Intensity {
@@ -629,7 +641,26 @@ impl SupervisorState {
             return Ok(());
         }
 
-        if !self.allow_restart(index) {
+        if !self.allow_restart(index)
+            && self.spec.max_children.is_some()
+            && self.spec.crash_loop == CrashLoop::RemoveChild
+        {
+            let span = tracing::warn_span!(
+                "garrison.supervisor.give_up",
+                supervisor.id = %self.spec.id,
+                child.id = %id,
+                exit.reason = %reason,
+            );
+            let _entered = span.enter();
+            tracing::warn!("child exceeded its restart intensity; removing it");
+            let child = self.children.remove(index);
+            if let Some(slot) = &child.spec.start.slot {
+                slot.close();
+            }
+            self.emit(&id, EventKind::GaveUp);
+            return Ok(());
+        }
+        if self.window_exceeded(index) {
             let Intensity {
                 max_restarts,
                 period,
@@ -699,7 +730,14 @@ impl SupervisorState {
             self.children[member].pending = Some(generation);
         }
         {
+            let trace_parent = self.children[index]
+                .spec
+                .start
+                .slot
+                .as_ref()
+                .and_then(|slot| slot.take_trace_parent());
             let span = tracing::info_span!(
+                parent: trace_parent.as_ref().and_then(tracing::Span::id),
                 "garrison.supervisor.restart",
                 supervisor.id = %self.spec.id,
                 supervisor.strategy = self.spec.strategy.name(),

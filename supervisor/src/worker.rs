@@ -77,6 +77,19 @@ impl<M: Send + 'static> WorkerContext<M> {
         self.incarnation
     }
 
+    /// Records the span of the message being handled: if handling it crashes the worker, the
+    /// supervisor's restart span becomes a child of this span, so the restart shows in the
+    /// message's trace. Call [`WorkerContext::clear_trace_parent`] once the message is handled:
+    /// a span held here stays open, and unexported, until released.
+    pub fn set_trace_parent(&self, span: &tracing::Span) {
+        self.slot.set_trace_parent(span.clone());
+    }
+
+    /// Releases the span recorded by [`WorkerContext::set_trace_parent`].
+    pub fn clear_trace_parent(&self) {
+        drop(self.slot.take_trace_parent());
+    }
+
     /// Asks this incarnation to stop normally after the current message (a `transient` child is
     /// then not restarted).
     pub fn stop(&self) {

@@ -276,3 +276,71 @@ async fn dynamic_supervisor_refuses_past_max_children() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_looping_dynamic_child_is_removed_alone_under_remove_child() {
+    let log = Log::default();
+    let rooms = SupervisorBuilder::dynamic("rooms", 10)
+        .intensity(1, Duration::from_secs(60))
+        .crash_loop(garrison_supervisor::CrashLoop::RemoveChild)
+        .build()
+        .unwrap();
+    let root = SupervisorBuilder::new("root")
+        .child(ChildSpec::new("rooms", Start::supervisor(rooms)))
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let rooms = root.supervisor("rooms").await.unwrap();
+    rooms
+        .start_child(ChildSpec::new("poison", Probe::start(&log)))
+        .await
+        .unwrap();
+    rooms
+        .start_child(ChildSpec::new("healthy", Probe::start(&log)))
+        .await
+        .unwrap();
+    let mut events = root.events().unwrap();
+    let poison = rooms.child::<Command>("poison").await.unwrap();
+    poison.send(Command::Panic).unwrap();
+    eventually("first restart", LIMIT, || {
+        let n = poison.incarnations();
+        async move { n == 2 }
+    })
+    .await;
+    poison.send(Command::Panic).unwrap();
+    let mut gave_up = false;
+    eventually("the give-up", LIMIT, || {
+        while let Ok(event) = events.try_recv() {
+            gave_up |= &*event.child == "poison" && event.kind == EventKind::GaveUp;
+        }
+        let done = gave_up;
+        async move { done }
+    })
+    .await;
+    let ids: Vec<String> = rooms
+        .which_children()
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.id.to_string())
+        .collect();
+    assert_eq!(ids, ["healthy"], "only the crash-looping child is gone");
+    assert!(matches!(
+        poison.send(Command::Note(1)),
+        Err(garrison_supervisor::SendError::Closed(_))
+    ));
+    let healthy = rooms.child::<Command>("healthy").await.unwrap();
+    assert_eq!(
+        healthy.call(Command::Incarnation).await.unwrap(),
+        1,
+        "the sibling was never restarted"
+    );
+    assert_eq!(
+        root.count_children().await.unwrap().active,
+        1,
+        "the kind's supervisor did not escalate"
+    );
+    root.stop().await.unwrap();
+}

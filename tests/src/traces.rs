@@ -20,6 +20,8 @@ pub struct CapturedSpan {
     pub name: String,
     /// Its fields as text, including those recorded after creation.
     pub fields: BTreeMap<String, String>,
+    /// The name of its parent span, if it has one.
+    pub parent: Option<String>,
 }
 
 /// The spans a [`CaptureLayer`] saw, in creation order.
@@ -67,6 +69,10 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for CaptureLayer {
             ..CapturedSpan::default()
         };
         attributes.record(&mut Fields(&mut span.fields));
+        span.parent = context
+            .span(id)
+            .and_then(|registered| registered.parent())
+            .map(|parent| parent.name().to_owned());
         let mut spans = self.captured.0.lock().expect("capture lock");
         spans.push(span);
         if let Some(registered) = context.span(id) {

@@ -1,0 +1,50 @@
+//! A coarse clock read without a syscall: one background thread stores the elapsed
+//! milliseconds in an atomic every millisecond; readers do one relaxed load.
+//!
+//! The source's cached clock cut system CPU from 19% to 2.3% by not asking the kernel for the
+//! time on every message. Garrison reads it for idle detection and checkpoint intervals.
+
+use std::{
+    sync::{
+        OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+/// How often the clock is updated, and so its resolution.
+pub const RESOLUTION: Duration = Duration::from_millis(1);
+
+struct Clock {
+    epoch: Instant,
+    millis: AtomicU64,
+}
+
+fn clock() -> &'static Clock {
+    static CLOCK: OnceLock<&'static Clock> = OnceLock::new();
+    CLOCK.get_or_init(|| {
+        let clock: &'static Clock = Box::leak(Box::new(Clock {
+            epoch: Instant::now(),
+            millis: AtomicU64::new(0),
+        }));
+        std::thread::Builder::new()
+            .name("garrison-clock".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(RESOLUTION);
+                    let elapsed = clock.epoch.elapsed().as_millis() as u64;
+                    // Relaxed: readers need a recent value, not ordering with other memory.
+                    clock.millis.store(elapsed, Ordering::Relaxed);
+                }
+            })
+            .expect("spawning the clock thread");
+        clock
+    })
+}
+
+/// Milliseconds since the clock started (the first call), within [`RESOLUTION`] plus scheduling
+/// delay. Monotonic.
+pub fn now_millis() -> u64 {
+    // Relaxed: a single monotonic counter; no other data is published through it.
+    clock().millis.load(Ordering::Relaxed)
+}

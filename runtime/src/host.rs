@@ -1,0 +1,267 @@
+//! Runs one entity incarnation as a supervised worker: activation from the last checkpoint,
+//! one traced span per handled message, dead letters, checkpoints and passivation.
+
+use std::{
+    panic::AssertUnwindSafe,
+    sync::{Arc, atomic::Ordering},
+};
+
+use futures_util::FutureExt;
+use garrison_protocol::{SnapshotWriter, TraceContext};
+use garrison_supervisor::{HandlerError, Worker, WorkerContext};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::{
+    Checkpoint, Entity, EntityContext, EntityMessage, State, clock,
+    dead_letter::DeadLetter,
+    registry::{EntityCell, Inner, Slot},
+    session::SessionId,
+};
+
+/// What travels in an entity's mailbox.
+pub(crate) enum Envelope<E: Entity> {
+    /// A message, with the span it was sent from and the session that sent it.
+    Message {
+        message: E::Message,
+        parent: tracing::Span,
+        session: Option<SessionId>,
+    },
+    /// The sweeper found the entity idle.
+    Passivate,
+}
+
+impl<E: Entity> Envelope<E> {
+    /// The message inside (only called on envelopes built around one).
+    pub(crate) fn into_message(self) -> E::Message {
+        match self {
+            Envelope::Message { message, .. } => message,
+            Envelope::Passivate => {
+                unreachable!("a refused passivation request is never handed back to a sender")
+            }
+        }
+    }
+}
+
+pub(crate) struct EntityWorker<E: Entity> {
+    pub(crate) inner: Arc<Inner<E>>,
+    pub(crate) key: E::Key,
+    pub(crate) cell: Arc<EntityCell>,
+}
+
+impl<E: Entity> Clone for EntityWorker<E> {
+    fn clone(&self) -> Self {
+        EntityWorker {
+            inner: self.inner.clone(),
+            key: self.key.clone(),
+            cell: self.cell.clone(),
+        }
+    }
+}
+
+pub(crate) struct Running<E: Entity> {
+    state: E::State,
+    since_checkpoint: u32,
+    last_checkpoint_ms: u64,
+    writer: SnapshotWriter,
+}
+
+/// The OpenTelemetry context of a client's span, so the handling span becomes its child.
+fn remote_parent(trace: &TraceContext) -> opentelemetry::Context {
+    let span_context = SpanContext::new(
+        TraceId::from_bytes(trace.trace_id),
+        SpanId::from_bytes(trace.span_id),
+        TraceFlags::new(trace.flags),
+        true,
+        TraceState::default(),
+    );
+    opentelemetry::Context::new().with_remote_span_context(span_context)
+}
+
+impl<E: Entity> EntityWorker<E> {
+    fn checkpoint(&self, running: &mut Running<E>) -> Result<(), HandlerError> {
+        let bytes = running.writer.write(&running.state)?;
+        *self
+            .cell
+            .checkpoint
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = Some(bytes);
+        running.since_checkpoint = 0;
+        running.last_checkpoint_ms = clock::now_millis();
+        Ok(())
+    }
+
+    fn checkpoint_due(&self, running: &Running<E>) -> bool {
+        match self.inner.config.checkpoint {
+            Checkpoint::Never | Checkpoint::OnDemand => false,
+            Checkpoint::EveryMessages(every) => running.since_checkpoint >= every.max(1),
+            Checkpoint::Every(interval) => {
+                clock::now_millis().saturating_sub(running.last_checkpoint_ms)
+                    >= interval.as_millis() as u64
+            }
+        }
+    }
+
+    /// Passivates if this incarnation still owns the key's entry and no message is waiting:
+    /// the entry becomes the snapshot and the incarnation stops normally.
+    fn passivate(
+        &self,
+        context: &WorkerContext<Envelope<E>>,
+        running: &mut Running<E>,
+    ) -> Result<(), HandlerError> {
+        let bytes = running.writer.write(&running.state)?;
+        let mine = context.handle();
+        let Some(mut entry) = self.inner.map.get_mut(&self.key) else {
+            return Ok(());
+        };
+        let owned = matches!(&*entry, Slot::Active { handle, .. } if handle.same_child(&mine));
+        // Holding the entry for writing: no push is in flight, so the depth is exact.
+        if !owned || mine.depth() > 0 {
+            return Ok(());
+        }
+        *entry = Slot::Passivated(bytes);
+        drop(entry);
+        tracing::debug!(game.entity.kind = E::KIND, game.entity.key = %self.key, "passivated");
+        context.stop();
+        Ok(())
+    }
+}
+
+impl<E: Entity> Worker for EntityWorker<E> {
+    type Message = Envelope<E>;
+    type State = Running<E>;
+
+    async fn start(&self, _: &WorkerContext<Envelope<E>>) -> Result<Running<E>, HandlerError> {
+        let checkpoint = self
+            .cell
+            .checkpoint
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone();
+        let recovered = match checkpoint {
+            Some(bytes) => Some(E::State::restore(bytes)?),
+            None => None,
+        };
+        let state = self.inner.module.activate(&self.key, recovered).await?;
+        Ok(Running {
+            state,
+            since_checkpoint: 0,
+            last_checkpoint_ms: clock::now_millis(),
+            writer: SnapshotWriter::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        context: &WorkerContext<Envelope<E>>,
+        envelope: Envelope<E>,
+        running: &mut Running<E>,
+    ) -> Result<(), HandlerError> {
+        let (message, parent, session) = match envelope {
+            Envelope::Message {
+                message,
+                parent,
+                session,
+            } => (message, parent, session),
+            Envelope::Passivate => {
+                let timeout = self
+                    .inner
+                    .config
+                    .passivate_after
+                    .map_or(u64::MAX, |after| after.as_millis() as u64);
+                let idle = clock::now_millis()
+                    .saturating_sub(self.cell.last_active.load(Ordering::Relaxed));
+                return if idle >= timeout {
+                    self.passivate(context, running)
+                } else {
+                    Ok(())
+                };
+            }
+        };
+        let event_type = message.event_type();
+        let trace = message.trace_context();
+        let activity = message.counts_as_activity();
+        let span = tracing::info_span!(
+            parent: &parent,
+            "garrison.entity.handle",
+            game.session.id = tracing::field::Empty,
+            game.event.type = event_type,
+            game.world.zone = tracing::field::Empty,
+            game.entity.kind = E::KIND,
+            game.entity.key = %self.key,
+            game.entity.incarnation = context.incarnation(),
+        );
+        if let Some(session) = session {
+            span.record("game.session.id", session.0);
+        }
+        if let Some(zone) = &self.inner.config.zone {
+            span.record("game.world.zone", &**zone);
+        }
+        if let Some(trace) = &trace {
+            // Without an OpenTelemetry layer installed there is nothing to join.
+            let _ = span.set_parent(remote_parent(trace));
+        }
+
+        if !span.is_disabled() {
+            context.set_trace_parent(&span);
+        }
+        let mut entity_context = EntityContext::<E> {
+            key: &self.key,
+            incarnation: context.incarnation(),
+            session,
+            checkpoint_requested: false,
+            passivate_requested: false,
+        };
+        let handled = AssertUnwindSafe(
+            self.inner
+                .module
+                .handle(&mut entity_context, message, &mut running.state)
+                .instrument(span),
+        )
+        .catch_unwind()
+        .await;
+        let failure = match &handled {
+            Ok(Ok(())) => None,
+            Ok(Err(error)) => Some(error.to_string()),
+            Err(panic) => Some(
+                panic
+                    .downcast_ref::<&str>()
+                    .map(|message| (*message).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-string panic payload".to_owned()),
+            ),
+        };
+        if let Some(reason) = failure {
+            self.inner.dead_letters.record(DeadLetter {
+                kind: E::KIND,
+                key: self.key.to_string(),
+                event_type,
+                reason,
+                trace,
+                session: session.map(|session| session.0),
+            });
+        }
+        match handled {
+            // Re-raised so the supervisor classifies the exit as a panic, exactly. The span stays
+            // recorded for the supervisor's restart span, which takes it.
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(Err(error)) => return Err(error),
+            Ok(Ok(())) => context.clear_trace_parent(),
+        }
+
+        if activity {
+            self.cell
+                .last_active
+                .store(clock::now_millis(), Ordering::Relaxed);
+        }
+        running.since_checkpoint = running.since_checkpoint.saturating_add(1);
+        if entity_context.checkpoint_requested || self.checkpoint_due(running) {
+            self.checkpoint(running)?;
+        }
+        if entity_context.passivate_requested {
+            self.passivate(context, running)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,439 @@
+//! The entity registry of one kind: stable addressing by key, single activation, passivation to
+//! snapshot bytes, and reactivation on the next message.
+//!
+//! Concurrency rules, which together make "a key reaches exactly one live incarnation" and "no
+//! accepted message is stranded" hold:
+//! - a message is pushed into an entity's mailbox while the sender holds the key's registry
+//!   entry for reading;
+//! - activation inserts the new mailbox handle while holding the entry for writing, before the
+//!   actor starts, so concurrent first sends find it and queue behind each other;
+//! - passivation replaces the entry with the snapshot while holding it for writing, and only if
+//!   the mailbox is empty; no push can be in flight then, and none can reach the old mailbox
+//!   afterwards.
+
+use std::{
+    fmt,
+    sync::{
+        Arc, Mutex, OnceLock, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use dashmap::{DashMap, mapref::entry::Entry};
+use garrison_supervisor::{
+    ChildRef, ChildSpec, CrashLoop, GameAttributes, Restart, SendError, Start, SupervisorBuilder,
+    SupervisorRef, SupervisorSpec,
+};
+
+use crate::{
+    Entity, Error, KindConfig, clock,
+    dead_letter::DeadLetters,
+    host::{EntityWorker, Envelope},
+    session::{SessionId, Sessions},
+};
+
+/// Shared by the incarnations of one activation: its last checkpoint and when it last worked.
+pub(crate) struct EntityCell {
+    pub(crate) checkpoint: Mutex<Option<Bytes>>,
+    pub(crate) last_active: AtomicU64,
+}
+
+pub(crate) enum Slot<E: Entity> {
+    Active {
+        handle: ChildRef<Envelope<E>>,
+        cell: Arc<EntityCell>,
+    },
+    Passivated(Bytes),
+}
+
+pub(crate) struct Inner<E: Entity> {
+    pub(crate) module: E,
+    pub(crate) config: KindConfig,
+    pub(crate) map: DashMap<E::Key, Slot<E>>,
+    pub(crate) dead_letters: Arc<DeadLetters>,
+    spec: SupervisorSpec,
+    supervisor: SupervisorRef,
+    activations: AtomicU64,
+    sweeper: OnceLock<()>,
+}
+
+/// All entities of kind `E`: the registry, and the handle to send them messages.
+pub struct Entities<E: Entity> {
+    inner: Arc<Inner<E>>,
+}
+
+impl<E: Entity> Clone for Entities<E> {
+    fn clone(&self) -> Self {
+        Entities {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<E: Entity> fmt::Debug for Entities<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Entities")
+            .field("kind", &E::KIND)
+            .field("registered", &self.inner.map.len())
+            .finish()
+    }
+}
+
+/// A message an entity did not accept, handed back with the reason.
+#[derive(Debug)]
+pub struct Refused<M> {
+    /// Why.
+    pub reason: Refusal,
+    /// The message.
+    pub message: M,
+}
+
+/// Why a message was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The entity's mailbox is full (its kind's overflow policy is `Reject`).
+    MailboxFull,
+    /// The session may not address this entity, or is not open.
+    Session(Error),
+    /// The kind is not running (its supervisor is not started, or has stopped).
+    KindDown,
+}
+
+impl<E: Entity> Entities<E> {
+    /// The registry for kind `E`, served by `module`.
+    ///
+    /// # Errors
+    /// [`Error::KindNotStarted`] when the configuration cannot make a supervisor (a zero restart
+    /// period).
+    pub fn new(module: E, config: KindConfig) -> Result<Self, Error> {
+        let spec = SupervisorBuilder::dynamic(E::KIND, config.max_active)
+            .intensity(config.max_restarts, config.restart_period)
+            .crash_loop(CrashLoop::RemoveChild)
+            .build()
+            .map_err(|_| Error::KindNotStarted { kind: E::KIND })?;
+        let supervisor = spec.handle();
+        Ok(Entities {
+            inner: Arc::new(Inner {
+                module,
+                config,
+                map: DashMap::new(),
+                dead_letters: Arc::new(DeadLetters::default()),
+                spec,
+                supervisor,
+                activations: AtomicU64::new(0),
+                sweeper: OnceLock::new(),
+            }),
+        })
+    }
+
+    /// How to start this kind in a supervision tree: its dynamic supervisor.
+    pub fn start(&self) -> Start {
+        Start::supervisor(self.inner.spec.clone())
+    }
+
+    /// The kind's supervisor.
+    pub fn supervisor(&self) -> &SupervisorRef {
+        &self.inner.supervisor
+    }
+
+    /// A stable address for entity `key`; sending through it activates the entity if needed.
+    pub fn get(&self, key: E::Key) -> EntityRef<E> {
+        EntityRef {
+            entities: self.clone(),
+            key,
+        }
+    }
+
+    /// Sends `message` to entity `key`, activating it if it has no live incarnation.
+    ///
+    /// # Errors
+    /// The message is handed back when the mailbox is full ([`Refusal::MailboxFull`]) or the kind
+    /// is not running ([`Refusal::KindDown`]).
+    pub fn send(&self, key: &E::Key, message: E::Message) -> Result<(), Refused<E::Message>> {
+        self.deliver(key, message, None)
+    }
+
+    /// Sends `message` to entity `key` on behalf of session `session`, which must be bound to it.
+    ///
+    /// # Errors
+    /// As [`Entities::send`], and [`Refusal::Session`] when the session may not address the
+    /// entity.
+    pub fn send_as(
+        &self,
+        sessions: &Sessions,
+        session: SessionId,
+        key: &E::Key,
+        message: E::Message,
+    ) -> Result<(), Refused<E::Message>> {
+        if let Err(error) = sessions.check::<E>(session, key) {
+            return Err(Refused {
+                reason: Refusal::Session(error),
+                message,
+            });
+        }
+        self.deliver(key, message, Some(session))
+    }
+
+    fn deliver(
+        &self,
+        key: &E::Key,
+        message: E::Message,
+        session: Option<SessionId>,
+    ) -> Result<(), Refused<E::Message>> {
+        let envelope = Envelope::Message {
+            message,
+            parent: tracing::Span::current(),
+            session,
+        };
+        self.push(key, envelope)
+            .map_err(|(reason, envelope)| Refused {
+                reason,
+                message: envelope.into_message(),
+            })
+    }
+
+    /// Pushes an envelope to the live incarnation of `key`, activating one if there is none.
+    fn push(&self, key: &E::Key, envelope: Envelope<E>) -> Result<(), (Refusal, Envelope<E>)> {
+        let envelope = {
+            // Fast path: the entity is active; push while holding the entry for reading.
+            let Some(slot) = self.inner.map.get(key) else {
+                return self.activate_and_push(key, envelope);
+            };
+            match &*slot {
+                Slot::Active { handle, .. } => match handle.send(envelope) {
+                    Ok(_) => return Ok(()),
+                    Err(SendError::Full(envelope)) => return Err((Refusal::MailboxFull, envelope)),
+                    // Its incarnation is gone for good (it stopped itself, or was given up on
+                    // after a crash loop): reactivate below.
+                    Err(SendError::Closed(envelope)) => envelope,
+                },
+                Slot::Passivated(_) => envelope,
+            }
+        };
+        self.activate_and_push(key, envelope)
+    }
+
+    fn activate_and_push(
+        &self,
+        key: &E::Key,
+        envelope: Envelope<E>,
+    ) -> Result<(), (Refusal, Envelope<E>)> {
+        let entry = self.inner.map.entry(key.clone());
+        let (recovered, envelope) = match &entry {
+            Entry::Occupied(occupied) => match occupied.get() {
+                // Someone activated it between our read and this write.
+                Slot::Active { handle, cell } => match handle.send(envelope) {
+                    Ok(_) => return Ok(()),
+                    Err(SendError::Full(envelope)) => return Err((Refusal::MailboxFull, envelope)),
+                    Err(SendError::Closed(envelope)) => {
+                        let checkpoint = cell
+                            .checkpoint
+                            .lock()
+                            .unwrap_or_else(|poison| poison.into_inner())
+                            .clone();
+                        (checkpoint, envelope)
+                    }
+                },
+                Slot::Passivated(bytes) => (Some(bytes.clone()), envelope),
+            },
+            Entry::Vacant(_) => (None, envelope),
+        };
+        self.replace(entry, key, recovered, envelope)
+    }
+
+    /// Installs a new activation of `key` in `entry`, queues `envelope` in it, and starts it.
+    fn replace(
+        &self,
+        entry: Entry<'_, E::Key, Slot<E>>,
+        key: &E::Key,
+        recovered: Option<Bytes>,
+        envelope: Envelope<E>,
+    ) -> Result<(), (Refusal, Envelope<E>)> {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Err((Refusal::KindDown, envelope));
+        };
+        let cell = Arc::new(EntityCell {
+            checkpoint: Mutex::new(recovered),
+            last_active: AtomicU64::new(clock::now_millis()),
+        });
+        let activation = self.inner.activations.fetch_add(1, Ordering::Relaxed);
+        let worker = EntityWorker {
+            inner: self.inner.clone(),
+            key: key.clone(),
+            cell: cell.clone(),
+        };
+        let start = Start::worker_with_mailbox(
+            move || worker.clone(),
+            self.inner.config.mailbox_capacity,
+            self.inner.config.overflow,
+        );
+        // The id is unique per activation: a passivating incarnation may still be stopping when
+        // the next one starts.
+        let spec = ChildSpec::new(format!("{key}@{activation}"), start)
+            .restart(Restart::Transient)
+            .shutdown(garrison_supervisor::Shutdown::Timeout(Duration::from_secs(
+                5,
+            )))
+            .attributes(GameAttributes {
+                session_id: None,
+                zone: self.inner.config.zone.clone(),
+                entity_kind: Some(Arc::from(E::KIND)),
+                entity_key: Some(Arc::from(key.to_string())),
+            });
+        let Some(handle) = spec.handle::<Envelope<E>>() else {
+            return Err((Refusal::KindDown, envelope));
+        };
+        let envelope = match handle.send(envelope) {
+            Ok(_) => None,
+            Err(error) => Some(error.into_inner()),
+        };
+        if let Some(envelope) = envelope {
+            // A mailbox of capacity zero cannot hold even the first message.
+            return Err((Refusal::MailboxFull, envelope));
+        }
+        entry.insert(Slot::Active {
+            handle: handle.clone(),
+            cell,
+        });
+        self.ensure_sweeper(&runtime);
+        let entities = self.clone();
+        let key = key.clone();
+        runtime.spawn(async move {
+            if let Err(error) = entities.inner.supervisor.start_child(spec).await {
+                // Forget this activation so the next message tries again; what was queued for it
+                // is dropped with it, and said so.
+                tracing::warn!(
+                    game.entity.kind = E::KIND,
+                    game.entity.key = %key,
+                    dropped = handle.depth(),
+                    %error,
+                    "entity activation failed"
+                );
+                entities
+                    .inner
+                    .map
+                    .remove_if(&key, |_, slot| matches!(slot, Slot::Active { handle: current, .. } if current.same_child(&handle)));
+            }
+        });
+        Ok(())
+    }
+
+    /// Starts the passivation sweeper the first time an entity activates, if the kind passivates.
+    fn ensure_sweeper(&self, runtime: &tokio::runtime::Handle) {
+        let Some(timeout) = self.inner.config.passivate_after else {
+            return;
+        };
+        self.inner.sweeper.get_or_init(|| {
+            let weak: Weak<Inner<E>> = Arc::downgrade(&self.inner);
+            let period = (timeout / 4).max(Duration::from_millis(5));
+            runtime.spawn(async move {
+                let timeout_ms = timeout.as_millis() as u64;
+                loop {
+                    tokio::time::sleep(period).await;
+                    let Some(inner) = weak.upgrade() else {
+                        return;
+                    };
+                    let now = clock::now_millis();
+                    for slot in inner.map.iter() {
+                        if let Slot::Active { handle, cell } = slot.value() {
+                            if now.saturating_sub(cell.last_active.load(Ordering::Relaxed))
+                                >= timeout_ms
+                            {
+                                // A full mailbox means the entity is busy, not idle.
+                                let _ = handle.send(Envelope::Passivate);
+                            }
+                        }
+                    }
+                }
+            });
+        });
+    }
+
+    /// Whether entity `key` has a live (or starting) incarnation.
+    pub fn is_active(&self, key: &E::Key) -> bool {
+        self.inner
+            .map
+            .get(key)
+            .is_some_and(|slot| matches!(&*slot, Slot::Active { .. }))
+    }
+
+    /// The snapshot a passivated entity `key` is kept as, if it is passivated.
+    pub fn passivated_snapshot(&self, key: &E::Key) -> Option<Bytes> {
+        self.inner.map.get(key).and_then(|slot| match &*slot {
+            Slot::Passivated(bytes) => Some(bytes.clone()),
+            Slot::Active { .. } => None,
+        })
+    }
+
+    /// Registers entity `key` as passivated with `snapshot`, without running it: it activates
+    /// from the snapshot on its first message (loading a saved world, or pre-registering).
+    pub fn register_passivated(&self, key: E::Key, snapshot: Bytes) {
+        self.inner
+            .map
+            .entry(key)
+            .or_insert(Slot::Passivated(snapshot));
+    }
+
+    /// Entities known to the registry, active or passivated.
+    pub fn len(&self) -> usize {
+        self.inner.map.len()
+    }
+
+    /// Whether the registry is empty.
+    pub fn is_empty(&self) -> bool {
+        self.inner.map.is_empty()
+    }
+
+    /// The messages that crashed entities of this kind.
+    pub fn dead_letters(&self) -> &DeadLetters {
+        &self.inner.dead_letters
+    }
+
+    /// Messages waiting in entity `key`'s mailbox (0 when it is not active).
+    pub fn mailbox_depth(&self, key: &E::Key) -> usize {
+        self.inner.map.get(key).map_or(0, |slot| match &*slot {
+            Slot::Active { handle, .. } => handle.depth(),
+            Slot::Passivated(_) => 0,
+        })
+    }
+}
+
+/// A stable address of one entity: its kind and key. Valid whether the entity is active,
+/// passivated, or restarting.
+pub struct EntityRef<E: Entity> {
+    entities: Entities<E>,
+    key: E::Key,
+}
+
+impl<E: Entity> Clone for EntityRef<E> {
+    fn clone(&self) -> Self {
+        EntityRef {
+            entities: self.entities.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+impl<E: Entity> fmt::Debug for EntityRef<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EntityRef({} {})", E::KIND, self.key)
+    }
+}
+
+impl<E: Entity> EntityRef<E> {
+    /// The entity's key.
+    pub fn key(&self) -> &E::Key {
+        &self.key
+    }
+
+    /// Sends a message (see [`Entities::send`]).
+    ///
+    /// # Errors
+    /// As [`Entities::send`].
+    pub fn send(&self, message: E::Message) -> Result<(), Refused<E::Message>> {
+        self.entities.send(&self.key, message)
+    }
+}

@@ -1,0 +1,184 @@
+//! Sessions: which entities a connected player may address, and the connection that receives
+//! what entities push to the player.
+//!
+//! A reconnect swaps the connection atomically: frames pushed to the session go to exactly one
+//! connection, the old one up to the swap and the new one after it, with no window where both or
+//! neither receive (the reconnect races of Pitaya's issues #251 and #220 cannot happen).
+
+use std::{collections::HashSet, fmt, sync::Arc};
+
+use dashmap::DashMap;
+use garrison_protocol::Frame;
+
+use crate::{Entity, Error};
+
+/// A session id: one per logged-in player, kept across reconnects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Where a session's outbound frames go: a connection's bounded output queue.
+pub trait Outbound: Send + Sync + 'static {
+    /// Queues a frame for the client, or hands it back when the queue cannot take it.
+    ///
+    /// # Errors
+    /// The frame, when the queue is full or closed.
+    fn push(&self, frame: Frame) -> Result<(), Frame>;
+
+    /// Tells the connection it was replaced by a newer one; it should close with that reason.
+    fn replaced(&self) {}
+}
+
+/// A bounded tokio channel is an outbound queue: `try_send`, never waiting.
+impl Outbound for tokio::sync::mpsc::Sender<Frame> {
+    fn push(&self, frame: Frame) -> Result<(), Frame> {
+        self.try_send(frame).map_err(|error| match error {
+            tokio::sync::mpsc::error::TrySendError::Full(frame)
+            | tokio::sync::mpsc::error::TrySendError::Closed(frame) => frame,
+        })
+    }
+}
+
+#[derive(Default)]
+struct SessionState {
+    bindings: HashSet<(&'static str, String)>,
+    connection: Option<Arc<dyn Outbound>>,
+}
+
+/// The open sessions.
+#[derive(Default)]
+pub struct Sessions {
+    sessions: DashMap<SessionId, SessionState>,
+}
+
+impl fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sessions")
+            .field("open", &self.sessions.len())
+            .finish()
+    }
+}
+
+impl Sessions {
+    /// No sessions.
+    pub fn new() -> Self {
+        Sessions::default()
+    }
+
+    /// Attaches `connection` to session `id`, opening the session if needed, and returns the
+    /// connection it replaced (already told it was [`replaced`](Outbound::replaced)).
+    ///
+    /// The swap happens under the session's write lock, which every [`Sessions::push`] takes
+    /// for reading: a push completes wholly on the old connection or wholly on the new one.
+    pub fn attach(
+        &self,
+        id: SessionId,
+        connection: Arc<dyn Outbound>,
+    ) -> Option<Arc<dyn Outbound>> {
+        let old = self
+            .sessions
+            .entry(id)
+            .or_default()
+            .connection
+            .replace(connection);
+        if let Some(old) = &old {
+            old.replaced();
+        }
+        old
+    }
+
+    /// Detaches `connection` from session `id` if it is still the attached one (a connection
+    /// that was replaced must not detach its successor). Bindings are kept for a reconnect.
+    pub fn detach(&self, id: SessionId, connection: &Arc<dyn Outbound>) {
+        if let Some(mut session) = self.sessions.get_mut(&id) {
+            if session
+                .connection
+                .as_ref()
+                .is_some_and(|current| Arc::ptr_eq(current, connection))
+            {
+                session.connection = None;
+            }
+        }
+    }
+
+    /// Closes session `id` for good: bindings and connection are dropped.
+    pub fn close(&self, id: SessionId) {
+        self.sessions.remove(&id);
+    }
+
+    /// Lets session `id` address entity `key` of kind `E`.
+    ///
+    /// # Errors
+    /// [`Error::NoSession`] when the session is not open.
+    pub fn bind<E: Entity>(&self, id: SessionId, key: &E::Key) -> Result<(), Error> {
+        let mut session = self
+            .sessions
+            .get_mut(&id)
+            .ok_or(Error::NoSession { session: id.0 })?;
+        session.bindings.insert((E::KIND, key.to_string()));
+        Ok(())
+    }
+
+    /// Withdraws a binding.
+    pub fn unbind<E: Entity>(&self, id: SessionId, key: &E::Key) {
+        if let Some(mut session) = self.sessions.get_mut(&id) {
+            session.bindings.remove(&(E::KIND, key.to_string()));
+        }
+    }
+
+    /// Checks that session `id` may address entity `key` of kind `E`.
+    ///
+    /// # Errors
+    /// [`Error::NoSession`] or [`Error::NotBound`].
+    pub fn check<E: Entity>(&self, id: SessionId, key: &E::Key) -> Result<(), Error> {
+        let session = self
+            .sessions
+            .get(&id)
+            .ok_or(Error::NoSession { session: id.0 })?;
+        let key = key.to_string();
+        if session.bindings.contains(&(E::KIND, key.clone())) {
+            Ok(())
+        } else {
+            Err(Error::NotBound {
+                session: id.0,
+                kind: E::KIND,
+                key,
+            })
+        }
+    }
+
+    /// Pushes a frame to the connection attached to session `id`.
+    ///
+    /// # Errors
+    /// [`Error::NoSession`], [`Error::Detached`] between a disconnect and a reconnect, or
+    /// [`Error::OutboundFull`] when the connection's queue refuses it (its own overflow policy
+    /// decides what happens to the connection).
+    pub fn push(&self, id: SessionId, frame: Frame) -> Result<(), Error> {
+        let session = self
+            .sessions
+            .get(&id)
+            .ok_or(Error::NoSession { session: id.0 })?;
+        let connection = session
+            .connection
+            .as_ref()
+            .ok_or(Error::Detached { session: id.0 })?;
+        connection
+            .push(frame)
+            .map_err(|_| Error::OutboundFull { session: id.0 })
+    }
+
+    /// How many sessions are open.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Whether no session is open.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+}

@@ -1,0 +1,164 @@
+//! Every handled message runs in a span with the game attributes, parented to the sender's span,
+//! or to the client's span when the message carried a W3C trace context.
+
+use garrison_protocol::TraceContext;
+use garrison_runtime::{KindConfig, SessionId, Sessions};
+use garrison_tests::traces::CaptureLayer;
+use opentelemetry::trace::{SpanId, TraceId, TracerProvider};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+use tracing::Instrument;
+use tracing_subscriber::layer::SubscriberExt;
+
+use super::runtime_entities::{Counter, Msg, get, start};
+
+#[tokio::test]
+async fn handling_spans_carry_game_attributes_and_the_senders_parent() {
+    let layer = CaptureLayer::default();
+    let captured = layer.captured.clone();
+    // Current-thread runtime: entities run on this thread, under this subscriber.
+    let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
+    let config = KindConfig {
+        zone: Some("arena-3".into()),
+        ..KindConfig::default()
+    };
+    let (counters, _, tree) = start(config).await;
+    let sessions = Sessions::new();
+    let (connection, _frames) = tokio::sync::mpsc::channel(4);
+    sessions.attach(SessionId(77), std::sync::Arc::new(connection));
+    sessions.bind::<Counter>(SessionId(77), &12).unwrap();
+
+    async {
+        assert!(
+            counters
+                .send_as(
+                    &sessions,
+                    SessionId(77),
+                    &12,
+                    Msg::Add {
+                        sender: 0,
+                        seq: 0,
+                        amount: 1
+                    }
+                )
+                .is_ok()
+        );
+    }
+    .instrument(tracing::info_span!("gateway.frame"))
+    .await;
+    let _ = get(&counters, 12).await;
+
+    let handled = captured.named("garrison.entity.handle");
+    let add = handled
+        .iter()
+        .find(|span| span.fields.get("game.event.type").map(String::as_str) == Some("add"))
+        .unwrap();
+    for (field, value) in [
+        ("game.session.id", "77"),
+        ("game.event.type", "add"),
+        ("game.world.zone", "arena-3"),
+        ("game.entity.kind", "counter"),
+        ("game.entity.key", "12"),
+        ("game.entity.incarnation", "1"),
+    ] {
+        assert_eq!(
+            add.fields.get(field).map(String::as_str),
+            Some(value),
+            "{field} in {add:?}"
+        );
+    }
+    assert_eq!(
+        add.parent.as_deref(),
+        Some("gateway.frame"),
+        "the sender's span is the parent"
+    );
+    tree.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_clients_trace_context_makes_the_handling_span_its_child() {
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let (counters, _, tree) = start(KindConfig::default()).await;
+
+    let client = TraceContext {
+        trace_id: [0x4b; 16],
+        span_id: [0x1f; 8],
+        flags: 1,
+    };
+    assert!(counters.send(&1, Msg::Traced(client)).is_ok());
+    let _ = get(&counters, 1).await;
+    tree.stop().await.unwrap();
+    let _ = provider.force_flush();
+
+    let spans = exporter.get_finished_spans().unwrap();
+    let handled = spans
+        .iter()
+        .find(|span| {
+            span.name == "garrison.entity.handle"
+                && span
+                    .attributes
+                    .iter()
+                    .any(|kv| kv.key.as_str() == "game.event.type" && kv.value.as_str() == "traced")
+        })
+        .expect("the traced message's span was exported");
+    assert_eq!(
+        handled.span_context.trace_id(),
+        TraceId::from_bytes(client.trace_id),
+        "joins the client's trace"
+    );
+    assert_eq!(
+        handled.parent_span_id,
+        SpanId::from_bytes(client.span_id),
+        "child of the client's span"
+    );
+    assert!(handled.parent_span_is_remote);
+}
+
+#[tokio::test]
+async fn a_restart_is_recorded_inside_the_trace_of_the_message_that_crashed() {
+    let layer = CaptureLayer::default();
+    let captured = layer.captured.clone();
+    let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
+    let (counters, _, tree) = start(KindConfig::default()).await;
+    async {
+        assert!(counters.send(&2, Msg::Poison).is_ok());
+    }
+    .instrument(tracing::info_span!("gateway.frame"))
+    .await;
+    let (_, incarnation) = get(&counters, 2).await;
+    assert_eq!(incarnation, 2);
+    let restart = captured.named("garrison.supervisor.restart");
+    assert_eq!(restart.len(), 1);
+    assert_eq!(
+        restart[0].parent.as_deref(),
+        Some("garrison.entity.handle"),
+        "inside the poison's span"
+    );
+    assert_eq!(
+        restart[0]
+            .fields
+            .get("game.entity.kind")
+            .map(String::as_str),
+        Some("counter")
+    );
+    assert_eq!(
+        restart[0].fields.get("game.entity.key").map(String::as_str),
+        Some("2")
+    );
+    let handled = captured.named("garrison.entity.handle");
+    let poison = handled
+        .iter()
+        .find(|span| span.fields.get("game.event.type").map(String::as_str) == Some("poison"))
+        .unwrap();
+    assert_eq!(
+        poison.parent.as_deref(),
+        Some("gateway.frame"),
+        "which sits in the sender's trace"
+    );
+    tree.stop().await.unwrap();
+}
