@@ -43,7 +43,7 @@ impl<E> Writer<E> for PayloadWriter<'_> {
 pub(crate) fn write_archive<T>(
     value: &T,
     buffer: &mut BytesMut,
-    arena: &mut Arena,
+    arena: &mut Option<Arena>,
     name: &'static str,
 ) -> Result<(), Error>
 where
@@ -51,6 +51,8 @@ where
 {
     let start = buffer.len();
     let writer = PayloadWriter { buffer, start };
+    // The arena (1 KiB) is made on first use: many codecs and snapshot writers never encode.
+    let arena = arena.get_or_insert_with(Arena::new);
     rkyv::api::high::to_bytes_in_with_alloc::<_, _, RkyvError>(value, writer, arena.acquire())
         .map(drop)
         .map_err(|reason| Error::Encode {
@@ -85,7 +87,7 @@ pub struct Outbound<'m, M> {
 /// allocate.
 pub struct FrameCodec {
     config: DecodeConfig,
-    arena: Arena,
+    arena: Option<Arena>,
 }
 
 impl FrameCodec {
@@ -93,7 +95,7 @@ impl FrameCodec {
     pub fn new(config: DecodeConfig) -> Self {
         FrameCodec {
             config,
-            arena: Arena::new(),
+            arena: None,
         }
     }
 

@@ -53,7 +53,7 @@ const fn fingerprint(name: &str) -> u64 {
 #[derive(Default)]
 pub struct SnapshotWriter {
     buffer: BytesMut,
-    arena: Arena,
+    arena: Option<Arena>,
 }
 
 impl fmt::Debug for SnapshotWriter {

@@ -48,4 +48,10 @@ pub enum Error {
         /// The protocol's reason.
         reason: String,
     },
+    /// Telemetry could not be installed.
+    #[error("telemetry: {reason}")]
+    Telemetry {
+        /// Why.
+        reason: String,
+    },
 }

@@ -60,6 +60,7 @@ mod error;
 mod host;
 mod registry;
 mod session;
+pub mod telemetry;
 
 pub use dead_letter::{DEAD_LETTER_CAPACITY, DeadLetter, DeadLetters};
 pub use entity::{Checkpoint, Entity, EntityContext, EntityMessage, KindConfig, State};

@@ -2,16 +2,21 @@
 //!
 //! A supervised worker's messages do not live in ractor's (unbounded, per-incarnation) mailbox:
 //! they live in a bounded queue owned by the child's slot, which every incarnation drains. The
+//! queue allocates as messages arrive and gives memory back when drained, so an idle child costs
+//! no queue memory whatever its bound (a preallocated ring of 256 envelopes would cost ~20 KiB
+//! per idle entity). The
 //! ractor actor only receives a [`Wake`] when the queue goes from idle to busy. A crash therefore
 //! loses only the message being handled; the queue, and every [`ChildRef`] to it, carry over to
 //! the next incarnation.
 
-use std::sync::{
-    Arc, OnceLock, RwLock,
-    atomic::{AtomicBool, AtomicU64, Ordering, fence},
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc, Mutex, OnceLock, RwLock,
+        atomic::{AtomicBool, AtomicU64, Ordering, fence},
+    },
 };
 
-use crossbeam_queue::ArrayQueue;
 use ractor::ActorRef;
 
 use crate::Error;
@@ -63,9 +68,72 @@ pub enum Sent<M> {
     Evicted(M),
 }
 
+/// A bounded FIFO that allocates on demand. Only Garrison's own code runs under its lock (never a
+/// handler), so the lock is held for a push or a pop and nothing else.
+struct Queue<M> {
+    items: Mutex<VecDeque<M>>,
+    capacity: usize,
+}
+
+/// A drained queue keeping more than this many slots of capacity gives them back.
+const RETAINED_CAPACITY: usize = 16;
+
+impl<M> Queue<M> {
+    fn new(capacity: usize) -> Self {
+        Queue {
+            items: Mutex::new(VecDeque::new()),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<M>> {
+        // No handler runs under this lock, so it cannot be poisoned mid-update.
+        self.items
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn push(&self, message: M) -> Result<(), M> {
+        let mut items = self.lock();
+        if items.len() >= self.capacity {
+            return Err(message);
+        }
+        items.push_back(message);
+        Ok(())
+    }
+
+    fn force_push(&self, message: M) -> Option<M> {
+        let mut items = self.lock();
+        let evicted = if items.len() >= self.capacity {
+            items.pop_front()
+        } else {
+            None
+        };
+        items.push_back(message);
+        evicted
+    }
+
+    fn pop(&self) -> Option<M> {
+        let mut items = self.lock();
+        let message = items.pop_front();
+        if items.is_empty() && items.capacity() > RETAINED_CAPACITY {
+            items.shrink_to(RETAINED_CAPACITY);
+        }
+        message
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+}
+
 pub(crate) struct Slot<M> {
     id: OnceLock<Arc<str>>,
-    queue: ArrayQueue<M>,
+    queue: Queue<M>,
     overflow: Overflow,
     /// True while a `Wake` is pending or the host is draining; see `wake` for the protocol.
     scheduled: AtomicBool,
@@ -81,7 +149,7 @@ impl<M> Slot<M> {
     pub(crate) fn new(capacity: usize, overflow: Overflow) -> Self {
         Slot {
             id: OnceLock::new(),
-            queue: ArrayQueue::new(capacity.max(1)),
+            queue: Queue::new(capacity),
             overflow,
             scheduled: AtomicBool::new(false),
             current: RwLock::new(None),
@@ -289,7 +357,7 @@ impl<M: Send + 'static> ChildRef<M> {
 
     /// The mailbox's capacity.
     pub fn capacity(&self) -> usize {
-        self.slot.queue.capacity()
+        self.slot.queue.capacity
     }
 
     /// How many incarnations have started so far (1 after the first start, +1 per restart).

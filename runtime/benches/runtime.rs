@@ -1,0 +1,308 @@
+//! Entity benchmarks: Garrison's entities (`garrison`) beside raw ractor actors (`ractor`), in
+//! one process.
+//!
+//! Run with: `cargo bench -p garrison-runtime --bench runtime`
+
+// `criterion_group!` generates an undocumented public function.
+#![allow(missing_docs)]
+
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group};
+use garrison_protocol::Snapshot;
+use garrison_runtime::{
+    Checkpoint, Entities, Entity, EntityContext, EntityMessage, HandlerError, KindConfig,
+};
+use garrison_supervisor::{ChildSpec, SupervisorBuilder, SupervisorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::{runtime::Runtime, sync::oneshot};
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Default)]
+struct Blob {
+    total: u64,
+    /// 1 KiB of state, restored on every restart in `restart_recover`.
+    data: Vec<u8>,
+}
+
+impl Snapshot for Blob {
+    const SCHEMA: &'static str = "bench.blob";
+    const VERSION: u16 = 1;
+}
+
+#[derive(Debug)]
+enum Msg {
+    Add(u64),
+    Crash,
+    Ping(oneshot::Sender<u64>),
+}
+
+impl EntityMessage for Msg {
+    fn event_type(&self) -> &'static str {
+        match self {
+            Msg::Add(_) => "add",
+            Msg::Crash => "crash",
+            Msg::Ping(_) => "ping",
+        }
+    }
+}
+
+struct Counter;
+
+impl Entity for Counter {
+    const KIND: &'static str = "bench";
+    type Key = u64;
+    type State = Blob;
+    type Message = Msg;
+
+    async fn activate(&self, _: &u64, recovered: Option<Blob>) -> Result<Blob, HandlerError> {
+        Ok(recovered.unwrap_or_else(|| Blob {
+            total: 0,
+            data: vec![7; 1024],
+        }))
+    }
+
+    async fn handle(
+        &self,
+        _: &mut EntityContext<'_, Self>,
+        message: Msg,
+        state: &mut Blob,
+    ) -> Result<(), HandlerError> {
+        match message {
+            Msg::Add(n) => state.total += n,
+            Msg::Crash => panic!("crash requested"),
+            Msg::Ping(reply) => {
+                let _ = reply.send(state.total);
+            }
+        }
+        Ok(())
+    }
+}
+
+struct RawCounter;
+
+impl Actor for RawCounter {
+    type Msg = Msg;
+    type State = Blob;
+    type Arguments = ();
+
+    async fn pre_start(&self, _: ActorRef<Msg>, _: ()) -> Result<Blob, ActorProcessingErr> {
+        Ok(Blob {
+            total: 0,
+            data: vec![7; 1024],
+        })
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<Msg>,
+        message: Msg,
+        state: &mut Blob,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            Msg::Add(n) => state.total += n,
+            Msg::Crash => panic!("crash requested"),
+            Msg::Ping(reply) => {
+                let _ = reply.send(state.total);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+async fn kind(config: KindConfig) -> (Entities<Counter>, SupervisorRef) {
+    let entities = Entities::new(Counter, config).expect("kind");
+    let tree = SupervisorBuilder::new("bench")
+        .child(ChildSpec::new("entities", entities.start()))
+        .build()
+        .expect("tree")
+        .start()
+        .await
+        .expect("start");
+    (entities, tree)
+}
+
+async fn ping(entities: &Entities<Counter>, key: u64) -> u64 {
+    let (reply, answer) = oneshot::channel();
+    let mut message = Msg::Ping(reply);
+    // After a flood the mailbox may be full: wait for room, as any producer must.
+    while let Err(refused) = entities.send(&key, message) {
+        message = refused.message;
+        tokio::task::yield_now().await;
+    }
+    answer.await.expect("reply")
+}
+
+async fn raw_ping(actor: &ActorRef<Msg>) -> u64 {
+    let (reply, answer) = oneshot::channel();
+    actor.send_message(Msg::Ping(reply)).expect("sent");
+    answer.await.expect("reply")
+}
+
+fn entity_send(c: &mut Criterion) {
+    const MESSAGES: u64 = 10_000;
+    let runtime = runtime();
+    let mut group = c.benchmark_group("entity_send");
+    group.throughput(Throughput::Elements(MESSAGES));
+    let (entities, tree) = runtime.block_on(kind(KindConfig {
+        mailbox_capacity: 1024,
+        ..KindConfig::default()
+    }));
+    group.bench_function("garrison", |b| {
+        b.iter_custom(|iterations| {
+            runtime.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iterations {
+                    let mut sent = 0;
+                    while sent < MESSAGES {
+                        match entities.send(&1, Msg::Add(1)) {
+                            Ok(()) => sent += 1,
+                            // Backpressure: a full mailbox hands the message back.
+                            Err(_) => tokio::task::yield_now().await,
+                        }
+                    }
+                    ping(&entities, 1).await;
+                }
+                start.elapsed()
+            })
+        })
+    });
+    runtime.block_on(tree.stop()).expect("stop");
+    let (raw, _) = runtime
+        .block_on(Actor::spawn(None, RawCounter, ()))
+        .expect("spawn");
+    group.bench_function("ractor", |b| {
+        b.iter_custom(|iterations| {
+            runtime.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iterations {
+                    for _ in 0..MESSAGES {
+                        raw.send_message(Msg::Add(1)).expect("sent");
+                    }
+                    raw_ping(&raw).await;
+                }
+                start.elapsed()
+            })
+        })
+    });
+    raw.stop(None);
+    group.finish();
+}
+
+fn activation(c: &mut Criterion) {
+    let runtime = runtime();
+    let mut group = c.benchmark_group("activation");
+    let (entities, tree) = runtime.block_on(kind(KindConfig::default()));
+    let mut next_key = 0u64;
+    group.bench_function("garrison", |b| {
+        b.iter_custom(|iterations| {
+            runtime.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iterations {
+                    next_key += 1;
+                    ping(&entities, next_key).await;
+                }
+                start.elapsed()
+            })
+        })
+    });
+    runtime.block_on(tree.stop()).expect("stop");
+    group.bench_function("ractor", |b| {
+        b.iter_custom(|iterations| {
+            runtime.block_on(async {
+                let mut actors = Vec::with_capacity(iterations as usize);
+                let start = Instant::now();
+                for _ in 0..iterations {
+                    let (actor, _) = Actor::spawn(None, RawCounter, ()).await.expect("spawn");
+                    raw_ping(&actor).await;
+                    actors.push(actor);
+                }
+                let elapsed = start.elapsed();
+                for actor in actors {
+                    actor.stop(None);
+                }
+                elapsed
+            })
+        })
+    });
+    group.finish();
+}
+
+fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * fraction).round() as usize]
+}
+
+/// Panic -> serving again with 1 KiB of state restored from the checkpoint, p50 and p99.
+fn restart_recover() {
+    const RESTARTS: usize = 2_000;
+    let runtime = runtime();
+    let mut latencies = runtime.block_on(async {
+        let config = KindConfig {
+            checkpoint: Checkpoint::EveryMessages(1),
+            max_restarts: 1_000,
+            restart_period: Duration::from_millis(10),
+            ..KindConfig::default()
+        };
+        let (entities, tree) = kind(config).await;
+        entities.send(&1, Msg::Add(5)).expect("queued");
+        assert_eq!(ping(&entities, 1).await, 5);
+        let mut latencies = Vec::with_capacity(RESTARTS);
+        for _ in 0..RESTARTS {
+            let start = Instant::now();
+            entities.send(&1, Msg::Crash).expect("queued");
+            assert_eq!(ping(&entities, 1).await, 5, "state restored");
+            latencies.push(start.elapsed());
+        }
+        tree.stop().await.expect("stop");
+        latencies
+    });
+    latencies.sort();
+    let mean = latencies.iter().sum::<Duration>() / RESTARTS as u32;
+    println!(
+        "\nrestart_recover: {RESTARTS} panics, each -> serving again with 1 KiB state restored: mean {mean:.1?}, p50 {:.1?}, p99 {:.1?}",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99)
+    );
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(20)
+        .configure_from_args()
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = entity_send, activation
+}
+
+fn main() {
+    // Keep the requested crashes off the report; any other panic is a failure and is shown.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if info.payload().downcast_ref::<&str>() != Some(&"crash requested") {
+            default_hook(info);
+        }
+    }));
+    benches();
+    config().final_summary();
+    let args: Vec<String> = std::env::args().collect();
+    let filtered_out = args
+        .iter()
+        .skip(1)
+        .any(|arg| !arg.starts_with('-') && !"restart_recover".contains(arg.as_str()));
+    if !args.iter().any(|arg| arg == "--test") && !filtered_out {
+        restart_recover();
+    }
+    garrison_tests::bench::report_ratios(&[("entity_send", "ractor"), ("activation", "ractor")]);
+}

@@ -1,0 +1,238 @@
+//! One call to install logs and, when configured, OTLP trace export.
+//!
+//! Logs go to stderr filtered by `RUST_LOG` (default `info`). Traces are exported only when an
+//! OTLP endpoint is configured (`OTEL_EXPORTER_OTLP_ENDPOINT`, or [`TelemetryConfig::endpoint`]);
+//! otherwise no OpenTelemetry layer is installed at all, so tracing costs what the log filter
+//! costs and nothing more. Sampling is parent-based with a ratio for new traces: a client that
+//! sends a sampled trace context is followed; new traces are kept with probability `ratio`.
+//!
+//! The exporter is built on the tokio multi-thread runtime the caller runs on, and shut down there
+//! on a blocking thread ([`TelemetryGuard::shutdown`]): the tonic exporter deadlocks when flushed
+//! from an actix thread (opentelemetry-rust #2583).
+
+use std::time::Duration;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{SpanExporter, WithExportConfig};
+use opentelemetry_sdk::{
+    Resource,
+    trace::{Sampler, SdkTracerProvider},
+};
+use tracing::{Dispatch, Subscriber};
+use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, registry::LookupSpan};
+
+use crate::Error;
+
+/// How traces travel to the collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// OTLP over gRPC (Jaeger and collectors listen on 4317).
+    Grpc,
+    /// OTLP over HTTP with protobuf bodies (port 4318, path `/v1/traces`).
+    HttpProtobuf,
+}
+
+/// What to install.
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+    /// The OTLP endpoint; `None` exports nothing.
+    pub endpoint: Option<String>,
+    /// The OTLP transport.
+    pub protocol: OtlpProtocol,
+    /// The probability of keeping a new (parentless) trace, 0.0 to 1.0.
+    pub sample_ratio: f64,
+    /// The log filter (`RUST_LOG` syntax).
+    pub log_filter: String,
+    /// Which spans are exported (`RUST_LOG` syntax, applied to the trace layer alone).
+    pub trace_filter: String,
+}
+
+impl TelemetryConfig {
+    /// Reads the standard variables: `OTEL_SERVICE_NAME`, `OTEL_EXPORTER_OTLP_ENDPOINT`,
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL` (`grpc`, the default, or `http/protobuf`),
+    /// `OTEL_TRACES_SAMPLER_ARG` (the ratio, default 1.0), and `RUST_LOG`.
+    pub fn from_env(default_service_name: &str) -> Self {
+        let var = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .filter(|value| !value.trim().is_empty())
+        };
+        TelemetryConfig {
+            service_name: var("OTEL_SERVICE_NAME")
+                .unwrap_or_else(|| default_service_name.to_owned()),
+            endpoint: var("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            protocol: match var("OTEL_EXPORTER_OTLP_PROTOCOL").as_deref() {
+                Some("http/protobuf") => OtlpProtocol::HttpProtobuf,
+                _ => OtlpProtocol::Grpc,
+            },
+            sample_ratio: var("OTEL_TRACES_SAMPLER_ARG")
+                .and_then(|ratio| ratio.parse().ok())
+                .unwrap_or(1.0),
+            log_filter: var("RUST_LOG").unwrap_or_else(|| "info".to_owned()),
+            trace_filter: "info".to_owned(),
+        }
+    }
+}
+
+/// Keeps the exporter alive; shut it down to flush what is buffered.
+#[derive(Debug)]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl TelemetryGuard {
+    /// Whether spans are being exported.
+    pub fn exporting(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Exports what is buffered now (on a blocking thread of the current tokio runtime).
+    pub async fn flush(&self) {
+        if let Some(provider) = self.provider.clone() {
+            let _ = tokio::task::spawn_blocking(move || provider.force_flush()).await;
+        }
+    }
+
+    /// Flushes and stops the exporter, waiting at most `limit`.
+    pub async fn shutdown(mut self, limit: Duration) {
+        if let Some(provider) = self.provider.take() {
+            let _ =
+                tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(limit)).await;
+        }
+    }
+}
+
+/// An endpoint without a scheme would be taken as https by the exporter; a local collector is
+/// plain http. For OTLP/HTTP the traces path is appended when missing.
+fn normalize_endpoint(endpoint: &str, protocol: OtlpProtocol) -> String {
+    let mut endpoint = if endpoint.contains("://") {
+        endpoint.trim_end_matches('/').to_owned()
+    } else {
+        format!("http://{}", endpoint.trim_end_matches('/'))
+    };
+    if protocol == OtlpProtocol::HttpProtobuf && !endpoint.ends_with("/v1/traces") {
+        endpoint.push_str("/v1/traces");
+    }
+    endpoint
+}
+
+fn filter(directives: &str) -> Result<EnvFilter, Error> {
+    EnvFilter::try_new(directives).map_err(|error| Error::Telemetry {
+        reason: format!("filter {directives:?}: {error}"),
+    })
+}
+
+fn provider(config: &TelemetryConfig, endpoint: &str) -> Result<SdkTracerProvider, Error> {
+    let endpoint = normalize_endpoint(endpoint, config.protocol);
+    let exporter = match config.protocol {
+        OtlpProtocol::Grpc => SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint)
+            .build(),
+        OtlpProtocol::HttpProtobuf => SpanExporter::builder()
+            .with_http()
+            .with_endpoint(endpoint)
+            .build(),
+    }
+    .map_err(|error| Error::Telemetry {
+        reason: error.to_string(),
+    })?;
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            config.sample_ratio.clamp(0.0, 1.0),
+        ))))
+        .with_resource(
+            Resource::builder()
+                .with_service_name(config.service_name.clone())
+                .build(),
+        )
+        .build())
+}
+
+/// Builds the layers onto `base` without installing them anywhere.
+fn layered<S>(base: S, config: &TelemetryConfig) -> Result<(Dispatch, TelemetryGuard), Error>
+where
+    S: Subscriber + for<'span> LookupSpan<'span> + Send + Sync + 'static,
+{
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(filter(&config.log_filter)?);
+    let Some(endpoint) = &config.endpoint else {
+        return Ok((
+            Dispatch::new(base.with(logs)),
+            TelemetryGuard { provider: None },
+        ));
+    };
+    let provider = provider(config, endpoint)?;
+    let traces = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("garrison"))
+        .with_filter(filter(&config.trace_filter)?);
+    Ok((
+        Dispatch::new(base.with(logs).with(traces)),
+        TelemetryGuard {
+            provider: Some(provider),
+        },
+    ))
+}
+
+/// Builds the logging and tracing dispatcher without installing it (for tests, or to install it
+/// for one thread with `tracing::dispatcher::set_default`).
+///
+/// # Errors
+/// [`Error::Telemetry`] for a malformed filter or an exporter that cannot be built.
+pub fn dispatch(config: &TelemetryConfig) -> Result<(Dispatch, TelemetryGuard), Error> {
+    layered(tracing_subscriber::registry(), config)
+}
+
+/// Installs logging and, when configured, OTLP trace export for the whole process. Call it once,
+/// from within the tokio multi-thread runtime, and keep the guard until shutdown.
+///
+/// # Errors
+/// [`Error::Telemetry`] when the configuration is malformed or a global subscriber is already set.
+pub fn install(config: &TelemetryConfig) -> Result<TelemetryGuard, Error> {
+    let (dispatch, guard) = dispatch(config)?;
+    tracing::dispatcher::set_global_default(dispatch).map_err(|error| Error::Telemetry {
+        reason: error.to_string(),
+    })?;
+    Ok(guard)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_normalized() {
+        let check = |endpoint, protocol, expected| {
+            assert_eq!(normalize_endpoint(endpoint, protocol), expected)
+        };
+        check(
+            "127.0.0.1:4317",
+            OtlpProtocol::Grpc,
+            "http://127.0.0.1:4317",
+        );
+        check(
+            "http://127.0.0.1:4317/",
+            OtlpProtocol::Grpc,
+            "http://127.0.0.1:4317",
+        );
+        check(
+            "https://collector:4317",
+            OtlpProtocol::Grpc,
+            "https://collector:4317",
+        );
+        check(
+            "127.0.0.1:4318",
+            OtlpProtocol::HttpProtobuf,
+            "http://127.0.0.1:4318/v1/traces",
+        );
+        check(
+            "http://127.0.0.1:4318/v1/traces",
+            OtlpProtocol::HttpProtobuf,
+            "http://127.0.0.1:4318/v1/traces",
+        );
+    }
+}
