@@ -46,6 +46,19 @@ pub trait EntityMessage: Send + 'static {
     }
 }
 
+/// A protocol declared with `garrison_protocol::messages!` is an entity message as it stands:
+/// validated frames go from the edge to the entity without a copy; the event type is the
+/// declared message name and the trace context is the frame's.
+impl<P: garrison_protocol::Protocol> EntityMessage for P {
+    fn event_type(&self) -> &'static str {
+        P::name_of(self.frame().kind()).unwrap_or("unknown")
+    }
+
+    fn trace_context(&self) -> Option<TraceContext> {
+        self.frame().header().trace
+    }
+}
+
 /// A kind of game entity: a player, a room, a matchmaker.
 ///
 /// One value of the implementing type serves every entity of the kind (it holds what they
