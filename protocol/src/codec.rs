@@ -143,6 +143,29 @@ impl FrameCodec {
     }
 }
 
+impl FrameCodec {
+    /// Encodes `message` as a standalone [`Frame`]: encode once, then push the same frame (a
+    /// cheap clone of its bytes) to any number of connections.
+    ///
+    /// # Errors
+    /// As [`FrameCodec::encode_message`].
+    pub fn encode_frame<M: Message>(
+        &mut self,
+        message: &M,
+        meta: FrameMeta,
+    ) -> Result<Frame, Error> {
+        let mut wire = BytesMut::new();
+        self.encode_message(message, meta, &mut wire)?;
+        let header = FrameHeader {
+            kind: M::KIND,
+            seq: meta.seq,
+            trace: meta.trace,
+        };
+        let payload_offset = header.encoded_len();
+        Ok(Frame::from_parts(header, wire.freeze(), payload_offset))
+    }
+}
+
 impl Default for FrameCodec {
     fn default() -> Self {
         FrameCodec::new(DecodeConfig::default())

@@ -47,6 +47,7 @@
 //! ```
 
 mod codec;
+pub mod control;
 mod error;
 mod frame;
 mod message;

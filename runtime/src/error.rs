@@ -54,4 +54,10 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The gateway could not start.
+    #[error("gateway: {reason}")]
+    Gateway {
+        /// Why.
+        reason: String,
+    },
 }

@@ -54,9 +54,11 @@
 //! ```
 
 pub mod clock;
+pub mod concurrency;
 mod dead_letter;
 mod entity;
 mod error;
+pub mod gateway;
 mod host;
 mod registry;
 mod session;

@@ -57,6 +57,8 @@ pub(crate) struct Inner<E: Entity> {
     supervisor: SupervisorRef,
     activations: AtomicU64,
     sweeper: OnceLock<()>,
+    /// The runtime entities run on (see `concurrency`): activations start there whoever sends.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 /// All entities of kind `E`: the registry, and the handle to send them messages.
@@ -103,7 +105,8 @@ pub enum Refusal {
 }
 
 impl<E: Entity> Entities<E> {
-    /// The registry for kind `E`, served by `module`.
+    /// The registry for kind `E`, served by `module`. Create it on the tokio runtime entities
+    /// should run on: activations start there, whichever thread sends.
     ///
     /// # Errors
     /// [`Error::KindNotStarted`] when the configuration cannot make a supervisor (a zero restart
@@ -125,6 +128,7 @@ impl<E: Entity> Entities<E> {
                 supervisor,
                 activations: AtomicU64::new(0),
                 sweeper: OnceLock::new(),
+                runtime: crate::concurrency::current(),
             }),
         })
     }
@@ -252,7 +256,12 @@ impl<E: Entity> Entities<E> {
         recovered: Option<Bytes>,
         envelope: Envelope<E>,
     ) -> Result<(), (Refusal, Envelope<E>)> {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        let Some(runtime) = self
+            .inner
+            .runtime
+            .clone()
+            .or_else(crate::concurrency::current)
+        else {
             return Err((Refusal::KindDown, envelope));
         };
         let cell = Arc::new(EntityCell {

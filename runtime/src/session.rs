@@ -30,6 +30,15 @@ pub trait Outbound: Send + Sync + 'static {
     /// The frame, when the queue is full or closed.
     fn push(&self, frame: Frame) -> Result<(), Frame>;
 
+    /// Queues a state frame that the next one supersedes (a position, a snapshot): when the
+    /// queue is full, an older state frame may be dropped instead. Defaults to [`Outbound::push`].
+    ///
+    /// # Errors
+    /// The frame, when it cannot be queued.
+    fn push_latest(&self, frame: Frame) -> Result<(), Frame> {
+        self.push(frame)
+    }
+
     /// Tells the connection it was replaced by a newer one; it should close with that reason.
     fn replaced(&self) {}
 }
@@ -170,6 +179,29 @@ impl Sessions {
         connection
             .push(frame)
             .map_err(|_| Error::OutboundFull { session: id.0 })
+    }
+
+    /// Pushes a state frame (see [`Outbound::push_latest`]) to session `id`'s connection.
+    ///
+    /// # Errors
+    /// As [`Sessions::push`].
+    pub fn push_latest(&self, id: SessionId, frame: Frame) -> Result<(), Error> {
+        let session = self
+            .sessions
+            .get(&id)
+            .ok_or(Error::NoSession { session: id.0 })?;
+        let connection = session
+            .connection
+            .as_ref()
+            .ok_or(Error::Detached { session: id.0 })?;
+        connection
+            .push_latest(frame)
+            .map_err(|_| Error::OutboundFull { session: id.0 })
+    }
+
+    /// Whether session `id` is open.
+    pub fn contains(&self, id: SessionId) -> bool {
+        self.sessions.contains_key(&id)
     }
 
     /// How many sessions are open.

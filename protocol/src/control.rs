@@ -1,0 +1,64 @@
+//! Garrison's own control messages (kinds `0xFF00..`): the handshake, close reasons and
+//! per-frame refusals every transport shares. Their layouts are in `docs/protocol.md`.
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::messages;
+
+/// An authentication ticket: HMAC-SHA256, keyed by the server's secret, over the player id and
+/// the expiry (both little-endian `u64`). Minted by the login service, checked by the gateway.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    /// The player the ticket admits.
+    pub player: u64,
+    /// Expiry, seconds since the Unix epoch.
+    pub expires_at: u64,
+    /// HMAC-SHA256 over `player.to_le_bytes() ++ expires_at.to_le_bytes()`.
+    pub mac: [u8; 32],
+}
+
+/// The first frame a client sends.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hello {
+    /// The client's ticket.
+    pub ticket: Ticket,
+}
+
+/// The server's answer to a good `Hello`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Welcome {
+    /// The session id, the same across reconnects with the same player.
+    pub session: u64,
+    /// Whether an existing session was taken over (a reconnect).
+    pub resumed: bool,
+}
+
+/// The last frame before the server closes a connection, saying why.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Close {
+    /// A stable code (see `CloseCode` in the runtime, and `docs/protocol.md`).
+    pub code: u16,
+    /// A human-readable reason.
+    pub reason: String,
+}
+
+/// A frame the server did not accept, on a connection that stays open.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The refused frame's sequence number.
+    pub seq: u32,
+    /// A stable code.
+    pub code: u16,
+    /// A human-readable reason.
+    pub reason: String,
+}
+
+messages! {
+    /// Garrison's control messages.
+    pub enum Control {
+        0xFF00 => Hello(Hello),
+        0xFF01 => Welcome(Welcome),
+        0xFF02 => Close(Close),
+        0xFF03 => Refused(Refused),
+    }
+}

@@ -1,0 +1,356 @@
+//! The gateway: TCP and WebSocket listeners whose connections run as actix actors on per-core
+//! actix-rt arbiters (event loops), each polling many connections.
+//!
+//! A connection must open with a `Hello` carrying a valid ticket within the handshake deadline;
+//! it then becomes its player's session (taking over an older connection of the same player),
+//! and each frame it sends is validated once and routed, without a copy, by the game's router to
+//! the entities the session is bound to. Every limit has a default and a close reason: frame
+//! size, messages and bytes per second, handshake deadline, idle timeout, a bounded outbound queue
+//! ([`Delivery`] policy), and a connection limit.
+//!
+//! actix is confined to this module (the actix actor crate is in passive maintenance): nothing
+//! outside it names an actix type. See [`crate::concurrency`] for what runs where.
+
+mod close;
+mod connection;
+mod limits;
+mod outbound;
+pub mod ticket;
+
+use std::{
+    net::{SocketAddr, TcpListener as StdListener},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use dashmap::DashMap;
+use garrison_protocol::{
+    DEFAULT_MAX_FRAME_LEN, FrameCodec, FrameMeta, MessageKind, Protocol, control,
+};
+
+pub use close::{CloseCode, refusal};
+pub use outbound::Delivery;
+
+use crate::{Error, Refusal, SessionId, Sessions};
+
+/// Gateway settings. Every limit has a default meant for a real game server.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Where to listen for TCP; `None` for no TCP listener.
+    pub tcp: Option<SocketAddr>,
+    /// Where to listen for WebSocket; `None` for no WebSocket listener.
+    pub websocket: Option<SocketAddr>,
+    /// Event loops (arbiters); default: one per core.
+    pub event_loops: usize,
+    /// Most connections at once; more are refused with `ServerFull`.
+    pub max_connections: usize,
+    /// Largest frame accepted, checked on the length prefix before anything is buffered.
+    pub max_frame_len: usize,
+    /// Sustained messages per second per connection.
+    pub messages_per_second: u32,
+    /// Messages a connection may send in a burst.
+    pub message_burst: u32,
+    /// Sustained bytes per second per connection.
+    pub bytes_per_second: u32,
+    /// Bytes a connection may send in a burst.
+    pub byte_burst: u32,
+    /// Time allowed for the `Hello`.
+    pub handshake_timeout: Duration,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout: Duration,
+    /// Frames queued for a connection before its [`Delivery`] policy applies.
+    pub outbound_capacity: usize,
+    /// How long a write may stall before the connection counts as a slow consumer.
+    pub write_timeout: Duration,
+    /// The secret tickets are signed with.
+    pub ticket_key: Vec<u8>,
+    /// How long a graceful shutdown waits for outbound queues to drain.
+    pub drain_timeout: Duration,
+}
+
+impl GatewayConfig {
+    /// Defaults, listening on nothing, with this ticket key.
+    pub fn new(ticket_key: impl Into<Vec<u8>>) -> Self {
+        GatewayConfig {
+            tcp: None,
+            websocket: None,
+            event_loops: std::thread::available_parallelism().map_or(1, usize::from),
+            max_connections: 10_000,
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            messages_per_second: 120,
+            message_burst: 240,
+            bytes_per_second: 256 * 1024,
+            byte_burst: 512 * 1024,
+            handshake_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            outbound_capacity: 256,
+            write_timeout: Duration::from_secs(5),
+            ticket_key: ticket_key.into(),
+            drain_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Who sent a routed message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// The session (one per player, kept across reconnects).
+    pub session: SessionId,
+    /// The player the ticket admitted.
+    pub player: u64,
+}
+
+type Router<P> = dyn Fn(&SessionInfo, P) -> Result<(), Refusal> + Send + Sync;
+type SessionHook = dyn Fn(&SessionInfo, bool) -> Result<(), String> + Send + Sync;
+
+/// Counters a gateway keeps.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) accepted: AtomicU64,
+    pub(crate) active: AtomicUsize,
+    pub(crate) frames_in: AtomicU64,
+    pub(crate) frames_out: AtomicU64,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+    pub(crate) peer_closed: AtomicU64,
+    closed: [AtomicU64; CloseCode::ALL.len()],
+}
+
+impl Counters {
+    pub(crate) fn record_close(&self, code: CloseCode) {
+        if let Some(index) = CloseCode::ALL.iter().position(|known| *known == code) {
+            // Relaxed: independent statistics counters.
+            self.closed[index].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A snapshot of a gateway's counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayMetrics {
+    /// Connections accepted (including those refused as `ServerFull`).
+    pub accepted: u64,
+    /// Connections open now.
+    pub active: usize,
+    /// Frames received.
+    pub frames_in: u64,
+    /// Frames sent.
+    pub frames_out: u64,
+    /// Bytes received in frames.
+    pub bytes_in: u64,
+    /// Bytes sent in frames.
+    pub bytes_out: u64,
+    /// Connections the client closed.
+    pub peer_closed: u64,
+    /// Connections the server closed, by reason (only reasons that happened).
+    pub closed: Vec<(CloseCode, u64)>,
+}
+
+impl GatewayMetrics {
+    /// How many connections were closed with `code`.
+    pub fn closed_with(&self, code: CloseCode) -> u64 {
+        self.closed
+            .iter()
+            .find(|(known, _)| *known == code)
+            .map_or(0, |(_, count)| *count)
+    }
+}
+
+/// What every connection of one gateway shares.
+pub(crate) struct Shared<P: Protocol> {
+    pub(crate) config: GatewayConfig,
+    pub(crate) sessions: Arc<Sessions>,
+    pub(crate) router: Arc<Router<P>>,
+    pub(crate) on_session: Arc<SessionHook>,
+    pub(crate) counters: Counters,
+    pub(crate) connections: DashMap<u64, Arc<outbound::OutboundQueue>>,
+    pub(crate) next_connection: AtomicU64,
+    /// Set once: the acceptors stop.
+    pub(crate) stop: tokio::sync::watch::Sender<bool>,
+    pub(crate) system: std::sync::OnceLock<actix_rt::System>,
+    pub(crate) arbiters: std::sync::OnceLock<Arc<Vec<actix_rt::Arbiter>>>,
+}
+
+/// Accepts control kinds and the game's kinds; everything else is refused at the header.
+fn known_kind<P: Protocol>(kind: MessageKind) -> bool {
+    control::Control::knows(kind) || P::knows(kind)
+}
+
+/// Builds a [`Gateway`].
+pub struct GatewayBuilder<P: Protocol> {
+    config: GatewayConfig,
+    sessions: Arc<Sessions>,
+    router: Option<Arc<Router<P>>>,
+    on_session: Arc<SessionHook>,
+}
+
+impl<P: Protocol> GatewayBuilder<P> {
+    /// A gateway with `config`, registering connections in `sessions`.
+    pub fn new(config: GatewayConfig, sessions: Arc<Sessions>) -> Self {
+        GatewayBuilder {
+            config,
+            sessions,
+            router: None,
+            on_session: Arc::new(|_, _| Ok(())),
+        }
+    }
+
+    /// Sets the router: where each validated message from a session goes (usually an
+    /// [`Entities::send_as`](crate::Entities::send_as) to the entity the message addresses).
+    /// A refusal is answered with a `Refused` frame; the connection stays open.
+    pub fn route(
+        mut self,
+        router: impl Fn(&SessionInfo, P) -> Result<(), Refusal> + Send + Sync + 'static,
+    ) -> Self {
+        self.router = Some(Arc::new(router));
+        self
+    }
+
+    /// Sets the hook run after each successful handshake, with whether the session was resumed:
+    /// bind the session to its entities here. An error closes the connection (`SessionRefused`).
+    pub fn on_session(
+        mut self,
+        hook: impl Fn(&SessionInfo, bool) -> Result<(), String> + Send + Sync + 'static,
+    ) -> Self {
+        self.on_session = Arc::new(hook);
+        self
+    }
+
+    /// Binds the listeners and starts the event loops.
+    ///
+    /// # Errors
+    /// [`Error::Gateway`] when a listener cannot be bound or no router was set.
+    pub fn start(self) -> Result<Gateway<P>, Error> {
+        let router = self.router.ok_or(Error::Gateway {
+            reason: "no router set".into(),
+        })?;
+        let bind = |address: Option<SocketAddr>| -> Result<Option<StdListener>, Error> {
+            address
+                .map(|address| {
+                    let listener = StdListener::bind(address).map_err(|error| Error::Gateway {
+                        reason: format!("bind {address}: {error}"),
+                    })?;
+                    listener
+                        .set_nonblocking(true)
+                        .map_err(|error| Error::Gateway {
+                            reason: error.to_string(),
+                        })?;
+                    Ok(listener)
+                })
+                .transpose()
+        };
+        let tcp = bind(self.config.tcp)?;
+        let websocket = bind(self.config.websocket)?;
+        let tcp_addr = tcp.as_ref().and_then(|listener| listener.local_addr().ok());
+        let websocket_addr = websocket
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok());
+        let shared = Arc::new(Shared {
+            config: self.config,
+            sessions: self.sessions,
+            router,
+            on_session: self.on_session,
+            counters: Counters::default(),
+            connections: DashMap::new(),
+            next_connection: AtomicU64::new(0),
+            stop: tokio::sync::watch::channel(false).0,
+            system: std::sync::OnceLock::new(),
+            arbiters: std::sync::OnceLock::new(),
+        });
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("garrison-gateway".into())
+            .spawn(move || connection::run_system(thread_shared, tcp, websocket))
+            .map_err(|error| Error::Gateway {
+                reason: error.to_string(),
+            })?;
+        Ok(Gateway {
+            shared,
+            thread: Some(thread),
+            tcp_addr,
+            websocket_addr,
+        })
+    }
+}
+
+/// A running gateway.
+pub struct Gateway<P: Protocol> {
+    shared: Arc<Shared<P>>,
+    thread: Option<JoinHandle<()>>,
+    tcp_addr: Option<SocketAddr>,
+    websocket_addr: Option<SocketAddr>,
+}
+
+impl<P: Protocol> std::fmt::Debug for Gateway<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("tcp", &self.tcp_addr)
+            .field("websocket", &self.websocket_addr)
+            .finish()
+    }
+}
+
+impl<P: Protocol> Gateway<P> {
+    /// The TCP listener's address.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
+    }
+
+    /// The WebSocket listener's address.
+    pub fn websocket_addr(&self) -> Option<SocketAddr> {
+        self.websocket_addr
+    }
+
+    /// The counters now.
+    pub fn metrics(&self) -> GatewayMetrics {
+        let counters = &self.shared.counters;
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        GatewayMetrics {
+            accepted: load(&counters.accepted),
+            active: counters.active.load(Ordering::Relaxed),
+            frames_in: load(&counters.frames_in),
+            frames_out: load(&counters.frames_out),
+            bytes_in: load(&counters.bytes_in),
+            bytes_out: load(&counters.bytes_out),
+            peer_closed: load(&counters.peer_closed),
+            closed: CloseCode::ALL
+                .iter()
+                .zip(&counters.closed)
+                .map(|(code, count)| (*code, load(count)))
+                .filter(|(_, count)| *count > 0)
+                .collect(),
+        }
+    }
+
+    /// Stops gracefully: stops accepting, tells every client `ServerShutdown` after what is
+    /// already queued for it, waits up to the drain timeout for the queues to empty, then stops
+    /// the event loops.
+    pub async fn shutdown(mut self) {
+        self.shared.stop.send_replace(true);
+        for connection in self.shared.connections.iter() {
+            connection.value().close(CloseCode::ServerShutdown);
+        }
+        let deadline = tokio::time::Instant::now() + self.shared.config.drain_timeout;
+        while !self.shared.connections.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        connection::stop_system(&self.shared);
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+/// Encodes a control message as a frame (for connections and tests).
+pub(crate) fn control_frame<M: garrison_protocol::Message>(
+    message: &M,
+    seq: u32,
+) -> Option<garrison_protocol::Frame> {
+    FrameCodec::default()
+        .encode_frame(message, FrameMeta { seq, trace: None })
+        .ok()
+}

@@ -1,0 +1,178 @@
+//! A connection's outbound queue: bounded, with a declared policy per delivery class.
+//!
+//! Reliable frames (events, replies) must all arrive; when a client does not read and they reach
+//! the bound, the connection is closed as a slow consumer instead of growing without limit. State
+//! frames (a position, a snapshot) are superseded by the next one; when the queue is full the
+//! oldest queued state frame is dropped to make room, and the client simply sees fresher state.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use garrison_protocol::Frame;
+use tokio::sync::Notify;
+
+use super::CloseCode;
+use crate::session::Outbound;
+
+/// How a frame is delivered when the queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Must arrive; a full queue closes the connection as a slow consumer.
+    Reliable,
+    /// Superseded by the next; a full queue drops the oldest state frame.
+    Latest,
+}
+
+struct Items {
+    frames: VecDeque<(Frame, Delivery)>,
+    /// Set once: the writer sends what is queued, then this close frame, then shuts down.
+    closing: Option<CloseCode>,
+}
+
+/// The queue between everything that writes to a connection and its writer task.
+pub(crate) struct OutboundQueue {
+    items: Mutex<Items>,
+    capacity: usize,
+    ready: Notify,
+    /// Woken when the writer must stop at once, even mid-write: a slow consumer (its socket is
+    /// full, so a `Close` could not be written anyway) or a peer that went away.
+    urgent: Notify,
+    replaced: AtomicBool,
+    aborted: AtomicBool,
+}
+
+/// What the writer should do next.
+pub(crate) enum Next {
+    /// Write the frames just taken.
+    Frames,
+    /// Write a `Close` with this code, then stop.
+    Close(CloseCode),
+    /// Stop without writing anything more.
+    Abort,
+}
+
+impl OutboundQueue {
+    pub(crate) fn new(capacity: usize) -> Self {
+        OutboundQueue {
+            items: Mutex::new(Items {
+                frames: VecDeque::new(),
+                closing: None,
+            }),
+            capacity: capacity.max(1),
+            ready: Notify::new(),
+            urgent: Notify::new(),
+            replaced: AtomicBool::new(false),
+            aborted: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Items> {
+        // Only this module's short critical sections run under the lock.
+        self.items
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Queues a frame under its delivery policy. A reliable frame that does not fit starts a
+    /// slow-consumer close and is handed back.
+    pub(crate) fn push_with(&self, frame: Frame, delivery: Delivery) -> Result<(), Frame> {
+        let mut items = self.lock();
+        if items.closing.is_some() {
+            return Err(frame);
+        }
+        if items.frames.len() >= self.capacity {
+            let oldest_state = items
+                .frames
+                .iter()
+                .position(|(_, queued)| *queued == Delivery::Latest);
+            match (delivery, oldest_state) {
+                (Delivery::Latest, Some(position)) => {
+                    items.frames.remove(position);
+                }
+                (Delivery::Latest, None) => return Err(frame),
+                (Delivery::Reliable, _) => {
+                    items.closing = Some(CloseCode::SlowConsumer);
+                    drop(items);
+                    self.ready.notify_one();
+                    // `notify_one` keeps a permit: a writer stuck mid-write sees it next.
+                    self.urgent.notify_one();
+                    return Err(frame);
+                }
+            }
+        }
+        items.frames.push_back((frame, delivery));
+        drop(items);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// Asks the writer to send what is queued, then a `Close` with `code`, then shut down. The
+    /// first reason given wins.
+    pub(crate) fn close(&self, code: CloseCode) {
+        let mut items = self.lock();
+        if items.closing.is_none() {
+            items.closing = Some(code);
+        }
+        drop(items);
+        self.ready.notify_one();
+    }
+
+    /// Stops the writer without a `Close` (the peer went away).
+    pub(crate) fn abort(&self) {
+        self.aborted.store(true, Ordering::Release);
+        self.ready.notify_one();
+        self.urgent.notify_one();
+    }
+
+    /// Resolves when the writer must stop at once.
+    pub(crate) async fn urgent(&self) {
+        self.urgent.notified().await;
+    }
+
+    /// Takes everything queued into `batch`, or says to close or abort once nothing is left.
+    pub(crate) async fn next(&self, batch: &mut Vec<Frame>) -> Next {
+        loop {
+            {
+                if self.aborted.load(Ordering::Acquire) {
+                    return Next::Abort;
+                }
+                let mut items = self.lock();
+                if items.closing == Some(CloseCode::SlowConsumer) {
+                    return Next::Close(CloseCode::SlowConsumer);
+                }
+                if !items.frames.is_empty() {
+                    batch.extend(items.frames.drain(..).map(|(frame, _)| frame));
+                    return Next::Frames;
+                }
+                if let Some(code) = items.closing {
+                    return Next::Close(code);
+                }
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    pub(crate) fn closing(&self) -> Option<CloseCode> {
+        self.lock().closing
+    }
+}
+
+impl Outbound for OutboundQueue {
+    fn push(&self, frame: Frame) -> Result<(), Frame> {
+        self.push_with(frame, Delivery::Reliable)
+    }
+
+    fn push_latest(&self, frame: Frame) -> Result<(), Frame> {
+        self.push_with(frame, Delivery::Latest)
+    }
+
+    fn replaced(&self) {
+        self.replaced.store(true, Ordering::Release);
+        self.close(CloseCode::Replaced);
+    }
+}

@@ -1,0 +1,648 @@
+//! The gateway against hostile clients, over TCP and WebSocket alike: each hostile behaviour gets
+//! its exact close reason (or refusal), while a well-behaved client on the same gateway keeps
+//! exchanging frames with no loss. Run them all with `cargo test -p garrison-tests hostile`.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use garrison_protocol::{
+    DecodeConfig, Frame, FrameCodec, FrameMeta, Message, Protocol, Snapshot,
+    control::{self, Control, Hello, Ticket},
+};
+use garrison_runtime::{
+    Entities, Entity, EntityContext, HandlerError, KindConfig, SessionId, Sessions,
+    gateway::{CloseCode, Gateway, GatewayBuilder, GatewayConfig, refusal, ticket},
+};
+use garrison_supervisor::{ChildSpec, SupervisorBuilder, SupervisorRef};
+use garrison_tests::{
+    probe::eventually,
+    wire::{Chat, Input, TestMessage},
+};
+use rkyv::{Archive, Deserialize, Serialize};
+use tokio::{io::AsyncWriteExt, net::TcpStream};
+use tokio_tungstenite::{WebSocketStream, tungstenite::Message as WsMessage};
+use tokio_util::codec::Framed;
+
+const KEY: &[u8] = b"test-ticket-key";
+const LIMIT: Duration = Duration::from_secs(10);
+
+#[derive(Archive, Serialize, Deserialize, Default)]
+struct Seen(u32);
+
+impl Snapshot for Seen {
+    const SCHEMA: &'static str = "test.pilot";
+    const VERSION: u16 = 1;
+}
+
+/// Each player's entity echoes its inputs back to its session.
+struct Pilot {
+    sessions: Arc<Sessions>,
+}
+
+impl Entity for Pilot {
+    const KIND: &'static str = "pilot";
+    type Key = u64;
+    type State = Seen;
+    type Message = TestMessage;
+
+    async fn activate(&self, _: &u64, recovered: Option<Seen>) -> Result<Seen, HandlerError> {
+        Ok(recovered.unwrap_or_default())
+    }
+
+    async fn handle(
+        &self,
+        context: &mut EntityContext<'_, Self>,
+        message: TestMessage,
+        seen: &mut Seen,
+    ) -> Result<(), HandlerError> {
+        seen.0 += 1;
+        if let TestMessage::Input(input) = &message {
+            let echo = Input {
+                entity: *context.key(),
+                x: input.x.to_native(),
+                y: 0,
+                seq: input.seq.to_native(),
+                tick: seen.0,
+            };
+            let frame = FrameCodec::default().encode_frame(
+                &echo,
+                FrameMeta {
+                    seq: input.seq.to_native(),
+                    trace: None,
+                },
+            )?;
+            // A full or detached outbound queue is the connection's business, not the pilot's.
+            let _ = self.sessions.push(SessionId(*context.key()), frame);
+        }
+        Ok(())
+    }
+}
+
+pub struct World {
+    pub gateway: Gateway<TestMessage>,
+    pub sessions: Arc<Sessions>,
+    pub tree: SupervisorRef,
+}
+
+pub async fn world(config: impl FnOnce(&mut GatewayConfig)) -> World {
+    let sessions = Arc::new(Sessions::new());
+    let pilots = Entities::new(
+        Pilot {
+            sessions: sessions.clone(),
+        },
+        KindConfig::default(),
+    )
+    .unwrap();
+    let tree = SupervisorBuilder::new("game")
+        .child(ChildSpec::new("pilots", pilots.start()))
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let mut settings = GatewayConfig::new(KEY);
+    settings.tcp = Some("127.0.0.1:0".parse().unwrap());
+    settings.websocket = Some("127.0.0.1:0".parse().unwrap());
+    settings.event_loops = 2;
+    settings.handshake_timeout = Duration::from_millis(300);
+    settings.idle_timeout = Duration::from_secs(5);
+    settings.messages_per_second = 200;
+    settings.message_burst = 300;
+    settings.outbound_capacity = 32;
+    settings.write_timeout = Duration::from_millis(500);
+    config(&mut settings);
+    let routed = pilots.clone();
+    let routing_sessions = sessions.clone();
+    let binding_sessions = sessions.clone();
+    let gateway = GatewayBuilder::<TestMessage>::new(settings, sessions.clone())
+        .route(move |info, message| {
+            // Inputs name the pilot they steer; anything else goes to the sender's own pilot.
+            let target = match &message {
+                TestMessage::Input(input) => input.entity.to_native(),
+                _ => info.player,
+            };
+            routed
+                .send_as(&routing_sessions, info.session, &target, message)
+                .map_err(|refused| refused.reason)
+        })
+        .on_session(move |info, _| {
+            binding_sessions
+                .bind::<Pilot>(info.session, &info.player)
+                .map_err(|error| error.to_string())
+        })
+        .start()
+        .unwrap();
+    World {
+        gateway,
+        sessions,
+        tree,
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    WebSocket,
+}
+
+/// A test client over either transport, sending raw bytes when asked to misbehave.
+pub enum Client {
+    Tcp(Framed<TcpStream, FrameCodec>),
+    WebSocket(WebSocketStream<TcpStream>),
+}
+
+/// Everything a client may receive.
+fn client_config() -> DecodeConfig {
+    DecodeConfig {
+        known_kind: |_| true,
+        ..DecodeConfig::default()
+    }
+}
+
+pub fn encode<M: Message>(message: &M, seq: u32) -> Vec<u8> {
+    let mut wire = BytesMut::new();
+    FrameCodec::default()
+        .encode_message(message, FrameMeta { seq, trace: None }, &mut wire)
+        .unwrap();
+    wire.to_vec()
+}
+
+pub fn hello(player: u64) -> Vec<u8> {
+    encode(
+        &Hello {
+            ticket: ticket::mint(KEY, player, ticket::unix_now() + 600),
+        },
+        0,
+    )
+}
+
+pub fn input(target: u64, seq: u32) -> Vec<u8> {
+    encode(
+        &Input {
+            entity: target,
+            x: seq as i32,
+            y: 0,
+            seq,
+            tick: 0,
+        },
+        seq,
+    )
+}
+
+impl Client {
+    pub async fn connect(world: &World, transport: Transport) -> Client {
+        match transport {
+            Transport::Tcp => {
+                let stream = TcpStream::connect(world.gateway.tcp_addr().unwrap())
+                    .await
+                    .unwrap();
+                Client::Tcp(Framed::new(stream, FrameCodec::new(client_config())))
+            }
+            Transport::WebSocket => {
+                let address: SocketAddr = world.gateway.websocket_addr().unwrap();
+                let stream = TcpStream::connect(address).await.unwrap();
+                let (socket, _) =
+                    tokio_tungstenite::client_async(format!("ws://{address}/"), stream)
+                        .await
+                        .unwrap();
+                Client::WebSocket(socket)
+            }
+        }
+    }
+
+    /// Sends bytes as they are: one WebSocket message, or straight onto the TCP stream.
+    pub async fn send_raw(&mut self, bytes: Vec<u8>) {
+        match self {
+            Client::Tcp(framed) => {
+                let _ = framed.get_mut().write_all(&bytes).await;
+            }
+            Client::WebSocket(socket) => {
+                let _ = socket.send(WsMessage::Binary(Bytes::from(bytes))).await;
+            }
+        }
+    }
+
+    /// Ends the client's sending side (TCP) or the socket (WebSocket).
+    pub async fn finish_sending(&mut self) {
+        match self {
+            Client::Tcp(framed) => {
+                let _ = framed.get_mut().shutdown().await;
+            }
+            Client::WebSocket(socket) => {
+                let _ = socket.close(None).await;
+            }
+        }
+    }
+
+    /// The next frame, `None` at end of stream; panics after the deadline.
+    pub async fn recv(&mut self) -> Option<Frame> {
+        tokio::time::timeout(LIMIT, async {
+            match self {
+                Client::Tcp(framed) => framed.next().await.and_then(Result::ok),
+                Client::WebSocket(socket) => loop {
+                    match socket.next().await {
+                        Some(Ok(WsMessage::Binary(data))) => {
+                            break Frame::decode_exact(data, &client_config()).ok();
+                        }
+                        Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => break None,
+                        Some(Ok(_)) => continue,
+                    }
+                },
+            }
+        })
+        .await
+        .expect("the server answers or closes in time")
+    }
+
+    /// Reads until the server's `Close` and returns its code (`None` if it closed without one).
+    pub async fn close_code(&mut self) -> Option<u16> {
+        while let Some(frame) = self.recv().await {
+            if let Ok(Control::Close(close)) = Control::validate(frame) {
+                return Some(close.code.to_native());
+            }
+        }
+        None
+    }
+
+    pub async fn handshake(&mut self, player: u64) -> control::Welcome {
+        self.send_raw(hello(player)).await;
+        let frame = self.recv().await.expect("a welcome");
+        match Control::validate(frame).expect("a control frame") {
+            Control::Welcome(welcome) => welcome.deserialize().unwrap(),
+            other => panic!("expected a welcome, got {other:?}"),
+        }
+    }
+
+    /// Sends `count` inputs to its own pilot and checks every echo comes back, in order.
+    pub async fn exchange(&mut self, player: u64, first: u32, count: u32) {
+        for seq in first..first + count {
+            self.send_raw(input(player, seq)).await;
+        }
+        for seq in first..first + count {
+            let frame = self.recv().await.expect("an echo");
+            let echo = frame.access::<Input>().expect("an input echo");
+            assert_eq!(
+                echo.seq.to_native(),
+                seq,
+                "echoes arrive in order, none lost"
+            );
+        }
+    }
+}
+
+type Misbehaviour = fn(Transport) -> Vec<Vec<u8>>;
+
+/// (name, what the hostile client sends, whether it handshakes first, the close code expected).
+fn table() -> Vec<(&'static str, bool, Misbehaviour, CloseCode)> {
+    vec![
+        (
+            "bytes before the handshake",
+            false,
+            |_| vec![input(1, 1)],
+            CloseCode::HandshakeExpected,
+        ),
+        (
+            "wrong protocol version",
+            false,
+            |_| {
+                vec![{
+                    let mut hello = hello(2);
+                    hello[4] = 9;
+                    hello
+                }]
+            },
+            CloseCode::UnsupportedVersion,
+        ),
+        (
+            "forged ticket",
+            false,
+            |_| {
+                let forged = Ticket {
+                    player: 3,
+                    expires_at: ticket::unix_now() + 600,
+                    mac: [7; 32],
+                };
+                vec![encode(&Hello { ticket: forged }, 0)]
+            },
+            CloseCode::BadTicket,
+        ),
+        (
+            "ticket signed with another key",
+            false,
+            |_| {
+                vec![encode(
+                    &Hello {
+                        ticket: ticket::mint(b"another key", 3, ticket::unix_now() + 600),
+                    },
+                    0,
+                )]
+            },
+            CloseCode::BadTicket,
+        ),
+        (
+            "expired ticket",
+            false,
+            |_| {
+                vec![encode(
+                    &Hello {
+                        ticket: ticket::mint(KEY, 4, ticket::unix_now() - 1),
+                    },
+                    0,
+                )]
+            },
+            CloseCode::ExpiredTicket,
+        ),
+        (
+            "a length prefix of 4 GiB",
+            true,
+            |_| vec![u32::MAX.to_le_bytes().to_vec()],
+            CloseCode::FrameTooLarge,
+        ),
+        (
+            "unknown message kind",
+            true,
+            |_| {
+                vec![{
+                    let mut frame = input(5, 1);
+                    frame[6..8].copy_from_slice(&0x0777u16.to_le_bytes());
+                    frame
+                }]
+            },
+            CloseCode::ProtocolError,
+        ),
+        (
+            "invalid archive",
+            true,
+            |_| {
+                vec![{
+                    let mut frame = encode(
+                        &Chat {
+                            from: "x".into(),
+                            text: "a text that does not fit inline".into(),
+                        },
+                        1,
+                    );
+                    let n = frame.len();
+                    frame[n - 4..].copy_from_slice(&0x7fff_0000i32.to_le_bytes());
+                    frame
+                }]
+            },
+            CloseCode::ProtocolError,
+        ),
+        // Chats: the pilot does not answer them, so only the inbound rate is tested.
+        (
+            "a flood far above the rate limit",
+            true,
+            |_| {
+                (0..2_000)
+                    .map(|seq| {
+                        encode(
+                            &Chat {
+                                from: "f".into(),
+                                text: "spam".into(),
+                            },
+                            seq,
+                        )
+                    })
+                    .collect()
+            },
+            CloseCode::RateLimited,
+        ),
+    ]
+}
+
+async fn hostile_table(transport: Transport) {
+    let world = world(|_| {}).await;
+    let mut good = Client::connect(&world, transport).await;
+    good.handshake(100).await;
+    for (round, (name, handshake_first, misbehave, expected)) in (0u32..).zip(table()) {
+        let mut hostile = Client::connect(&world, transport).await;
+        if handshake_first {
+            hostile.handshake(5).await;
+        }
+        for bytes in misbehave(transport) {
+            hostile.send_raw(bytes).await;
+        }
+        assert_eq!(
+            hostile.close_code().await,
+            Some(expected.code()),
+            "{transport:?}: {name}"
+        );
+        // The well-behaved client on the same gateway is unaffected.
+        good.exchange(100, round * 10, 10).await;
+    }
+    let metrics = world.gateway.metrics();
+    assert_eq!(metrics.closed_with(CloseCode::BadTicket), 2);
+    assert_eq!(metrics.closed_with(CloseCode::ProtocolError), 2);
+    world.gateway.shutdown().await;
+    world.tree.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_clients_over_tcp() {
+    hostile_table(Transport::Tcp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_clients_over_websocket() {
+    hostile_table(Transport::WebSocket).await;
+}
+
+async fn truncated_frame(transport: Transport) {
+    let world = world(|_| {}).await;
+    let mut hostile = Client::connect(&world, transport).await;
+    hostile.handshake(6).await;
+    hostile.send_raw(input(6, 1)[..9].to_vec()).await;
+    if transport == Transport::Tcp {
+        // The stream ends inside the frame.
+        hostile.finish_sending().await;
+    }
+    assert_eq!(
+        hostile.close_code().await,
+        Some(CloseCode::ProtocolError.code()),
+        "{transport:?}"
+    );
+    world.gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_truncated_frames() {
+    truncated_frame(Transport::Tcp).await;
+    truncated_frame(Transport::WebSocket).await;
+}
+
+async fn foreign_entity(transport: Transport) {
+    let world = world(|_| {}).await;
+    let mut hostile = Client::connect(&world, transport).await;
+    hostile.handshake(7).await;
+    hostile.send_raw(input(8, 41)).await; // player 8's pilot
+    let refused = Control::validate(hostile.recv().await.unwrap()).unwrap();
+    let Control::Refused(refused) = refused else {
+        panic!("expected a refusal, got {refused:?}")
+    };
+    assert_eq!(
+        (refused.seq.to_native(), refused.code.to_native()),
+        (41, refusal::NOT_BOUND),
+        "{transport:?}"
+    );
+    // The connection stays open and its own pilot still answers.
+    hostile.exchange(7, 1, 3).await;
+    world.gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_frame_for_another_players_entity_is_refused() {
+    foreign_entity(Transport::Tcp).await;
+    foreign_entity(Transport::WebSocket).await;
+}
+
+async fn silent(transport: Transport) {
+    let world = world(|config| config.idle_timeout = Duration::from_millis(500)).await;
+    let mut silent = Client::connect(&world, transport).await;
+    assert_eq!(
+        silent.close_code().await,
+        Some(CloseCode::HandshakeTimeout.code()),
+        "{transport:?} handshake"
+    );
+    let mut idle = Client::connect(&world, transport).await;
+    idle.handshake(9).await;
+    assert_eq!(
+        idle.close_code().await,
+        Some(CloseCode::IdleTimeout.code()),
+        "{transport:?} idle"
+    );
+    world.gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_silent_clients_time_out() {
+    silent(Transport::Tcp).await;
+    silent(Transport::WebSocket).await;
+}
+
+async fn never_reads(transport: Transport) {
+    // The queue bound is not what catches the lazy client: its socket fills, its writer stalls,
+    // and then its queue overflows. A bound of 64 leaves room for the good client's bursts.
+    let world = world(|config| config.outbound_capacity = 64).await;
+    let mut good = Client::connect(&world, transport).await;
+    good.handshake(100).await;
+    let mut lazy = Client::connect(&world, transport).await;
+    lazy.handshake(11).await;
+    // Push until the lazy client's socket and queue are full: then it is a slow consumer.
+    let big = FrameCodec::default()
+        .encode_frame(
+            &Chat {
+                from: "server".into(),
+                text: "x".repeat(30_000),
+            },
+            FrameMeta::default(),
+        )
+        .unwrap();
+    let mut pushed = 0;
+    while world.sessions.push(SessionId(11), big.clone()).is_ok() && pushed < 100_000 {
+        pushed += 1;
+        if pushed % 64 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    eventually("the slow consumer closed", LIMIT, || {
+        let closed = world.gateway.metrics().closed_with(CloseCode::SlowConsumer) == 1;
+        async move { closed }
+    })
+    .await;
+    good.exchange(100, 0, 10).await;
+    assert_eq!(
+        world.gateway.metrics().closed_with(CloseCode::SlowConsumer),
+        1,
+        "only the lazy client"
+    );
+    drop(lazy);
+    world.gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_client_that_never_reads_is_a_slow_consumer() {
+    never_reads(Transport::Tcp).await;
+    never_reads(Transport::WebSocket).await;
+}
+
+async fn text_message() {
+    let world = world(|_| {}).await;
+    let mut hostile = Client::connect(&world, Transport::WebSocket).await;
+    if let Client::WebSocket(socket) = &mut hostile {
+        socket.send(WsMessage::Text("hello?".into())).await.unwrap();
+    }
+    assert_eq!(
+        hostile.close_code().await,
+        Some(CloseCode::ProtocolError.code())
+    );
+    world.gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_websocket_text_messages_are_refused() {
+    text_message().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_connections_past_the_limit_are_refused_with_a_reason() {
+    let world = world(|config| config.max_connections = 2).await;
+    let mut first = Client::connect(&world, Transport::Tcp).await;
+    first.handshake(1).await;
+    let mut second = Client::connect(&world, Transport::Tcp).await;
+    second.handshake(2).await;
+    let mut third = Client::connect(&world, Transport::Tcp).await;
+    assert_eq!(third.close_code().await, Some(CloseCode::ServerFull.code()));
+    first.exchange(1, 0, 5).await;
+    world.gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_takes_the_session_over() {
+    for transport in [Transport::Tcp, Transport::WebSocket] {
+        let world = world(|_| {}).await;
+        let mut old = Client::connect(&world, transport).await;
+        assert!(!old.handshake(21).await.resumed);
+        old.exchange(21, 0, 3).await;
+        let mut new = Client::connect(&world, transport).await;
+        assert!(
+            new.handshake(21).await.resumed,
+            "{transport:?}: the session is resumed"
+        );
+        assert_eq!(
+            old.close_code().await,
+            Some(CloseCode::Replaced.code()),
+            "{transport:?}"
+        );
+        new.exchange(21, 3, 3).await;
+        world.gateway.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_tells_every_client() {
+    let world = world(|_| {}).await;
+    let mut clients = Vec::new();
+    for (player, transport) in [
+        (31, Transport::Tcp),
+        (32, Transport::WebSocket),
+        (33, Transport::Tcp),
+    ] {
+        let mut client = Client::connect(&world, transport).await;
+        client.handshake(player).await;
+        clients.push(client);
+    }
+    let tcp = world.gateway.tcp_addr().unwrap();
+    world.gateway.shutdown().await;
+    for client in &mut clients {
+        assert_eq!(
+            client.close_code().await,
+            Some(CloseCode::ServerShutdown.code())
+        );
+    }
+    assert!(
+        TcpStream::connect(tcp).await.is_err(),
+        "no longer accepting"
+    );
+}
