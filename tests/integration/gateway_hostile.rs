@@ -451,6 +451,8 @@ async fn hostile_clients_over_websocket() {
 
 async fn truncated_frame(transport: Transport) {
     let world = world(|_| {}).await;
+    let mut good = Client::connect(&world, transport).await;
+    good.handshake(100).await;
     let mut hostile = Client::connect(&world, transport).await;
     hostile.handshake(6).await;
     hostile.send_raw(input(6, 1)[..9].to_vec()).await;
@@ -463,6 +465,7 @@ async fn truncated_frame(transport: Transport) {
         Some(CloseCode::ProtocolError.code()),
         "{transport:?}"
     );
+    good.exchange(100, 0, 10).await;
     world.gateway.shutdown().await;
 }
 
@@ -474,6 +477,8 @@ async fn hostile_truncated_frames() {
 
 async fn foreign_entity(transport: Transport) {
     let world = world(|_| {}).await;
+    let mut good = Client::connect(&world, transport).await;
+    good.handshake(8).await;
     let mut hostile = Client::connect(&world, transport).await;
     hostile.handshake(7).await;
     hostile.send_raw(input(8, 41)).await; // player 8's pilot
@@ -486,8 +491,9 @@ async fn foreign_entity(transport: Transport) {
         (41, refusal::NOT_BOUND),
         "{transport:?}"
     );
-    // The connection stays open and its own pilot still answers.
+    // The connection stays open and its own pilot still answers; player 8 saw nothing of it.
     hostile.exchange(7, 1, 3).await;
+    good.exchange(8, 0, 10).await;
     world.gateway.shutdown().await;
 }
 
@@ -499,16 +505,27 @@ async fn hostile_frame_for_another_players_entity_is_refused() {
 
 async fn silent(transport: Transport) {
     let world = world(|config| config.idle_timeout = Duration::from_millis(500)).await;
+    let mut good = Client::connect(&world, transport).await;
+    good.handshake(100).await;
     let mut silent = Client::connect(&world, transport).await;
+    let mut idle = Client::connect(&world, transport).await;
+    idle.handshake(9).await;
+    // The good client keeps talking (a frame every 100 ms) while the others fall silent: it
+    // must outlive both timeouts and lose nothing.
+    let talk = async {
+        for round in 0..12 {
+            good.exchange(100, round, 1).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let (silent_code, idle_code, ()) = tokio::join!(silent.close_code(), idle.close_code(), talk);
     assert_eq!(
-        silent.close_code().await,
+        silent_code,
         Some(CloseCode::HandshakeTimeout.code()),
         "{transport:?} handshake"
     );
-    let mut idle = Client::connect(&world, transport).await;
-    idle.handshake(9).await;
     assert_eq!(
-        idle.close_code().await,
+        idle_code,
         Some(CloseCode::IdleTimeout.code()),
         "{transport:?} idle"
     );
@@ -569,6 +586,8 @@ async fn hostile_client_that_never_reads_is_a_slow_consumer() {
 
 async fn text_message() {
     let world = world(|_| {}).await;
+    let mut good = Client::connect(&world, Transport::WebSocket).await;
+    good.handshake(100).await;
     let mut hostile = Client::connect(&world, Transport::WebSocket).await;
     if let Client::WebSocket(socket) = &mut hostile {
         socket.send(WsMessage::Text("hello?".into())).await.unwrap();
@@ -577,6 +596,7 @@ async fn text_message() {
         hostile.close_code().await,
         Some(CloseCode::ProtocolError.code())
     );
+    good.exchange(100, 0, 10).await;
     world.gateway.shutdown().await;
 }
 
