@@ -70,6 +70,9 @@ pub struct GatewayConfig {
     pub ticket_key: Vec<u8>,
     /// How long a graceful shutdown waits for outbound queues to drain.
     pub drain_timeout: Duration,
+    /// How long a disconnected player's session (and its bindings) is kept for a reconnect
+    /// before it is closed.
+    pub reconnect_grace: Duration,
 }
 
 impl GatewayConfig {
@@ -91,6 +94,7 @@ impl GatewayConfig {
             write_timeout: Duration::from_secs(5),
             ticket_key: ticket_key.into(),
             drain_timeout: Duration::from_secs(2),
+            reconnect_grace: Duration::from_secs(30),
         }
     }
 }

@@ -57,6 +57,9 @@ impl Outbound for tokio::sync::mpsc::Sender<Frame> {
 struct SessionState {
     bindings: HashSet<(&'static str, String)>,
     connection: Option<Arc<dyn Outbound>>,
+    /// Bumped by every attach, so a grace timer set at one disconnect cannot close a session
+    /// that was attached and detached again since.
+    generation: u64,
 }
 
 /// The open sessions.
@@ -89,12 +92,11 @@ impl Sessions {
         id: SessionId,
         connection: Arc<dyn Outbound>,
     ) -> Option<Arc<dyn Outbound>> {
-        let old = self
-            .sessions
-            .entry(id)
-            .or_default()
-            .connection
-            .replace(connection);
+        let old = {
+            let mut session = self.sessions.entry(id).or_default();
+            session.generation += 1;
+            session.connection.replace(connection)
+        };
         if let Some(old) = &old {
             old.replaced();
         }
@@ -103,7 +105,11 @@ impl Sessions {
 
     /// Detaches `connection` from session `id` if it is still the attached one (a connection
     /// that was replaced must not detach its successor). Bindings are kept for a reconnect.
-    pub fn detach(&self, id: SessionId, connection: &Arc<dyn Outbound>) {
+    ///
+    /// Returns the session's generation when it detached (`None` when another connection had
+    /// already taken over); pass it to [`Sessions::close_if_detached`] at the end of a grace
+    /// window.
+    pub fn detach(&self, id: SessionId, connection: &Arc<dyn Outbound>) -> Option<u64> {
         if let Some(mut session) = self.sessions.get_mut(&id) {
             if session
                 .connection
@@ -111,8 +117,20 @@ impl Sessions {
                 .is_some_and(|current| Arc::ptr_eq(current, connection))
             {
                 session.connection = None;
+                return Some(session.generation);
             }
         }
+        None
+    }
+
+    /// Closes session `id` if it is still detached since the detach that returned `generation`
+    /// (the end of a reconnect grace window). Returns whether it closed.
+    pub fn close_if_detached(&self, id: SessionId, generation: u64) -> bool {
+        self.sessions
+            .remove_if(&id, |_, session| {
+                session.connection.is_none() && session.generation == generation
+            })
+            .is_some()
     }
 
     /// Closes session `id` for good: bindings and connection are dropped.

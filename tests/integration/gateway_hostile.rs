@@ -666,3 +666,31 @@ async fn graceful_shutdown_tells_every_client() {
         "no longer accepting"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_departed_players_session_is_closed_after_the_grace_window() {
+    let world = world(|config| config.reconnect_grace = Duration::from_millis(300)).await;
+    // Back within the grace window: resumed, bindings intact.
+    let mut first = Client::connect(&world, Transport::Tcp).await;
+    first.handshake(41).await;
+    drop(first);
+    eventually("detached", LIMIT, || {
+        let active = world.gateway.metrics().active;
+        async move { active == 0 }
+    })
+    .await;
+    let mut back = Client::connect(&world, Transport::Tcp).await;
+    assert!(back.handshake(41).await.resumed);
+    back.exchange(41, 0, 3).await;
+    drop(back);
+    // Gone for good: the session and its bindings are closed once the window passes.
+    eventually("the session closed", LIMIT, || {
+        let open = world.sessions.contains(SessionId(41));
+        async move { !open }
+    })
+    .await;
+    let mut later = Client::connect(&world, Transport::Tcp).await;
+    assert!(!later.handshake(41).await.resumed, "a fresh session");
+    later.exchange(41, 3, 3).await;
+    world.gateway.shutdown().await;
+}

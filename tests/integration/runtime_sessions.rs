@@ -134,7 +134,11 @@ fn rebinding_is_atomic_under_concurrent_pushes() {
         let pushed_when_swapped = pushed.load(Ordering::Acquire);
         assert!(Arc::ptr_eq(&replaced, &old));
         // A replaced connection detaching itself must not detach its successor.
-        sessions.detach(SessionId(7), &old);
+        assert_eq!(
+            sessions.detach(SessionId(7), &old),
+            None,
+            "a replaced connection cannot detach"
+        );
         pusher.join().unwrap();
 
         let on_old = drain(&mut old_frames);

@@ -106,7 +106,11 @@ async fn accept_loop<P: Protocol>(
             accepted = listener.accept() => accepted,
             _ = stop.wait_for(|stopping| *stopping) => return,
         };
-        let Ok((stream, _)) = accepted else { continue };
+        let Ok((stream, _)) = accepted else {
+            // Out of file descriptors or buffers: back off instead of spinning on the error.
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            continue;
+        };
         // Relaxed: statistics and a soft admission limit.
         shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
@@ -455,7 +459,16 @@ impl<P: Protocol> Actor for Connection<P> {
     fn stopped(&mut self, _: &mut Context<Self>) {
         if let Some(info) = self.session {
             let outbound: Arc<dyn Outbound> = self.outbound.clone();
-            self.shared.sessions.detach(info.session, &outbound);
+            if let Some(generation) = self.shared.sessions.detach(info.session, &outbound) {
+                // The player may come back within the grace window and resume; otherwise the
+                // session (and its bindings) is closed, so departed players leave nothing behind.
+                let sessions = self.shared.sessions.clone();
+                let grace = self.shared.config.reconnect_grace;
+                actix_rt::spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    sessions.close_if_detached(info.session, generation);
+                });
+            }
         }
         if self.outbound.closing().is_none() {
             // The client went away: nothing more to write.
