@@ -231,16 +231,6 @@ async fn echo_run(
     )
 }
 
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|pages| pages.parse::<u64>().ok())
-        .unwrap_or(0)
-        * 4096
-}
-
 fn raise_fd_limit() -> u64 {
     // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
     unsafe {
@@ -293,7 +283,7 @@ async fn idle_memory(
     handshake: bool,
     settled: impl Fn() -> bool,
 ) -> f64 {
-    let before = rss_bytes();
+    let before = garrison_tests::bench::rss_bytes();
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--clients",
@@ -315,7 +305,7 @@ async fn idle_memory(
     }
     // Let the last allocations land before reading RSS.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let per = (rss_bytes() - before) as f64 / count as f64;
+    let per = (garrison_tests::bench::rss_bytes() - before) as f64 / count as f64;
     drop(child.stdin.take());
     let _ = child.wait();
     per

@@ -79,16 +79,6 @@ impl Actor for RawPlayer {
     }
 }
 
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|pages| pages.parse::<u64>().ok())
-        .unwrap_or(0)
-        * 4096
-}
-
 fn main() {
     let quick = std::env::args().any(|arg| arg == "--quick");
     if std::env::args().any(|arg| arg == "--test" || arg == "--list") {
@@ -103,7 +93,7 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         // Raw ractor actors first, as the baseline.
-        let before = rss_bytes();
+        let before = garrison_tests::bench::rss_bytes();
         let mut actors = Vec::new();
         for _ in 0..ACTIVE {
             let (actor, _) = Actor::spawn(None, RawPlayer, ()).await.unwrap();
@@ -112,7 +102,7 @@ fn main() {
             answer.await.unwrap();
             actors.push(actor);
         }
-        let raw_per = (rss_bytes() - before) as f64 / ACTIVE as f64;
+        let raw_per = (garrison_tests::bench::rss_bytes() - before) as f64 / ACTIVE as f64;
         for actor in actors {
             actor.stop(None);
         }
@@ -126,20 +116,20 @@ fn main() {
             .start()
             .await
             .unwrap();
-        let before = rss_bytes();
+        let before = garrison_tests::bench::rss_bytes();
         for key in 0..ACTIVE {
             let (reply, answer) = oneshot::channel();
             assert!(players.send(&key, Msg::Ping(reply)).is_ok());
             answer.await.unwrap();
         }
-        let active_per = (rss_bytes() - before) as f64 / ACTIVE as f64;
+        let active_per = (garrison_tests::bench::rss_bytes() - before) as f64 / ACTIVE as f64;
 
         let snapshot = garrison_protocol::snapshot::write(&Player { level: 10, gold: 1_000, position: (3, 4) }).unwrap();
-        let before = rss_bytes();
+        let before = garrison_tests::bench::rss_bytes();
         for key in ACTIVE..ACTIVE + passivated_count {
             players.register_passivated(key, bytes::Bytes::copy_from_slice(&snapshot));
         }
-        let passivated_total = rss_bytes() - before;
+        let passivated_total = garrison_tests::bench::rss_bytes() - before;
         let passivated_per = passivated_total as f64 / passivated_count as f64;
         println!("memory (RSS growth; one run, same process)");
         println!("  active entity (default 256-message mailbox): {active_per:>8.0} B   raw ractor actor: {raw_per:>8.0} B   ratio {:.2}x", active_per / raw_per);
@@ -151,7 +141,7 @@ fn main() {
         println!(
             "  {passivated_count} passivated entities: {:.1} MiB; whole process RSS {:.1} MiB",
             passivated_total as f64 / (1 << 20) as f64,
-            rss_bytes() as f64 / (1 << 20) as f64
+            garrison_tests::bench::rss_bytes() as f64 / (1 << 20) as f64
         );
         tree.stop().await.unwrap();
     });

@@ -235,10 +235,6 @@ fn activation(c: &mut Criterion) {
     group.finish();
 }
 
-fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * fraction).round() as usize]
-}
-
 /// Panic -> serving again with 1 KiB of state restored from the checkpoint, p50 and p99.
 fn restart_recover() {
     const RESTARTS: usize = 2_000;
@@ -267,8 +263,8 @@ fn restart_recover() {
     let mean = latencies.iter().sum::<Duration>() / RESTARTS as u32;
     println!(
         "\nrestart_recover: {RESTARTS} panics, each -> serving again with 1 KiB state restored: mean {mean:.1?}, p50 {:.1?}, p99 {:.1?}",
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.99)
+        garrison_tests::bench::percentile(&latencies, 0.5),
+        garrison_tests::bench::percentile(&latencies, 0.99)
     );
 }
 
@@ -287,21 +283,10 @@ criterion_group! {
 }
 
 fn main() {
-    // Keep the requested crashes off the report; any other panic is a failure and is shown.
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        if info.payload().downcast_ref::<&str>() != Some(&"crash requested") {
-            default_hook(info);
-        }
-    }));
+    garrison_tests::bench::silence_requested_panics("crash requested");
     benches();
     config().final_summary();
-    let args: Vec<String> = std::env::args().collect();
-    let filtered_out = args
-        .iter()
-        .skip(1)
-        .any(|arg| !arg.starts_with('-') && !"restart_recover".contains(arg.as_str()));
-    if !args.iter().any(|arg| arg == "--test") && !filtered_out {
+    if garrison_tests::bench::extra_measurement_selected("restart_recover") {
         restart_recover();
     }
     garrison_tests::bench::report_ratios(&[("entity_send", "ractor"), ("activation", "ractor")]);

@@ -186,17 +186,7 @@ impl Sessions {
     /// [`Error::OutboundFull`] when the connection's queue refuses it (its own overflow policy
     /// decides what happens to the connection).
     pub fn push(&self, id: SessionId, frame: Frame) -> Result<(), Error> {
-        let session = self
-            .sessions
-            .get(&id)
-            .ok_or(Error::NoSession { session: id.0 })?;
-        let connection = session
-            .connection
-            .as_ref()
-            .ok_or(Error::Detached { session: id.0 })?;
-        connection
-            .push(frame)
-            .map_err(|_| Error::OutboundFull { session: id.0 })
+        self.push_with(id, frame, |connection, frame| connection.push(frame))
     }
 
     /// Pushes a state frame (see [`Outbound::push_latest`]) to session `id`'s connection.
@@ -204,17 +194,26 @@ impl Sessions {
     /// # Errors
     /// As [`Sessions::push`].
     pub fn push_latest(&self, id: SessionId, frame: Frame) -> Result<(), Error> {
+        self.push_with(id, frame, |connection, frame| connection.push_latest(frame))
+    }
+
+    /// Pushes under the session's read lock, so an attach (which takes the write lock) happens
+    /// wholly before or after it.
+    fn push_with(
+        &self,
+        id: SessionId,
+        frame: Frame,
+        push: impl FnOnce(&dyn Outbound, Frame) -> Result<(), Frame>,
+    ) -> Result<(), Error> {
         let session = self
             .sessions
             .get(&id)
             .ok_or(Error::NoSession { session: id.0 })?;
         let connection = session
             .connection
-            .as_ref()
+            .as_deref()
             .ok_or(Error::Detached { session: id.0 })?;
-        connection
-            .push_latest(frame)
-            .map_err(|_| Error::OutboundFull { session: id.0 })
+        push(connection, frame).map_err(|_| Error::OutboundFull { session: id.0 })
     }
 
     /// Whether session `id` is open.

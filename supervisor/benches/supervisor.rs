@@ -267,21 +267,6 @@ fn supervised_send(c: &mut Criterion) {
     group.finish();
 }
 
-/// Resident set size of this process, in KiB (Linux).
-fn rss_kib() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|field| field.parse().ok())
-        .unwrap_or(0);
-    pages * 4
-}
-
-fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * fraction).round() as usize]
-}
-
 /// 10,000 restarts in a row for each side: time per restart, p50/p99, and RSS before and after
 /// (after a 2,000-restart warm-up: the allocator is at steady state and the tree's bounded
 /// 4,096-event ring, three events per restart, is full).
@@ -303,26 +288,26 @@ fn restart_storm() {
                 for _ in 0..2_000 {
                     garrison_restart(&child).await;
                 }
-                before = rss_kib();
+                before = garrison_tests::bench::rss_bytes() / 1024;
                 for _ in 0..RESTARTS {
                     let start = Instant::now();
                     garrison_restart(&child).await;
                     latencies.push(start.elapsed());
                 }
-                after = rss_kib();
+                after = garrison_tests::bench::rss_bytes() / 1024;
                 root.stop().await.expect("stop");
             } else {
                 let (supervisor, mut current) = raw_tree().await;
                 for _ in 0..2_000 {
                     raw_restart(&mut current).await;
                 }
-                before = rss_kib();
+                before = garrison_tests::bench::rss_bytes() / 1024;
                 for _ in 0..RESTARTS {
                     let start = Instant::now();
                     raw_restart(&mut current).await;
                     latencies.push(start.elapsed());
                 }
-                after = rss_kib();
+                after = garrison_tests::bench::rss_bytes() / 1024;
                 supervisor.stop(None);
             }
             (latencies, before, after)
@@ -333,8 +318,8 @@ fn restart_storm() {
         println!(
             "{side:<10} {:>12.1?} {:>10.1?} {:>10.1?} {:>9} KiB {:>9} KiB",
             mean,
-            percentile(&latencies, 0.5),
-            percentile(&latencies, 0.99),
+            garrison_tests::bench::percentile(&latencies, 0.5),
+            garrison_tests::bench::percentile(&latencies, 0.99),
             before,
             after
         );
@@ -361,23 +346,12 @@ criterion_group! {
 }
 
 fn main() {
-    // Keep the requested crashes off the report; any other panic is a failure and is shown.
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        if info.payload().downcast_ref::<&str>() != Some(&"crash requested") {
-            default_hook(info);
-        }
-    }));
+    garrison_tests::bench::silence_requested_panics("crash requested");
     benches();
     config().final_summary();
     // The storm is a fixed-count run, not a criterion sample: skip it when criterion is only
     // smoke-testing the benches (`cargo test --benches`) or filtering to other groups.
-    let args: Vec<String> = std::env::args().collect();
-    let filtered_out = args
-        .iter()
-        .skip(1)
-        .any(|arg| !arg.starts_with('-') && !"restart_storm".contains(arg.as_str()));
-    if !args.iter().any(|arg| arg == "--test") && !filtered_out {
+    if garrison_tests::bench::extra_measurement_selected("restart_storm") {
         restart_storm();
     }
     garrison_tests::bench::report_ratios(&[

@@ -75,3 +75,44 @@ pub fn format_ns(ns: f64) -> String {
         ns => format!("{:.2} ms", ns / 1_000_000.0),
     }
 }
+
+/// Resident set size of this process in bytes (Linux `/proc/self/statm`; 0 elsewhere).
+pub fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|pages| pages.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 4096
+}
+
+/// The value at `fraction` (0.0 to 1.0) of a sorted, non-empty slice.
+///
+/// # Panics
+/// On an empty slice.
+pub fn percentile<T: Copy>(sorted: &[T], fraction: f64) -> T {
+    sorted[((sorted.len() - 1) as f64 * fraction.clamp(0.0, 1.0)).round() as usize]
+}
+
+/// Keeps the panics a benchmark requests (payload `message`) off the report; any other panic is
+/// a failure and is printed as usual.
+pub fn silence_requested_panics(message: &'static str) {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if info.payload().downcast_ref::<&str>() != Some(&message) {
+            default_hook(info);
+        }
+    }));
+}
+
+/// Whether a fixed-count measurement named `name` should run after the criterion groups: not
+/// when criterion only smoke-tests the benches (`--test`), nor when the command line filters to
+/// other names.
+pub fn extra_measurement_selected(name: &str) -> bool {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let filtered_out = args
+        .iter()
+        .any(|arg| !arg.starts_with('-') && !name.contains(arg.as_str()));
+    !args.iter().any(|arg| arg == "--test") && !filtered_out
+}
