@@ -1,8 +1,10 @@
 //! Garrison's sample battle server.
 //!
 //! So far this crate holds the deterministic simulation every room and every bot runs
-//! ([`sim`]): the same inputs produce the same state, bit for bit, on any machine. The lockstep
-//! room, matchmaker, bots and the `demo` command are built on it next.
+//! ([`sim`]: the same inputs produce the same state, bit for bit, on any machine) and the
+//! lockstep engine of a room ([`lockstep`]: inputs per frame, replaced inputs, broadcasts with
+//! deltas and checksums, recovery from a snapshot and the input log). The room and matchmaker
+//! entities, bots and the `demo` command are built on them next.
 //!
 //! ```
 //! use garrison_battle::sim::{World, input};
@@ -17,4 +19,5 @@
 //! assert_eq!(server.checksum(), client.checksum());
 //! ```
 
+pub mod lockstep;
 pub mod sim;

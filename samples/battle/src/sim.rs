@@ -237,8 +237,13 @@ impl World {
 
     /// The fields that differ from `before` (same number of units): a frame's delta.
     pub fn delta_from(&self, before: &World) -> Vec<Change> {
+        self.delta_from_units(&before.units)
+    }
+
+    /// The fields that differ from the units `before` (what a room keeps of the last frame).
+    pub fn delta_from_units(&self, before: &[Unit]) -> Vec<Change> {
         let mut changes = Vec::new();
-        for (slot, (old, new)) in before.units.iter().zip(&self.units).enumerate() {
+        for (slot, (old, new)) in before.iter().zip(&self.units).enumerate() {
             let unit = slot as u16;
             let mut check = |field: Field, old: i64, new: i64| {
                 if old != new {

@@ -1,0 +1,158 @@
+//! Lockstep: inputs run at their stamped frame, missing ones are replaced and flagged, mirrors
+//! stay in sync, and a crashed room recovers to the identical state.
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::sim::input;
+
+fn config(players: usize) -> LockstepConfig {
+    LockstepConfig {
+        players,
+        snapshot_every: 50,
+        ..LockstepConfig::default()
+    }
+}
+
+#[test]
+fn an_input_runs_at_its_stamped_frame_and_a_missing_one_repeats_the_previous() {
+    let mut room = Lockstep::new(3, config(2)).unwrap();
+    assert_eq!(room.submit(0, 3, input::RIGHT), InputOutcome::Accepted);
+    assert_eq!(room.submit(1, 3, input::LEFT), InputOutcome::Accepted);
+    assert_eq!(room.submit(0, 3, input::UP), InputOutcome::Duplicate);
+    assert_eq!(room.submit(5, 3, 0), InputOutcome::UnknownSlot);
+    assert_eq!(room.submit(0, 1_000, 0), InputOutcome::TooFarAhead);
+    for frame in 0..3 {
+        let broadcast = room.advance().unwrap();
+        assert_eq!(broadcast.record.frame, frame);
+        assert_eq!(broadcast.record.inputs, [0, 0]);
+        assert_eq!(
+            broadcast.record.replaced, 0b11,
+            "nobody sent inputs for frames 0-2"
+        );
+    }
+    let frame3 = room.advance().unwrap();
+    assert_eq!(
+        (frame3.record.inputs.clone(), frame3.record.replaced),
+        (vec![input::RIGHT, input::LEFT], 0)
+    );
+    let frame4 = room.advance().unwrap();
+    assert_eq!(
+        frame4.record.inputs,
+        [input::RIGHT, input::LEFT],
+        "previous inputs stand in"
+    );
+    assert_eq!(frame4.record.replaced, 0b11);
+    assert_eq!(
+        room.submit(0, 2, input::ATTACK),
+        InputOutcome::Late { next_frame: 5 }
+    );
+}
+
+#[test]
+fn checksums_ride_every_thirtieth_frame() {
+    let mut room = Lockstep::new(1, config(2)).unwrap();
+    let with_checksum: Vec<u32> = (0..90)
+        .filter_map(|_| room.advance().ok())
+        .filter(|broadcast| broadcast.checksum.is_some())
+        .map(|broadcast| broadcast.record.frame)
+        .collect();
+    assert_eq!(with_checksum, [29, 59, 89]);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    #[test]
+    fn mirrors_fed_the_broadcasts_never_desync(
+        seed in any::<u64>(),
+        script in prop::collection::vec((0usize..4, 0u32..8, any::<u8>()), 0..600),
+    ) {
+        let mut room = Lockstep::new(seed, config(4)).unwrap();
+        let mut mirror = Mirror::new(seed, 4);
+        let mut script = script.into_iter();
+        for _ in 0..300 {
+            for (slot, ahead, buttons) in script.by_ref().take(2) {
+                room.submit(slot, room.next_frame() + ahead, buttons);
+            }
+            let broadcast = room.advance().unwrap();
+            mirror.apply(broadcast.record.frame, &broadcast.record.inputs, broadcast.checksum).unwrap();
+        }
+        prop_assert_eq!(mirror.desyncs, 0);
+        prop_assert_eq!(mirror.verified, 10);
+        prop_assert_eq!(mirror.world(), room.world());
+    }
+
+    #[test]
+    fn a_recovered_room_matches_a_run_without_the_crash_frame_by_frame(
+        seed in any::<u64>(),
+        crash_at in 1u32..400,
+        inputs in prop::collection::vec(any::<u8>(), 1_600),
+    ) {
+        let stamp = |room: &mut Lockstep, frame: u32| {
+            for slot in 0..4 {
+                room.submit(slot, frame, inputs[(frame as usize * 4 + slot) % inputs.len()]);
+            }
+        };
+        let mut reference = Lockstep::new(seed, config(4)).unwrap();
+        let mut crashing = Lockstep::new(seed, config(4)).unwrap();
+        for frame in 0..400u32 {
+            stamp(&mut reference, frame);
+            reference.advance().unwrap();
+            if frame == crash_at {
+                // The room crashes: only its checkpoint survives.
+                let (snapshot, log) = crashing.checkpoint();
+                let log = log.to_vec();
+                crashing = Lockstep::recover(*crashing.config(), snapshot, &log).unwrap();
+            }
+            stamp(&mut crashing, frame);
+            crashing.advance().unwrap();
+            prop_assert_eq!(crashing.world().checksum(), reference.world().checksum(), "frame {}", frame);
+        }
+    }
+}
+
+#[test]
+fn a_mirror_detects_a_desync_and_refuses_a_gap() {
+    let mut room = Lockstep::new(5, config(2)).unwrap();
+    let mut mirror = Mirror::new(5, 2);
+    for frame in 0..60u32 {
+        room.submit(0, frame, input::RIGHT | input::ATTACK);
+        let broadcast = room.advance().unwrap();
+        // A corrupted copy of the inputs from frame 10 on.
+        let mut inputs = broadcast.record.inputs.clone();
+        if frame >= 10 {
+            inputs[1] = input::DOWN;
+        }
+        mirror.apply(frame, &inputs, broadcast.checksum).unwrap();
+    }
+    assert_eq!(
+        mirror.desyncs, 2,
+        "frames 29 and 59 carried checksums and both disagree"
+    );
+    assert_eq!(
+        mirror.apply(70, &[0, 0], None),
+        Err(MirrorError::OutOfOrder {
+            expected: 60,
+            found: 70
+        })
+    );
+}
+
+#[test]
+fn recovery_refuses_a_log_with_a_gap() {
+    let mut room = Lockstep::new(8, config(2)).unwrap();
+    for _ in 0..10 {
+        room.advance().unwrap();
+    }
+    let (snapshot, log) = room.checkpoint();
+    let mut log = log.to_vec();
+    log.remove(4);
+    assert!(matches!(
+        Lockstep::recover(*room.config(), snapshot, &log),
+        Err(RecoverError::Gap {
+            expected: 4,
+            found: 5
+        })
+    ));
+}
