@@ -44,6 +44,10 @@ fn clock() -> &'static Clock {
 
 /// Milliseconds since the clock started (the first call), within [`RESOLUTION`] plus scheduling
 /// delay. Monotonic.
+///
+/// # Panics
+/// On the first call, if the operating system refuses to start the clock's thread: without it
+/// every timeout in the runtime would silently stop, so that is not hidden.
 pub fn now_millis() -> u64 {
     // Relaxed: a single monotonic counter; no other data is published through it.
     clock().millis.load(Ordering::Relaxed)
