@@ -1,6 +1,7 @@
 //! Garrison's integration tests: one binary, one module per behaviour, each named after the
 //! invariant it checks.
 
+mod battle_lockstep;
 mod gateway_hostile;
 mod protocol_fuzz_regressions;
 mod protocol_hostile_frames;

@@ -19,5 +19,8 @@
 //! assert_eq!(server.checksum(), client.checksum());
 //! ```
 
+pub mod bots;
 pub mod lockstep;
+pub mod proto;
+pub mod server;
 pub mod sim;

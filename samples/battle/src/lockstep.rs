@@ -15,7 +15,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 use crate::sim::{Change, World};
 
 /// Room settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LockstepConfig {
     /// Players (unit slots) in the room.
     pub players: usize,
@@ -82,14 +82,15 @@ pub struct Broadcast {
     pub checksum: Option<u64>,
 }
 
-/// The lockstep state of one room.
-#[derive(Debug, Clone)]
+/// The lockstep state of one room. It is an rkyv archive itself, so a room entity checkpoints
+/// it whole: the last snapshot, the input log since, and the inputs waiting for their frame.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone)]
 pub struct Lockstep {
     config: LockstepConfig,
     world: World,
     pending: BTreeMap<u32, Vec<Option<u8>>>,
     previous: Vec<u8>,
-    snapshot: Bytes,
+    snapshot: Vec<u8>,
     log: Vec<FrameRecord>,
 }
 
@@ -117,7 +118,7 @@ impl Lockstep {
     /// When the first snapshot cannot be written (it cannot fail for this world type).
     pub fn new(seed: u64, config: LockstepConfig) -> Result<Self, garrison_protocol::Error> {
         let world = World::new(seed, config.players);
-        let snapshot = garrison_protocol::snapshot::write(&world)?;
+        let snapshot = garrison_protocol::snapshot::write(&world)?.to_vec();
         Ok(Lockstep {
             config,
             previous: vec![0; config.players],
@@ -145,7 +146,7 @@ impl Lockstep {
 
     /// The last snapshot and the frames executed since: enough to recover.
     pub fn checkpoint(&self) -> (Bytes, &[FrameRecord]) {
-        (self.snapshot.clone(), &self.log)
+        (Bytes::copy_from_slice(&self.snapshot), &self.log)
     }
 
     /// Submits `buttons` from `slot` for `frame`.
@@ -207,7 +208,7 @@ impl Lockstep {
             replaced,
         };
         if self.world.frame % self.config.snapshot_every.max(1) == 0 {
-            self.snapshot = garrison_protocol::snapshot::write(&self.world)?;
+            self.snapshot = garrison_protocol::snapshot::write(&self.world)?.to_vec();
             self.log.clear();
         } else {
             self.log.push(record.clone());
@@ -249,7 +250,7 @@ impl Lockstep {
             world,
             pending: BTreeMap::new(),
             previous,
-            snapshot,
+            snapshot: snapshot.to_vec(),
             log: log.to_vec(),
         })
     }

@@ -1,0 +1,416 @@
+//! The battle server: a matchmaker and rooms as Garrison entities behind the gateway.
+//!
+//! Players connect with a ticket, send `Join`; the matchmaker fills rooms of `room_size`, binds
+//! each player's session to its room and starts it. A room runs [`Lockstep`] at 60 Hz on
+//! absolute deadlines (missed ticks are caught up in a burst, never skipped), checkpoints after
+//! every frame, and pushes each frame's update, encoded once, to every player.
+
+use std::{
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use dashmap::DashMap;
+use garrison_protocol::{FrameCodec, FrameMeta, Snapshot};
+use garrison_runtime::{
+    Checkpoint, Entities, Entity, EntityContext, EntityMessage, HandlerError, KindConfig,
+    SessionId, Sessions,
+    gateway::{Gateway, GatewayBuilder, GatewayConfig},
+};
+use garrison_supervisor::{SupervisorRef, supervisor};
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::{
+    lockstep::{Lockstep, LockstepConfig},
+    proto::{ClientMessage, FrameUpdate, MatchStart},
+};
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Players per room.
+    pub room_size: usize,
+    /// The frame period (1/60 s).
+    pub tick: Duration,
+    /// Frames clients stamp their inputs ahead.
+    pub input_delay: u32,
+    /// The gateway's settings (listen address, ticket key, limits).
+    pub gateway: GatewayConfig,
+}
+
+/// Counters the demo reports.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// Frames executed across all rooms.
+    pub frames: AtomicU64,
+    /// Rooms started.
+    pub rooms: AtomicU64,
+}
+
+struct Services {
+    sessions: Arc<Sessions>,
+    placements: DashMap<SessionId, (u64, u8)>,
+    rooms: OnceLock<Entities<Room>>,
+    next_room: AtomicU64,
+    running: AtomicBool,
+    stats: Arc<ServerStats>,
+    config: ServerConfig,
+}
+
+/// The matchmaker's messages.
+pub enum MatchmakerMsg {
+    /// A session asks for a room.
+    Join(SessionId),
+}
+
+impl EntityMessage for MatchmakerMsg {
+    fn event_type(&self) -> &'static str {
+        "join"
+    }
+}
+
+/// Players waiting for a room.
+#[derive(Archive, Serialize, Deserialize, Default, Debug)]
+pub struct Waiting {
+    sessions: Vec<u64>,
+}
+
+impl Snapshot for Waiting {
+    const SCHEMA: &'static str = "battle.matchmaker";
+    const VERSION: u16 = 1;
+}
+
+/// Places players into rooms.
+pub struct Matchmaker {
+    services: Arc<Services>,
+}
+
+impl Entity for Matchmaker {
+    const KIND: &'static str = "matchmaker";
+    type Key = u8;
+    type State = Waiting;
+    type Message = MatchmakerMsg;
+
+    async fn activate(&self, _: &u8, recovered: Option<Waiting>) -> Result<Waiting, HandlerError> {
+        Ok(recovered.unwrap_or_default())
+    }
+
+    async fn handle(
+        &self,
+        context: &mut EntityContext<'_, Self>,
+        MatchmakerMsg::Join(session): MatchmakerMsg,
+        waiting: &mut Waiting,
+    ) -> Result<(), HandlerError> {
+        if !waiting.sessions.contains(&session.0) {
+            waiting.sessions.push(session.0);
+        }
+        context.checkpoint();
+        if waiting.sessions.len() < self.services.config.room_size {
+            return Ok(());
+        }
+        let players = std::mem::take(&mut waiting.sessions);
+        let room = self.services.next_room.fetch_add(1, Ordering::Relaxed) + 1;
+        for (slot, player) in players.iter().enumerate() {
+            self.services
+                .placements
+                .insert(SessionId(*player), (room, slot as u8));
+            self.services
+                .sessions
+                .bind::<Room>(SessionId(*player), &room)?;
+        }
+        let rooms = self.services.rooms.get().ok_or("rooms not started")?;
+        rooms
+            .send(
+                &room,
+                RoomMsg::Start {
+                    players,
+                    seed: room.wrapping_mul(0x9e37_79b9),
+                },
+            )
+            .map_err(|refused| format!("room {room} refused its start: {:?}", refused.reason))?;
+        Ok(())
+    }
+}
+
+/// A room's messages.
+pub enum RoomMsg {
+    /// Start the match with these players (slot order).
+    Start {
+        /// Player ids, by slot.
+        players: Vec<u64>,
+        /// The world's seed.
+        seed: u64,
+    },
+    /// A player's input.
+    Input {
+        /// The player's slot.
+        slot: u8,
+        /// The frame it is stamped for.
+        frame: u32,
+        /// The buttons.
+        buttons: u8,
+    },
+    /// Time to run the next frame.
+    Tick,
+}
+
+impl EntityMessage for RoomMsg {
+    fn event_type(&self) -> &'static str {
+        match self {
+            RoomMsg::Start { .. } => "start",
+            RoomMsg::Input { .. } => "input",
+            RoomMsg::Tick => "tick",
+        }
+    }
+}
+
+/// A room's state: its players and its lockstep engine (checkpointed after every frame).
+#[derive(Archive, Serialize, Deserialize, Debug, Default)]
+pub struct RoomState {
+    players: Vec<u64>,
+    engine: Option<Lockstep>,
+}
+
+impl Snapshot for RoomState {
+    const SCHEMA: &'static str = "battle.room";
+    const VERSION: u16 = 1;
+}
+
+/// A battle room.
+pub struct Room {
+    services: Arc<Services>,
+}
+
+impl Room {
+    fn start_ticker(&self, room: u64) {
+        let services = self.services.clone();
+        let period = services.config.tick;
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(period);
+            // Absolute deadlines: a late tick is caught up in a burst, never skipped.
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            while services.running.load(Ordering::Acquire) {
+                ticks.tick().await;
+                let Some(rooms) = services.rooms.get() else {
+                    return;
+                };
+                // A full mailbox means the room is behind: the next tick catches up.
+                let _ = rooms.send(&room, RoomMsg::Tick);
+            }
+        });
+    }
+}
+
+impl Entity for Room {
+    const KIND: &'static str = "room";
+    type Key = u64;
+    type State = RoomState;
+    type Message = RoomMsg;
+
+    async fn activate(
+        &self,
+        room: &u64,
+        recovered: Option<RoomState>,
+    ) -> Result<RoomState, HandlerError> {
+        let state = recovered.unwrap_or_default();
+        if state.engine.is_some() {
+            // A restart after a crash: the engine is back at its last frame; tick on.
+            self.start_ticker(*room);
+        }
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        context: &mut EntityContext<'_, Self>,
+        message: RoomMsg,
+        state: &mut RoomState,
+    ) -> Result<(), HandlerError> {
+        let room = *context.key();
+        match message {
+            RoomMsg::Start { players, seed } => {
+                if state.engine.is_some() {
+                    return Ok(());
+                }
+                let config = LockstepConfig {
+                    players: players.len(),
+                    input_delay: self.services.config.input_delay,
+                    ..LockstepConfig::default()
+                };
+                state.engine = Some(Lockstep::new(seed, config)?);
+                for (slot, player) in players.iter().enumerate() {
+                    let start = MatchStart {
+                        room,
+                        slot: slot as u8,
+                        players: players.len() as u8,
+                        seed,
+                        frame: 0,
+                        input_delay: config.input_delay,
+                    };
+                    let frame = FrameCodec::default().encode_frame(&start, FrameMeta::default())?;
+                    let _ = self.services.sessions.push(SessionId(*player), frame);
+                }
+                state.players = players;
+                self.services.stats.rooms.fetch_add(1, Ordering::Relaxed);
+                context.checkpoint();
+                self.start_ticker(room);
+            }
+            RoomMsg::Input {
+                slot,
+                frame,
+                buttons,
+            } => {
+                if let Some(engine) = &mut state.engine {
+                    engine.submit(usize::from(slot), frame, buttons);
+                }
+            }
+            RoomMsg::Tick => {
+                let Some(engine) = &mut state.engine else {
+                    return Ok(());
+                };
+                let broadcast = engine.advance()?;
+                let update = FrameUpdate {
+                    frame: broadcast.record.frame,
+                    inputs: broadcast.record.inputs,
+                    replaced: broadcast.record.replaced,
+                    delta: broadcast.delta,
+                    checksum: broadcast.checksum,
+                };
+                // Encoded once; every player gets the same bytes.
+                let frame = FrameCodec::default().encode_frame(
+                    &update,
+                    FrameMeta {
+                        seq: update.frame,
+                        trace: None,
+                    },
+                )?;
+                for player in &state.players {
+                    let _ = self
+                        .services
+                        .sessions
+                        .push(SessionId(*player), frame.clone());
+                }
+                self.services.stats.frames.fetch_add(1, Ordering::Relaxed);
+                context.checkpoint();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A running battle server.
+pub struct BattleServer {
+    /// The gateway players connect to.
+    pub gateway: Gateway<ClientMessage>,
+    /// The supervision tree.
+    pub tree: SupervisorRef,
+    /// Counters.
+    pub stats: Arc<ServerStats>,
+    services: Arc<Services>,
+}
+
+impl BattleServer {
+    /// Starts the tree and the gateway. Call from the tokio runtime entities should run on.
+    ///
+    /// # Errors
+    /// When the tree or the gateway cannot start.
+    pub async fn start(
+        config: ServerConfig,
+    ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        let stats = Arc::new(ServerStats::default());
+        let services = Arc::new(Services {
+            sessions: Arc::new(Sessions::new()),
+            placements: DashMap::new(),
+            rooms: OnceLock::new(),
+            next_room: AtomicU64::new(0),
+            running: AtomicBool::new(true),
+            stats: stats.clone(),
+            config: config.clone(),
+        });
+        let matchmakers = Entities::new(
+            Matchmaker {
+                services: services.clone(),
+            },
+            KindConfig::default(),
+        )?;
+        let room_config = KindConfig {
+            mailbox_capacity: 1024,
+            checkpoint: Checkpoint::OnDemand,
+            ..KindConfig::default()
+        };
+        let rooms = Entities::new(
+            Room {
+                services: services.clone(),
+            },
+            room_config,
+        )?;
+        let _ = services.rooms.set(rooms.clone());
+        let tree = supervisor! {
+            "battle-node": one_for_one, intensity 10 per 10s {
+                entities "matchmaker" => matchmakers.start();
+                entities "rooms" => rooms.start();
+            }
+        }?
+        .start()
+        .await?;
+
+        let sessions = services.sessions.clone();
+        let routing = services.clone();
+        let binding = services.clone();
+        let gateway = GatewayBuilder::<ClientMessage>::new(config.gateway, sessions)
+            .on_session(move |info, _| {
+                binding
+                    .sessions
+                    .bind::<Matchmaker>(info.session, &0)
+                    .map_err(|error| error.to_string())
+            })
+            .route(move |info, message| match message {
+                ClientMessage::Join(_) => matchmakers
+                    .send_as(
+                        &routing.sessions,
+                        info.session,
+                        &0,
+                        MatchmakerMsg::Join(info.session),
+                    )
+                    .map_err(|refused| refused.reason),
+                ClientMessage::Input(input) => {
+                    let Some(placement) = routing.placements.get(&info.session).map(|entry| *entry)
+                    else {
+                        return Err(garrison_runtime::Refusal::Session(
+                            garrison_runtime::Error::NotBound {
+                                session: info.session.0,
+                                kind: Room::KIND,
+                                key: "none".into(),
+                            },
+                        ));
+                    };
+                    let (room, slot) = placement;
+                    let message = RoomMsg::Input {
+                        slot,
+                        frame: input.frame.to_native(),
+                        buttons: input.buttons,
+                    };
+                    rooms
+                        .send_as(&routing.sessions, info.session, &room, message)
+                        .map_err(|refused| refused.reason)
+                }
+            })
+            .start()?;
+        Ok(BattleServer {
+            gateway,
+            tree,
+            stats,
+            services,
+        })
+    }
+
+    /// Stops ticking, then the gateway and the tree.
+    pub async fn stop(self) {
+        self.services.running.store(false, Ordering::Release);
+        self.gateway.shutdown().await;
+        let _ = self.tree.stop().await;
+    }
+}
