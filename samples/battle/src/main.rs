@@ -104,6 +104,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         eprintln!("bot failed: {failure}");
     }
     println!("{}", summary.table());
+    println!(
+        "frames run late and caught up {}",
+        server.stats.overruns.load(Ordering::Relaxed)
+    );
     if json {
         println!("{}", summary.json());
     }

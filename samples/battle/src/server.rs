@@ -3,7 +3,8 @@
 //! Players connect with a ticket, send `Join`; the matchmaker fills rooms of `room_size`, binds
 //! each player's session to its room and starts it. A room runs [`Lockstep`] at 60 Hz on
 //! absolute deadlines (missed ticks are caught up in a burst, never skipped), checkpoints after
-//! every frame, and pushes each frame's update, encoded once, to every player.
+//! every frame, and pushes each frame's update, encoded once, to every player. A late ticker
+//! counts its overrun and catches up a few frames per wake-up, never skipping one.
 
 use std::{
     sync::{
@@ -48,6 +49,8 @@ pub struct ServerStats {
     pub frames: AtomicU64,
     /// Rooms started.
     pub rooms: AtomicU64,
+    /// Frames a room's ticker ran late, in catch-up (each counted once).
+    pub overruns: AtomicU64,
 }
 
 struct Services {
@@ -184,21 +187,39 @@ pub struct Room {
     services: Arc<Services>,
 }
 
+/// Most frames a late ticker runs per wake-up. A bigger deficit is caught up over the next
+/// wake-ups, a few frames at a time, so one late room never runs a long burst that stalls the
+/// others; no frame is ever skipped.
+const MAX_CATCH_UP: u32 = 3;
+
 impl Room {
+    /// Ticks room `room` at the frame rate against absolute deadlines. The ticker addresses the
+    /// room by key, so it serves every incarnation: a room restarted after a crash keeps it.
     fn start_ticker(&self, room: u64) {
         let services = self.services.clone();
         let period = services.config.tick;
         tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(period);
-            // Absolute deadlines: a late tick is caught up in a burst, never skipped.
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut deadline = tokio::time::Instant::now() + period;
             while services.running.load(Ordering::Acquire) {
-                ticks.tick().await;
+                tokio::time::sleep_until(deadline).await;
                 let Some(rooms) = services.rooms.get() else {
                     return;
                 };
-                // A full mailbox means the room is behind: the next tick catches up.
-                let _ = rooms.send(&room, RoomMsg::Tick);
+                // Frames due now: this one, plus any the ticker fell behind by.
+                let late = tokio::time::Instant::now().saturating_duration_since(deadline);
+                let due = 1 + (late.as_nanos() / period.as_nanos().max(1)) as u32;
+                let run = due.min(MAX_CATCH_UP);
+                // Each frame run late is counted once, when it is caught up.
+                services
+                    .stats
+                    .overruns
+                    .fetch_add(u64::from(run - 1), Ordering::Relaxed);
+                for _ in 0..run {
+                    // A full mailbox means the room is behind: the next wake catches up.
+                    let _ = rooms.send(&room, RoomMsg::Tick);
+                }
+                // Only the frames run are consumed: the rest of a deficit stays due.
+                deadline += period * run;
             }
         });
     }
@@ -212,15 +233,12 @@ impl Entity for Room {
 
     async fn activate(
         &self,
-        room: &u64,
+        _: &u64,
         recovered: Option<RoomState>,
     ) -> Result<RoomState, HandlerError> {
-        let state = recovered.unwrap_or_default();
-        if state.engine.is_some() {
-            // A restart after a crash: the engine is back at its last frame; tick on.
-            self.start_ticker(*room);
-        }
-        Ok(state)
+        // After a crash the engine is back at its last checkpointed frame, and the room's ticker,
+        // which addresses the key and not the incarnation, simply goes on ticking it.
+        Ok(recovered.unwrap_or_default())
     }
 
     async fn handle(
