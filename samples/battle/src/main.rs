@@ -39,6 +39,9 @@ enum Command {
         /// Print one JSON object on the last line as well.
         #[arg(long)]
         json: bool,
+        /// Crash every room every N seconds (fault injection); 0 never.
+        #[arg(long, default_value_t = 0)]
+        room_panic_every: u64,
     },
 }
 
@@ -49,6 +52,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         room_size,
         duration,
         json,
+        room_panic_every,
     } = Cli::parse().command;
     let key = b"demo ticket key".to_vec();
     let mut gateway = GatewayConfig::new(key.clone());
@@ -85,11 +89,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             }
         })
     };
+    let server = std::sync::Arc::new(server);
+    let chaos = (room_panic_every > 0).then(|| {
+        let server = server.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(room_panic_every));
+            every.tick().await;
+            loop {
+                every.tick().await;
+                server.crash_rooms();
+            }
+        })
+    });
     let mut reports = Vec::new();
     for bot in bots {
         reports.push(bot.await.unwrap_or_else(|error| Err(error.to_string())));
     }
     progress.abort();
+    if let Some(chaos) = &chaos {
+        chaos.abort();
+    }
     eprintln!();
     let summary = Summary::new(
         &reports,
@@ -105,12 +124,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     }
     println!("{}", summary.table());
     println!(
-        "frames run late and caught up {}",
-        server.stats.overruns.load(Ordering::Relaxed)
+        "frames run late and caught up {}  room restarts {}",
+        server.stats.overruns.load(Ordering::Relaxed),
+        server.stats.restarts.load(Ordering::Relaxed)
     );
     if json {
         println!("{}", summary.json());
     }
-    server.stop().await;
+    if let Some(chaos) = chaos {
+        // Aborted above; wait for it to let go of its handle on the server.
+        let _ = chaos.await;
+    }
+    match std::sync::Arc::try_unwrap(server) {
+        Ok(server) => server.stop().await,
+        Err(_) => return Err("the server is still shared".into()),
+    }
     Ok(())
 }

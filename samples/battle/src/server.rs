@@ -25,7 +25,7 @@ use garrison_supervisor::{SupervisorRef, supervisor};
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::{
-    lockstep::{Lockstep, LockstepConfig},
+    lockstep::{InputOutcome, Lockstep, LockstepConfig},
     proto::{ClientMessage, FrameUpdate, MatchStart},
 };
 
@@ -51,6 +51,8 @@ pub struct ServerStats {
     pub rooms: AtomicU64,
     /// Frames a room's ticker ran late, in catch-up (each counted once).
     pub overruns: AtomicU64,
+    /// Rooms restarted from their checkpoint after a crash.
+    pub restarts: AtomicU64,
 }
 
 struct Services {
@@ -158,6 +160,8 @@ pub enum RoomMsg {
     },
     /// Time to run the next frame.
     Tick,
+    /// Crash this room now (fault injection for demos and tests).
+    Crash,
 }
 
 impl EntityMessage for RoomMsg {
@@ -166,11 +170,13 @@ impl EntityMessage for RoomMsg {
             RoomMsg::Start { .. } => "start",
             RoomMsg::Input { .. } => "input",
             RoomMsg::Tick => "tick",
+            RoomMsg::Crash => "crash",
         }
     }
 }
 
-/// A room's state: its players and its lockstep engine (checkpointed after every frame).
+/// A room's state: its players and its lockstep engine (checkpointed after every frame and every
+/// accepted input).
 #[derive(Archive, Serialize, Deserialize, Debug, Default)]
 pub struct RoomState {
     players: Vec<u64>,
@@ -236,8 +242,15 @@ impl Entity for Room {
         _: &u64,
         recovered: Option<RoomState>,
     ) -> Result<RoomState, HandlerError> {
-        // After a crash the engine is back at its last checkpointed frame, and the room's ticker,
-        // which addresses the key and not the incarnation, simply goes on ticking it.
+        // After a crash the engine is back at its last checkpoint (every accepted input and every
+        // frame is checkpointed), and the room's ticker, which addresses the key and not the
+        // incarnation, simply goes on ticking it.
+        if recovered
+            .as_ref()
+            .is_some_and(|state| state.engine.is_some())
+        {
+            self.services.stats.restarts.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(recovered.unwrap_or_default())
     }
 
@@ -282,9 +295,13 @@ impl Entity for Room {
                 buttons,
             } => {
                 if let Some(engine) = &mut state.engine {
-                    engine.submit(usize::from(slot), frame, buttons);
+                    if engine.submit(usize::from(slot), frame, buttons) == InputOutcome::Accepted {
+                        // An accepted input survives a crash: it is in the next checkpoint.
+                        context.checkpoint();
+                    }
                 }
             }
+            RoomMsg::Crash => panic!("injected crash of room {room}"),
             RoomMsg::Tick => {
                 let Some(engine) = &mut state.engine else {
                     return Ok(());
@@ -423,6 +440,15 @@ impl BattleServer {
             stats,
             services,
         })
+    }
+
+    /// Crashes every started room once (fault injection): each restarts from its checkpoint.
+    pub fn crash_rooms(&self) {
+        if let Some(rooms) = self.services.rooms.get() {
+            for room in 1..=self.services.next_room.load(Ordering::Relaxed) {
+                let _ = rooms.send(&room, RoomMsg::Crash);
+            }
+        }
     }
 
     /// Stops ticking, then the gateway and the tree.
