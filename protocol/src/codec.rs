@@ -166,6 +166,25 @@ impl FrameCodec {
     }
 }
 
+thread_local! {
+    /// The codec behind [`encode_frame`]: one per thread, so its scratch arena is reused.
+    static ENCODER: std::cell::RefCell<FrameCodec> = std::cell::RefCell::new(FrameCodec::default());
+}
+
+/// Encodes `message` as a standalone [`Frame`] with the default limits, reusing a per-thread
+/// codec: for code that sends frames without keeping a codec of its own (a room's per-frame
+/// broadcast, a control reply). Encode once, push the same frame to many connections.
+///
+/// # Errors
+/// As [`FrameCodec::encode_message`].
+pub fn encode_frame<M: Message>(message: &M, meta: FrameMeta) -> Result<Frame, Error> {
+    ENCODER.with(|codec| match codec.try_borrow_mut() {
+        Ok(mut codec) => codec.encode_frame(message, meta),
+        // Only reachable if a Serialize impl itself encodes a frame: use a fresh codec.
+        Err(_) => FrameCodec::default().encode_frame(message, meta),
+    })
+}
+
 impl Default for FrameCodec {
     fn default() -> Self {
         FrameCodec::new(DecodeConfig::default())

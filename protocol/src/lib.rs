@@ -53,7 +53,7 @@ mod frame;
 mod message;
 pub mod snapshot;
 
-pub use codec::{FrameCodec, FrameMeta, Outbound, PayloadWriter, WireSerializer};
+pub use codec::{FrameCodec, FrameMeta, Outbound, PayloadWriter, WireSerializer, encode_frame};
 pub use error::Error;
 pub use frame::{
     DEFAULT_MAX_FRAME_LEN, DecodeConfig, FIXED_HEADER_LEN, FLAG_TRACE_CONTEXT, Frame, FrameHeader,

@@ -28,9 +28,7 @@ use std::{
 };
 
 use dashmap::DashMap;
-use garrison_protocol::{
-    DEFAULT_MAX_FRAME_LEN, FrameCodec, FrameMeta, MessageKind, Protocol, control,
-};
+use garrison_protocol::{DEFAULT_MAX_FRAME_LEN, FrameMeta, MessageKind, Protocol, control};
 
 pub use close::{CloseCode, refusal};
 pub use outbound::Delivery;
@@ -354,7 +352,5 @@ pub(crate) fn control_frame<M: garrison_protocol::Message>(
     message: &M,
     seq: u32,
 ) -> Option<garrison_protocol::Frame> {
-    FrameCodec::default()
-        .encode_frame(message, FrameMeta { seq, trace: None })
-        .ok()
+    garrison_protocol::encode_frame(message, FrameMeta { seq, trace: None }).ok()
 }

@@ -65,7 +65,7 @@ impl Entity for Pilot {
                 seq: input.seq.to_native(),
                 tick: seen.0,
             };
-            let frame = FrameCodec::default().encode_frame(
+            let frame = garrison_protocol::encode_frame(
                 &echo,
                 FrameMeta {
                     seq: input.seq.to_native(),
@@ -547,15 +547,14 @@ async fn never_reads(transport: Transport) {
     let mut lazy = Client::connect(&world, transport).await;
     lazy.handshake(11).await;
     // Push until the lazy client's socket and queue are full: then it is a slow consumer.
-    let big = FrameCodec::default()
-        .encode_frame(
-            &Chat {
-                from: "server".into(),
-                text: "x".repeat(30_000),
-            },
-            FrameMeta::default(),
-        )
-        .unwrap();
+    let big = garrison_protocol::encode_frame(
+        &Chat {
+            from: "server".into(),
+            text: "x".repeat(30_000),
+        },
+        FrameMeta::default(),
+    )
+    .unwrap();
     let mut pushed = 0;
     while world.sessions.push(SessionId(11), big.clone()).is_ok() && pushed < 100_000 {
         pushed += 1;

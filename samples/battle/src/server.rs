@@ -15,7 +15,7 @@ use std::{
 };
 
 use dashmap::DashMap;
-use garrison_protocol::{FrameCodec, FrameMeta, Snapshot};
+use garrison_protocol::{FrameMeta, Snapshot};
 use garrison_runtime::{
     Checkpoint, Entities, Entity, EntityContext, EntityMessage, HandlerError, KindConfig,
     SessionId, Sessions,
@@ -281,7 +281,7 @@ impl Entity for Room {
                         frame: 0,
                         input_delay: config.input_delay,
                     };
-                    let frame = FrameCodec::default().encode_frame(&start, FrameMeta::default())?;
+                    let frame = garrison_protocol::encode_frame(&start, FrameMeta::default())?;
                     let _ = self.services.sessions.push(SessionId(*player), frame);
                 }
                 state.players = players;
@@ -315,7 +315,7 @@ impl Entity for Room {
                     checksum: broadcast.checksum,
                 };
                 // Encoded once; every player gets the same bytes.
-                let frame = FrameCodec::default().encode_frame(
+                let frame = garrison_protocol::encode_frame(
                     &update,
                     FrameMeta {
                         seq: update.frame,
