@@ -71,6 +71,9 @@ pub struct GatewayConfig {
     /// How long a disconnected player's session (and its bindings) is kept for a reconnect
     /// before it is closed.
     pub reconnect_grace: Duration,
+    /// The `game.world.zone` recorded on the gateway's frame spans (the world partition this
+    /// gateway serves), if any.
+    pub zone: Option<std::sync::Arc<str>>,
 }
 
 impl GatewayConfig {
@@ -93,6 +96,7 @@ impl GatewayConfig {
             ticket_key: ticket_key.into(),
             drain_timeout: Duration::from_secs(2),
             reconnect_grace: Duration::from_secs(30),
+            zone: None,
         }
     }
 }

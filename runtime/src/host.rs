@@ -7,9 +7,8 @@ use std::{
 };
 
 use futures_util::FutureExt;
-use garrison_protocol::{SnapshotWriter, TraceContext};
+use garrison_protocol::SnapshotWriter;
 use garrison_supervisor::{HandlerError, Worker, WorkerContext};
-use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -65,18 +64,6 @@ pub(crate) struct Running<E: Entity> {
     since_checkpoint: u32,
     last_checkpoint_ms: u64,
     writer: SnapshotWriter,
-}
-
-/// The OpenTelemetry context of a client's span, so the handling span becomes its child.
-fn remote_parent(trace: &TraceContext) -> opentelemetry::Context {
-    let span_context = SpanContext::new(
-        TraceId::from_bytes(trace.trace_id),
-        SpanId::from_bytes(trace.span_id),
-        TraceFlags::new(trace.flags),
-        true,
-        TraceState::default(),
-    );
-    opentelemetry::Context::new().with_remote_span_context(span_context)
 }
 
 impl<E: Entity> EntityWorker<E> {
@@ -185,6 +172,7 @@ impl<E: Entity> Worker for EntityWorker<E> {
         let span = tracing::info_span!(
             parent: &parent,
             "garrison.entity.handle",
+            otel.name = %format_args!("{}.{}", E::KIND, event_type),
             game.session.id = tracing::field::Empty,
             game.event.type = event_type,
             game.world.zone = tracing::field::Empty,
@@ -198,9 +186,12 @@ impl<E: Entity> Worker for EntityWorker<E> {
         if let Some(zone) = &self.inner.config.zone {
             span.record("game.world.zone", &**zone);
         }
-        if let Some(trace) = &trace {
+        // A message sent from inside a span (the gateway's frame span, which itself joined the
+        // client's trace) is that span's child; one sent from nowhere joins the client's trace
+        // directly when it carries one.
+        if let (Some(trace), true) = (&trace, parent.is_none()) {
             // Without an OpenTelemetry layer installed there is nothing to join.
-            let _ = span.set_parent(remote_parent(trace));
+            let _ = span.set_parent(crate::telemetry::remote_parent(trace));
         }
 
         if !span.is_disabled() {

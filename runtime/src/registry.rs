@@ -172,13 +172,29 @@ impl<E: Entity> Entities<E> {
         key: &E::Key,
         message: E::Message,
     ) -> Result<(), Refused<E::Message>> {
+        // The session hop of a player's message: gateway frame -> session -> entity.
+        let span = tracing::info_span!(
+            "garrison.session.send",
+            otel.name = %format_args!("session.send {}", E::KIND),
+            game.session.id = session.0,
+            game.event.type = crate::EntityMessage::event_type(&message),
+            game.world.zone = self.inner.config.zone.as_deref(),
+            game.entity.kind = E::KIND,
+            game.entity.key = %key,
+            refused = tracing::field::Empty,
+        );
+        let _entered = span.enter();
         if let Err(error) = sessions.check::<E>(session, key) {
+            span.record("refused", tracing::field::display(&error));
             return Err(Refused {
                 reason: Refusal::Session(error),
                 message,
             });
         }
         self.deliver(key, message, Some(session))
+            .inspect_err(|refused| {
+                span.record("refused", tracing::field::debug(&refused.reason));
+            })
     }
 
     fn deliver(

@@ -12,7 +12,10 @@
 
 use std::time::Duration;
 
-use opentelemetry::trace::TracerProvider as _;
+use garrison_protocol::TraceContext;
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
+};
 use opentelemetry_otlp::{SpanExporter, WithExportConfig};
 use opentelemetry_sdk::{
     Resource,
@@ -106,6 +109,33 @@ impl TelemetryGuard {
 
 /// An endpoint without a scheme would be taken as https by the exporter; a local collector is
 /// plain http. For OTLP/HTTP the traces path is appended when missing.
+/// The OpenTelemetry context of a client's span (a frame's W3C trace context), so a server
+/// span can become its child.
+pub(crate) fn remote_parent(trace: &TraceContext) -> opentelemetry::Context {
+    let span_context = SpanContext::new(
+        TraceId::from_bytes(trace.trace_id),
+        SpanId::from_bytes(trace.span_id),
+        TraceFlags::new(trace.flags),
+        true,
+        TraceState::default(),
+    );
+    opentelemetry::Context::new().with_remote_span_context(span_context)
+}
+
+/// The W3C trace context of `span`, to put in a frame so the receiver's spans join its trace
+/// (a client tracing its inputs, a server tracing a push). `None` when the span is not
+/// recorded by an OpenTelemetry layer (no telemetry installed, or filtered out).
+pub fn trace_context(span: &tracing::Span) -> Option<TraceContext> {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    span_context.is_valid().then(|| TraceContext {
+        trace_id: span_context.trace_id().to_bytes(),
+        span_id: span_context.span_id().to_bytes(),
+        flags: span_context.trace_flags().to_u8(),
+    })
+}
+
 fn normalize_endpoint(endpoint: &str, protocol: OtlpProtocol) -> String {
     let mut endpoint = if endpoint.contains("://") {
         endpoint.trim_end_matches('/').to_owned()

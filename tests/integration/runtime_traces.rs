@@ -68,8 +68,23 @@ async fn handling_spans_carry_game_attributes_and_the_senders_parent() {
     }
     assert_eq!(
         add.parent.as_deref(),
+        Some("garrison.session.send"),
+        "the session hop is the parent"
+    );
+    let sent = captured.named("garrison.session.send");
+    assert_eq!(sent.len(), 1);
+    for (field, value) in [
+        ("game.session.id", "77"),
+        ("game.event.type", "add"),
+        ("game.world.zone", "arena-3"),
+        ("game.entity.kind", "counter"),
+    ] {
+        assert_eq!(sent[0].fields.get(field).map(String::as_str), Some(value));
+    }
+    assert_eq!(
+        sent[0].parent.as_deref(),
         Some("gateway.frame"),
-        "the sender's span is the parent"
+        "the sender's span is the session hop's parent"
     );
     tree.stop().await.unwrap();
 }
@@ -99,7 +114,8 @@ async fn a_clients_trace_context_makes_the_handling_span_its_child() {
     let handled = spans
         .iter()
         .find(|span| {
-            span.name == "garrison.entity.handle"
+            // Exported under `kind.event`, so each is its own operation in Jaeger.
+            span.name == "counter.traced"
                 && span
                     .attributes
                     .iter()

@@ -411,7 +411,15 @@ impl<P: Protocol> Connection<P> {
             game.event.type = P::name_of(frame.kind()).unwrap_or("unknown"),
             frame.seq = seq,
             frame.bytes = frame.wire().len(),
+            game.world.zone = self.shared.config.zone.as_deref(),
         );
+        if let Some(trace) = &frame.header().trace {
+            // The client's span is the parent: the server's work joins the client's trace.
+            let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(
+                &span,
+                crate::telemetry::remote_parent(trace),
+            );
+        }
         let _entered = span.enter();
         let message = match P::validate(frame) {
             Ok(message) => message,
