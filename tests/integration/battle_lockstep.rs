@@ -1,49 +1,95 @@
-//! The battle server with bots over loopback: two rooms of eight play a few hundred frames with
-//! zero desyncs, and every input that arrived in time ran exactly once, as sent, at its frame.
+//! The battle server with bots over loopback: rooms play in lockstep with zero desyncs and every
+//! on-time input run exactly once, as sent, at its frame; a room crash restarts it from its
+//! checkpoint with every frame's state equal to the uncrashed simulation of the same inputs; a
+//! bot that drops its connection comes back, catches up and verifies its next checksum; a rogue
+//! client is thrown out without disturbing its room.
 
-use std::time::{Duration, Instant};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
 
+use futures_util::{SinkExt, StreamExt};
 use garrison_battle::{
-    bots::{Summary, play},
+    bots::{BotOptions, BotReport, Summary, play},
+    proto::{Join, PlayerInput, ServerMessage},
+    run::local_server,
     server::{BattleServer, ServerConfig},
 };
-use garrison_runtime::gateway::GatewayConfig;
+use garrison_protocol::{
+    DecodeConfig, FrameCodec, FrameMeta, Protocol,
+    control::{Control, Hello},
+};
+use garrison_runtime::gateway::{CloseCode, ticket};
+use garrison_tests::probe::eventually;
+use tokio::{net::TcpStream, sync::Notify};
+use tokio_util::codec::Framed;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_rooms_of_eight_play_in_lockstep_without_desync() {
-    let key = b"test key".to_vec();
-    let mut gateway = GatewayConfig::new(key.clone());
-    gateway.tcp = Some("127.0.0.1:0".parse().unwrap());
-    let server = BattleServer::start(ServerConfig {
-        room_size: 8,
-        tick: Duration::from_micros(16_667),
-        input_delay: 3,
-        gateway,
-    })
-    .await
-    .unwrap();
+const KEY: &str = "test key";
+
+async fn server(configure: impl FnOnce(&mut ServerConfig)) -> (BattleServer, SocketAddr) {
+    let mut config = local_server(8, KEY).unwrap();
+    configure(&mut config);
+    let server = BattleServer::start(config).await.unwrap();
     let address = server.gateway.tcp_addr().unwrap();
-    let start = Instant::now();
-    let deadline = start + Duration::from_secs(5);
-    let bots: Vec<_> = (1..=16)
-        .map(|player| tokio::spawn(play(address, key.clone(), player, deadline)))
-        .collect();
+    (server, address)
+}
+
+fn bot(
+    address: SocketAddr,
+    player: u64,
+    deadline: Instant,
+    options: BotOptions,
+) -> tokio::task::JoinHandle<Result<BotReport, String>> {
+    tokio::spawn(play(
+        address,
+        KEY.as_bytes().to_vec(),
+        player,
+        deadline,
+        options,
+    ))
+}
+
+async fn finish(
+    bots: Vec<tokio::task::JoinHandle<Result<BotReport, String>>>,
+) -> Vec<Result<BotReport, String>> {
     let mut reports = Vec::new();
     for bot in bots {
         reports.push(bot.await.unwrap());
     }
-    let summary = Summary::new(&reports, 0, start.elapsed().as_secs_f64());
+    reports
+}
+
+fn assert_none_failed(reports: &[Result<BotReport, String>]) {
+    let failures: Vec<&String> = reports
+        .iter()
+        .filter_map(|report| report.as_ref().err())
+        .collect();
+    assert!(failures.is_empty(), "bots failed: {failures:?}");
+}
+
+async fn frames_reach(server: &BattleServer, frames: u64) {
+    eventually(&format!("{frames} frames"), Duration::from_secs(10), || {
+        let now = server.stats.frames.load(Ordering::Relaxed);
+        async move { now >= frames }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_rooms_of_eight_play_in_lockstep_without_desync() {
+    let (server, address) = server(|_| {}).await;
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(5);
+    let bots = (1..=16)
+        .map(|player| bot(address, player, deadline, BotOptions::default()))
+        .collect();
+    let reports = finish(bots).await;
+    let summary = Summary::new(&reports, None, None, start.elapsed().as_secs_f64());
     server.stop().await;
 
-    assert_eq!(
-        summary.failed,
-        0,
-        "{:?}",
-        reports
-            .iter()
-            .filter_map(|report| report.as_ref().err())
-            .collect::<Vec<_>>()
-    );
+    assert_none_failed(&reports);
     assert_eq!(summary.rooms, 2);
     let frames: Vec<u32> = reports
         .iter()
@@ -54,6 +100,7 @@ async fn two_rooms_of_eight_play_in_lockstep_without_desync() {
         "a few hundred frames each: {frames:?}"
     );
     assert_eq!(summary.desyncs, 0);
+    assert_eq!(summary.delta_mismatches, 0);
     assert!(
         summary.verified >= 16 * 6,
         "checksums were verified: {}",
@@ -71,51 +118,27 @@ async fn two_rooms_of_eight_play_in_lockstep_without_desync() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_crash_mid_game_restarts_it_from_its_checkpoint_without_desync() {
-    use std::sync::atomic::Ordering;
-
-    let key = b"test key".to_vec();
-    let mut gateway = GatewayConfig::new(key.clone());
-    gateway.tcp = Some("127.0.0.1:0".parse().unwrap());
-    let server = BattleServer::start(ServerConfig {
-        room_size: 8,
-        tick: Duration::from_micros(16_667),
-        input_delay: 3,
-        gateway,
-    })
-    .await
-    .unwrap();
-    let address = server.gateway.tcp_addr().unwrap();
+    let (server, address) = server(|_| {}).await;
     let start = Instant::now();
     let deadline = start + Duration::from_secs(5);
-    let bots: Vec<_> = (1..=8)
-        .map(|player| tokio::spawn(play(address, key.clone(), player, deadline)))
+    let bots = (1..=8)
+        .map(|player| bot(address, player, deadline, BotOptions::default()))
         .collect();
     // Mid-game: once the room has run two seconds of frames, crash it.
-    garrison_tests::probe::eventually("120 frames", Duration::from_secs(10), || {
-        let frames = server.stats.frames.load(Ordering::Relaxed);
-        async move { frames >= 120 }
-    })
-    .await;
+    frames_reach(&server, 120).await;
     server.crash_rooms();
-    let mut reports = Vec::new();
-    for bot in bots {
-        reports.push(bot.await.unwrap());
-    }
+    let reports = finish(bots).await;
     let restarts = server.stats.restarts.load(Ordering::Relaxed);
-    let summary = Summary::new(&reports, 0, start.elapsed().as_secs_f64());
+    let summary = Summary::new(&reports, None, None, start.elapsed().as_secs_f64());
     server.stop().await;
 
     assert_eq!(restarts, 1, "the room restarted once, from its checkpoint");
-    assert_eq!(
-        summary.failed,
-        0,
-        "{:?}",
-        reports
-            .iter()
-            .filter_map(|report| report.as_ref().err())
-            .collect::<Vec<_>>()
-    );
+    assert_none_failed(&reports);
     assert_eq!(summary.desyncs, 0, "the recovered room is the same room");
+    // Each bot runs the uncrashed simulation of the broadcast inputs and compares every
+    // frame's delta with the room's: the state after recovery equals a run without the panic,
+    // frame by frame.
+    assert_eq!(summary.delta_mismatches, 0);
     assert_eq!(
         summary.mismatched, 0,
         "no accepted input ran differently, before or after the crash"
@@ -132,5 +155,172 @@ async fn a_room_crash_mid_game_restarts_it_from_its_checkpoint_without_desync() 
         summary.verified >= 8 * 6,
         "checksums after the crash verified too: {}",
         summary.verified
+    );
+}
+
+/// Eight bots; bot 3 drops its connection for two seconds once the room has played two seconds,
+/// then reconnects with the same ticket. Returns bot 3's report and everyone's summary.
+async fn reconnect_after_two_seconds(resend_limit: u32) -> (BotReport, Summary, u64) {
+    let (server, address) = server(|config| config.resend_limit = resend_limit).await;
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(7);
+    let order = Arc::new(Notify::new());
+    let bots = (1..=8)
+        .map(|player| {
+            let options = BotOptions {
+                drop: (player == 3).then(|| (order.clone(), Duration::from_secs(2))),
+                ..BotOptions::default()
+            };
+            bot(address, player, deadline, options)
+        })
+        .collect();
+    frames_reach(&server, 120).await;
+    order.notify_one();
+    let reports = finish(bots).await;
+    let resumes = server.stats.resumes.load(Ordering::Relaxed);
+    let summary = Summary::new(&reports, None, None, start.elapsed().as_secs_f64());
+    server.stop().await;
+    assert_none_failed(&reports);
+    let dropped = reports[2].clone().unwrap();
+    (dropped, summary, resumes)
+}
+
+fn assert_resumed(dropped: &BotReport, summary: &Summary, resumes: u64) {
+    assert_eq!(dropped.reconnects, 1);
+    assert_eq!(resumes, 1, "the room served one resume");
+    assert!(
+        dropped.verified > dropped.verified_at_reconnect,
+        "a checksum was verified after resuming: {dropped:?}"
+    );
+    assert_eq!(summary.desyncs, 0);
+    assert_eq!(summary.delta_mismatches, 0);
+    assert_eq!(summary.mismatched, 0);
+    assert!(
+        summary.deviation_frames <= 2,
+        "the resumed bot caught up with its room: {summary:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_away_for_two_seconds_resumes_from_the_log_and_verifies_its_next_checksum() {
+    let (dropped, summary, resumes) = reconnect_after_two_seconds(300).await;
+    assert_resumed(&dropped, &summary, resumes);
+    assert!(
+        (100..=160).contains(&dropped.caught_up),
+        "about two seconds of frames came from the log: {dropped:?}"
+    );
+    assert_eq!(dropped.resyncs, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_too_far_behind_for_the_log_resumes_from_a_snapshot() {
+    // Two seconds is 120 frames, more than the 30 the server resends.
+    let (dropped, summary, resumes) = reconnect_after_two_seconds(30).await;
+    assert_resumed(&dropped, &summary, resumes);
+    assert_eq!(dropped.resyncs, 1);
+    assert_eq!(dropped.caught_up, 0);
+}
+
+/// A client that joins a room, waits for its match to start, then sends `hostile` and returns
+/// the close code the server answered with.
+async fn rogue(address: SocketAddr, player: u64, hostile: impl FnOnce(Vec<u8>) -> Vec<u8>) -> u16 {
+    let stream = TcpStream::connect(address).await.unwrap();
+    let mut connection = Framed::new(
+        stream,
+        FrameCodec::new(DecodeConfig {
+            known_kind: |_| true,
+            ..DecodeConfig::default()
+        }),
+    );
+    let mut codec = FrameCodec::default();
+    let hello = Hello {
+        ticket: ticket::mint(KEY.as_bytes(), player, ticket::unix_now() + 60),
+    };
+    connection
+        .send(codec.encode_frame(&hello, FrameMeta::default()).unwrap())
+        .await
+        .unwrap();
+    connection
+        .send(
+            codec
+                .encode_frame(&Join { mode: 0 }, FrameMeta::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let input = codec
+        .encode_frame(
+            &PlayerInput {
+                frame: 10,
+                buttons: 1,
+            },
+            FrameMeta::default(),
+        )
+        .unwrap();
+    let hostile = hostile(input.wire().to_vec());
+    let mut started = false;
+    let limit = Instant::now() + Duration::from_secs(10);
+    loop {
+        let frame = tokio::time::timeout_at(limit.into(), connection.next())
+            .await
+            .expect("the server answers in time")
+            .expect("the server closes with a Close frame first")
+            .unwrap();
+        if Control::knows(frame.kind()) {
+            if let Control::Close(close) = Control::validate(frame).unwrap() {
+                assert!(started, "closed before the match started");
+                return close.code.to_native();
+            }
+            continue;
+        }
+        if let (false, Ok(ServerMessage::MatchStart(_))) = (started, ServerMessage::validate(frame))
+        {
+            started = true;
+            let stream = connection.get_mut();
+            tokio::io::AsyncWriteExt::write_all(stream, &hostile)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rogue_client_in_a_room_is_thrown_out_and_the_room_plays_on() {
+    let (server, address) = server(|_| {}).await;
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(5);
+    let bots = (1..=6)
+        .map(|player| bot(address, player, deadline, BotOptions::default()))
+        .collect();
+    // Two rogues fill the room: one sends an input whose archive is cut short (its length
+    // field says so, so the frame itself is whole), one declares a 2 GiB frame.
+    let truncated = tokio::spawn(rogue(address, 7, |mut input| {
+        input.truncate(input.len() - 3);
+        let length = (input.len() - 4) as u32;
+        input[..4].copy_from_slice(&length.to_le_bytes());
+        input
+    }));
+    let oversized = tokio::spawn(rogue(address, 8, |mut input| {
+        input[..4].copy_from_slice(&0x8000_0000u32.to_le_bytes());
+        input
+    }));
+    assert_eq!(truncated.await.unwrap(), CloseCode::ProtocolError as u16);
+    assert_eq!(oversized.await.unwrap(), CloseCode::FrameTooLarge as u16);
+    let reports = finish(bots).await;
+    let summary = Summary::new(&reports, None, None, start.elapsed().as_secs_f64());
+    let restarts = server.stats.restarts.load(Ordering::Relaxed);
+    server.stop().await;
+
+    assert_none_failed(&reports);
+    assert_eq!(restarts, 0, "the room never noticed");
+    assert_eq!(summary.rooms, 1);
+    assert_eq!(summary.desyncs, 0);
+    assert_eq!(summary.delta_mismatches, 0);
+    assert_eq!(summary.mismatched, 0);
+    assert!(
+        reports
+            .iter()
+            .all(|report| report.as_ref().unwrap().frames >= 200),
+        "the room played on for the others"
     );
 }

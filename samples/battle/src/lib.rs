@@ -21,6 +21,8 @@
 
 pub mod bots;
 pub mod lockstep;
+pub mod plot;
 pub mod proto;
+pub mod run;
 pub mod server;
 pub mod sim;

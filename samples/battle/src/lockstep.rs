@@ -82,6 +82,20 @@ pub struct Broadcast {
     pub checksum: Option<u64>,
 }
 
+/// How a resuming client catches up (see [`Lockstep::resume`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resumption {
+    /// The frames it missed, oldest first.
+    Frames(Vec<FrameRecord>),
+    /// The world now, when it is too far behind.
+    Snapshot {
+        /// The next frame to execute.
+        frame: u32,
+        /// The world as a versioned snapshot.
+        snapshot: Bytes,
+    },
+}
+
 /// The lockstep state of one room. It is an rkyv archive itself, so a room entity checkpoints
 /// it whole: the last snapshot, the input log since, and the inputs waiting for their frame.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone)]
@@ -147,6 +161,26 @@ impl Lockstep {
     /// The last snapshot and the frames executed since: enough to recover.
     pub fn checkpoint(&self) -> (Bytes, &[FrameRecord]) {
         (Bytes::copy_from_slice(&self.snapshot), &self.log)
+    }
+
+    /// What a client that has simulated up to (not including) `from` needs to catch up: the
+    /// frames since, from the input log, when the log reaches back that far and they are at
+    /// most `limit`; otherwise a snapshot of the world now.
+    ///
+    /// # Errors
+    /// When the snapshot cannot be written (it cannot fail for this world type).
+    pub fn resume(&self, from: u32, limit: u32) -> Result<Resumption, garrison_protocol::Error> {
+        let now = self.world.frame;
+        let first = now - self.log.len() as u32;
+        if (first..=now).contains(&from) && now - from <= limit {
+            return Ok(Resumption::Frames(
+                self.log[(from - first) as usize..].to_vec(),
+            ));
+        }
+        Ok(Resumption::Snapshot {
+            frame: now,
+            snapshot: garrison_protocol::snapshot::write(&self.world)?,
+        })
     }
 
     /// Submits `buttons` from `slot` for `frame`.
@@ -264,6 +298,9 @@ pub struct Mirror {
     pub desyncs: u32,
     /// Checksums that matched.
     pub verified: u32,
+    /// Frames whose broadcast delta differed from the local step's (the room's state diverged
+    /// in that very frame).
+    pub delta_mismatches: u32,
 }
 
 /// Why a broadcast could not be applied.
@@ -285,6 +322,7 @@ impl Mirror {
             world: World::new(seed, players),
             desyncs: 0,
             verified: 0,
+            delta_mismatches: 0,
         }
     }
 
@@ -297,6 +335,7 @@ impl Mirror {
             world: garrison_protocol::snapshot::read::<World>(snapshot)?,
             desyncs: 0,
             verified: 0,
+            delta_mismatches: 0,
         })
     }
 
@@ -315,13 +354,34 @@ impl Mirror {
         inputs: &[u8],
         checksum: Option<u64>,
     ) -> Result<(), MirrorError> {
+        self.apply_checked(frame, inputs, None, checksum)
+    }
+
+    /// [`Mirror::apply`], and when the broadcast's `delta` is given, compares it with the
+    /// local step's: every frame's state is checked field by field, not only every 30th.
+    ///
+    /// # Errors
+    /// [`MirrorError::OutOfOrder`] when the broadcast is not for the next frame.
+    pub fn apply_checked(
+        &mut self,
+        frame: u32,
+        inputs: &[u8],
+        delta: Option<&[Change]>,
+        checksum: Option<u64>,
+    ) -> Result<(), MirrorError> {
         if frame != self.world.frame {
             return Err(MirrorError::OutOfOrder {
                 expected: self.world.frame,
                 found: frame,
             });
         }
+        let before = delta.map(|_| self.world.units.clone());
         self.world.step(inputs);
+        if let (Some(before), Some(delta)) = (before, delta) {
+            if self.world.delta_from_units(&before) != delta {
+                self.delta_mismatches += 1;
+            }
+        }
         if let Some(expected) = checksum {
             if self.world.checksum() == expected {
                 self.verified += 1;

@@ -3,7 +3,7 @@
 use garrison_protocol::messages;
 use rkyv::{Archive, Deserialize, Serialize};
 
-use crate::sim::Change;
+use crate::{lockstep::FrameRecord, sim::Change};
 
 /// Asks the matchmaker for a room.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,11 +22,21 @@ pub struct PlayerInput {
     pub buttons: u8,
 }
 
+/// Sent by a client that reconnected (same ticket) to a match in progress: the first frame it
+/// has not simulated. The room answers with a [`Catchup`] from its input log, or a [`Resync`]
+/// snapshot when the client is too far behind.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    /// The next frame the client needs.
+    pub frame: u32,
+}
+
 messages! {
     /// What a client sends.
     pub enum ClientMessage {
         0x0100 => Join(Join),
         0x0101 => Input(PlayerInput),
+        0x0102 => Resume(Resume),
     }
 }
 
@@ -45,6 +55,8 @@ pub struct MatchStart {
     pub frame: u32,
     /// Frames to stamp inputs ahead.
     pub input_delay: u32,
+    /// The frame period in microseconds (16,667 at 60 Hz).
+    pub tick_micros: u32,
 }
 
 /// One executed frame: its inputs, what changed, and sometimes a checksum.
@@ -62,10 +74,29 @@ pub struct FrameUpdate {
     pub checksum: Option<u64>,
 }
 
+/// The frames a resuming client missed, from the room's input log, oldest first: enough to
+/// simulate them locally (no deltas, no checksums; the next live checksum verifies the result).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Catchup {
+    /// The missed frames with the inputs they ran.
+    pub frames: Vec<FrameRecord>,
+}
+
+/// The room's whole world at `frame`, for a resuming client too far behind for a [`Catchup`].
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Resync {
+    /// The frame the snapshot is at (the next one to execute).
+    pub frame: u32,
+    /// The world, a versioned snapshot (`garrison_protocol::snapshot`).
+    pub snapshot: Vec<u8>,
+}
+
 messages! {
     /// What the server sends.
     pub enum ServerMessage {
         0x0180 => MatchStart(MatchStart),
         0x0181 => FrameUpdate(FrameUpdate),
+        0x0182 => Catchup(Catchup),
+        0x0183 => Resync(Resync),
     }
 }

@@ -25,8 +25,8 @@ use garrison_supervisor::{SupervisorRef, supervisor};
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::{
-    lockstep::{InputOutcome, Lockstep, LockstepConfig},
-    proto::{ClientMessage, FrameUpdate, MatchStart},
+    lockstep::{InputOutcome, Lockstep, LockstepConfig, Resumption},
+    proto::{Catchup, ClientMessage, FrameUpdate, MatchStart, Resync},
 };
 
 /// Server settings.
@@ -38,6 +38,11 @@ pub struct ServerConfig {
     pub tick: Duration,
     /// Frames clients stamp their inputs ahead.
     pub input_delay: u32,
+    /// Most missed frames a reconnecting client is sent from the input log; one further behind
+    /// (or behind the log's start) gets a snapshot of the world instead.
+    pub resend_limit: u32,
+    /// The `game.world.zone` of the node's spans (gateway, matchmaker, rooms).
+    pub zone: Arc<str>,
     /// The gateway's settings (listen address, ticket key, limits).
     pub gateway: GatewayConfig,
 }
@@ -53,6 +58,10 @@ pub struct ServerStats {
     pub overruns: AtomicU64,
     /// Rooms restarted from their checkpoint after a crash.
     pub restarts: AtomicU64,
+    /// Reconnected players caught up (from the log or a snapshot).
+    pub resumes: AtomicU64,
+    /// Player inputs rooms handled (accepted or not).
+    pub inputs: AtomicU64,
 }
 
 struct Services {
@@ -61,8 +70,26 @@ struct Services {
     rooms: OnceLock<Entities<Room>>,
     next_room: AtomicU64,
     running: AtomicBool,
+    /// The rooms' tickers, stopped before the tree so none ticks a stopped room.
+    tickers: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     stats: Arc<ServerStats>,
     config: ServerConfig,
+}
+
+impl Services {
+    /// The room and slot of a placed player.
+    fn placement(&self, session: SessionId) -> Result<(u64, u8), garrison_runtime::Refusal> {
+        self.placements
+            .get(&session)
+            .map(|entry| *entry)
+            .ok_or(garrison_runtime::Refusal::Session(
+                garrison_runtime::Error::NotBound {
+                    session: session.0,
+                    kind: Room::KIND,
+                    key: "none".into(),
+                },
+            ))
+    }
 }
 
 /// The matchmaker's messages.
@@ -158,6 +185,13 @@ pub enum RoomMsg {
         /// The buttons.
         buttons: u8,
     },
+    /// A reconnected player needs the frames from `from` on.
+    Resume {
+        /// The player's slot.
+        slot: u8,
+        /// The first frame it has not simulated.
+        from: u32,
+    },
     /// Time to run the next frame.
     Tick,
     /// Crash this room now (fault injection for demos and tests).
@@ -169,6 +203,7 @@ impl EntityMessage for RoomMsg {
         match self {
             RoomMsg::Start { .. } => "start",
             RoomMsg::Input { .. } => "input",
+            RoomMsg::Resume { .. } => "resume",
             RoomMsg::Tick => "tick",
             RoomMsg::Crash => "crash",
         }
@@ -204,7 +239,8 @@ impl Room {
     fn start_ticker(&self, room: u64) {
         let services = self.services.clone();
         let period = services.config.tick;
-        tokio::spawn(async move {
+        let tickers = self.services.clone();
+        let ticker = tokio::spawn(async move {
             let mut deadline = tokio::time::Instant::now() + period;
             while services.running.load(Ordering::Acquire) {
                 tokio::time::sleep_until(deadline).await;
@@ -228,6 +264,9 @@ impl Room {
                 deadline += period * run;
             }
         });
+        if let Ok(mut all) = tickers.tickers.lock() {
+            all.push(ticker);
+        }
     }
 }
 
@@ -280,6 +319,8 @@ impl Entity for Room {
                         seed,
                         frame: 0,
                         input_delay: config.input_delay,
+                        tick_micros: u32::try_from(self.services.config.tick.as_micros())
+                            .unwrap_or(u32::MAX),
                     };
                     let frame = garrison_protocol::encode_frame(&start, FrameMeta::default())?;
                     let _ = self.services.sessions.push(SessionId(*player), frame);
@@ -294,12 +335,37 @@ impl Entity for Room {
                 frame,
                 buttons,
             } => {
+                self.services.stats.inputs.fetch_add(1, Ordering::Relaxed);
                 if let Some(engine) = &mut state.engine {
                     if engine.submit(usize::from(slot), frame, buttons) == InputOutcome::Accepted {
                         // An accepted input survives a crash: it is in the next checkpoint.
                         context.checkpoint();
                     }
                 }
+            }
+            RoomMsg::Resume { slot, from } => {
+                let (Some(engine), Some(player)) =
+                    (&state.engine, state.players.get(usize::from(slot)))
+                else {
+                    return Ok(());
+                };
+                let session = SessionId(*player);
+                let frame = match engine.resume(from, self.services.config.resend_limit)? {
+                    Resumption::Frames(frames) => {
+                        garrison_protocol::encode_frame(&Catchup { frames }, FrameMeta::default())?
+                    }
+                    Resumption::Snapshot { frame, snapshot } => garrison_protocol::encode_frame(
+                        &Resync {
+                            frame,
+                            snapshot: snapshot.to_vec(),
+                        },
+                        FrameMeta::default(),
+                    )?,
+                };
+                self.services.stats.resumes.fetch_add(1, Ordering::Relaxed);
+                // The live frames already pushed since the reconnect follow it; the client puts
+                // them in order.
+                let _ = self.services.sessions.push(session, frame);
             }
             RoomMsg::Crash => panic!("injected crash of room {room}"),
             RoomMsg::Tick => {
@@ -362,6 +428,7 @@ impl BattleServer {
             rooms: OnceLock::new(),
             next_room: AtomicU64::new(0),
             running: AtomicBool::new(true),
+            tickers: std::sync::Mutex::new(Vec::new()),
             stats: stats.clone(),
             config: config.clone(),
         });
@@ -369,11 +436,18 @@ impl BattleServer {
             Matchmaker {
                 services: services.clone(),
             },
-            KindConfig::default(),
+            KindConfig {
+                // A burst of joins (thousands of bots connecting at once) queues here; past the
+                // bound a join is refused as busy and the client retries.
+                mailbox_capacity: 16_384,
+                zone: Some(config.zone.clone()),
+                ..KindConfig::default()
+            },
         )?;
         let room_config = KindConfig {
             mailbox_capacity: 1024,
             checkpoint: Checkpoint::OnDemand,
+            zone: Some(config.zone.clone()),
             ..KindConfig::default()
         };
         let rooms = Entities::new(
@@ -412,21 +486,21 @@ impl BattleServer {
                     )
                     .map_err(|refused| refused.reason),
                 ClientMessage::Input(input) => {
-                    let Some(placement) = routing.placements.get(&info.session).map(|entry| *entry)
-                    else {
-                        return Err(garrison_runtime::Refusal::Session(
-                            garrison_runtime::Error::NotBound {
-                                session: info.session.0,
-                                kind: Room::KIND,
-                                key: "none".into(),
-                            },
-                        ));
-                    };
-                    let (room, slot) = placement;
+                    let (room, slot) = routing.placement(info.session)?;
                     let message = RoomMsg::Input {
                         slot,
                         frame: input.frame.to_native(),
                         buttons: input.buttons,
+                    };
+                    rooms
+                        .send_as(&routing.sessions, info.session, &room, message)
+                        .map_err(|refused| refused.reason)
+                }
+                ClientMessage::Resume(resume) => {
+                    let (room, slot) = routing.placement(info.session)?;
+                    let message = RoomMsg::Resume {
+                        slot,
+                        from: resume.frame.to_native(),
                     };
                     rooms
                         .send_as(&routing.sessions, info.session, &room, message)
@@ -444,6 +518,9 @@ impl BattleServer {
 
     /// Crashes every started room once (fault injection): each restarts from its checkpoint.
     pub fn crash_rooms(&self) {
+        // The crash, the room's panic and its restart form one trace.
+        let span = tracing::info_span!("battle.chaos.crash_rooms");
+        let _entered = span.enter();
         if let Some(rooms) = self.services.rooms.get() {
             for room in 1..=self.services.next_room.load(Ordering::Relaxed) {
                 let _ = rooms.send(&room, RoomMsg::Crash);
@@ -454,6 +531,18 @@ impl BattleServer {
     /// Stops ticking, then the gateway and the tree.
     pub async fn stop(self) {
         self.services.running.store(false, Ordering::Release);
+        let tickers = self
+            .services
+            .tickers
+            .lock()
+            .map(|mut all| std::mem::take(&mut *all))
+            .unwrap_or_default();
+        for ticker in &tickers {
+            ticker.abort();
+        }
+        for ticker in tickers {
+            let _ = ticker.await;
+        }
         self.gateway.shutdown().await;
         let _ = self.tree.stop().await;
     }

@@ -124,11 +124,18 @@ fn a_mirror_detects_a_desync_and_refuses_a_gap() {
         if frame >= 10 {
             inputs[1] = input::DOWN;
         }
-        mirror.apply(frame, &inputs, broadcast.checksum).unwrap();
+        mirror
+            .apply_checked(frame, &inputs, Some(&broadcast.delta), broadcast.checksum)
+            .unwrap();
     }
     assert_eq!(
         mirror.desyncs, 2,
         "frames 29 and 59 carried checksums and both disagree"
+    );
+    assert!(
+        mirror.delta_mismatches > 0 && mirror.delta_mismatches <= 50,
+        "the deltas disagree from frame 10 on, not before: {}",
+        mirror.delta_mismatches
     );
     assert_eq!(
         mirror.apply(70, &[0, 0], None),
@@ -155,4 +162,72 @@ fn recovery_refuses_a_log_with_a_gap() {
             found: 5
         })
     ));
+}
+
+/// Runs `room` for `frames` frames with varied inputs, feeding `mirror` only the first
+/// `mirror_until` of them (the client "disconnected" after that).
+fn run_with_gap(room: &mut Lockstep, mirror: &mut Mirror, frames: u32, mirror_until: u32) {
+    for frame in 0..frames {
+        let now = room.next_frame();
+        room.submit(0, now, (frame % 16) as u8);
+        room.submit(1, now, input::ATTACK | (frame % 4) as u8);
+        let broadcast = room.advance().unwrap();
+        if frame < mirror_until {
+            mirror
+                .apply(
+                    broadcast.record.frame,
+                    &broadcast.record.inputs,
+                    broadcast.checksum,
+                )
+                .unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_client_a_few_frames_behind_resumes_from_the_log() {
+    // Snapshot at frame 50; the client stopped at 60; the room is at 80.
+    let mut room = Lockstep::new(9, config(2)).unwrap();
+    let mut mirror = Mirror::new(9, 2);
+    run_with_gap(&mut room, &mut mirror, 80, 60);
+    let Resumption::Frames(missed) = room.resume(60, 100).unwrap() else {
+        panic!("20 frames behind, inside the log: expected frames");
+    };
+    assert_eq!(
+        missed.iter().map(|record| record.frame).collect::<Vec<_>>(),
+        (60..80).collect::<Vec<_>>()
+    );
+    for record in &missed {
+        mirror.apply(record.frame, &record.inputs, None).unwrap();
+    }
+    assert_eq!(mirror.world().checksum(), room.world().checksum());
+    assert_eq!(
+        room.resume(80, 100).unwrap(),
+        Resumption::Frames(Vec::new()),
+        "an up-to-date client needs nothing"
+    );
+}
+
+#[test]
+fn a_client_too_far_behind_resumes_from_a_snapshot() {
+    let mut room = Lockstep::new(4, config(2)).unwrap();
+    let mut mirror = Mirror::new(4, 2);
+    run_with_gap(&mut room, &mut mirror, 80, 40);
+    // Frame 40 is before the snapshot at 50: the log no longer reaches back.
+    let before_log = room.resume(40, 1_000).unwrap();
+    // Frame 60 is in the log but beyond a limit of 10 frames.
+    let over_limit = room.resume(60, 10).unwrap();
+    for resumption in [before_log, over_limit] {
+        let Resumption::Snapshot { frame, snapshot } = resumption else {
+            panic!("expected a snapshot");
+        };
+        assert_eq!(frame, 80);
+        let resumed = Mirror::from_snapshot(snapshot).unwrap();
+        assert_eq!(resumed.world().frame, 80);
+        assert_eq!(resumed.world().checksum(), room.world().checksum());
+    }
+    assert!(
+        matches!(room.resume(81, 1_000).unwrap(), Resumption::Snapshot { .. }),
+        "a frame from the future is not trusted"
+    );
 }

@@ -1,0 +1,314 @@
+//! Running bots against a battle server: the `demo` command and the `battle-bots` binary.
+//!
+//! With no `--server` the server runs in-process on loopback; chaos switches crash rooms (in
+//! process only) and drop a share of the bots' connections, which reconnect and resume. A sweep
+//! runs one load after another and prints the source's table shape beside its own rows, then
+//! draws the curve to an SVG.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use clap::Args;
+use garrison_runtime::gateway::GatewayConfig;
+use tokio::sync::Notify;
+
+use crate::{
+    bots::{BotOptions, Summary, play},
+    server::{BattleServer, ServerConfig},
+};
+
+/// The key tickets are signed with when nothing else is given (loopback demos only).
+pub const DEMO_KEY: &str = "demo ticket key";
+
+/// The bots' settings (shared by `garrison-battle demo` and `battle-bots`).
+#[derive(Args, Debug, Clone)]
+pub struct BotArgs {
+    /// Bot clients.
+    #[arg(long, default_value_t = 64)]
+    pub clients: u64,
+    /// Players per room (the in-process server's setting; a remote one has its own).
+    #[arg(long, default_value_t = 8)]
+    pub room_size: usize,
+    /// Inputs each bot sends per second (at most the frame rate, 60).
+    #[arg(long, default_value_t = 60)]
+    pub input_rate: u32,
+    /// Seconds to play (per point in a sweep).
+    #[arg(long, default_value_t = 30)]
+    pub duration: u64,
+    /// A running battle server's TCP address (`garrison-battle serve`); without it the server
+    /// runs in this process.
+    #[arg(long)]
+    pub server: Option<SocketAddr>,
+    /// The key tickets are signed with (must match the server's).
+    #[arg(long, default_value = DEMO_KEY)]
+    pub key: String,
+    /// Crash every room every N seconds (in-process server only); 0 never.
+    #[arg(long, default_value_t = 0)]
+    pub room_panic_every: u64,
+    /// Percentage of the bots whose connection is dropped every `--drop-every` seconds; each
+    /// reconnects after `--away-ms` and resumes.
+    #[arg(long, default_value_t = 0)]
+    pub drop_percent: u32,
+    /// Seconds between connection drops.
+    #[arg(long, default_value_t = 5)]
+    pub drop_every: u64,
+    /// How long a dropped bot stays away, milliseconds.
+    #[arg(long, default_value_t = 500)]
+    pub away_ms: u64,
+    /// Send each input inside a span whose W3C trace context rides in the frame, so the
+    /// server's spans join the bot's trace (exported when `OTEL_EXPORTER_OTLP_ENDPOINT` is set).
+    #[arg(long)]
+    pub trace_inputs: bool,
+    /// Print one JSON object on the last line as well.
+    #[arg(long)]
+    pub json: bool,
+    /// Run these client counts one after another (e.g. `10,100,500,1000,2000`) and print the
+    /// decay table beside the source's rows.
+    #[arg(long, value_delimiter = ',')]
+    pub sweep: Vec<u64>,
+    /// Where a sweep draws its curve.
+    #[arg(long, default_value = "battle-sweep.svg")]
+    pub plot: PathBuf,
+    /// The first player id (runs against one remote server need disjoint ids).
+    #[arg(long, default_value_t = 1)]
+    pub first_player: u64,
+}
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// The in-process server's configuration for `room_size` and a loopback listener.
+pub fn local_server(room_size: usize, key: &str) -> Result<ServerConfig, Error> {
+    let zone: Arc<str> = "arena-1".into();
+    let mut gateway = GatewayConfig::new(key.as_bytes().to_vec());
+    gateway.tcp = Some("127.0.0.1:0".parse()?);
+    gateway.zone = Some(zone.clone());
+    Ok(ServerConfig {
+        room_size: room_size.max(1),
+        tick: Duration::from_micros(16_667),
+        input_delay: 3,
+        resend_limit: 300,
+        zone,
+        gateway,
+    })
+}
+
+/// Runs `args.clients` bots once (the in-process server, if any, lives for this run only).
+///
+/// # Errors
+/// When the server cannot start or the flags contradict each other.
+pub async fn run_once(args: &BotArgs, clients: u64, progress: bool) -> Result<Summary, Error> {
+    if args.server.is_some() && args.room_panic_every > 0 {
+        return Err("--room-panic-every needs the in-process server (no --server)".into());
+    }
+    let server = match args.server {
+        Some(_) => None,
+        None => Some(Arc::new(
+            BattleServer::start(local_server(args.room_size, &args.key)?).await?,
+        )),
+    };
+    let address = match (&server, args.server) {
+        (Some(server), _) => server.gateway.tcp_addr().ok_or("no TCP listener")?,
+        (None, Some(address)) => address,
+        (None, None) => unreachable!("one of the two is set"),
+    };
+    if progress {
+        eprintln!(
+            "battle server on {address}{}; {clients} bots in rooms of {} for {} s",
+            if server.is_some() {
+                " (in-process)"
+            } else {
+                ""
+            },
+            args.room_size,
+            args.duration
+        );
+    }
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(args.duration);
+    let input_every = (60 / args.input_rate.clamp(1, 60)).max(1);
+    let away = Duration::from_millis(args.away_ms);
+    let orders: Vec<Arc<Notify>> = (0..clients).map(|_| Arc::new(Notify::new())).collect();
+    let bots: Vec<_> = orders
+        .iter()
+        .enumerate()
+        .map(|(index, order)| {
+            let options = BotOptions {
+                input_every,
+                drop: (args.drop_percent > 0).then(|| (order.clone(), away)),
+                trace: args.trace_inputs,
+            };
+            tokio::spawn(play(
+                address,
+                args.key.as_bytes().to_vec(),
+                args.first_player + index as u64,
+                deadline,
+                options,
+            ))
+        })
+        .collect();
+
+    let mut background = Vec::new();
+    if progress {
+        let stats = server.as_ref().map(|server| server.stats.clone());
+        background.push(tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                ticker.tick().await;
+                match &stats {
+                    Some(stats) => eprint!(
+                        "\r{:>4.0} s  rooms {:>4}  frames {:>8}  restarts {:>3}  resumes {:>4}",
+                        start.elapsed().as_secs_f64(),
+                        stats.rooms.load(Ordering::Relaxed),
+                        stats.frames.load(Ordering::Relaxed),
+                        stats.restarts.load(Ordering::Relaxed),
+                        stats.resumes.load(Ordering::Relaxed),
+                    ),
+                    None => eprint!("\r{:>4.0} s", start.elapsed().as_secs_f64()),
+                }
+            }
+        }));
+    }
+    if let (Some(server), true) = (&server, args.room_panic_every > 0) {
+        let server = server.clone();
+        let every = Duration::from_secs(args.room_panic_every);
+        background.push(tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(every);
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                server.crash_rooms();
+            }
+        }));
+    }
+    if args.drop_percent > 0 {
+        let share = args.drop_percent.min(100) as usize;
+        let every = Duration::from_secs(args.drop_every.max(1));
+        let orders = orders.clone();
+        background.push(tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(every);
+            ticker.tick().await;
+            let mut round = 0usize;
+            loop {
+                ticker.tick().await;
+                // A different, evenly spread share of the bots each round.
+                let count = (orders.len() * share).div_ceil(100);
+                for index in 0..count {
+                    let bot = (round * count + index * (100 / share.max(1))) % orders.len();
+                    orders[bot].notify_one();
+                }
+                round += 1;
+            }
+        }));
+    }
+
+    let mut reports = Vec::with_capacity(bots.len());
+    for bot in bots {
+        reports.push(bot.await.unwrap_or_else(|error| Err(error.to_string())));
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    for task in &background {
+        task.abort();
+    }
+    for task in background {
+        // Aborted: wait for each to let go of its handle on the server.
+        let _ = task.await;
+    }
+    if progress {
+        eprintln!();
+        for failure in reports
+            .iter()
+            .filter_map(|report| report.as_ref().err())
+            .take(3)
+        {
+            eprintln!("bot failed: {failure}");
+        }
+    }
+    let (frames, restarts) = match &server {
+        Some(server) => (
+            Some(server.stats.frames.load(Ordering::Relaxed)),
+            Some(server.stats.restarts.load(Ordering::Relaxed)),
+        ),
+        None => (None, None),
+    };
+    let summary = Summary::new(&reports, frames, restarts, seconds);
+    if let Some(server) = server {
+        match Arc::try_unwrap(server) {
+            Ok(server) => server.stop().await,
+            Err(_) => return Err("the server is still shared".into()),
+        }
+    }
+    Ok(summary)
+}
+
+/// The source's decay table (clients, KB/s, P99 ms, deviation frames).
+pub const SOURCE_ROWS: [(u64, f64, f64, u32); 3] = [
+    (10, 18.0, 21.0, 0),
+    (100, 142.0, 49.0, 1),
+    (500, 680.0, 137.0, 3),
+];
+
+/// Runs the bots as `args` say: one run with its table (and JSON), or a sweep.
+///
+/// # Errors
+/// When a run or the plot fails.
+pub async fn main(args: BotArgs) -> Result<(), Error> {
+    if args.sweep.is_empty() {
+        let summary = run_once(&args, args.clients, true).await?;
+        println!("{}", summary.table());
+        if args.json {
+            println!("{}", summary.json());
+        }
+        return Ok(());
+    }
+    let mut points = Vec::new();
+    let mut first_player = args.first_player;
+    for &clients in &args.sweep {
+        let args = BotArgs {
+            first_player,
+            ..args.clone()
+        };
+        first_player += clients;
+        eprintln!("sweep: {clients} clients for {} s", args.duration);
+        let summary = run_once(&args, clients, true).await?;
+        if args.json {
+            println!("{}", summary.json());
+        }
+        points.push((clients, summary));
+    }
+    println!("{}", sweep_table(&points));
+    crate::plot::sweep(&args.plot, &points, &SOURCE_ROWS)?;
+    println!("curve drawn to {}", args.plot.display());
+    Ok(())
+}
+
+/// The decay table: our rows, and the source's where it has one for the same client count.
+/// KB/s is the server's total outbound (what every client receives), which is what the
+/// source's column grows like.
+pub fn sweep_table(points: &[(u64, Summary)]) -> String {
+    let mut table = String::from(
+        "clients | KB/s out (total) | KB/s per client | P99 ms | deviation | desyncs | failed || source KB/s | source P99 ms | source deviation\n",
+    );
+    for (clients, summary) in points {
+        let source = SOURCE_ROWS
+            .iter()
+            .find(|row| row.0 == *clients)
+            .map_or_else(
+                || "- | - | -".to_string(),
+                |row| format!("{:.0} | {:.0} | {}", row.1, row.2, row.3),
+            );
+        table.push_str(&format!(
+            "{clients} | {:.0} | {:.2} | {:.2} | {} | {} | {} || {source}\n",
+            summary.kbps_in * summary.clients as f64,
+            summary.kbps_in,
+            summary.p99_ms,
+            summary.deviation_frames,
+            summary.desyncs,
+            summary.failed,
+        ));
+    }
+    table
+}
