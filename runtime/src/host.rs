@@ -7,7 +7,7 @@ use std::{
 };
 
 use futures_util::FutureExt;
-use garrison_protocol::SnapshotWriter;
+use garrison_protocol::{SnapshotWriter, TraceContext};
 use garrison_supervisor::{HandlerError, Worker, WorkerContext};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -26,6 +26,8 @@ pub(crate) enum Envelope<E: Entity> {
         message: E::Message,
         parent: tracing::Span,
         session: Option<SessionId>,
+        /// Sent by work whose trace was not sampled: handle it without spans.
+        unsampled: bool,
     },
     /// The sweeper found the entity idle.
     Passivate,
@@ -67,6 +69,50 @@ pub(crate) struct Running<E: Entity> {
 }
 
 impl<E: Entity> EntityWorker<E> {
+    /// The span of one handled message, with the game attributes. A message sent from inside
+    /// a span (the gateway's frame span, which itself joined the client's trace) is that span's
+    /// child; one sent from nowhere joins the client's trace directly when it carries one, or
+    /// is a root Garrison's head sampling kept.
+    fn span(
+        &self,
+        parent: &tracing::Span,
+        context: &WorkerContext<Envelope<E>>,
+        event_type: &'static str,
+        session: Option<SessionId>,
+        trace: Option<&TraceContext>,
+    ) -> tracing::Span {
+        let span = tracing::info_span!(
+            parent: parent,
+            "garrison.entity.handle",
+            otel.name = %format_args!("{}.{}", E::KIND, event_type),
+            game.session.id = tracing::field::Empty,
+            game.event.type = event_type,
+            game.world.zone = tracing::field::Empty,
+            game.entity.kind = E::KIND,
+            game.entity.key = %self.key,
+            game.entity.incarnation = context.incarnation(),
+            garrison.sampled = tracing::field::Empty,
+        );
+        if let Some(session) = session {
+            span.record("game.session.id", session.0);
+        }
+        if let Some(zone) = &self.inner.config.zone {
+            span.record("game.world.zone", &**zone);
+        }
+        if parent.is_none() {
+            match trace {
+                // Without an OpenTelemetry layer installed there is nothing to join.
+                Some(trace) => {
+                    let _ = span.set_parent(crate::telemetry::remote_parent(trace));
+                }
+                None => {
+                    span.record(crate::telemetry::HEAD_SAMPLED, true);
+                }
+            }
+        }
+        span
+    }
+
     fn checkpoint(&self, running: &mut Running<E>) -> Result<(), HandlerError> {
         let bytes = running.writer.write(&running.state)?;
         *self
@@ -145,12 +191,13 @@ impl<E: Entity> Worker for EntityWorker<E> {
         envelope: Envelope<E>,
         running: &mut Running<E>,
     ) -> Result<(), HandlerError> {
-        let (message, parent, session) = match envelope {
+        let (message, parent, session, unsampled) = match envelope {
             Envelope::Message {
                 message,
                 parent,
                 session,
-            } => (message, parent, session),
+                unsampled,
+            } => (message, parent, session, unsampled),
             Envelope::Passivate => {
                 let timeout = self
                     .inner
@@ -169,30 +216,22 @@ impl<E: Entity> Worker for EntityWorker<E> {
         let event_type = message.event_type();
         let trace = message.trace_context();
         let activity = message.counts_as_activity();
-        let span = tracing::info_span!(
-            parent: &parent,
-            "garrison.entity.handle",
-            otel.name = %format_args!("{}.{}", E::KIND, event_type),
-            game.session.id = tracing::field::Empty,
-            game.event.type = event_type,
-            game.world.zone = tracing::field::Empty,
-            game.entity.kind = E::KIND,
-            game.entity.key = %self.key,
-            game.entity.incarnation = context.incarnation(),
-        );
-        if let Some(session) = session {
-            span.record("game.session.id", session.0);
-        }
-        if let Some(zone) = &self.inner.config.zone {
-            span.record("game.world.zone", &**zone);
-        }
-        // A message sent from inside a span (the gateway's frame span, which itself joined the
-        // client's trace) is that span's child; one sent from nowhere joins the client's trace
-        // directly when it carries one.
-        if let (Some(trace), true) = (&trace, parent.is_none()) {
-            // Without an OpenTelemetry layer installed there is nothing to join.
-            let _ = span.set_parent(crate::telemetry::remote_parent(trace));
-        }
+        // Head sampling: a message sent from a span follows it; one sent from an unsampled trace
+        // creates no span; one sent from nowhere is a new trace (the client's, when it carries
+        // a context, else one kept at the configured ratio).
+        let root = parent.is_none();
+        let traced = if unsampled {
+            false
+        } else if !root {
+            true
+        } else {
+            trace.map_or_else(crate::telemetry::sample_root, |trace| trace.flags & 1 == 1)
+        };
+        let span = if traced {
+            self.span(&parent, context, event_type, session, trace.as_ref())
+        } else {
+            tracing::Span::none()
+        };
 
         if !span.is_disabled() {
             context.set_trace_parent(&span);
@@ -204,12 +243,13 @@ impl<E: Entity> Worker for EntityWorker<E> {
             checkpoint_requested: false,
             passivate_requested: false,
         };
-        let handled = AssertUnwindSafe(
+        let handled = AssertUnwindSafe(crate::telemetry::sampled_out(
+            !traced,
             self.inner
                 .module
                 .handle(&mut entity_context, message, &mut running.state)
                 .instrument(span),
-        )
+        ))
         .catch_unwind()
         .await;
         let failure = match &handled {

@@ -173,16 +173,20 @@ impl<E: Entity> Entities<E> {
         message: E::Message,
     ) -> Result<(), Refused<E::Message>> {
         // The session hop of a player's message: gateway frame -> session -> entity.
-        let span = tracing::info_span!(
-            "garrison.session.send",
-            otel.name = %format_args!("session.send {}", E::KIND),
-            game.session.id = session.0,
-            game.event.type = crate::EntityMessage::event_type(&message),
-            game.world.zone = self.inner.config.zone.as_deref(),
-            game.entity.kind = E::KIND,
-            game.entity.key = %key,
-            refused = tracing::field::Empty,
-        );
+        let span = if crate::telemetry::unsampled() {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(
+                "garrison.session.send",
+                otel.name = %format_args!("session.send {}", E::KIND),
+                game.session.id = session.0,
+                game.event.type = crate::EntityMessage::event_type(&message),
+                game.world.zone = self.inner.config.zone.as_deref(),
+                game.entity.kind = E::KIND,
+                game.entity.key = %key,
+                refused = tracing::field::Empty,
+            )
+        };
         let _entered = span.enter();
         if let Err(error) = sessions.check::<E>(session, key) {
             span.record("refused", tracing::field::display(&error));
@@ -207,6 +211,7 @@ impl<E: Entity> Entities<E> {
             message,
             parent: tracing::Span::current(),
             session,
+            unsampled: crate::telemetry::unsampled(),
         };
         self.push(key, envelope)
             .map_err(|(reason, envelope)| Refused {

@@ -647,6 +647,8 @@ impl SupervisorState {
         {
             let span = tracing::warn_span!(
                 "garrison.supervisor.give_up",
+                // Always exported, whatever the sampling ratio (garrison-runtime's head sampling).
+                garrison.sampled = true,
                 supervisor.id = %self.spec.id,
                 child.id = %id,
                 exit.reason = %reason,
@@ -667,6 +669,8 @@ impl SupervisorState {
             } = self.spec.intensity;
             let span = tracing::warn_span!(
                 "garrison.supervisor.escalate",
+                // Always exported, whatever the sampling ratio (garrison-runtime's head sampling).
+                garrison.sampled = true,
                 supervisor.id = %self.spec.id,
                 supervisor.strategy = self.spec.strategy.name(),
                 child.id = %id,
@@ -739,6 +743,8 @@ impl SupervisorState {
             let span = tracing::info_span!(
                 parent: trace_parent.as_ref().and_then(tracing::Span::id),
                 "garrison.supervisor.restart",
+                // Always exported, whatever the sampling ratio (garrison-runtime's head sampling).
+                garrison.sampled = true,
                 supervisor.id = %self.spec.id,
                 supervisor.strategy = self.spec.strategy.name(),
                 child.id = %id,

@@ -178,3 +178,53 @@ async fn a_restart_is_recorded_inside_the_trace_of_the_message_that_crashed() {
     );
     tree.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn work_from_an_unsampled_trace_creates_no_spans() {
+    let layer = CaptureLayer::default();
+    let captured = layer.captured.clone();
+    let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
+    let (counters, _, tree) = start(KindConfig::default()).await;
+    let sessions = Sessions::new();
+    let (connection, _frames) = tokio::sync::mpsc::channel(4);
+    sessions.attach(SessionId(5), std::sync::Arc::new(connection));
+    sessions.bind::<Counter>(SessionId(5), &3).unwrap();
+    let add = |amount| Msg::Add {
+        sender: 0,
+        seq: 0,
+        amount,
+    };
+
+    // Sampled out (as the gateway marks a frame its head sampling dropped): the session hop and
+    // the entity's handling create no span.
+    garrison_runtime::telemetry::run_sampled_out(true, || {
+        assert!(
+            counters
+                .send_as(&sessions, SessionId(5), &3, add(1))
+                .is_ok()
+        );
+    });
+    assert_eq!(get(&counters, 3).await.0.total, 1);
+    let handled = |captured: &garrison_tests::traces::Captured| {
+        captured
+            .named("garrison.entity.handle")
+            .iter()
+            .filter(|span| span.fields.get("game.event.type").map(String::as_str) == Some("add"))
+            .count()
+    };
+    assert_eq!(handled(&captured), 0);
+    assert!(captured.named("garrison.session.send").is_empty());
+
+    // The same message from sampled work is traced.
+    garrison_runtime::telemetry::run_sampled_out(false, || {
+        assert!(
+            counters
+                .send_as(&sessions, SessionId(5), &3, add(1))
+                .is_ok()
+        );
+    });
+    assert_eq!(get(&counters, 3).await.0.total, 2);
+    assert_eq!(handled(&captured), 1);
+    assert_eq!(captured.named("garrison.session.send").len(), 1);
+    tree.stop().await.unwrap();
+}

@@ -25,7 +25,7 @@ use super::{
     outbound::{Next, OutboundQueue},
     refusal, ticket,
 };
-use crate::{Refusal, SessionId, clock, session::Outbound};
+use crate::{Refusal, SessionId, clock, session::Outbound, telemetry};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Transport {
@@ -405,19 +405,29 @@ impl<P: Protocol> Connection<P> {
 
     fn route(&mut self, info: SessionInfo, frame: Frame, context: &mut Context<Self>) {
         let seq = frame.header().seq;
-        let span = tracing::info_span!(
-            "garrison.gateway.frame",
-            game.session.id = info.session.0,
-            game.event.type = P::name_of(frame.kind()).unwrap_or("unknown"),
-            frame.seq = seq,
-            frame.bytes = frame.wire().len(),
-            game.world.zone = self.shared.config.zone.as_deref(),
-        );
-        if let Some(trace) = &frame.header().trace {
+        let client = frame.header().trace;
+        // Head sampling: a client's decision is followed; a frame without one is a new trace,
+        // kept at the configured ratio. An unsampled frame creates no span, nor does anything
+        // it causes.
+        let traced = client.map_or_else(telemetry::sample_root, |trace| trace.flags & 1 == 1);
+        let span = if traced {
+            tracing::info_span!(
+                "garrison.gateway.frame",
+                game.session.id = info.session.0,
+                game.event.type = P::name_of(frame.kind()).unwrap_or("unknown"),
+                frame.seq = seq,
+                frame.bytes = frame.wire().len(),
+                game.world.zone = self.shared.config.zone.as_deref(),
+                garrison.sampled = client.is_none().then_some(true),
+            )
+        } else {
+            tracing::Span::none()
+        };
+        if let Some(trace) = &client {
             // The client's span is the parent: the server's work joins the client's trace.
             let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(
                 &span,
-                crate::telemetry::remote_parent(trace),
+                telemetry::remote_parent(trace),
             );
         }
         let _entered = span.enter();
@@ -428,7 +438,8 @@ impl<P: Protocol> Connection<P> {
                 return self.close(CloseCode::ProtocolError, context);
             }
         };
-        if let Err(refused) = (self.shared.router)(&info, message) {
+        let routed = telemetry::run_sampled_out(!traced, || (self.shared.router)(&info, message));
+        if let Err(refused) = routed {
             let (code, reason) = match &refused {
                 Refusal::Session(error) => (refusal::NOT_BOUND, error.to_string()),
                 Refusal::MailboxFull => (refusal::BUSY, "the entity is busy; retry".to_owned()),
