@@ -22,3 +22,4 @@ mod supervisor_shutdown;
 mod supervisor_stable_address;
 mod supervisor_strategies;
 mod supervisor_traces;
+mod traces_jaeger;

@@ -17,7 +17,7 @@ use garrison_runtime::gateway::GatewayConfig;
 use tokio::sync::Notify;
 
 use crate::{
-    bots::{BotOptions, Summary, play},
+    bots::{BotOptions, Summary, play, process_cpu_seconds},
     server::{BattleServer, ServerConfig},
 };
 
@@ -128,6 +128,7 @@ pub async fn run_once(args: &BotArgs, clients: u64, progress: bool) -> Result<Su
         );
     }
     let start = Instant::now();
+    let cpu_start = process_cpu_seconds();
     let deadline = start + Duration::from_secs(args.duration);
     let input_every = (60 / args.input_rate.clamp(1, 60)).max(1);
     let away = Duration::from_millis(args.away_ms);
@@ -210,6 +211,9 @@ pub async fn run_once(args: &BotArgs, clients: u64, progress: bool) -> Result<Su
         reports.push(bot.await.unwrap_or_else(|error| Err(error.to_string())));
     }
     let seconds = start.elapsed().as_secs_f64();
+    let cpu_seconds = process_cpu_seconds()
+        .zip(cpu_start)
+        .map(|(end, start)| end - start);
     for task in &background {
         task.abort();
     }
@@ -234,7 +238,8 @@ pub async fn run_once(args: &BotArgs, clients: u64, progress: bool) -> Result<Su
         ),
         None => (None, None),
     };
-    let summary = Summary::new(&reports, frames, restarts, seconds);
+    let mut summary = Summary::new(&reports, frames, restarts, seconds);
+    summary.cpu_seconds = cpu_seconds;
     if let Some(server) = server {
         match Arc::try_unwrap(server) {
             Ok(server) => server.stop().await,
