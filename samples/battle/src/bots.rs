@@ -356,7 +356,11 @@ impl Bot {
         } else {
             tracing::Span::none()
         };
-        let trace = garrison_runtime::telemetry::trace_context(&span);
+        let trace = if self.options.trace {
+            garrison_runtime::telemetry::trace_context(&span)
+        } else {
+            None
+        };
         let input = self
             .codec
             .encode_frame(
@@ -469,9 +473,9 @@ pub struct Summary {
     pub p99_ms: f64,
     /// 99.9th percentile.
     pub p999_ms: f64,
-    /// Received kilobytes per second per client.
+    /// Received kilobytes per second per client in a room.
     pub kbps_in: f64,
-    /// Sent kilobytes per second per client.
+    /// Sent kilobytes per second per client in a room.
     pub kbps_out: f64,
     /// Most frames a client trailed its room at the end.
     pub deviation_frames: u32,
@@ -539,7 +543,8 @@ impl Summary {
             .map(|report| rooms[&report.room] - report.next_frame)
             .max()
             .unwrap_or(0);
-        let clients = ok.len().max(1) as f64;
+        // Per client means per client in a room: an unmatched bot receives nothing.
+        let clients = matched.len().max(1) as f64;
         let sum = |field: fn(&BotReport) -> u32| matched.iter().map(|report| field(report)).sum();
         Summary {
             clients: ok.len(),
@@ -548,11 +553,11 @@ impl Summary {
             p50_ms: at(0.5),
             p99_ms: at(0.99),
             p999_ms: at(0.999),
-            kbps_in: ok.iter().map(|report| report.bytes_in).sum::<u64>() as f64
+            kbps_in: matched.iter().map(|report| report.bytes_in).sum::<u64>() as f64
                 / 1024.0
                 / seconds
                 / clients,
-            kbps_out: ok.iter().map(|report| report.bytes_out).sum::<u64>() as f64
+            kbps_out: matched.iter().map(|report| report.bytes_out).sum::<u64>() as f64
                 / 1024.0
                 / seconds
                 / clients,
@@ -583,7 +588,7 @@ impl Summary {
              per client  in {:.2} KB/s  out {:.2} KB/s\n\
              inputs executed as sent {}  replaced (late) {}  mismatched {}\n\
              frame deviation {}  desyncs {}  (checksums verified {}, frame deltas differing {})\n\
-             reconnects {} (resynced from a snapshot {})  room restarts {}",
+             reconnects {} (resynced from a snapshot {})  room restarts {}  process CPU {}",
             self.clients,
             self.rooms,
             self.frames,
@@ -604,6 +609,8 @@ impl Summary {
             self.reconnects,
             self.resyncs,
             restarts,
+            self.cpu_seconds
+                .map_or_else(|| "unknown".to_string(), |cpu| format!("{cpu:.1} s")),
         )
     }
 

@@ -24,7 +24,10 @@ pub fn sweep(
     let (left, right) = root.split_horizontally(600);
     let ours_kbps: Vec<(f64, f64)> = points
         .iter()
-        .map(|(clients, summary)| (*clients as f64, summary.kbps_in * summary.clients as f64))
+        .map(|(clients, summary)| {
+            let playing = (summary.clients - summary.unmatched) as f64;
+            (*clients as f64, summary.kbps_in * playing)
+        })
         .collect();
     let ours_p99: Vec<(f64, f64)> = points
         .iter()

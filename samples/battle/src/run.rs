@@ -307,7 +307,7 @@ pub fn sweep_table(points: &[(u64, Summary)]) -> String {
             );
         table.push_str(&format!(
             "{clients} | {:.0} | {:.2} | {:.2} | {} | {} | {} || {source}\n",
-            summary.kbps_in * summary.clients as f64,
+            summary.kbps_in * (summary.clients - summary.unmatched) as f64,
             summary.kbps_in,
             summary.p99_ms,
             summary.deviation_frames,
