@@ -104,16 +104,13 @@ pub async fn run_once(args: &BotArgs, clients: u64, progress: bool) -> Result<Su
     if args.server.is_some() && args.room_panic_every > 0 {
         return Err("--room-panic-every needs the in-process server (no --server)".into());
     }
-    let server = match args.server {
-        Some(_) => None,
-        None => Some(Arc::new(
-            BattleServer::start(local_server(args.room_size, &args.key)?).await?,
-        )),
-    };
-    let address = match (&server, args.server) {
-        (Some(server), _) => server.gateway.tcp_addr().ok_or("no TCP listener")?,
-        (None, Some(address)) => address,
-        (None, None) => unreachable!("one of the two is set"),
+    let (server, address) = match args.server {
+        Some(address) => (None, address),
+        None => {
+            let server = BattleServer::start(local_server(args.room_size, &args.key)?).await?;
+            let address = server.gateway.tcp_addr().ok_or("no TCP listener")?;
+            (Some(Arc::new(server)), address)
+        }
     };
     if progress {
         eprintln!(
@@ -197,9 +194,9 @@ pub async fn run_once(args: &BotArgs, clients: u64, progress: bool) -> Result<Su
                 ticker.tick().await;
                 // A different, evenly spread share of the bots each round.
                 let count = (orders.len() * share).div_ceil(100);
+                let stride = (orders.len() / count.max(1)).max(1);
                 for index in 0..count {
-                    let bot = (round * count + index * (100 / share.max(1))) % orders.len();
-                    orders[bot].notify_one();
+                    orders[(index * stride + round) % orders.len()].notify_one();
                 }
                 round += 1;
             }

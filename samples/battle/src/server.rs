@@ -239,7 +239,6 @@ impl Room {
     fn start_ticker(&self, room: u64) {
         let services = self.services.clone();
         let period = services.config.tick;
-        let tickers = self.services.clone();
         let ticker = tokio::spawn(async move {
             let mut deadline = tokio::time::Instant::now() + period;
             while services.running.load(Ordering::Acquire) {
@@ -264,7 +263,7 @@ impl Room {
                 deadline += period * run;
             }
         });
-        if let Ok(mut all) = tickers.tickers.lock() {
+        if let Ok(mut all) = self.services.tickers.lock() {
             all.push(ticker);
         }
     }
