@@ -2,7 +2,8 @@
 //! `input_every` frames) stamped `frame + input_delay`, simulates every broadcast frame locally
 //! with a [`Mirror`] and checks the checksums, and measures input -> broadcast latency. A bot
 //! told to drop its connection goes away for a while, reconnects with the same ticket, sends
-//! [`Resume`] and catches up from the room's [`Catchup`] or [`Resync`] before playing on.
+//! [`Resume`] and catches up from the room's [`Catchup`](crate::proto::Catchup) or
+//! [`Resync`](crate::proto::Resync) before playing on.
 
 use std::{
     collections::{BTreeMap, HashMap},

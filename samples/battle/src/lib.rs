@@ -1,10 +1,12 @@
-//! Garrison's sample battle server.
+//! Garrison's sample battle server: a real game written as actor modules.
 //!
-//! So far this crate holds the deterministic simulation every room and every bot runs
-//! ([`sim`]: the same inputs produce the same state, bit for bit, on any machine) and the
-//! lockstep engine of a room ([`lockstep`]: inputs per frame, replaced inputs, broadcasts with
-//! deltas and checksums, recovery from a snapshot and the input log). The room and matchmaker
-//! entities, bots and the `demo` command are built on them next.
+//! [`sim`] is the deterministic simulation every room and every bot runs (the same inputs produce
+//! the same state, bit for bit, on any machine); [`lockstep`] is one room's engine (inputs per
+//! frame, replaced inputs, broadcasts with deltas and checksums, recovery from a snapshot and the
+//! input log, catch-up for a reconnecting client); [`server`] declares the matchmaker and room
+//! entities in a supervision tree behind the gateway; [`bots`] are the clients that play and
+//! verify; [`run`] drives them for `garrison-battle demo` and `battle-bots`; [`plot`] draws a
+//! sweep's curve.
 //!
 //! ```
 //! use garrison_battle::sim::{World, input};
