@@ -654,3 +654,79 @@ pub fn process_cpu_seconds() -> Option<f64> {
     // clock ticks, which Linux fixes at 100 per second for user space.
     Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(room: u64, next_frame: u32, latency_ms: u64) -> BotReport {
+        BotReport {
+            latencies: vec![Duration::from_millis(latency_ms)],
+            frames: next_frame,
+            next_frame,
+            room,
+            verified: 2,
+            bytes_in: 10_240,
+            bytes_out: 1_024,
+            executed: 1,
+            reconnects: 1,
+            ..BotReport::default()
+        }
+    }
+
+    #[test]
+    fn the_summary_counts_rooms_deviation_and_per_client_bandwidth_and_prints_every_key() {
+        let reports = vec![
+            Ok(report(1, 100, 10)),
+            Ok(report(1, 97, 20)),
+            Ok(report(2, 100, 30)),
+            // Never placed in a room: not a client of any room's bandwidth or deviation.
+            Ok(BotReport::default()),
+            Err("connection refused".to_owned()),
+        ];
+        let summary = Summary::new(&reports, Some(300), Some(2), 1.0);
+        assert_eq!(
+            (
+                summary.clients,
+                summary.rooms,
+                summary.unmatched,
+                summary.failed
+            ),
+            (4, 2, 1, 1)
+        );
+        assert_eq!(
+            summary.deviation_frames, 3,
+            "the second bot trails room 1 by 3"
+        );
+        assert_eq!(summary.kbps_in, 10.0, "10 KiB per matched bot per second");
+        assert_eq!(summary.kbps_out, 1.0);
+        assert_eq!(summary.p50_ms, 20.0);
+        assert_eq!((summary.reconnects, summary.verified), (3, 6));
+        let json: serde_json::Value = serde_json::from_str(&summary.json()).unwrap();
+        for key in [
+            "clients",
+            "rooms",
+            "frames",
+            "p50_ms",
+            "p99_ms",
+            "p999_ms",
+            "kbps_in",
+            "kbps_out",
+            "deviation_frames",
+            "desyncs",
+            "reconnects",
+            "restarts",
+        ] {
+            assert!(json.get(key).is_some(), "{key} in {json}");
+        }
+        assert_eq!(json["restarts"], 2);
+        assert_eq!(json["frames"], 300);
+        // Without an in-process server, frames come from the rooms and restarts are unknown.
+        let remote = Summary::new(&reports, None, None, 1.0);
+        assert_eq!(remote.frames, 200);
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&remote.json()).unwrap()["restarts"]
+                .is_null()
+        );
+    }
+}

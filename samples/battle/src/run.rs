@@ -314,3 +314,41 @@ pub fn sweep_table(points: &[(u64, Summary)]) -> String {
     }
     table
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bots::BotReport;
+
+    #[test]
+    fn the_sweep_table_puts_the_sources_rows_beside_ours() {
+        let report = BotReport {
+            room: 1,
+            next_frame: 60,
+            bytes_in: 2_048,
+            latencies: vec![Duration::from_millis(17)],
+            ..BotReport::default()
+        };
+        let points: Vec<(u64, Summary)> = [10, 1_000]
+            .into_iter()
+            .map(|clients| {
+                let reports = vec![Ok(report.clone()); clients as usize];
+                (clients, Summary::new(&reports, None, None, 1.0))
+            })
+            .collect();
+        let table = sweep_table(&points);
+        let rows: Vec<&str> = table.lines().collect();
+        assert!(rows[0].contains("source P99 ms"));
+        assert_eq!(rows[1], "10 | 20 | 2.00 | 17.00 | 0 | 0 | 0 || 18 | 21 | 0");
+        assert_eq!(
+            rows[2], "1000 | 2000 | 2.00 | 17.00 | 0 | 0 | 0 || - | - | -",
+            "no source row for 1,000 clients"
+        );
+        let svg = std::env::temp_dir().join(format!("sweep-{}.svg", std::process::id()));
+        crate::plot::sweep(&svg, &points, &SOURCE_ROWS).unwrap();
+        let drawn = std::fs::read_to_string(&svg).unwrap();
+        let _ = std::fs::remove_file(&svg);
+        assert!(drawn.starts_with("<svg"));
+        assert!(drawn.contains("Server outbound KB/s") && drawn.contains("source"));
+    }
+}
