@@ -160,6 +160,24 @@ impl<E: Entity> Entities<E> {
         self.deliver(key, message, None)
     }
 
+    /// Sends `message` to entity `key` on behalf of session `session` without checking a binding:
+    /// for an entity forwarding its player's request (a player session to its room), which the
+    /// runtime trusts as it trusts any server code. The handling span carries the session's
+    /// `game.session.id`, and the handler sees it in [`EntityContext::session`].
+    ///
+    /// # Errors
+    /// As [`Entities::send`].
+    ///
+    /// [`EntityContext::session`]: crate::EntityContext::session
+    pub fn send_for(
+        &self,
+        session: SessionId,
+        key: &E::Key,
+        message: E::Message,
+    ) -> Result<(), Refused<E::Message>> {
+        self.deliver(key, message, Some(session))
+    }
+
     /// Sends `message` to entity `key` on behalf of session `session`, which must be bound to it.
     ///
     /// # Errors

@@ -2,6 +2,7 @@
 //! invariant it checks.
 
 mod battle_lockstep;
+mod counter;
 mod gateway_hostile;
 mod protocol_fuzz_regressions;
 mod protocol_hostile_frames;
@@ -14,12 +15,10 @@ mod runtime_entities;
 mod runtime_protocol_messages;
 mod runtime_sessions;
 mod runtime_telemetry;
-mod runtime_traces;
 mod supervisor_dsl_compile_errors;
 mod supervisor_intensity;
 mod supervisor_introspection;
 mod supervisor_shutdown;
 mod supervisor_stable_address;
 mod supervisor_strategies;
-mod supervisor_traces;
 mod traces_jaeger;

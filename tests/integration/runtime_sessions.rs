@@ -12,7 +12,7 @@ use garrison_runtime::{Error, KindConfig, Outbound, Refusal, SessionId, Sessions
 use garrison_tests::wire::Input;
 use tokio::sync::mpsc;
 
-use super::runtime_entities::{Counter, Msg, get, start};
+use super::counter::{Counter, Msg, get, start};
 
 fn frame(seq: u32) -> Frame {
     let mut wire = BytesMut::new();

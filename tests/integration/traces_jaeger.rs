@@ -241,10 +241,12 @@ fn assert_complete(query: &str, service: &str, run: &Run) {
     for operation in [
         "battle.bot.input",
         "garrison.gateway.frame",
-        "session.send room",
+        "session.send player",
+        "player.input",
         "room.input",
         "room.tick",
-        "session.send matchmaker",
+        "player.join",
+        "player.placed",
         "matchmaker.join",
         "room.start",
         "room.crash",
@@ -256,7 +258,8 @@ fn assert_complete(query: &str, service: &str, run: &Run) {
         );
     }
 
-    // One trace per input, chained bot -> gateway -> session -> room, no parent missing.
+    // One trace per input, chained bot -> gateway -> session hop -> player session -> room, no
+    // parent missing.
     let inputs = settled(query, service, "battle.bot.input", run.sent as usize);
     assert_eq!(inputs.len() as u64, run.sent, "one trace per input sent");
     let mut players = HashSet::new();
@@ -273,7 +276,8 @@ fn assert_complete(query: &str, service: &str, run: &Run) {
         let chain = [
             "battle.bot.input",
             "garrison.gateway.frame",
-            "session.send room",
+            "session.send player",
+            "player.input",
             "room.input",
         ]
         .map(|operation| {
@@ -303,7 +307,7 @@ fn assert_complete(query: &str, service: &str, run: &Run) {
             );
             assert_eq!(tag(span, "game.world.zone").unwrap(), "arena-1");
         }
-        let room = chain[3];
+        let room = chain[4];
         for key in [
             "game.entity.kind",
             "game.entity.key",

@@ -1,10 +1,12 @@
-//! The battle server: a matchmaker and rooms as Garrison entities behind the gateway.
+//! The battle server: player sessions, a matchmaker and rooms as Garrison entities behind the
+//! gateway, declared in one `supervisor!` tree.
 //!
-//! Players connect with a ticket, send `Join`; the matchmaker fills rooms of `room_size`, binds
-//! each player's session to its room and starts it. A room runs [`Lockstep`] at 60 Hz on
-//! absolute deadlines (missed ticks are caught up in a burst, never skipped), checkpoints after
-//! every frame, and pushes each frame's update, encoded once, to every player. A late ticker
-//! counts its overrun and catches up a few frames per wake-up, never skipping one.
+//! Players connect with a ticket; each client's frames reach its own [`Player`] entity, which
+//! asks the [`Matchmaker`] for a match, keeps the seat it is given, and forwards its inputs and
+//! resumes to its [`Room`]. The matchmaker fills rooms of `room_size` and starts them. A room runs
+//! [`Lockstep`] at 60 Hz on absolute deadlines, checkpoints after every frame and every accepted
+//! input, and pushes each frame's update, encoded once, to every player. A late ticker counts
+//! its overrun and catches up a few frames per wake-up, never skipping one.
 
 use std::{
     sync::{
@@ -14,7 +16,6 @@ use std::{
     time::Duration,
 };
 
-use dashmap::DashMap;
 use garrison_protocol::{FrameMeta, Snapshot};
 use garrison_runtime::{
     Checkpoint, Entities, Entity, EntityContext, EntityMessage, HandlerError, KindConfig,
@@ -66,7 +67,8 @@ pub struct ServerStats {
 
 struct Services {
     sessions: Arc<Sessions>,
-    placements: DashMap<SessionId, (u64, u8)>,
+    players: OnceLock<Entities<Player>>,
+    matchmakers: OnceLock<Entities<Matchmaker>>,
     rooms: OnceLock<Entities<Room>>,
     next_room: AtomicU64,
     running: AtomicBool,
@@ -76,19 +78,155 @@ struct Services {
     config: ServerConfig,
 }
 
-impl Services {
-    /// The room and slot of a placed player.
-    fn placement(&self, session: SessionId) -> Result<(u64, u8), garrison_runtime::Refusal> {
-        self.placements
-            .get(&session)
-            .map(|entry| *entry)
-            .ok_or(garrison_runtime::Refusal::Session(
-                garrison_runtime::Error::NotBound {
-                    session: session.0,
-                    kind: Room::KIND,
-                    key: "none".into(),
-                },
-            ))
+/// A player session's messages: what its client asked for, and its seat once placed.
+pub enum PlayerMsg {
+    /// The client asks for a match.
+    Join,
+    /// The matchmaker seated this player.
+    Placed {
+        /// The room.
+        room: u64,
+        /// The player's slot in it.
+        slot: u8,
+    },
+    /// An input for the stamped frame.
+    Input {
+        /// The frame it is stamped for.
+        frame: u32,
+        /// The buttons.
+        buttons: u8,
+    },
+    /// The client reconnected and needs the frames from `from` on.
+    Resume {
+        /// The first frame it has not simulated.
+        from: u32,
+    },
+}
+
+impl EntityMessage for PlayerMsg {
+    fn event_type(&self) -> &'static str {
+        match self {
+            PlayerMsg::Join => "join",
+            PlayerMsg::Placed { .. } => "placed",
+            PlayerMsg::Input { .. } => "input",
+            PlayerMsg::Resume { .. } => "resume",
+        }
+    }
+}
+
+/// Where a player sits.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seat {
+    /// The room.
+    pub room: u64,
+    /// The slot.
+    pub slot: u8,
+}
+
+/// A player session's state: its seat, once the matchmaker placed it (checkpointed, so a
+/// restarted session still knows its room).
+#[derive(Archive, Serialize, Deserialize, Default, Debug)]
+pub struct PlayerState {
+    seat: Option<Seat>,
+}
+
+impl Snapshot for PlayerState {
+    const SCHEMA: &'static str = "battle.player";
+    const VERSION: u16 = 1;
+}
+
+/// A player's session: the entity its client's frames reach (keyed by the player id the
+/// ticket names). It asks the matchmaker for a match, keeps its seat, and forwards its inputs
+/// and resumes to its room, so a client can only ever speak for its own slot.
+pub struct Player {
+    services: Arc<Services>,
+}
+
+impl Player {
+    /// Tells the client its request was refused as busy, so it asks again.
+    fn busy(&self, player: u64, reason: &str) {
+        let refused = garrison_protocol::control::Refused {
+            seq: 0,
+            code: garrison_runtime::gateway::refusal::BUSY,
+            reason: reason.to_owned(),
+        };
+        if let Ok(frame) = garrison_protocol::encode_frame(&refused, FrameMeta::default()) {
+            let _ = self.services.sessions.push(SessionId(player), frame);
+        }
+    }
+}
+
+impl Entity for Player {
+    const KIND: &'static str = "player";
+    type Key = u64;
+    type State = PlayerState;
+    type Message = PlayerMsg;
+
+    async fn activate(
+        &self,
+        _: &u64,
+        recovered: Option<PlayerState>,
+    ) -> Result<PlayerState, HandlerError> {
+        Ok(recovered.unwrap_or_default())
+    }
+
+    async fn handle(
+        &self,
+        context: &mut EntityContext<'_, Self>,
+        message: PlayerMsg,
+        state: &mut PlayerState,
+    ) -> Result<(), HandlerError> {
+        let player = *context.key();
+        let rooms = self.services.rooms.get().ok_or("rooms not started")?;
+        match (message, state.seat) {
+            (PlayerMsg::Join, None) => {
+                let matchmakers = self
+                    .services
+                    .matchmakers
+                    .get()
+                    .ok_or("matchmaker not started")?;
+                if matchmakers
+                    .send(&0, MatchmakerMsg::Join(SessionId(player)))
+                    .is_err()
+                {
+                    self.busy(player, "the matchmaker is busy; join again");
+                }
+            }
+            // Already seated: the match goes on (a reconnecting client resumes instead).
+            (PlayerMsg::Join, Some(_)) => {}
+            (PlayerMsg::Placed { room, slot }, _) => {
+                state.seat = Some(Seat { room, slot });
+                context.checkpoint();
+            }
+            (PlayerMsg::Input { frame, buttons }, Some(seat)) => {
+                let input = RoomMsg::Input {
+                    slot: seat.slot,
+                    frame,
+                    buttons,
+                };
+                // A room too busy to queue an input runs the player's previous one instead,
+                // as for any late input.
+                let _ = rooms.send_for(SessionId(player), &seat.room, input);
+            }
+            (PlayerMsg::Resume { from }, Some(seat)) => {
+                if rooms
+                    .send_for(
+                        SessionId(player),
+                        &seat.room,
+                        RoomMsg::Resume {
+                            slot: seat.slot,
+                            from,
+                        },
+                    )
+                    .is_err()
+                {
+                    self.busy(player, "the room is busy; resume again");
+                }
+            }
+            // Not seated yet: nothing to play or resume.
+            (PlayerMsg::Input { .. } | PlayerMsg::Resume { .. }, None) => {}
+        }
+        Ok(())
     }
 }
 
@@ -145,13 +283,17 @@ impl Entity for Matchmaker {
         }
         let players = std::mem::take(&mut waiting.sessions);
         let room = self.services.next_room.fetch_add(1, Ordering::Relaxed) + 1;
+        let sessions = self.services.players.get().ok_or("players not started")?;
         for (slot, player) in players.iter().enumerate() {
-            self.services
-                .placements
-                .insert(SessionId(*player), (room, slot as u8));
-            self.services
-                .sessions
-                .bind::<Room>(SessionId(*player), &room)?;
+            // Seated before the room starts: the seat is in the player's mailbox ahead of any
+            // input its client can send after the match start.
+            let placed = PlayerMsg::Placed {
+                room,
+                slot: slot as u8,
+            };
+            sessions.send(player, placed).map_err(|refused| {
+                format!("player {player} refused its seat: {:?}", refused.reason)
+            })?;
         }
         let rooms = self.services.rooms.get().ok_or("rooms not started")?;
         rooms
@@ -423,7 +565,8 @@ impl BattleServer {
         let stats = Arc::new(ServerStats::default());
         let services = Arc::new(Services {
             sessions: Arc::new(Sessions::new()),
-            placements: DashMap::new(),
+            players: OnceLock::new(),
+            matchmakers: OnceLock::new(),
             rooms: OnceLock::new(),
             next_room: AtomicU64::new(0),
             running: AtomicBool::new(true),
@@ -455,9 +598,24 @@ impl BattleServer {
             },
             room_config,
         )?;
+        let players = Entities::new(
+            Player {
+                services: services.clone(),
+            },
+            KindConfig {
+                checkpoint: Checkpoint::OnDemand,
+                zone: Some(config.zone.clone()),
+                ..KindConfig::default()
+            },
+        )?;
         let _ = services.rooms.set(rooms.clone());
+        let _ = services.matchmakers.set(matchmakers.clone());
+        let _ = services.players.set(players.clone());
+        // The whole node: players' sessions, the matchmaker, the rooms. Each kind is a dynamic
+        // supervisor of its entities; stopping goes rooms, matchmaker, players.
         let tree = supervisor! {
             "battle-node": one_for_one, intensity 10 per 10s {
+                entities "players" => players.start();
                 entities "matchmaker" => matchmakers.start();
                 entities "rooms" => rooms.start();
             }
@@ -469,42 +627,27 @@ impl BattleServer {
         let routing = services.clone();
         let binding = services.clone();
         let gateway = GatewayBuilder::<ClientMessage>::new(config.gateway, sessions)
+            // A client speaks to its own player session and nothing else.
             .on_session(move |info, _| {
                 binding
                     .sessions
-                    .bind::<Matchmaker>(info.session, &0)
+                    .bind::<Player>(info.session, &info.player)
                     .map_err(|error| error.to_string())
             })
-            .route(move |info, message| match message {
-                ClientMessage::Join(_) => matchmakers
-                    .send_as(
-                        &routing.sessions,
-                        info.session,
-                        &0,
-                        MatchmakerMsg::Join(info.session),
-                    )
-                    .map_err(|refused| refused.reason),
-                ClientMessage::Input(input) => {
-                    let (room, slot) = routing.placement(info.session)?;
-                    let message = RoomMsg::Input {
-                        slot,
+            .route(move |info, message| {
+                let message = match message {
+                    ClientMessage::Join(_) => PlayerMsg::Join,
+                    ClientMessage::Input(input) => PlayerMsg::Input {
                         frame: input.frame.to_native(),
                         buttons: input.buttons,
-                    };
-                    rooms
-                        .send_as(&routing.sessions, info.session, &room, message)
-                        .map_err(|refused| refused.reason)
-                }
-                ClientMessage::Resume(resume) => {
-                    let (room, slot) = routing.placement(info.session)?;
-                    let message = RoomMsg::Resume {
-                        slot,
+                    },
+                    ClientMessage::Resume(resume) => PlayerMsg::Resume {
                         from: resume.frame.to_native(),
-                    };
-                    rooms
-                        .send_as(&routing.sessions, info.session, &room, message)
-                        .map_err(|refused| refused.reason)
-                }
+                    },
+                };
+                players
+                    .send_as(&routing.sessions, info.session, &info.player, message)
+                    .map_err(|refused| refused.reason)
             })
             .start()?;
         Ok(BattleServer {

@@ -9,7 +9,7 @@ use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
 use tracing::Instrument;
 use tracing_subscriber::layer::SubscriberExt;
 
-use super::runtime_entities::{Counter, Msg, get, start};
+use super::counter::{Counter, Msg, get, start};
 
 #[tokio::test]
 async fn handling_spans_carry_game_attributes_and_the_senders_parent() {
@@ -121,7 +121,15 @@ async fn a_clients_trace_context_makes_the_handling_span_its_child() {
                     .iter()
                     .any(|kv| kv.key.as_str() == "game.event.type" && kv.value.as_str() == "traced")
         })
-        .expect("the traced message's span was exported");
+        .unwrap_or_else(|| {
+            panic!(
+                "the traced message's span was exported: {:?}",
+                spans
+                    .iter()
+                    .map(|span| (&span.name, &span.attributes))
+                    .collect::<Vec<_>>()
+            )
+        });
     assert_eq!(
         handled.span_context.trace_id(),
         TraceId::from_bytes(client.trace_id),
@@ -226,5 +234,31 @@ async fn work_from_an_unsampled_trace_creates_no_spans() {
     assert_eq!(get(&counters, 3).await.0.total, 2);
     assert_eq!(handled(&captured), 1);
     assert_eq!(captured.named("garrison.session.send").len(), 1);
+    tree.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_message_forwarded_for_a_session_carries_its_id_without_a_binding() {
+    let layer = CaptureLayer::default();
+    let captured = layer.captured.clone();
+    let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
+    let (counters, _, tree) = start(KindConfig::default()).await;
+    // No session bound to counter 9: an entity forwarding its player's request needs none.
+    let add = Msg::Add {
+        sender: 0,
+        seq: 0,
+        amount: 4,
+    };
+    assert!(counters.send_for(SessionId(41), &9, add).is_ok());
+    assert_eq!(get(&counters, 9).await.0.total, 4);
+    let handled = captured.named("garrison.entity.handle");
+    let add = handled
+        .iter()
+        .find(|span| span.fields.get("game.event.type").map(String::as_str) == Some("add"))
+        .expect("the forwarded message was handled in a span");
+    assert_eq!(
+        add.fields.get("game.session.id").map(String::as_str),
+        Some("41")
+    );
     tree.stop().await.unwrap();
 }
