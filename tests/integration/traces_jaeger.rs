@@ -242,7 +242,7 @@ fn assert_complete(query: &str, service: &str, run: &Run) {
         "battle.bot.input",
         "garrison.gateway.frame",
         "session.send player",
-        "player.input",
+        "session.send room",
         "room.input",
         "room.tick",
         "player.join",
@@ -258,8 +258,7 @@ fn assert_complete(query: &str, service: &str, run: &Run) {
         );
     }
 
-    // One trace per input, chained bot -> gateway -> session hop -> player session -> room, no
-    // parent missing.
+    // One trace per input, chained bot -> gateway -> session hop -> room, no parent missing.
     let inputs = settled(query, service, "battle.bot.input", run.sent as usize);
     assert_eq!(inputs.len() as u64, run.sent, "one trace per input sent");
     let mut players = HashSet::new();
@@ -276,8 +275,7 @@ fn assert_complete(query: &str, service: &str, run: &Run) {
         let chain = [
             "battle.bot.input",
             "garrison.gateway.frame",
-            "session.send player",
-            "player.input",
+            "session.send room",
             "room.input",
         ]
         .map(|operation| {
@@ -307,7 +305,7 @@ fn assert_complete(query: &str, service: &str, run: &Run) {
             );
             assert_eq!(tag(span, "game.world.zone").unwrap(), "arena-1");
         }
-        let room = chain[4];
+        let room = chain[3];
         for key in [
             "game.entity.kind",
             "game.entity.key",

@@ -1,9 +1,10 @@
 //! The battle server: player sessions, a matchmaker and rooms as Garrison entities behind the
 //! gateway, declared in one `supervisor!` tree.
 //!
-//! Players connect with a ticket; each client's frames reach its own [`Player`] entity, which
-//! asks the [`Matchmaker`] for a match, keeps the seat it is given, and forwards its inputs and
-//! resumes to its [`Room`]. The matchmaker fills rooms of `room_size` and starts them. A room runs
+//! Players connect with a ticket; each client's requests reach its own [`Player`] entity, which
+//! asks the [`Matchmaker`] for a match, keeps the seat it is given, and forwards resumes to its
+//! [`Room`]. Inputs, 60 a second per player, take the fast path: the gateway sends them straight
+//! to the room the session is bound to, with the slot the player entity published. The matchmaker fills rooms of `room_size` and starts them. A room runs
 //! [`Lockstep`] at 60 Hz on absolute deadlines, checkpoints after every frame and every accepted
 //! input, and pushes each frame's update, encoded once, to every player. A late ticker counts
 //! its overrun and catches up a few frames per wake-up, never skipping one.
@@ -16,6 +17,7 @@ use std::{
     time::Duration,
 };
 
+use dashmap::DashMap;
 use garrison_protocol::{FrameMeta, Snapshot};
 use garrison_runtime::{
     Checkpoint, Entities, Entity, EntityContext, EntityMessage, HandlerError, KindConfig,
@@ -69,6 +71,10 @@ struct Services {
     sessions: Arc<Sessions>,
     players: OnceLock<Entities<Player>>,
     matchmakers: OnceLock<Entities<Matchmaker>>,
+    /// The gateway's routing cache of seats: inputs go straight to the room (the hot path, 60 a
+    /// second per player) instead of through the player's entity. Written by `Player` entities,
+    /// whose checkpointed state is the truth.
+    seats: DashMap<SessionId, Seat>,
     rooms: OnceLock<Entities<Room>>,
     next_room: AtomicU64,
     running: AtomicBool,
@@ -76,6 +82,22 @@ struct Services {
     tickers: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     stats: Arc<ServerStats>,
     config: ServerConfig,
+}
+
+impl Services {
+    /// The seat of a placed player, for the input fast path.
+    fn seat(&self, session: SessionId) -> Result<Seat, garrison_runtime::Refusal> {
+        self.seats
+            .get(&session)
+            .map(|seat| *seat)
+            .ok_or(garrison_runtime::Refusal::Session(
+                garrison_runtime::Error::NotBound {
+                    session: session.0,
+                    kind: Room::KIND,
+                    key: "none".into(),
+                },
+            ))
+    }
 }
 
 /// A player session's messages: what its client asked for, and its seat once placed.
@@ -89,13 +111,6 @@ pub enum PlayerMsg {
         /// The player's slot in it.
         slot: u8,
     },
-    /// An input for the stamped frame.
-    Input {
-        /// The frame it is stamped for.
-        frame: u32,
-        /// The buttons.
-        buttons: u8,
-    },
     /// The client reconnected and needs the frames from `from` on.
     Resume {
         /// The first frame it has not simulated.
@@ -108,7 +123,6 @@ impl EntityMessage for PlayerMsg {
         match self {
             PlayerMsg::Join => "join",
             PlayerMsg::Placed { .. } => "placed",
-            PlayerMsg::Input { .. } => "input",
             PlayerMsg::Resume { .. } => "resume",
         }
     }
@@ -135,14 +149,30 @@ impl Snapshot for PlayerState {
     const VERSION: u16 = 1;
 }
 
-/// A player's session: the entity its client's frames reach (keyed by the player id the
-/// ticket names). It asks the matchmaker for a match, keeps its seat, and forwards its inputs
-/// and resumes to its room, so a client can only ever speak for its own slot.
+/// A player's session: the entity its client's requests reach (keyed by the player id the
+/// ticket names). It asks the matchmaker for a match, keeps its seat (checkpointed), publishes
+/// it for the gateway's input fast path with a binding to the room, and forwards resumes: a
+/// client can only ever speak for its own slot.
 pub struct Player {
     services: Arc<Services>,
 }
 
 impl Player {
+    /// Publishes `player`'s seat for the gateway's input fast path and lets its session address
+    /// its room (the seat itself lives in this entity's checkpointed state).
+    fn seated(&self, player: u64, seat: Seat) -> Result<(), HandlerError> {
+        self.services.seats.insert(SessionId(player), seat);
+        // A player whose session already closed has nothing to bind.
+        match self
+            .services
+            .sessions
+            .bind::<Room>(SessionId(player), &seat.room)
+        {
+            Ok(()) | Err(garrison_runtime::Error::NoSession { .. }) => Ok(()),
+            Err(error) => Err(error.into()),
+        }
+    }
+
     /// Tells the client its request was refused as busy, so it asks again.
     fn busy(&self, player: u64, reason: &str) {
         let refused = garrison_protocol::control::Refused {
@@ -164,10 +194,15 @@ impl Entity for Player {
 
     async fn activate(
         &self,
-        _: &u64,
+        player: &u64,
         recovered: Option<PlayerState>,
     ) -> Result<PlayerState, HandlerError> {
-        Ok(recovered.unwrap_or_default())
+        let state = recovered.unwrap_or_default();
+        if let Some(seat) = state.seat {
+            // Restarted: the routing cache and binding follow the checkpointed seat.
+            self.seated(*player, seat)?;
+        }
+        Ok(state)
     }
 
     async fn handle(
@@ -195,18 +230,10 @@ impl Entity for Player {
             // Already seated: the match goes on (a reconnecting client resumes instead).
             (PlayerMsg::Join, Some(_)) => {}
             (PlayerMsg::Placed { room, slot }, _) => {
-                state.seat = Some(Seat { room, slot });
+                let seat = Seat { room, slot };
+                state.seat = Some(seat);
                 context.checkpoint();
-            }
-            (PlayerMsg::Input { frame, buttons }, Some(seat)) => {
-                let input = RoomMsg::Input {
-                    slot: seat.slot,
-                    frame,
-                    buttons,
-                };
-                // A room too busy to queue an input runs the player's previous one instead,
-                // as for any late input.
-                let _ = rooms.send_for(SessionId(player), &seat.room, input);
+                self.seated(player, seat)?;
             }
             (PlayerMsg::Resume { from }, Some(seat)) => {
                 if rooms
@@ -224,7 +251,7 @@ impl Entity for Player {
                 }
             }
             // Not seated yet: nothing to play or resume.
-            (PlayerMsg::Input { .. } | PlayerMsg::Resume { .. }, None) => {}
+            (PlayerMsg::Resume { .. }, None) => {}
         }
         Ok(())
     }
@@ -567,6 +594,7 @@ impl BattleServer {
             sessions: Arc::new(Sessions::new()),
             players: OnceLock::new(),
             matchmakers: OnceLock::new(),
+            seats: DashMap::new(),
             rooms: OnceLock::new(),
             next_room: AtomicU64::new(0),
             running: AtomicBool::new(true),
@@ -636,11 +664,19 @@ impl BattleServer {
             })
             .route(move |info, message| {
                 let message = match message {
+                    ClientMessage::Input(input) => {
+                        // The hot path: straight to the room the session is bound to.
+                        let seat = routing.seat(info.session)?;
+                        let input = RoomMsg::Input {
+                            slot: seat.slot,
+                            frame: input.frame.to_native(),
+                            buttons: input.buttons,
+                        };
+                        return rooms
+                            .send_as(&routing.sessions, info.session, &seat.room, input)
+                            .map_err(|refused| refused.reason);
+                    }
                     ClientMessage::Join(_) => PlayerMsg::Join,
-                    ClientMessage::Input(input) => PlayerMsg::Input {
-                        frame: input.frame.to_native(),
-                        buttons: input.buttons,
-                    },
                     ClientMessage::Resume(resume) => PlayerMsg::Resume {
                         from: resume.frame.to_native(),
                     },
