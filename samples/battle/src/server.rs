@@ -518,18 +518,7 @@ impl Entity for Room {
                     return Ok(());
                 };
                 let session = SessionId(*player);
-                let frame = match engine.resume(from, self.services.config.resend_limit)? {
-                    Resumption::Frames(frames) => {
-                        garrison_protocol::encode_frame(&Catchup { frames }, FrameMeta::default())?
-                    }
-                    Resumption::Snapshot { frame, snapshot } => garrison_protocol::encode_frame(
-                        &Resync {
-                            frame,
-                            snapshot: snapshot.to_vec(),
-                        },
-                        FrameMeta::default(),
-                    )?,
-                };
+                let frame = catch_up(engine, from, self.services.config.resend_limit)?;
                 self.services.stats.resumes.fetch_add(1, Ordering::Relaxed);
                 // The live frames already pushed since the reconnect follow it; the client puts
                 // them in order.
@@ -567,6 +556,34 @@ impl Entity for Room {
             }
         }
         Ok(())
+    }
+}
+
+/// The frame that catches up a client resuming at `from`: the missed frames from the log
+/// (at most `limit`), or the world's snapshot when it is further behind or when the frames would
+/// not fit in one frame (a big room's log).
+fn catch_up(
+    engine: &Lockstep,
+    from: u32,
+    limit: u32,
+) -> Result<garrison_protocol::Frame, garrison_protocol::Error> {
+    let encode = |resumption| match resumption {
+        Resumption::Frames(frames) => {
+            garrison_protocol::encode_frame(&Catchup { frames }, FrameMeta::default())
+        }
+        Resumption::Snapshot { frame, snapshot } => garrison_protocol::encode_frame(
+            &Resync {
+                frame,
+                snapshot: snapshot.to_vec(),
+            },
+            FrameMeta::default(),
+        ),
+    };
+    match encode(engine.resume(from, limit)?) {
+        // Encoding refuses what a client's decoder would (and the room would have failed on it,
+        // restarting for nothing); a limit of 0 leaves only the snapshot for a client behind.
+        Err(garrison_protocol::Error::Oversize { .. }) => encode(engine.resume(from, 0)?),
+        other => other,
     }
 }
 
@@ -723,5 +740,43 @@ impl BattleServer {
         }
         self.gateway.shutdown().await;
         let _ = self.tree.stop().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::ServerMessage;
+    use garrison_protocol::Protocol;
+
+    /// Runs a room of `players` for `frames` frames.
+    fn room(players: usize, frames: u32) -> Lockstep {
+        let config = LockstepConfig {
+            players,
+            ..LockstepConfig::default()
+        };
+        let mut engine = Lockstep::new(7, config).unwrap();
+        for _ in 0..frames {
+            engine.advance().unwrap();
+        }
+        engine
+    }
+
+    #[test]
+    fn a_catch_up_too_big_for_a_client_becomes_a_snapshot() {
+        // Eight players, 250 frames behind: the log fits.
+        let small = catch_up(&room(8, 290), 40, 300).unwrap();
+        assert!(matches!(
+            ServerMessage::validate(small),
+            Ok(ServerMessage::Catchup(_))
+        ));
+        // 250 players, 250 frames behind: ~70 KB of inputs would not fit in 64 KiB.
+        let big = room(250, 290);
+        let frame = catch_up(&big, 40, 300).unwrap();
+        assert!(frame.wire().len() <= garrison_protocol::DEFAULT_MAX_FRAME_LEN);
+        let Ok(ServerMessage::Resync(resync)) = ServerMessage::validate(frame) else {
+            panic!("expected a snapshot");
+        };
+        assert_eq!(resync.frame.to_native(), 290);
     }
 }
