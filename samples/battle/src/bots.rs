@@ -578,6 +578,34 @@ impl Summary {
         }
     }
 
+    /// What went wrong in the run, if anything: no frame played, a desync, a frame delta or an
+    /// input that differed from the bots' own, or a bot that failed. Empty for a good run.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.frames == 0 {
+            problems.push("no frame was played".to_owned());
+        }
+        for (count, what) in [
+            (self.desyncs, "desyncs"),
+            (
+                self.delta_mismatches,
+                "frame deltas differing from the bots' step",
+            ),
+            (
+                self.mismatched,
+                "inputs executed differently from what was sent",
+            ),
+        ] {
+            if count > 0 {
+                problems.push(format!("{count} {what}"));
+            }
+        }
+        if self.failed > 0 {
+            problems.push(format!("{} bots failed", self.failed));
+        }
+        problems
+    }
+
     /// The table.
     pub fn table(&self) -> String {
         let restarts = self
@@ -721,6 +749,11 @@ mod tests {
         }
         assert_eq!(json["restarts"], 2);
         assert_eq!(json["frames"], 300);
+        assert_eq!(summary.problems(), ["1 bots failed"]);
+        let good = Summary::new(&reports[..3], Some(300), None, 1.0);
+        assert!(good.problems().is_empty(), "{:?}", good.problems());
+        let idle = Summary::new(&[], Some(0), None, 1.0);
+        assert_eq!(idle.problems(), ["no frame was played"]);
         // Without an in-process server, frames come from the rooms and restarts are unknown.
         let remote = Summary::new(&reports, None, None, 1.0);
         assert_eq!(remote.frames, 200);

@@ -264,6 +264,11 @@ pub async fn main(args: BotArgs) -> Result<(), Error> {
         if args.json {
             println!("{}", summary.json());
         }
+        // A run that played nothing, or played wrong, fails: CI runs the demo as README does.
+        let problems = summary.problems();
+        if !problems.is_empty() {
+            return Err(format!("the run failed its checks: {}", problems.join("; ")).into());
+        }
         return Ok(());
     }
     let mut points = Vec::new();
