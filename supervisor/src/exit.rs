@@ -20,17 +20,23 @@ pub enum ExitReason {
     Error(String),
     /// A (re)start failed with this reason.
     StartFailed(String),
+    /// The worker's `start` gave up for good by returning [`Abandon`]: a `transient` child is
+    /// not restarted (only a `permanent` one is).
+    Abandoned(String),
     /// It is a supervisor whose restart intensity was exceeded.
     Escalated(String),
 }
 
 impl ExitReason {
     /// Whether a `transient` child is restarted after this exit (OTP: anything but normal and
-    /// shutdown).
+    /// shutdown; Garrison adds a start its worker abandoned).
     pub fn is_abnormal(&self) -> bool {
         !matches!(
             self,
-            ExitReason::Normal | ExitReason::Stopped(_) | ExitReason::Shutdown
+            ExitReason::Normal
+                | ExitReason::Stopped(_)
+                | ExitReason::Shutdown
+                | ExitReason::Abandoned(_)
         )
     }
 
@@ -44,6 +50,7 @@ impl ExitReason {
             ExitReason::Panic(_) => "panic",
             ExitReason::Error(_) => "error",
             ExitReason::StartFailed(_) => "start_failed",
+            ExitReason::Abandoned(_) => "abandoned",
             ExitReason::Escalated(_) => "escalated",
         }
     }
@@ -59,10 +66,21 @@ impl fmt::Display for ExitReason {
             ExitReason::Panic(message) => write!(f, "panic: {message}"),
             ExitReason::Error(message) => write!(f, "error: {message}"),
             ExitReason::StartFailed(reason) => write!(f, "start failed: {reason}"),
+            ExitReason::Abandoned(reason) => write!(f, "start abandoned: {reason}"),
             ExitReason::Escalated(reason) => write!(f, "escalated: {reason}"),
         }
     }
 }
+
+/// Returned (as a [`HandlerError`](crate::HandlerError)) from [`Worker::start`] to give up on
+/// the child for good: it exits [`ExitReason::Abandoned`] and a `transient` child is not
+/// restarted, where any other start error counts as a crash and is retried. For a start that can
+/// never succeed, such as a state that cannot be restored.
+///
+/// [`Worker::start`]: crate::Worker::start
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Abandon(pub String);
 
 /// The stop reason Garrison passes to ractor for an ordered shutdown.
 pub(crate) const SHUTDOWN_REASON: &str = "garrison:shutdown";

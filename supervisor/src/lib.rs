@@ -62,8 +62,8 @@ mod supervisor;
 mod worker;
 
 pub use error::Error;
-pub use exit::ExitReason;
-pub use mailbox::{ChildRef, DEFAULT_MAILBOX_CAPACITY, Overflow, SendError, Sent};
+pub use exit::{Abandon, ExitReason};
+pub use mailbox::{ChildRef, DEFAULT_MAILBOX_CAPACITY, MailboxClosed, Overflow, SendError, Sent};
 pub use spec::{
     AutoShutdown, Backoff, ChildKind, ChildSpec, CrashLoop, DEFAULT_WORKER_SHUTDOWN,
     GameAttributes, Intensity, Restart, Shutdown, Start, Strategy, SupervisorBuilder,

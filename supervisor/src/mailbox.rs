@@ -11,6 +11,7 @@
 
 use std::{
     collections::VecDeque,
+    fmt,
     sync::{
         Arc, Mutex, OnceLock, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering, fence},
@@ -19,7 +20,7 @@ use std::{
 
 use ractor::ActorRef;
 
-use crate::Error;
+use crate::{Error, ExitReason};
 
 /// Default mailbox capacity of a worker.
 pub const DEFAULT_MAILBOX_CAPACITY: usize = 1024;
@@ -68,66 +69,143 @@ pub enum Sent<M> {
     Evicted(M),
 }
 
+/// Why a mailbox closed for good; handed to its [undelivered hook](ChildRef::on_undelivered)
+/// with every message still queued in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MailboxClosed {
+    /// The child exited and is not restarted (a temporary child, or a dynamic child that ended),
+    /// or its (re)start failed or was abandoned; the exit says which.
+    Exited(ExitReason),
+    /// A dynamic supervisor gave up on the child after it exceeded its restart intensity
+    /// ([`CrashLoop::RemoveChild`](crate::CrashLoop::RemoveChild)); its last exit.
+    GaveUp(ExitReason),
+    /// The child was terminated (`terminate_child` on a dynamic supervisor).
+    Terminated,
+    /// Its supervisor stopped for good: the tree shut down or escalated, or a dynamic
+    /// supervisor stopped (its children do not outlive it).
+    Shutdown,
+    /// [`ChildRef::close`] was called.
+    ByHandle,
+}
+
+impl fmt::Display for MailboxClosed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MailboxClosed::Exited(reason) => {
+                write!(f, "the child ended ({reason}) and is not restarted")
+            }
+            MailboxClosed::GaveUp(reason) => write!(
+                f,
+                "the supervisor gave up on the child after too many restarts (last exit: {reason})"
+            ),
+            MailboxClosed::Terminated => f.write_str("the child was terminated"),
+            MailboxClosed::Shutdown => f.write_str("the supervisor stopped"),
+            MailboxClosed::ByHandle => f.write_str("the mailbox was closed"),
+        }
+    }
+}
+
+/// What is done with the messages a mailbox still holds when it closes.
+type UndeliveredHook<M> = Box<dyn Fn(M, &MailboxClosed) + Send + Sync>;
+
+struct QueueState<M> {
+    items: VecDeque<M>,
+    /// Set when the child is gone for good. Under the same lock as the items, so a push either
+    /// lands before the close (and is handed to the undelivered hook) or is refused.
+    closed: bool,
+}
+
 /// A bounded FIFO that allocates on demand. Only Garrison's own code runs under its lock (never a
-/// handler), so the lock is held for a push or a pop and nothing else.
+/// handler, never a hook), so the lock is held for a push or a pop and nothing else.
 struct Queue<M> {
-    items: Mutex<VecDeque<M>>,
+    state: Mutex<QueueState<M>>,
     capacity: usize,
 }
 
 /// A drained queue keeping more than this many slots of capacity gives them back.
 const RETAINED_CAPACITY: usize = 16;
 
+/// Why a push did not queue its message.
+enum Refused<M> {
+    Full(M),
+    Closed(M),
+}
+
 impl<M> Queue<M> {
     fn new(capacity: usize) -> Self {
         Queue {
-            items: Mutex::new(VecDeque::new()),
+            state: Mutex::new(QueueState {
+                items: VecDeque::new(),
+                closed: false,
+            }),
             capacity: capacity.max(1),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<M>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState<M>> {
         // No handler runs under this lock, so it cannot be poisoned mid-update.
-        self.items
+        self.state
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    fn push(&self, message: M) -> Result<(), M> {
-        let mut items = self.lock();
-        if items.len() >= self.capacity {
-            return Err(message);
+    fn push(&self, message: M) -> Result<(), Refused<M>> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(Refused::Closed(message));
         }
-        items.push_back(message);
+        if state.items.len() >= self.capacity {
+            return Err(Refused::Full(message));
+        }
+        state.items.push_back(message);
         Ok(())
     }
 
-    fn force_push(&self, message: M) -> Option<M> {
-        let mut items = self.lock();
-        let evicted = if items.len() >= self.capacity {
-            items.pop_front()
+    fn force_push(&self, message: M) -> Result<Option<M>, Refused<M>> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(Refused::Closed(message));
+        }
+        let evicted = if state.items.len() >= self.capacity {
+            state.items.pop_front()
         } else {
             None
         };
-        items.push_back(message);
-        evicted
+        state.items.push_back(message);
+        Ok(evicted)
     }
 
     fn pop(&self) -> Option<M> {
-        let mut items = self.lock();
-        let message = items.pop_front();
-        if items.is_empty() && items.capacity() > RETAINED_CAPACITY {
-            items.shrink_to(RETAINED_CAPACITY);
+        let mut state = self.lock();
+        let message = state.items.pop_front();
+        if state.items.is_empty() && state.items.capacity() > RETAINED_CAPACITY {
+            state.items.shrink_to(RETAINED_CAPACITY);
         }
         message
     }
 
+    /// Closes the queue and takes what it still holds.
+    fn close(&self) -> VecDeque<M> {
+        let mut state = self.lock();
+        state.closed = true;
+        std::mem::take(&mut state.items)
+    }
+
+    fn reopen(&self) {
+        self.lock().closed = false;
+    }
+
+    fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
     fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().items.len()
     }
 
     fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        self.lock().items.is_empty()
     }
 }
 
@@ -138,8 +216,9 @@ pub(crate) struct Slot<M> {
     /// True while a `Wake` is pending or the host is draining; see `wake` for the protocol.
     scheduled: AtomicBool,
     current: RwLock<Option<ActorRef<Wake>>>,
-    closed: AtomicBool,
     incarnations: AtomicU64,
+    /// Receives the messages still queued when the mailbox closes for good.
+    undelivered: OnceLock<UndeliveredHook<M>>,
     /// The span of the message being handled, set by workers that trace their messages, so a
     /// restart after a crash is recorded inside the trace of the message that caused it.
     trace_parent: std::sync::Mutex<Option<tracing::Span>>,
@@ -153,8 +232,8 @@ impl<M> Slot<M> {
             overflow,
             scheduled: AtomicBool::new(false),
             current: RwLock::new(None),
-            closed: AtomicBool::new(false),
             incarnations: AtomicU64::new(0),
+            undelivered: OnceLock::new(),
             trace_parent: std::sync::Mutex::new(None),
         }
     }
@@ -234,12 +313,31 @@ impl<M> Slot<M> {
         }
     }
 
-    pub(crate) fn close(&self) {
-        self.closed.store(true, Ordering::Release);
+    /// Closes the mailbox for good: later sends fail with [`SendError::Closed`], and every message
+    /// still queued goes to the undelivered hook with `why` (or is counted in a warning when the
+    /// child has no hook), so none vanishes silently.
+    pub(crate) fn close(&self, why: &MailboxClosed) {
+        let left = self.queue.close();
+        if left.is_empty() {
+            return;
+        }
+        match self.undelivered.get() {
+            Some(hook) => {
+                for message in left {
+                    hook(message, why);
+                }
+            }
+            None => tracing::warn!(
+                child.id = self.id(),
+                undelivered = left.len(),
+                reason = %why,
+                "mailbox closed with messages still queued; they are dropped"
+            ),
+        }
     }
 
     pub(crate) fn reopen(&self) {
-        self.closed.store(false, Ordering::Release);
+        self.queue.reopen();
     }
 
     pub(crate) fn incarnations(&self) -> u64 {
@@ -304,21 +402,40 @@ impl<M: Send + 'static> ChildRef<M> {
     /// [`SendError::Full`] when the mailbox is full under [`Overflow::Reject`];
     /// [`SendError::Closed`] when the child is gone for good. Both hand the message back.
     pub fn send(&self, message: M) -> Result<Sent<M>, SendError<M>> {
-        if self.slot.closed.load(Ordering::Acquire) {
-            return Err(SendError::Closed(message));
-        }
-        let sent = match self.slot.overflow {
-            Overflow::Reject => {
-                self.slot.queue.push(message).map_err(SendError::Full)?;
-                Sent::Queued
-            }
-            Overflow::DropOldest => match self.slot.queue.force_push(message) {
-                None => Sent::Queued,
-                Some(evicted) => Sent::Evicted(evicted),
-            },
+        let pushed = match self.slot.overflow {
+            Overflow::Reject => self.slot.queue.push(message).map(|()| Sent::Queued),
+            Overflow::DropOldest => self
+                .slot
+                .queue
+                .force_push(message)
+                .map(|evicted| evicted.map_or(Sent::Queued, Sent::Evicted)),
         };
+        let sent = pushed.map_err(|refused| match refused {
+            Refused::Full(message) => SendError::Full(message),
+            Refused::Closed(message) => SendError::Closed(message),
+        })?;
         self.slot.wake();
         Ok(sent)
+    }
+
+    /// Sets what happens to the messages still queued when this child's mailbox closes for good
+    /// (see [`MailboxClosed`] for when): each is handed to `hook` with the reason, so a runtime
+    /// can dead-letter them. Without a hook they are dropped and counted in a warning. The first
+    /// hook set stays.
+    pub fn on_undelivered(&self, hook: impl Fn(M, &MailboxClosed) + Send + Sync + 'static) {
+        let _ = self.slot.undelivered.set(Box::new(hook));
+    }
+
+    /// Closes the mailbox for good, as if the child were gone: later sends fail with
+    /// [`SendError::Closed`] and the queued messages go to the undelivered hook. The child's
+    /// current incarnation, if any, keeps running but receives nothing more.
+    pub fn close(&self) {
+        self.slot.close(&MailboxClosed::ByHandle);
+    }
+
+    /// Whether the mailbox is closed (sends fail with [`SendError::Closed`]).
+    pub fn is_closed(&self) -> bool {
+        self.slot.queue.is_closed()
     }
 
     /// Sends a request built around a reply channel and awaits the reply.

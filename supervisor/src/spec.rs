@@ -7,7 +7,7 @@ use ractor::{Actor, ActorCell, ActorId, SpawnErr};
 
 use crate::{
     exit::{self, ExitReason, panic_message},
-    mailbox::{ChildRef, DEFAULT_MAILBOX_CAPACITY, Overflow, Slot},
+    mailbox::{ChildRef, DEFAULT_MAILBOX_CAPACITY, MailboxClosed, Overflow, Slot},
     supervisor::{SupervisorActor, SupervisorArgs, SupervisorRef, Tree},
     worker::{Host, Worker},
 };
@@ -174,7 +174,7 @@ type StartFn =
 pub(crate) trait SlotControl: Send + Sync {
     fn name(&self, id: &Arc<str>);
     fn detach(&self, actor: ActorId);
-    fn close(&self);
+    fn close(&self, why: &MailboxClosed);
     fn reopen(&self);
     fn depth(&self) -> usize;
     fn take_trace_parent(&self) -> Option<tracing::Span>;
@@ -187,8 +187,8 @@ impl<M: Send + 'static> SlotControl for Slot<M> {
     fn detach(&self, actor: ActorId) {
         Slot::detach(self, actor)
     }
-    fn close(&self) {
-        Slot::close(self)
+    fn close(&self, why: &MailboxClosed) {
+        Slot::close(self, why)
     }
     fn reopen(&self) {
         Slot::reopen(self)
@@ -209,7 +209,9 @@ pub struct Start {
     start: StartFn,
     pub(crate) handle: Option<Arc<dyn Any + Send + Sync>>,
     pub(crate) slot: Option<Arc<dyn SlotControl>>,
-    pub(crate) supervisor: Option<SupervisorRef>,
+    /// A nested supervisor's spec: its handle, and its children's slots to close when it is gone
+    /// for good.
+    pub(crate) nested: Option<Box<SupervisorSpec>>,
 }
 
 impl std::fmt::Debug for Start {
@@ -258,13 +260,13 @@ impl Start {
             start,
             handle: Some(Arc::new(ChildRef::new(slot.clone()))),
             slot: Some(slot),
-            supervisor: None,
+            nested: None,
         }
     }
 
     /// Starts a nested supervisor.
     pub fn supervisor(spec: crate::SupervisorSpec) -> Start {
-        let handle = spec.handle();
+        let nested = Box::new(spec.clone());
         let start: StartFn = Arc::new(move |parent, tree| {
             let spec = spec.clone();
             Box::pin(async move {
@@ -280,7 +282,24 @@ impl Start {
             start,
             handle: None,
             slot: None,
-            supervisor: Some(handle),
+            nested: Some(nested),
+        }
+    }
+
+    /// The nested supervisor's handle, if this starts one.
+    pub(crate) fn nested_handle(&self) -> Option<SupervisorRef> {
+        self.nested.as_ref().map(|spec| spec.handle())
+    }
+
+    /// Closes this child's mailbox, or every mailbox of a nested supervisor's subtree, for good.
+    pub(crate) fn close(&self, why: &MailboxClosed) {
+        if let Some(slot) = &self.slot {
+            slot.close(why);
+        }
+        if let Some(spec) = &self.nested {
+            for child in &spec.children {
+                child.start.close(why);
+            }
         }
     }
 
@@ -297,6 +316,7 @@ fn spawn_failure(error: SpawnErr) -> ExitReason {
     match error {
         SpawnErr::StartupFailed(reason) => match exit::from_failure(&*reason) {
             ExitReason::StartFailed(reason) => ExitReason::StartFailed(reason),
+            ExitReason::Abandoned(reason) => ExitReason::Abandoned(reason),
             other => ExitReason::StartFailed(other.to_string()),
         },
         other => ExitReason::StartFailed(other.to_string()),

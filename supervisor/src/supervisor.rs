@@ -21,6 +21,7 @@ use crate::{
     ChildRef, ChildSpec, Error,
     children::{ChildState, Children},
     exit::{self, ChildFailure, ExitReason, SHUTDOWN_REASON},
+    mailbox::MailboxClosed,
     spec::{AutoShutdown, ChildKind, CrashLoop, Intensity, Restart, Shutdown, Strategy},
 };
 
@@ -577,16 +578,6 @@ impl SupervisorState {
         }
     }
 
-    /// Whether the restart just recorded by `allow_restart` exceeded the intensity.
-    fn window_exceeded(&self, index: usize) -> bool {
-        let window = if self.spec.max_children.is_some() {
-            &self.children[index].window
-        } else {
-            &self.window
-        };
-        window.len() > self.spec.intensity.max_restarts as usize
-    }
-
     /// Records a restart; returns false when the intensity is exceeded.
     fn allow_restart(&mut self, index: usize) -> bool {
         let Intensity {
@@ -613,14 +604,15 @@ impl SupervisorState {
     }
 
     /// What the supervisor does after child `index` ended with `reason` (it is no longer
-    /// running). Returns an error when the supervisor must fail (escalation).
+    /// running): retire it when its restart type says so, give up on it or escalate when the
+    /// restart intensity is exceeded, else restart it with the group its strategy names. Returns
+    /// an error when the supervisor must fail (escalation).
     async fn on_exit(
         &mut self,
         index: usize,
         reason: ExitReason,
     ) -> Result<(), ActorProcessingErr> {
         let child = &mut self.children[index];
-        let id = child.spec.id.clone();
         child.status = ChildStatus::Terminated;
         let restart = match child.spec.restart {
             Restart::Permanent => true,
@@ -628,86 +620,104 @@ impl SupervisorState {
             Restart::Temporary => false,
         };
         if !restart {
-            let significant = child.spec.significant;
-            if child.spec.restart == Restart::Temporary || self.spec.max_children.is_some() {
-                if let Some(slot) = &child.spec.start.slot {
-                    slot.close();
-                }
-                self.children.remove(index);
-            }
-            if significant && self.auto_shutdown_due() {
-                self.myself.stop(Some(SHUTDOWN_REASON.to_owned()));
-            }
+            self.retire(index, reason);
             return Ok(());
         }
+        if !self.allow_restart(index) {
+            if self.spec.max_children.is_some() && self.spec.crash_loop == CrashLoop::RemoveChild {
+                self.give_up(index, reason);
+                return Ok(());
+            }
+            return Err(self.escalate(index, reason).await);
+        }
+        self.restart_group(index, reason).await;
+        Ok(())
+    }
 
-        if !self.allow_restart(index)
-            && self.spec.max_children.is_some()
-            && self.spec.crash_loop == CrashLoop::RemoveChild
-        {
-            let span = tracing::warn_span!(
-                "garrison.supervisor.give_up",
-                // Always exported, whatever the sampling ratio (garrison-runtime's head sampling).
-                garrison.sampled = true,
-                supervisor.id = %self.spec.id,
-                child.id = %id,
-                exit.reason = %reason,
-            );
-            let _entered = span.enter();
-            tracing::warn!("child exceeded its restart intensity; removing it");
+    /// Child `index` ended and is not restarted. A temporary child, or any child of a dynamic
+    /// supervisor, is removed and its mailbox closed; a transient child of a static supervisor
+    /// keeps its spec and mailbox for `restart_child`. A significant child may end the supervisor.
+    fn retire(&mut self, index: usize, reason: ExitReason) {
+        let child = &self.children[index];
+        let significant = child.spec.significant;
+        if child.spec.restart == Restart::Temporary || self.spec.max_children.is_some() {
             let child = self.children.remove(index);
-            if let Some(slot) = &child.spec.start.slot {
-                slot.close();
-            }
-            self.emit(&id, EventKind::GaveUp);
-            return Ok(());
+            child.spec.start.close(&MailboxClosed::Exited(reason));
         }
-        if self.window_exceeded(index) {
-            let Intensity {
-                max_restarts,
-                period,
-            } = self.spec.intensity;
-            let span = tracing::warn_span!(
-                "garrison.supervisor.escalate",
-                // Always exported, whatever the sampling ratio (garrison-runtime's head sampling).
-                garrison.sampled = true,
-                supervisor.id = %self.spec.id,
-                supervisor.strategy = self.spec.strategy.name(),
-                child.id = %id,
-                exit.reason = %reason,
-                restart.max = max_restarts,
-                restart.period_ms = period.as_millis() as u64,
-            );
-            let _entered = span.enter();
-            tracing::warn!("restart intensity exceeded; stopping children and escalating");
-            let handle = self.spec.handle();
-            if handle.shared.root.load(Ordering::Acquire) {
-                // Nobody above will restart this tree: close its handles as it goes.
-                handle.mark_closing();
-            }
-            self.stop_all().await;
-            if self.tree.closing.load(Ordering::Acquire) {
-                self.close_slots();
-            }
-            self.emit(&self.spec.id.clone(), EventKind::Escalated);
-            let escalated = ExitReason::Escalated(format!(
-                "more than {max_restarts} restarts in {period:?} (last: child {id}, {reason})"
-            ));
-            self.spec
-                .handle()
-                .shared
-                .exit
-                .send_replace(Some(escalated.clone()));
-            return Err(Box::new(ChildFailure(escalated)));
+        if significant && self.auto_shutdown_due() {
+            self.myself.stop(Some(SHUTDOWN_REASON.to_owned()));
         }
+    }
 
+    /// A dynamic supervisor gives up on a crash-looping child alone: it is removed, and the
+    /// messages still in its mailbox go to the mailbox's undelivered hook.
+    fn give_up(&mut self, index: usize, reason: ExitReason) {
+        let id = self.children[index].spec.id.clone();
+        let span = tracing::warn_span!(
+            "garrison.supervisor.give_up",
+            // Always exported, whatever the sampling ratio (garrison-runtime's head sampling).
+            garrison.sampled = true,
+            supervisor.id = %self.spec.id,
+            child.id = %id,
+            exit.reason = %reason,
+        );
+        let _entered = span.enter();
+        tracing::warn!("child exceeded its restart intensity; removing it");
+        let child = self.children.remove(index);
+        child.spec.start.close(&MailboxClosed::GaveUp(reason));
+        self.emit(&id, EventKind::GaveUp);
+    }
+
+    /// The restart intensity is exceeded: stop every child in reverse start order and fail
+    /// with `Escalated`, which the parent sees as one abnormal exit. Returns that failure.
+    async fn escalate(&mut self, index: usize, reason: ExitReason) -> ActorProcessingErr {
+        let id = self.children[index].spec.id.clone();
+        let Intensity {
+            max_restarts,
+            period,
+        } = self.spec.intensity;
+        let span = tracing::warn_span!(
+            "garrison.supervisor.escalate",
+            // Always exported, whatever the sampling ratio (garrison-runtime's head sampling).
+            garrison.sampled = true,
+            supervisor.id = %self.spec.id,
+            supervisor.strategy = self.spec.strategy.name(),
+            child.id = %id,
+            exit.reason = %reason,
+            restart.max = max_restarts,
+            restart.period_ms = period.as_millis() as u64,
+        );
+        let _entered = span.enter();
+        tracing::warn!("restart intensity exceeded; stopping children and escalating");
+        let handle = self.spec.handle();
+        if handle.shared.root.load(Ordering::Acquire) {
+            // Nobody above will restart this tree: close its handles as it goes.
+            handle.mark_closing();
+        }
+        self.stop_all().await;
+        if self.closes_for_good() {
+            self.close_slots();
+        }
+        self.emit(&self.spec.id.clone(), EventKind::Escalated);
+        let escalated = ExitReason::Escalated(format!(
+            "more than {max_restarts} restarts in {period:?} (last: child {id}, {reason})"
+        ));
+        handle.shared.exit.send_replace(Some(escalated.clone()));
+        Box::new(ChildFailure(escalated))
+    }
+
+    /// Restarts child `index` and the siblings its strategy groups with it: the others are
+    /// stopped in reverse start order, temporary ones are removed (OTP never restarts a
+    /// temporary child), and the rest start again in start order after the backoff delay.
+    async fn restart_group(&mut self, index: usize, reason: ExitReason) {
+        let id = self.children[index].spec.id.clone();
         let count = self.children.len();
         let group: Vec<usize> = match self.spec.strategy {
             Strategy::OneForOne => vec![index],
             Strategy::OneForAll => (0..count).collect(),
             Strategy::RestForOne => (index..count).collect(),
         };
-        // Siblings to restart: those running now or already waiting for a restart.
+        // Siblings concerned: those running now or already waiting for a restart.
         let members: Vec<usize> = group
             .into_iter()
             .filter(|&member| {
@@ -721,6 +731,23 @@ impl SupervisorState {
                 self.stop_child(member).await;
             }
         }
+        // Temporary siblings are terminated and removed, last first so earlier indices hold.
+        let mut restarting: Vec<Arc<str>> = Vec::with_capacity(members.len());
+        for &member in members.iter().rev() {
+            let child = &self.children[member];
+            if member != index && child.spec.restart == Restart::Temporary {
+                let removed = self.children.remove(member);
+                removed
+                    .spec
+                    .start
+                    .close(&MailboxClosed::Exited(ExitReason::Shutdown));
+            } else {
+                restarting.push(child.spec.id.clone());
+            }
+        }
+        let Some(index) = self.index_of(&id) else {
+            return;
+        };
 
         let delay = self.backoff_delay(index);
         self.next_generation += 1;
@@ -729,9 +756,11 @@ impl SupervisorState {
         child.restarts += 1;
         let restarts = child.restarts;
         let attributes = child.spec.attributes.clone();
-        for &member in &members {
-            self.children[member].status = ChildStatus::Restarting;
-            self.children[member].pending = Some(generation);
+        for member in &restarting {
+            if let Some(member) = self.index_of(member) {
+                self.children[member].status = ChildStatus::Restarting;
+                self.children[member].pending = Some(generation);
+            }
         }
         {
             let trace_parent = self.children[index]
@@ -780,19 +809,21 @@ impl SupervisorState {
                 let _ = myself.send_message(SupervisorMsg::RestartDue { generation });
             });
         }
-        Ok(())
     }
 
+    /// The backoff before restarting child `index` (zero without backoff). The attempt count
+    /// resets only when the incarnation that just ended had *stayed up* for `reset_after` since
+    /// its start; a start that failed ran for no time at all, so failing restarts keep growing
+    /// the delay up to `max` (Akka's `restartWithBackoff`).
     fn backoff_delay(&mut self, index: usize) -> Duration {
+        // Taken whatever the policy: the next exit measures the next successful start only.
+        let started_at = self.children[index].started_at.take();
         let Some(backoff) = self.children[index].spec.backoff else {
             return Duration::ZERO;
         };
         let noise = self.next_noise();
         let child = &mut self.children[index];
-        if child
-            .started_at
-            .is_some_and(|at| at.elapsed() >= backoff.reset_after)
-        {
+        if started_at.is_some_and(|at| at.elapsed() >= backoff.reset_after) {
             child.backoff_attempt = 0;
         }
         let delay = backoff.delay(child.backoff_attempt, noise);
@@ -820,12 +851,20 @@ impl SupervisorState {
         }
     }
 
+    /// Closes every child's mailbox (and nested subtrees') for good, after the children stopped.
     fn close_slots(&self) {
         for child in self.children.iter() {
-            if let Some(slot) = &child.spec.start.slot {
-                slot.close();
-            }
+            child.spec.start.close(&MailboxClosed::Shutdown);
         }
+    }
+
+    /// Whether this supervisor's children are gone for good once it stops: the tree is closing,
+    /// it is the root (nobody restarts it), or it is dynamic (its children are not in its spec,
+    /// so a restarted incarnation would never serve their mailboxes again).
+    fn closes_for_good(&self) -> bool {
+        self.tree.closing.load(Ordering::Acquire)
+            || self.spec.handle().shared.root.load(Ordering::Acquire)
+            || self.spec.max_children.is_some()
     }
 
     fn auto_shutdown_due(&self) -> bool {
@@ -856,7 +895,7 @@ impl SupervisorState {
                 let children = self
                     .children
                     .iter()
-                    .map(|child| (child.info(), child.spec.start.supervisor.clone()))
+                    .map(|child| (child.info(), child.spec.start.nested_handle()))
                     .collect();
                 let _ = reply.send((self.spec.strategy.name().to_owned(), children));
             }
@@ -864,7 +903,7 @@ impl SupervisorState {
                 let found = self.index_of(&id).map(|index| {
                     (
                         self.children[index].spec.start.handle.clone(),
-                        self.children[index].spec.start.supervisor.clone(),
+                        self.children[index].spec.start.nested_handle(),
                     )
                 });
                 let _ = reply.send(found);
@@ -879,10 +918,8 @@ impl SupervisorState {
                 };
                 self.stop_child(index).await;
                 if self.spec.max_children.is_some() {
-                    if let Some(slot) = &self.children[index].spec.start.slot {
-                        slot.close();
-                    }
-                    self.children.remove(index);
+                    let child = self.children.remove(index);
+                    child.spec.start.close(&MailboxClosed::Terminated);
                 }
                 let _ = reply.send(Ok(()));
             }
@@ -930,7 +967,13 @@ impl SupervisorState {
         let id = spec.id.clone();
         let index = self.children.push(ChildState::new(spec));
         if let Err(reason) = self.start_child(index).await {
-            self.children.remove(index);
+            self.emit(&id, EventKind::Exited(reason.clone()));
+            let child = self.children.remove(index);
+            // What was queued for it before its first start is handed over, not dropped.
+            child
+                .spec
+                .start
+                .close(&MailboxClosed::Exited(reason.clone()));
             return Err(Error::StartFailed {
                 supervisor,
                 child: id.to_string(),
@@ -1046,7 +1089,7 @@ impl Actor for SupervisorActor {
             .write()
             .unwrap_or_else(|poison| poison.into_inner()) = None;
         state.stop_all().await;
-        if state.tree.closing.load(Ordering::Acquire) {
+        if state.closes_for_good() {
             state.close_slots();
         }
         let id = state.spec.id.clone();

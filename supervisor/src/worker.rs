@@ -6,7 +6,7 @@ use futures_util::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::{
-    exit::{ChildFailure, ExitReason, panic_message},
+    exit::{Abandon, ChildFailure, ExitReason, panic_message},
     mailbox::{ChildRef, Slot, Wake},
 };
 
@@ -140,7 +140,10 @@ impl<W: Worker> Actor for Host<W> {
             .await;
         match started {
             Ok(Ok(state)) => Ok(HostState { context, state }),
-            Ok(Err(error)) => Err(failure(ExitReason::StartFailed(error.to_string()))),
+            Ok(Err(error)) => Err(failure(match error.downcast_ref::<Abandon>() {
+                Some(Abandon(reason)) => ExitReason::Abandoned(reason.clone()),
+                None => ExitReason::StartFailed(error.to_string()),
+            })),
             Err(panic) => Err(failure(ExitReason::StartFailed(format!(
                 "panic: {}",
                 panic_message(&*panic)

@@ -15,6 +15,7 @@ mod runtime_entities;
 mod runtime_protocol_messages;
 mod runtime_sessions;
 mod runtime_telemetry;
+mod supervisor_closed_mailboxes;
 mod supervisor_dsl_compile_errors;
 mod supervisor_intensity;
 mod supervisor_introspection;

@@ -228,6 +228,72 @@ async fn backoff_delays_restarts_and_holds_messages_meanwhile() {
     root.stop().await.unwrap();
 }
 
+/// The restart delays announced in `events` so far.
+fn announced_delays(
+    events: &mut tokio::sync::broadcast::Receiver<garrison_supervisor::LifecycleEvent>,
+) -> Vec<Duration> {
+    let mut delays = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if let EventKind::Restarting { delay, .. } = event.kind {
+            delays.push(delay);
+        }
+    }
+    delays
+}
+
+#[tokio::test(start_paused = true)]
+async fn backoff_keeps_growing_while_restarts_fail_and_resets_only_after_staying_up() {
+    let log = Log::default();
+    let failures = StartFailures::default();
+    let root = SupervisorBuilder::new("root")
+        .intensity(20, Duration::from_secs(60))
+        .child(
+            ChildSpec::new("w", Probe::start_failing(&log, &failures)).backoff(Backoff {
+                random_factor: 0.0,
+                ..Backoff::new(Duration::from_millis(100), Duration::from_secs(1))
+            }),
+        )
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let mut events = root.events().unwrap();
+    let worker = root.child::<Command>("w").await.unwrap();
+    // One crash, then six restarts that fail to start, then one that stays up.
+    failures.fail_next(6);
+    worker.send(Command::Panic).unwrap();
+    eventually("the restart that starts", LIMIT, || {
+        let up = worker.incarnations() == 2;
+        async move { up }
+    })
+    .await;
+    assert_eq!(
+        announced_delays(&mut events),
+        [100, 200, 400, 800, 1000, 1000, 1000].map(Duration::from_millis),
+        "a failed start never ran for reset_after, so the delay keeps growing to its max"
+    );
+    // Up for longer than reset_after (the scenario, on the paused clock): the next crash starts
+    // the delays over.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    worker.send(Command::Panic).unwrap();
+    eventually("the restart after staying up", LIMIT, || {
+        let up = worker.incarnations() == 3;
+        async move { up }
+    })
+    .await;
+    assert_eq!(announced_delays(&mut events), [Duration::from_millis(100)]);
+    // A crash soon after that start does not reset: it is the second attempt.
+    worker.send(Command::Panic).unwrap();
+    eventually("the next restart", LIMIT, || {
+        let up = worker.incarnations() == 4;
+        async move { up }
+    })
+    .await;
+    assert_eq!(announced_delays(&mut events), [Duration::from_millis(200)]);
+    root.stop().await.unwrap();
+}
+
 #[test]
 fn backoff_grows_exponentially_up_to_its_maximum() {
     let backoff = Backoff {

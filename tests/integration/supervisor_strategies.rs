@@ -34,6 +34,8 @@ struct Case {
     command: fn() -> Command,
     /// The log entries after the command, in order.
     expected: &'static [&'static str],
+    /// Children no longer listed afterwards (terminated and removed), whose handles are closed.
+    gone: &'static [&'static str],
 }
 
 const ALL_PERMANENT: &[(&str, Restart)] = &[
@@ -52,6 +54,7 @@ async fn strategy_table() {
             target: "b",
             command: || Command::Panic,
             expected: &["start b#2"],
+            gone: &[],
         },
         Case {
             name: "one_for_all stops the others in reverse and restarts all in order",
@@ -66,6 +69,7 @@ async fn strategy_table() {
                 "start b#2",
                 "start c#2",
             ],
+            gone: &[],
         },
         Case {
             name: "rest_for_one restarts the failed child and those after it",
@@ -74,6 +78,7 @@ async fn strategy_table() {
             target: "b",
             command: || Command::Fail,
             expected: &["stop c#1", "start b#2", "start c#2"],
+            gone: &[],
         },
         Case {
             name: "rest_for_one on the last child restarts only it",
@@ -82,6 +87,7 @@ async fn strategy_table() {
             target: "c",
             command: || Command::Panic,
             expected: &["start c#2"],
+            gone: &[],
         },
         Case {
             name: "transient child that stops normally is not restarted",
@@ -90,6 +96,7 @@ async fn strategy_table() {
             target: "t",
             command: || Command::Stop,
             expected: &["stop t#1"],
+            gone: &[],
         },
         Case {
             name: "transient child that panics is restarted",
@@ -98,6 +105,7 @@ async fn strategy_table() {
             target: "t",
             command: || Command::Panic,
             expected: &["start t#2"],
+            gone: &[],
         },
         Case {
             name: "temporary child is never restarted, even after a panic",
@@ -106,6 +114,33 @@ async fn strategy_table() {
             target: "x",
             command: || Command::Panic,
             expected: &[],
+            gone: &["x"],
+        },
+        Case {
+            name: "one_for_all terminates a temporary sibling and restarts the rest without it",
+            strategy: Strategy::OneForAll,
+            children: &[
+                ("a", Restart::Permanent),
+                ("x", Restart::Temporary),
+                ("b", Restart::Permanent),
+            ],
+            target: "b",
+            command: || Command::Panic,
+            expected: &["stop x#1", "stop a#1", "start a#2", "start b#2"],
+            gone: &["x"],
+        },
+        Case {
+            name: "rest_for_one terminates a temporary child after the failed one",
+            strategy: Strategy::RestForOne,
+            children: &[
+                ("a", Restart::Permanent),
+                ("b", Restart::Permanent),
+                ("x", Restart::Temporary),
+            ],
+            target: "b",
+            command: || Command::Fail,
+            expected: &["stop x#1", "start b#2"],
+            gone: &["x"],
         },
         Case {
             name: "permanent child that stops normally is restarted",
@@ -114,6 +149,7 @@ async fn strategy_table() {
             target: "p",
             command: || Command::Stop,
             expected: &["stop p#1", "start p#2"],
+            gone: &[],
         },
     ];
     for case in cases {
@@ -127,6 +163,14 @@ async fn strategy_table() {
         assert_eq!(log.entries(), started, "{}: start order", case.name);
 
         let mut events = root.events().expect("events");
+        let mut gone = Vec::new();
+        for id in case.gone {
+            gone.push(
+                root.child::<Command>(id)
+                    .await
+                    .expect("child before the exit"),
+            );
+        }
         let target = root.child::<Command>(case.target).await.expect("target");
         target.send((case.command)()).expect("queued");
         // Wait for the supervisor to report the exit and for the expected entries to appear.
@@ -149,10 +193,18 @@ async fn strategy_table() {
             "{}",
             case.name
         );
-        if case.expected.is_empty() {
+        for (id, handle) in case.gone.iter().zip(&gone) {
             assert!(
-                infos.iter().all(|info| &*info.id != "x"),
-                "{}: temporary child still listed",
+                infos.iter().all(|info| &*info.id != *id),
+                "{}: {id} still listed",
+                case.name
+            );
+            assert!(
+                matches!(
+                    handle.send(Command::Note(0)),
+                    Err(garrison_supervisor::SendError::Closed(_))
+                ),
+                "{}: {id}'s handle still accepts messages",
                 case.name
             );
         }
