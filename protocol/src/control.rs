@@ -42,6 +42,22 @@ pub struct Close {
     pub reason: String,
 }
 
+/// The codes of a [`Refused`] frame: why the server did not act on one frame, on a connection
+/// that stays open. Stable wire values (`docs/protocol.md`).
+pub mod refusal {
+    /// The session may not address that entity.
+    pub const NOT_BOUND: u16 = 100;
+    /// The entity's mailbox is full; retry later.
+    pub const BUSY: u16 = 101;
+    /// The entity's kind is not running.
+    pub const UNAVAILABLE: u16 = 102;
+    /// The game's router refused the message.
+    pub const REJECTED: u16 = 103;
+    /// The entity failed (panicked or returned an error) while handling this very frame; the
+    /// frame is in the server's dead letters and is not retried.
+    pub const FAILED: u16 = 104;
+}
+
 /// A frame the server did not accept, on a connection that stays open.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Refused {

@@ -20,7 +20,7 @@ use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use garrison_protocol::{DecodeConfig, FrameCodec, FrameMeta, Snapshot, control::Hello};
 use garrison_runtime::{
-    Entities, Entity, EntityContext, HandlerError, KindConfig, SessionId, Sessions,
+    Activation, Entities, Entity, EntityContext, HandlerError, KindConfig, SessionId, Sessions,
     gateway::{Gateway, GatewayBuilder, GatewayConfig, ticket},
 };
 use garrison_supervisor::{ChildSpec, SupervisorBuilder};
@@ -48,7 +48,7 @@ impl Entity for Echo {
     type State = Nothing;
     type Message = TestMessage;
 
-    async fn activate(&self, _: &u64, _: Option<Nothing>) -> Result<Nothing, HandlerError> {
+    async fn activate(&self, _: &u64, _: Activation<Nothing>) -> Result<Nothing, HandlerError> {
         Ok(Nothing)
     }
 

@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use garrison_protocol::Snapshot;
-use garrison_runtime::{Entities, Entity, EntityContext, EntityMessage, HandlerError, KindConfig};
+use garrison_runtime::{
+    Activation, Entities, Entity, EntityContext, EntityMessage, HandlerError, KindConfig,
+};
 use garrison_supervisor::{ChildSpec, SupervisorBuilder};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
@@ -42,7 +44,11 @@ impl Entity for Players {
     type State = Player;
     type Message = Msg;
 
-    async fn activate(&self, _: &u64, recovered: Option<Player>) -> Result<Player, HandlerError> {
+    async fn activate(
+        &self,
+        _: &u64,
+        recovered: Activation<Player>,
+    ) -> Result<Player, HandlerError> {
         Ok(recovered.unwrap_or_default())
     }
 

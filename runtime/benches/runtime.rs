@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group};
 use garrison_protocol::Snapshot;
 use garrison_runtime::{
-    Checkpoint, Entities, Entity, EntityContext, EntityMessage, HandlerError, KindConfig,
+    Activation, Checkpoint, Entities, Entity, EntityContext, EntityMessage, HandlerError,
+    KindConfig,
 };
 use garrison_supervisor::{ChildSpec, SupervisorBuilder, SupervisorRef};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -54,8 +55,8 @@ impl Entity for Counter {
     type State = Blob;
     type Message = Msg;
 
-    async fn activate(&self, _: &u64, recovered: Option<Blob>) -> Result<Blob, HandlerError> {
-        Ok(recovered.unwrap_or_else(|| Blob {
+    async fn activate(&self, _: &u64, recovered: Activation<Blob>) -> Result<Blob, HandlerError> {
+        Ok(recovered.into_state().unwrap_or_else(|| Blob {
             total: 0,
             data: vec![7; 1024],
         }))

@@ -1,14 +1,15 @@
-//! Dead letters: the messages whose handling crashed an entity, kept for inspection, never
-//! redelivered.
-
-use std::{collections::VecDeque, sync::Mutex};
+//! Dead letters: accepted messages that were not handled (one crashed its entity, or was still
+//! queued when its entity was given up on, failed to activate, or stopped), kept for inspection
+//! and never redelivered.
 
 use garrison_protocol::TraceContext;
+
+use crate::bounded::BoundedLog;
 
 /// How many dead letters are kept; older ones are dropped first (and counted).
 pub const DEAD_LETTER_CAPACITY: usize = 1024;
 
-/// A message that crashed its entity.
+/// An accepted message that was not handled, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
     /// The entity kind.
@@ -17,7 +18,8 @@ pub struct DeadLetter {
     pub key: String,
     /// The message's `game.event.type`.
     pub event_type: &'static str,
-    /// The panic message or error.
+    /// Why it was not handled: the panic message or error of a message that crashed its
+    /// entity, or what became of the entity it was waiting for.
     pub reason: String,
     /// The trace the message belonged to, if it carried one.
     pub trace: Option<TraceContext>,
@@ -26,9 +28,17 @@ pub struct DeadLetter {
 }
 
 /// A bounded log of dead letters.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DeadLetters {
-    letters: Mutex<(VecDeque<DeadLetter>, u64)>,
+    letters: BoundedLog<DeadLetter>,
+}
+
+impl Default for DeadLetters {
+    fn default() -> Self {
+        DeadLetters {
+            letters: BoundedLog::new(DEAD_LETTER_CAPACITY),
+        }
+    }
 }
 
 impl DeadLetters {
@@ -37,36 +47,30 @@ impl DeadLetters {
             game.entity.kind = letter.kind,
             game.entity.key = %letter.key,
             game.event.type = letter.event_type,
+            game.session.id = letter.session,
             reason = %letter.reason,
-            "dead letter: the message crashed its entity and will not be redelivered"
+            "dead letter: the message was not handled and will not be redelivered"
         );
-        let mut letters = self
-            .letters
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        if letters.0.len() == DEAD_LETTER_CAPACITY {
-            letters.0.pop_front();
-            letters.1 += 1;
-        }
-        letters.0.push_back(letter);
+        self.letters.push(letter);
     }
 
     /// The dead letters kept, oldest first.
     pub fn snapshot(&self) -> Vec<DeadLetter> {
-        self.letters
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .0
-            .iter()
-            .cloned()
-            .collect()
+        self.letters.snapshot()
+    }
+
+    /// How many dead letters are kept now.
+    pub fn len(&self) -> usize {
+        self.letters.len()
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// How many older dead letters were dropped to stay within [`DEAD_LETTER_CAPACITY`].
     pub fn dropped(&self) -> u64 {
-        self.letters
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .1
+        self.letters.dropped()
     }
 }

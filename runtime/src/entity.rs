@@ -74,12 +74,18 @@ pub trait Entity: Send + Sync + Sized + 'static {
     /// them).
     type Message: EntityMessage;
 
-    /// Builds the state of entity `key`: fresh (`recovered` is `None`), or from its last
-    /// checkpoint after a crash or a passivation.
+    /// Builds the state of entity `key`. `activation` says why it runs and carries the state to
+    /// recover: none for a fresh entity, the last checkpoint after a crash, the snapshot after a
+    /// passivation. Most entities return `Ok(activation.unwrap_or_default())`.
+    ///
+    /// A panic or error here abandons the activation (it is not retried): the messages waiting
+    /// for it are dead-lettered with the reason, the snapshot it was given is quarantined
+    /// ([`Entities::quarantined`](crate::Entities::quarantined)), and the key's next message
+    /// activates it fresh.
     fn activate(
         &self,
         key: &Self::Key,
-        recovered: Option<Self::State>,
+        activation: Activation<Self::State>,
     ) -> impl Future<Output = Result<Self::State, HandlerError>> + Send;
 
     /// Handles one message. A panic or error crashes this incarnation: the message goes to the
@@ -93,8 +99,58 @@ pub trait Entity: Send + Sync + Sized + 'static {
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
 
-/// When an entity's state is checkpointed (besides always on passivation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Why an entity is activated, with the state it recovers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Activation<S> {
+    /// There is nothing to recover: the key's first activation (or one after its snapshot was
+    /// quarantined).
+    Fresh,
+    /// Restarted after a crash, from its last checkpoint; `None` when it never checkpointed
+    /// (its kind's [`Checkpoint`] is `OnDemand` or `Never`): the state is lost and the runtime
+    /// logs a warning saying which setting keeps it.
+    Restarted(Option<S>),
+    /// Reactivated after a passivation (or loaded with
+    /// [`Entities::register_passivated`](crate::Entities::register_passivated)), from its
+    /// snapshot.
+    Reactivated(S),
+}
+
+impl<S> Activation<S> {
+    /// The state to recover, if any.
+    pub fn into_state(self) -> Option<S> {
+        match self {
+            Activation::Fresh | Activation::Restarted(None) => None,
+            Activation::Restarted(Some(state)) | Activation::Reactivated(state) => Some(state),
+        }
+    }
+
+    /// The state to recover, or a fresh default one.
+    pub fn unwrap_or_default(self) -> S
+    where
+        S: Default,
+    {
+        self.into_state().unwrap_or_default()
+    }
+
+    /// A short label for logs and traces: `fresh`, `restart` or `reactivation`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Activation::Fresh => "fresh",
+            Activation::Restarted(_) => "restart",
+            Activation::Reactivated(_) => "reactivation",
+        }
+    }
+}
+
+/// When an entity's state is checkpointed (besides always on passivation). The checkpoint is
+/// what a crash restarts the entity from.
+///
+/// The default, `EveryMessages(1)`, keeps the promise that a crash loses nothing but the message
+/// that caused it, at the cost of writing a snapshot after every handled message (a small state
+/// costs well under a microsecond; see `docs/runtime-semantics.md`). A kind with a large state or
+/// a high message rate chooses `OnDemand` or `Every` and accepts losing what changed since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Checkpoint {
     /// Never: a crash restarts the entity fresh (or from its last passivation snapshot).
     Never,
@@ -103,8 +159,13 @@ pub enum Checkpoint {
     /// After a message, when at least this long has passed since the last checkpoint.
     Every(Duration),
     /// Only when the handler calls [`EntityContext::checkpoint`].
-    #[default]
     OnDemand,
+}
+
+impl Default for Checkpoint {
+    fn default() -> Self {
+        Checkpoint::EveryMessages(1)
+    }
 }
 
 /// Per-kind settings.
@@ -115,7 +176,7 @@ pub struct KindConfig {
     /// What a full mailbox does: `Reject` hands the message back to the sender; `DropOldest`
     /// (for state-like messages) evicts the oldest.
     pub overflow: Overflow,
-    /// When state is checkpointed.
+    /// When state is checkpointed (default: after every message).
     pub checkpoint: Checkpoint,
     /// Passivate an entity idle this long (no message that counts as activity).
     pub passivate_after: Option<Duration>,
@@ -135,7 +196,7 @@ impl Default for KindConfig {
         KindConfig {
             mailbox_capacity: 256,
             overflow: Overflow::Reject,
-            checkpoint: Checkpoint::OnDemand,
+            checkpoint: Checkpoint::default(),
             passivate_after: None,
             zone: None,
             max_restarts: 3,

@@ -6,17 +6,22 @@ use std::{
     sync::{Arc, atomic::Ordering},
 };
 
+use bytes::Bytes;
 use futures_util::FutureExt;
-use garrison_protocol::{SnapshotWriter, TraceContext};
-use garrison_supervisor::{HandlerError, Worker, WorkerContext};
+use garrison_protocol::{
+    FrameMeta, SnapshotWriter, TraceContext,
+    control::{Refused, refusal},
+};
+use garrison_supervisor::{Abandon, HandlerError, Worker, WorkerContext};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::{
-    Checkpoint, Entity, EntityContext, EntityMessage, State, clock,
+    Activation, Checkpoint, Entity, EntityContext, EntityMessage, State, clock,
     dead_letter::DeadLetter,
-    registry::{EntityCell, Inner, Slot},
-    session::SessionId,
+    quarantine::Quarantined,
+    registry::{EntityCell, Inner, Recovery, Slot},
+    session::{Origin, SessionId},
 };
 
 /// What travels in an entity's mailbox.
@@ -28,6 +33,8 @@ pub(crate) enum Envelope<E: Entity> {
         session: Option<SessionId>,
         /// Sent by work whose trace was not sampled: handle it without spans.
         unsampled: bool,
+        /// The client frame that caused it, if any: told when handling it fails.
+        origin: Option<Origin>,
     },
     /// The sweeper found the entity idle.
     Passivate,
@@ -42,6 +49,57 @@ impl<E: Entity> Envelope<E> {
                 unreachable!("a refused passivation request is never handed back to a sender")
             }
         }
+    }
+
+    /// The dead letter of this envelope's message (a passivation request is no message), its
+    /// sender told when a client frame caused it.
+    pub(crate) fn dead_letter(
+        self,
+        kind: &'static str,
+        key: String,
+        reason: String,
+    ) -> Option<DeadLetter> {
+        let Envelope::Message {
+            message,
+            session,
+            origin,
+            ..
+        } = self
+        else {
+            return None;
+        };
+        if let Some(origin) = origin {
+            refuse(&origin, kind);
+        }
+        Some(DeadLetter {
+            kind,
+            key,
+            event_type: message.event_type(),
+            reason,
+            trace: message.trace_context(),
+            session: session.map(|session| session.0),
+        })
+    }
+}
+
+/// Tells the client whose frame was not handled, with the frame's `seq`, so it does not wait
+/// for an answer that will never come. The reason names no internals (a panic message is for the
+/// server's logs and dead letters, not for clients).
+fn refuse(origin: &Origin, kind: &'static str) {
+    let refused = Refused {
+        seq: origin.seq,
+        code: refusal::FAILED,
+        reason: format!(
+            "the {kind} entity failed to handle this message; it was dead-lettered, not retried"
+        ),
+    };
+    let meta = FrameMeta {
+        seq: origin.seq,
+        trace: None,
+    };
+    if let Ok(frame) = garrison_protocol::encode_frame(&refused, meta) {
+        // A full or closed connection is the connection's own business.
+        let _ = origin.connection.push(frame);
     }
 }
 
@@ -113,6 +171,42 @@ impl<E: Entity> EntityWorker<E> {
         span
     }
 
+    /// Abandons this activation: its snapshot is set aside (the next activation of the key is
+    /// fresh), the failure is reported, and the supervisor does not retry it, so what is queued
+    /// goes to the dead letters with the reason.
+    fn abandon(&self, reason: String) -> HandlerError {
+        let snapshot: Option<Bytes> = self
+            .cell
+            .checkpoint
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .take();
+        let span = tracing::warn_span!(
+            "garrison.entity.activation_failed",
+            // Always exported, whatever the sampling ratio.
+            garrison.sampled = true,
+            game.entity.kind = E::KIND,
+            game.entity.key = %self.key,
+            game.world.zone = self.inner.config.zone.as_deref(),
+            reason = %reason,
+            quarantined = snapshot.as_ref().map(Bytes::len),
+        );
+        let _entered = span.enter();
+        tracing::warn!(
+            "entity activation failed: its queued messages are dead-lettered, its snapshot \
+             quarantined, and its next message activates it fresh"
+        );
+        if let Some(snapshot) = snapshot {
+            self.inner.quarantine.keep(Quarantined {
+                kind: E::KIND,
+                key: self.key.to_string(),
+                reason: reason.clone(),
+                snapshot,
+            });
+        }
+        Box::new(Abandon(format!("activation failed: {reason}")))
+    }
+
     fn checkpoint(&self, running: &mut Running<E>) -> Result<(), HandlerError> {
         let bytes = running.writer.write(&running.state)?;
         *self
@@ -165,7 +259,10 @@ impl<E: Entity> Worker for EntityWorker<E> {
     type Message = Envelope<E>;
     type State = Running<E>;
 
-    async fn start(&self, _: &WorkerContext<Envelope<E>>) -> Result<Running<E>, HandlerError> {
+    async fn start(
+        &self,
+        context: &WorkerContext<Envelope<E>>,
+    ) -> Result<Running<E>, HandlerError> {
         let checkpoint = self
             .cell
             .checkpoint
@@ -173,10 +270,46 @@ impl<E: Entity> Worker for EntityWorker<E> {
             .unwrap_or_else(|poison| poison.into_inner())
             .clone();
         let recovered = match checkpoint {
-            Some(bytes) => Some(E::State::restore(bytes)?),
+            Some(bytes) => match E::State::restore(bytes) {
+                Ok(state) => Some(state),
+                Err(error) => return Err(self.abandon(format!("snapshot refused: {error}"))),
+            },
             None => None,
         };
-        let state = self.inner.module.activate(&self.key, recovered).await?;
+        // A later incarnation of this activation is a restart after a crash; the first one
+        // recovers whatever the activation was created from.
+        let recovery = if context.incarnation() > 1 {
+            Recovery::Crash
+        } else {
+            self.cell.recovery
+        };
+        let activation = match (recovery, recovered) {
+            (Recovery::Crash, state) => Activation::Restarted(state),
+            (Recovery::Passivation, Some(state)) => Activation::Reactivated(state),
+            (_, _) => Activation::Fresh,
+        };
+        if matches!(activation, Activation::Restarted(None))
+            && self.inner.config.checkpoint != Checkpoint::Never
+        {
+            tracing::warn!(
+                game.entity.kind = E::KIND,
+                game.entity.key = %self.key,
+                checkpoint = ?self.inner.config.checkpoint,
+                "entity restarted after a crash without a checkpoint: its state is lost; \
+                 KindConfig::checkpoint = Checkpoint::EveryMessages(1) (the default) keeps it, \
+                 or call context.checkpoint() after each change"
+            );
+        }
+        let activated = AssertUnwindSafe(self.inner.module.activate(&self.key, activation))
+            .catch_unwind()
+            .await;
+        let state = match activated {
+            Ok(Ok(state)) => state,
+            Ok(Err(error)) => return Err(self.abandon(format!("activate failed: {error}"))),
+            Err(panic) => {
+                return Err(self.abandon(format!("activate panicked: {}", panic_text(&*panic))));
+            }
+        };
         Ok(Running {
             state,
             since_checkpoint: 0,
@@ -191,13 +324,14 @@ impl<E: Entity> Worker for EntityWorker<E> {
         envelope: Envelope<E>,
         running: &mut Running<E>,
     ) -> Result<(), HandlerError> {
-        let (message, parent, session, unsampled) = match envelope {
+        let (message, parent, session, unsampled, origin) = match envelope {
             Envelope::Message {
                 message,
                 parent,
                 session,
                 unsampled,
-            } => (message, parent, session, unsampled),
+                origin,
+            } => (message, parent, session, unsampled, origin),
             Envelope::Passivate => {
                 let timeout = self
                     .inner
@@ -255,15 +389,12 @@ impl<E: Entity> Worker for EntityWorker<E> {
         let failure = match &handled {
             Ok(Ok(())) => None,
             Ok(Err(error)) => Some(error.to_string()),
-            Err(panic) => Some(
-                panic
-                    .downcast_ref::<&str>()
-                    .map(|message| (*message).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "non-string panic payload".to_owned()),
-            ),
+            Err(panic) => Some(panic_text(&**panic)),
         };
         if let Some(reason) = failure {
+            if let Some(origin) = &origin {
+                refuse(origin, E::KIND);
+            }
             self.inner.dead_letters.record(DeadLetter {
                 kind: E::KIND,
                 key: self.key.to_string(),
@@ -295,4 +426,13 @@ impl<E: Entity> Worker for EntityWorker<E> {
         }
         Ok(())
     }
+}
+
+/// The message a panic carried.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|message| (*message).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned())
 }

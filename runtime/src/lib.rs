@@ -8,7 +8,7 @@
 //! attributes. [`Sessions`] bind a connected player to the entities it may address.
 //!
 //! ```
-//! use garrison_runtime::{Entities, Entity, EntityContext, EntityMessage, HandlerError, KindConfig};
+//! use garrison_runtime::{Activation, Entities, Entity, EntityContext, EntityMessage, HandlerError, KindConfig};
 //! use garrison_supervisor::supervisor;
 //!
 //! /// A player with an inventory.
@@ -26,7 +26,7 @@
 //!     type Key = u64;
 //!     type State = Inventory;
 //!     type Message = PlayerMsg;
-//!     async fn activate(&self, _: &u64, recovered: Option<Inventory>) -> Result<Inventory, HandlerError> {
+//!     async fn activate(&self, _: &u64, recovered: Activation<Inventory>) -> Result<Inventory, HandlerError> {
 //!         Ok(recovered.unwrap_or_default())
 //!     }
 //!     async fn handle(&self, cx: &mut EntityContext<'_, Self>, msg: PlayerMsg, inv: &mut Inventory) -> Result<(), HandlerError> {
@@ -53,6 +53,7 @@
 //! # }
 //! ```
 
+mod bounded;
 pub mod clock;
 pub mod concurrency;
 mod dead_letter;
@@ -60,13 +61,15 @@ mod entity;
 mod error;
 pub mod gateway;
 mod host;
+mod quarantine;
 mod registry;
 mod session;
 pub mod telemetry;
 
 pub use dead_letter::{DEAD_LETTER_CAPACITY, DeadLetter, DeadLetters};
-pub use entity::{Checkpoint, Entity, EntityContext, EntityMessage, KindConfig, State};
+pub use entity::{Activation, Checkpoint, Entity, EntityContext, EntityMessage, KindConfig, State};
 pub use error::Error;
 pub use garrison_supervisor::HandlerError;
+pub use quarantine::{QUARANTINE_CAPACITY, Quarantined};
 pub use registry::{Entities, EntityRef, Refusal, Refused};
 pub use session::{Outbound, SessionId, Sessions};

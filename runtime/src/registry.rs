@@ -23,21 +23,34 @@ use std::{
 use bytes::Bytes;
 use dashmap::{DashMap, mapref::entry::Entry};
 use garrison_supervisor::{
-    ChildRef, ChildSpec, CrashLoop, GameAttributes, Restart, SendError, Start, SupervisorBuilder,
-    SupervisorRef, SupervisorSpec,
+    ChildRef, ChildSpec, CrashLoop, GameAttributes, MailboxClosed, Restart, SendError, Sent, Start,
+    SupervisorBuilder, SupervisorRef, SupervisorSpec,
 };
 
 use crate::{
     Entity, Error, KindConfig, clock,
     dead_letter::DeadLetters,
     host::{EntityWorker, Envelope},
+    quarantine::{Quarantine, Quarantined},
     session::{SessionId, Sessions},
 };
+
+/// What the first incarnation of an activation recovers from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recovery {
+    /// Nothing: a fresh entity.
+    Nothing,
+    /// The snapshot it passivated to (or was registered with).
+    Passivation,
+    /// The last checkpoint of an earlier activation that crashed and was given up on.
+    Crash,
+}
 
 /// Shared by the incarnations of one activation: its last checkpoint and when it last worked.
 pub(crate) struct EntityCell {
     pub(crate) checkpoint: Mutex<Option<Bytes>>,
     pub(crate) last_active: AtomicU64,
+    pub(crate) recovery: Recovery,
 }
 
 pub(crate) enum Slot<E: Entity> {
@@ -53,6 +66,7 @@ pub(crate) struct Inner<E: Entity> {
     pub(crate) config: KindConfig,
     pub(crate) map: DashMap<E::Key, Slot<E>>,
     pub(crate) dead_letters: Arc<DeadLetters>,
+    pub(crate) quarantine: Quarantine,
     spec: SupervisorSpec,
     supervisor: SupervisorRef,
     activations: AtomicU64,
@@ -100,8 +114,27 @@ pub enum Refusal {
     MailboxFull,
     /// The session may not address this entity, or is not open.
     Session(Error),
-    /// The kind is not running (its supervisor is not started, or has stopped).
-    KindDown,
+    /// The kind is not running: its supervisor was never started in a tree, or has stopped.
+    KindNotRunning {
+        /// The kind.
+        kind: &'static str,
+    },
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::MailboxFull => f.write_str("the entity's mailbox is full; retry later"),
+            Refusal::Session(error) => error.fmt(f),
+            Refusal::KindNotRunning { kind } => write!(
+                f,
+                "entity kind {kind} is not running: add it to the supervision tree \
+                 (`entities \"{kind}\" => registry.start();` in `supervisor!`, or \
+                 `ChildSpec::new(\"{kind}\", registry.start())`) and start the tree before \
+                 sending"
+            ),
+        }
+    }
 }
 
 impl<E: Entity> Entities<E> {
@@ -124,6 +157,7 @@ impl<E: Entity> Entities<E> {
                 config,
                 map: DashMap::new(),
                 dead_letters: Arc::new(DeadLetters::default()),
+                quarantine: Quarantine::default(),
                 spec,
                 supervisor,
                 activations: AtomicU64::new(0),
@@ -155,7 +189,7 @@ impl<E: Entity> Entities<E> {
     ///
     /// # Errors
     /// The message is handed back when the mailbox is full ([`Refusal::MailboxFull`]) or the kind
-    /// is not running ([`Refusal::KindDown`]).
+    /// is not running ([`Refusal::KindNotRunning`]).
     pub fn send(&self, key: &E::Key, message: E::Message) -> Result<(), Refused<E::Message>> {
         self.deliver(key, message, None)
     }
@@ -230,6 +264,7 @@ impl<E: Entity> Entities<E> {
             parent: tracing::Span::current(),
             session,
             unsampled: crate::telemetry::unsampled(),
+            origin: crate::session::current_origin(),
         };
         self.push(key, envelope)
             .map_err(|(reason, envelope)| Refused {
@@ -239,6 +274,9 @@ impl<E: Entity> Entities<E> {
     }
 
     /// Pushes an envelope to the live incarnation of `key`, activating one if there is none.
+    // The error hands the envelope back by value, as `SendError` does: a refusal is the rare path,
+    // and boxing it would add an allocation to every refusal to save a move.
+    #[allow(clippy::result_large_err)]
     fn push(&self, key: &E::Key, envelope: Envelope<E>) -> Result<(), (Refusal, Envelope<E>)> {
         let envelope = {
             // Fast path: the entity is active; push while holding the entry for reading.
@@ -247,7 +285,10 @@ impl<E: Entity> Entities<E> {
             };
             match &*slot {
                 Slot::Active { handle, .. } => match handle.send(envelope) {
-                    Ok(_) => return Ok(()),
+                    Ok(sent) => {
+                        self.evicted(key, sent);
+                        return Ok(());
+                    }
                     Err(SendError::Full(envelope)) => return Err((Refusal::MailboxFull, envelope)),
                     // Its incarnation is gone for good (it stopped itself, or was given up on
                     // after a crash loop): reactivate below.
@@ -259,17 +300,21 @@ impl<E: Entity> Entities<E> {
         self.activate_and_push(key, envelope)
     }
 
+    #[allow(clippy::result_large_err)]
     fn activate_and_push(
         &self,
         key: &E::Key,
         envelope: Envelope<E>,
     ) -> Result<(), (Refusal, Envelope<E>)> {
         let entry = self.inner.map.entry(key.clone());
-        let (recovered, envelope) = match &entry {
+        let (recovered, recovery, envelope) = match &entry {
             Entry::Occupied(occupied) => match occupied.get() {
                 // Someone activated it between our read and this write.
                 Slot::Active { handle, cell } => match handle.send(envelope) {
-                    Ok(_) => return Ok(()),
+                    Ok(sent) => {
+                        self.evicted(key, sent);
+                        return Ok(());
+                    }
                     Err(SendError::Full(envelope)) => return Err((Refusal::MailboxFull, envelope)),
                     Err(SendError::Closed(envelope)) => {
                         let checkpoint = cell
@@ -277,35 +322,62 @@ impl<E: Entity> Entities<E> {
                             .lock()
                             .unwrap_or_else(|poison| poison.into_inner())
                             .clone();
-                        (checkpoint, envelope)
+                        let recovery = match checkpoint {
+                            Some(_) => Recovery::Crash,
+                            None => Recovery::Nothing,
+                        };
+                        (checkpoint, recovery, envelope)
                     }
                 },
-                Slot::Passivated(bytes) => (Some(bytes.clone()), envelope),
+                Slot::Passivated(bytes) => (Some(bytes.clone()), Recovery::Passivation, envelope),
             },
-            Entry::Vacant(_) => (None, envelope),
+            Entry::Vacant(_) => (None, Recovery::Nothing, envelope),
         };
-        self.replace(entry, key, recovered, envelope)
+        self.replace(entry, key, recovered, recovery, envelope)
+    }
+
+    /// Dead-letters the message a `DropOldest` mailbox evicted to make room.
+    fn evicted(&self, key: &E::Key, sent: Sent<Envelope<E>>) {
+        if let Sent::Evicted(envelope) = sent {
+            if let Some(letter) = envelope.dead_letter(
+                E::KIND,
+                key.to_string(),
+                "evicted: the mailbox was full and its kind's overflow policy is DropOldest"
+                    .to_owned(),
+            ) {
+                self.inner.dead_letters.record(letter);
+            }
+        }
     }
 
     /// Installs a new activation of `key` in `entry`, queues `envelope` in it, and starts it.
+    #[allow(clippy::result_large_err)]
     fn replace(
         &self,
         entry: Entry<'_, E::Key, Slot<E>>,
         key: &E::Key,
         recovered: Option<Bytes>,
+        recovery: Recovery,
         envelope: Envelope<E>,
     ) -> Result<(), (Refusal, Envelope<E>)> {
+        let not_running = Refusal::KindNotRunning { kind: E::KIND };
         let Some(runtime) = self
             .inner
             .runtime
             .clone()
             .or_else(crate::concurrency::current)
         else {
-            return Err((Refusal::KindDown, envelope));
+            return Err((not_running, envelope));
         };
+        // A kind missing from the running tree refuses at once instead of accepting a message
+        // no incarnation could ever handle.
+        if !self.inner.supervisor.is_running() {
+            return Err((not_running, envelope));
+        }
         let cell = Arc::new(EntityCell {
             checkpoint: Mutex::new(recovered),
             last_active: AtomicU64::new(clock::now_millis()),
+            recovery,
         });
         let activation = self.inner.activations.fetch_add(1, Ordering::Relaxed);
         let worker = EntityWorker {
@@ -332,8 +404,13 @@ impl<E: Entity> Entities<E> {
                 entity_key: Some(Arc::from(key.to_string())),
             });
         let Some(handle) = spec.handle::<Envelope<E>>() else {
-            return Err((Refusal::KindDown, envelope));
+            return Err((not_running, envelope));
         };
+        handle.on_undelivered(undelivered(
+            self.inner.dead_letters.clone(),
+            key.to_string(),
+            &self.inner.config,
+        ));
         let envelope = match handle.send(envelope) {
             Ok(_) => None,
             Err(error) => Some(error.into_inner()),
@@ -350,21 +427,28 @@ impl<E: Entity> Entities<E> {
         let entities = self.clone();
         let key = key.clone();
         runtime.spawn(async move {
-            if let Err(error) = entities.inner.supervisor.start_child(spec).await {
-                // Forget this activation so the next message tries again; what was queued for it
-                // is dropped with it, and said so.
-                tracing::warn!(
-                    game.entity.kind = E::KIND,
-                    game.entity.key = %key,
-                    dropped = handle.depth(),
-                    %error,
-                    "entity activation failed"
-                );
-                entities
-                    .inner
-                    .map
-                    .remove_if(&key, |_, slot| matches!(slot, Slot::Active { handle: current, .. } if current.same_child(&handle)));
+            let Err(error) = entities.inner.supervisor.start_child(spec).await else {
+                return;
+            };
+            match error {
+                // The worker reported its failed activation (log, span, quarantine) and the
+                // supervisor handed what was queued to the dead letters.
+                garrison_supervisor::Error::StartFailed { .. } => {}
+                // The kind stopped meanwhile, or is at its limit: the activation never ran.
+                error => {
+                    tracing::warn!(
+                        game.entity.kind = E::KIND,
+                        game.entity.key = %key,
+                        %error,
+                        "entity activation could not start"
+                    );
+                    handle.close(format!("the activation could not start: {error}"));
+                }
             }
+            // Forget this activation so the next message tries again.
+            entities.inner.map.remove_if(&key, |_, slot| {
+                matches!(slot, Slot::Active { handle: current, .. } if current.same_child(&handle))
+            });
         });
         Ok(())
     }
@@ -435,9 +519,21 @@ impl<E: Entity> Entities<E> {
         self.inner.map.is_empty()
     }
 
-    /// The messages that crashed entities of this kind.
+    /// The accepted messages of this kind that were not handled (each crashed its entity, or
+    /// was still queued when its entity was given up on, failed to activate, or stopped).
     pub fn dead_letters(&self) -> &DeadLetters {
         &self.inner.dead_letters
+    }
+
+    /// The snapshots entities of this kind could not be activated from, oldest first (bounded
+    /// to [`QUARANTINE_CAPACITY`](crate::QUARANTINE_CAPACITY)).
+    pub fn quarantined(&self) -> Vec<Quarantined> {
+        self.inner.quarantine.snapshot()
+    }
+
+    /// How many older quarantined snapshots were dropped to stay within the bound.
+    pub fn quarantine_dropped(&self) -> u64 {
+        self.inner.quarantine.dropped()
     }
 
     /// Messages waiting in entity `key`'s mailbox (0 when it is not active).
@@ -446,6 +542,35 @@ impl<E: Entity> Entities<E> {
             Slot::Active { handle, .. } => handle.depth(),
             Slot::Passivated(_) => 0,
         })
+    }
+}
+
+/// The undelivered hook of one activation's mailbox: what is still queued when it closes for
+/// good becomes dead letters, each saying what became of the entity.
+fn undelivered<E: Entity>(
+    dead_letters: Arc<DeadLetters>,
+    key: String,
+    config: &KindConfig,
+) -> impl Fn(Envelope<E>, &MailboxClosed) + Send + Sync + 'static {
+    let (max_restarts, period) = (config.max_restarts, config.restart_period);
+    move |envelope, why| {
+        let reason = match why {
+            MailboxClosed::GaveUp(last) => format!(
+                "not delivered: the entity crashed more than {max_restarts} times in \
+                 {period:?} and was given up on (last: {last})"
+            ),
+            MailboxClosed::Exited(garrison_supervisor::ExitReason::Abandoned(reason)) => {
+                format!("not delivered: {reason}")
+            }
+            MailboxClosed::Exited(exit) => format!("not delivered: the entity ended ({exit})"),
+            MailboxClosed::Terminated => "not delivered: the entity was terminated".to_owned(),
+            MailboxClosed::Shutdown => "not delivered: the entity's kind stopped".to_owned(),
+            MailboxClosed::ByHandle(reason) => format!("not delivered: {reason}"),
+            other => format!("not delivered: {other}"),
+        };
+        if let Some(letter) = envelope.dead_letter(E::KIND, key.clone(), reason) {
+            dead_letters.record(letter);
+        }
     }
 }
 

@@ -53,6 +53,30 @@ impl Outbound for tokio::sync::mpsc::Sender<Frame> {
     }
 }
 
+/// Where a message came from when a client's frame caused it: the connection that sent the
+/// frame and the frame's sequence number, so a failure to handle it can be answered to that
+/// client (a `Refused` carrying the `seq`) instead of leaving it to time out.
+#[derive(Clone)]
+pub(crate) struct Origin {
+    pub(crate) connection: Arc<dyn Outbound>,
+    pub(crate) seq: u32,
+}
+
+tokio::task_local! {
+    /// The origin of the frame being routed, for the sends the router makes.
+    static ORIGIN: Origin;
+}
+
+/// Runs `route` with `origin` as the origin of every message it sends.
+pub(crate) fn with_origin<R>(origin: Origin, route: impl FnOnce() -> R) -> R {
+    ORIGIN.sync_scope(origin, route)
+}
+
+/// The origin of the frame being routed, when called from its router.
+pub(crate) fn current_origin() -> Option<Origin> {
+    ORIGIN.try_with(Origin::clone).ok()
+}
+
 #[derive(Default)]
 struct SessionState {
     bindings: HashSet<(&'static str, String)>,

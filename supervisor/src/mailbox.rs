@@ -85,8 +85,8 @@ pub enum MailboxClosed {
     /// Its supervisor stopped for good: the tree shut down or escalated, or a dynamic
     /// supervisor stopped (its children do not outlive it).
     Shutdown,
-    /// [`ChildRef::close`] was called.
-    ByHandle,
+    /// [`ChildRef::close`] was called, with this reason.
+    ByHandle(String),
 }
 
 impl fmt::Display for MailboxClosed {
@@ -101,7 +101,7 @@ impl fmt::Display for MailboxClosed {
             ),
             MailboxClosed::Terminated => f.write_str("the child was terminated"),
             MailboxClosed::Shutdown => f.write_str("the supervisor stopped"),
-            MailboxClosed::ByHandle => f.write_str("the mailbox was closed"),
+            MailboxClosed::ByHandle(reason) => write!(f, "the mailbox was closed: {reason}"),
         }
     }
 }
@@ -427,10 +427,11 @@ impl<M: Send + 'static> ChildRef<M> {
     }
 
     /// Closes the mailbox for good, as if the child were gone: later sends fail with
-    /// [`SendError::Closed`] and the queued messages go to the undelivered hook. The child's
-    /// current incarnation, if any, keeps running but receives nothing more.
-    pub fn close(&self) {
-        self.slot.close(&MailboxClosed::ByHandle);
+    /// [`SendError::Closed`] and the queued messages go to the undelivered hook with
+    /// [`MailboxClosed::ByHandle`] and `reason`. The child's current incarnation, if any, keeps
+    /// running but receives nothing more.
+    pub fn close(&self, reason: impl Into<String>) {
+        self.slot.close(&MailboxClosed::ByHandle(reason.into()));
     }
 
     /// Whether the mailbox is closed (sends fail with [`SendError::Closed`]).

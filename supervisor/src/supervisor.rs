@@ -198,6 +198,15 @@ impl SupervisorRef {
         &self.shared.id
     }
 
+    /// Whether the supervisor is running now (started, and not stopped or escalated).
+    pub fn is_running(&self) -> bool {
+        self.shared
+            .current
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .is_some()
+    }
+
     fn actor(&self) -> Result<ActorRef<SupervisorMsg>, Error> {
         let current = self
             .shared
@@ -690,6 +699,12 @@ impl SupervisorState {
         let _entered = span.enter();
         tracing::warn!("restart intensity exceeded; stopping children and escalating");
         let handle = self.spec.handle();
+        // A failing actor gets no post_stop: say it is down here.
+        *handle
+            .shared
+            .current
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner()) = None;
         if handle.shared.root.load(Ordering::Acquire) {
             // Nobody above will restart this tree: close its handles as it goes.
             handle.mark_closing();

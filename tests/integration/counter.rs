@@ -11,7 +11,9 @@ use std::sync::{
 };
 
 use garrison_protocol::Snapshot;
-use garrison_runtime::{Entities, Entity, EntityContext, EntityMessage, HandlerError, KindConfig};
+use garrison_runtime::{
+    Activation, Entities, Entity, EntityContext, EntityMessage, HandlerError, KindConfig,
+};
 use garrison_supervisor::{SupervisorBuilder, SupervisorRef};
 use rkyv::{Archive, Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -62,10 +64,16 @@ impl EntityMessage for Msg {
     }
 }
 
-/// A counter entity that counts its activations.
+/// A recovered total this counter cannot be activated from: `activate` panics on it, as a game's
+/// own code might on a state it does not expect.
+pub const CURSED_TOTAL: i64 = 666;
+
+/// A counter entity that counts its activations and records why each ran.
 #[derive(Default)]
 pub struct Counter {
     pub activations: Arc<AtomicU64>,
+    /// `Activation::label` of each activation, in order.
+    pub causes: Arc<std::sync::Mutex<Vec<&'static str>>>,
 }
 
 impl Entity for Counter {
@@ -74,9 +82,12 @@ impl Entity for Counter {
     type State = Tally;
     type Message = Msg;
 
-    async fn activate(&self, _: &u64, recovered: Option<Tally>) -> Result<Tally, HandlerError> {
+    async fn activate(&self, _: &u64, recovered: Activation<Tally>) -> Result<Tally, HandlerError> {
         self.activations.fetch_add(1, Ordering::SeqCst);
-        Ok(recovered.unwrap_or_default())
+        self.causes.lock().unwrap().push(recovered.label());
+        let tally = recovered.unwrap_or_default();
+        assert_ne!(tally.total, CURSED_TOTAL, "a cursed tally");
+        Ok(tally)
     }
 
     async fn handle(
@@ -109,10 +120,23 @@ impl Entity for Counter {
 }
 
 pub async fn start(config: KindConfig) -> (Entities<Counter>, Arc<AtomicU64>, SupervisorRef) {
+    let (counters, activations, _, tree) = start_recording(config).await;
+    (counters, activations, tree)
+}
+
+/// Activation causes, shared with the counter kind.
+pub type Causes = Arc<std::sync::Mutex<Vec<&'static str>>>;
+
+/// As [`start`], also returning the log of activation causes.
+pub async fn start_recording(
+    config: KindConfig,
+) -> (Entities<Counter>, Arc<AtomicU64>, Causes, SupervisorRef) {
     let activations = Arc::new(AtomicU64::new(0));
+    let causes = Causes::default();
     let counters = Entities::new(
         Counter {
             activations: activations.clone(),
+            causes: causes.clone(),
         },
         config,
     )
@@ -127,7 +151,16 @@ pub async fn start(config: KindConfig) -> (Entities<Counter>, Arc<AtomicU64>, Su
         .start()
         .await
         .unwrap();
-    (counters, activations, tree)
+    (counters, activations, causes, tree)
+}
+
+/// An `Add` from sender 0.
+pub fn add(seq: u32, amount: i64) -> Msg {
+    Msg::Add {
+        sender: 0,
+        seq,
+        amount,
+    }
 }
 
 pub async fn get(counters: &Entities<Counter>, key: u64) -> (Tally, u64) {

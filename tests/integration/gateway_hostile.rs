@@ -11,7 +11,7 @@ use garrison_protocol::{
     control::{self, Control, Hello, Ticket},
 };
 use garrison_runtime::{
-    Entities, Entity, EntityContext, HandlerError, KindConfig, SessionId, Sessions,
+    Activation, Entities, Entity, EntityContext, HandlerError, KindConfig, SessionId, Sessions,
     gateway::{CloseCode, Gateway, GatewayBuilder, GatewayConfig, refusal, ticket},
 };
 use garrison_supervisor::{ChildSpec, SupervisorBuilder, SupervisorRef};
@@ -46,7 +46,7 @@ impl Entity for Pilot {
     type State = Seen;
     type Message = TestMessage;
 
-    async fn activate(&self, _: &u64, recovered: Option<Seen>) -> Result<Seen, HandlerError> {
+    async fn activate(&self, _: &u64, recovered: Activation<Seen>) -> Result<Seen, HandlerError> {
         Ok(recovered.unwrap_or_default())
     }
 

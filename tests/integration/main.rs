@@ -12,6 +12,7 @@ mod protocol_stream_properties;
 mod protocol_zero_copy;
 mod runtime_clock;
 mod runtime_entities;
+mod runtime_no_message_lost;
 mod runtime_protocol_messages;
 mod runtime_sessions;
 mod runtime_telemetry;

@@ -4,7 +4,9 @@
 
 use bytes::BytesMut;
 use garrison_protocol::{DecodeConfig, FrameCodec, FrameMeta, Protocol, Snapshot, TraceContext};
-use garrison_runtime::{Entities, Entity, EntityContext, EntityMessage, HandlerError, KindConfig};
+use garrison_runtime::{
+    Activation, Entities, Entity, EntityContext, EntityMessage, HandlerError, KindConfig,
+};
 use garrison_supervisor::{ChildSpec, SupervisorBuilder};
 use garrison_tests::{
     probe::eventually,
@@ -36,7 +38,7 @@ impl Entity for Avatar {
     async fn activate(
         &self,
         _: &u64,
-        recovered: Option<Position>,
+        recovered: Activation<Position>,
     ) -> Result<Position, HandlerError> {
         Ok(recovered.unwrap_or_default())
     }

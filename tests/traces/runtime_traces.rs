@@ -262,3 +262,56 @@ async fn a_message_forwarded_for_a_session_carries_its_id_without_a_binding() {
     );
     tree.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_failed_activation_is_a_span_naming_the_kind_the_key_and_the_reason() {
+    let layer = CaptureLayer::default();
+    let captured = layer.captured.clone();
+    let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
+    let config = KindConfig {
+        zone: Some("arena-3".into()),
+        ..KindConfig::default()
+    };
+    let (counters, _, tree) = start(config).await;
+    counters.register_passivated(31, bytes::Bytes::from_static(b"garbage"));
+    assert!(
+        counters
+            .send(
+                &31,
+                Msg::Add {
+                    sender: 0,
+                    seq: 0,
+                    amount: 1
+                }
+            )
+            .is_ok()
+    );
+    garrison_tests::probe::eventually(
+        "the failed activation",
+        std::time::Duration::from_secs(10),
+        || {
+            let failed = !counters.quarantined().is_empty();
+            async move { failed }
+        },
+    )
+    .await;
+    let failed = captured.named("garrison.entity.activation_failed");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    for (field, value) in [
+        ("game.entity.kind", "counter"),
+        ("game.entity.key", "31"),
+        ("game.world.zone", "arena-3"),
+        ("quarantined", "7"),
+    ] {
+        assert_eq!(
+            failed[0].fields.get(field).map(String::as_str),
+            Some(value),
+            "{field} in {failed:?}"
+        );
+    }
+    assert!(
+        failed[0].fields["reason"].starts_with("snapshot refused:"),
+        "{failed:?}"
+    );
+    tree.stop().await.unwrap();
+}

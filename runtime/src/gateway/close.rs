@@ -112,13 +112,4 @@ impl fmt::Display for CloseCode {
 }
 
 /// Codes for a frame refused on a connection that stays open (`Refused` control frame).
-pub mod refusal {
-    /// The session may not address that entity.
-    pub const NOT_BOUND: u16 = 100;
-    /// The entity's mailbox is full; retry later.
-    pub const BUSY: u16 = 101;
-    /// The entity's kind is not running.
-    pub const UNAVAILABLE: u16 = 102;
-    /// The game's router refused the message.
-    pub const REJECTED: u16 = 103;
-}
+pub use garrison_protocol::control::refusal;

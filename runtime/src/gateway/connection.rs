@@ -25,7 +25,11 @@ use super::{
     outbound::{Next, OutboundQueue},
     refusal, ticket,
 };
-use crate::{Refusal, SessionId, clock, session::Outbound, telemetry};
+use crate::{
+    Refusal, SessionId, clock,
+    session::{self, Origin, Outbound},
+    telemetry,
+};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Transport {
@@ -438,16 +442,21 @@ impl<P: Protocol> Connection<P> {
                 return self.close(CloseCode::ProtocolError, context);
             }
         };
-        let routed = telemetry::run_sampled_out(!traced, || (self.shared.router)(&info, message));
+        // The sends the router makes remember this frame, so a failure to handle it is answered.
+        let origin = Origin {
+            connection: self.outbound.clone(),
+            seq,
+        };
+        let routed = session::with_origin(origin, || {
+            telemetry::run_sampled_out(!traced, || (self.shared.router)(&info, message))
+        });
         if let Err(refused) = routed {
-            let (code, reason) = match &refused {
-                Refusal::Session(error) => (refusal::NOT_BOUND, error.to_string()),
-                Refusal::MailboxFull => (refusal::BUSY, "the entity is busy; retry".to_owned()),
-                Refusal::KindDown => (
-                    refusal::UNAVAILABLE,
-                    "the entity kind is not running".to_owned(),
-                ),
+            let code = match &refused {
+                Refusal::Session(_) => refusal::NOT_BOUND,
+                Refusal::MailboxFull => refusal::BUSY,
+                Refusal::KindNotRunning { .. } => refusal::UNAVAILABLE,
             };
+            let reason = refused.to_string();
             self.reply(&Refused { seq, code, reason }, seq);
         }
     }

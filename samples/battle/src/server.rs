@@ -20,8 +20,8 @@ use std::{
 use dashmap::DashMap;
 use garrison_protocol::{FrameMeta, Snapshot};
 use garrison_runtime::{
-    Checkpoint, Entities, Entity, EntityContext, EntityMessage, HandlerError, KindConfig,
-    SessionId, Sessions,
+    Activation, Checkpoint, Entities, Entity, EntityContext, EntityMessage, HandlerError,
+    KindConfig, SessionId, Sessions,
     gateway::{Gateway, GatewayBuilder, GatewayConfig},
 };
 use garrison_supervisor::{SupervisorRef, supervisor};
@@ -195,7 +195,7 @@ impl Entity for Player {
     async fn activate(
         &self,
         player: &u64,
-        recovered: Option<PlayerState>,
+        recovered: Activation<PlayerState>,
     ) -> Result<PlayerState, HandlerError> {
         let state = recovered.unwrap_or_default();
         if let Some(seat) = state.seat {
@@ -291,7 +291,11 @@ impl Entity for Matchmaker {
     type State = Waiting;
     type Message = MatchmakerMsg;
 
-    async fn activate(&self, _: &u8, recovered: Option<Waiting>) -> Result<Waiting, HandlerError> {
+    async fn activate(
+        &self,
+        _: &u8,
+        recovered: Activation<Waiting>,
+    ) -> Result<Waiting, HandlerError> {
         Ok(recovered.unwrap_or_default())
     }
 
@@ -447,15 +451,12 @@ impl Entity for Room {
     async fn activate(
         &self,
         _: &u64,
-        recovered: Option<RoomState>,
+        recovered: Activation<RoomState>,
     ) -> Result<RoomState, HandlerError> {
         // After a crash the engine is back at its last checkpoint (every accepted input and every
         // frame is checkpointed), and the room's ticker, which addresses the key and not the
         // incarnation, simply goes on ticking it.
-        if recovered
-            .as_ref()
-            .is_some_and(|state| state.engine.is_some())
-        {
+        if matches!(&recovered, Activation::Restarted(Some(state)) if state.engine.is_some()) {
             self.services.stats.restarts.fetch_add(1, Ordering::Relaxed);
         }
         Ok(recovered.unwrap_or_default())
