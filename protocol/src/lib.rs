@@ -52,6 +52,7 @@ mod error;
 mod frame;
 mod message;
 pub mod snapshot;
+mod strict;
 
 pub use codec::{FrameCodec, FrameMeta, Outbound, PayloadWriter, WireSerializer, encode_frame};
 pub use error::Error;
@@ -63,3 +64,4 @@ pub use frame::{
 pub use message::__private;
 pub use message::{Message, MessageKind, Protocol, RkyvError, Validated};
 pub use snapshot::{Snapshot, SnapshotRef, SnapshotWriter};
+pub use strict::{StrictArchiveValidator, StrictValidator};

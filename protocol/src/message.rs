@@ -3,11 +3,14 @@
 use std::{fmt, marker::PhantomData, ops::Deref};
 
 use rkyv::{
-    Archive, Deserialize, Portable, Serialize, api::high::HighValidator, bytecheck::CheckBytes,
-    de::Pool, rancor::Strategy,
+    Archive, Deserialize, Portable, Serialize, bytecheck::CheckBytes, de::Pool, rancor::Strategy,
 };
 
-use crate::{Error, Frame, codec::WireSerializer};
+use crate::{
+    Error, Frame,
+    codec::WireSerializer,
+    strict::{self, StrictValidator},
+};
 
 /// A message kind id: the stable `u16` that selects a payload's type on the wire.
 ///
@@ -31,7 +34,7 @@ pub type RkyvError = rkyv::rancor::Error;
 /// Implemented by [`messages!`](crate::messages), which also checks that ids are unique; a type
 /// implements it at most once, so it has exactly one kind id.
 pub trait Message:
-    Archive<Archived: Portable + for<'a> CheckBytes<HighValidator<'a, RkyvError>>>
+    Archive<Archived: Portable + for<'a> CheckBytes<StrictValidator<'a, RkyvError>>>
     + for<'a> Serialize<WireSerializer<'a>>
     + Send
     + 'static
@@ -42,9 +45,16 @@ pub trait Message:
     const NAME: &'static str;
 }
 
-/// Validates `payload` as an archive of `M`, borrowing it.
+/// Validates `payload` as an archive of `M` that covers every byte of it (see `strict`),
+/// borrowing it.
 pub(crate) fn access<M: Message>(payload: &[u8], kind: MessageKind) -> Result<&M::Archived, Error> {
-    rkyv::access::<M::Archived, RkyvError>(payload).map_err(|reason| Error::InvalidArchive {
+    let root = rkyv::api::root_position::<M::Archived>(payload.len());
+    rkyv::api::access_pos_with_context::<M::Archived, _, RkyvError>(
+        payload,
+        root,
+        &mut strict::validator(payload),
+    )
+    .map_err(|reason| Error::InvalidArchive {
         kind,
         message: M::NAME,
         reason,
@@ -127,9 +137,9 @@ impl<M: Message> Deref for Validated<M> {
 
     #[inline]
     fn deref(&self) -> &M::Archived {
-        // SAFETY: a `Validated` is only built by `Frame::validate`, after `rkyv::access` checked
-        // these exact bytes as an `M::Archived` at the default root position; `Bytes` is
-        // immutable, so they are still valid.
+        // SAFETY: a `Validated` is only built by `Frame::validate`, after `access` checked these
+        // exact bytes as an `M::Archived` at the default root position; `Bytes` is immutable, so
+        // they are still valid.
         unsafe { rkyv::access_unchecked::<M::Archived>(self.frame.payload()) }
     }
 }

@@ -265,6 +265,29 @@ fn hostile_frame_table() {
             with(input(), |w| w.extend_from_slice(&[0, 0, 0])),
             "3 trailing bytes after the frame",
         ),
+        (
+            "junk before a fixed-size archive",
+            with(input(), |w| {
+                // Four bytes between the header and the (still valid) archive at the end.
+                for _ in 0..4 {
+                    w.insert(FIXED_HEADER_LEN, 0x5A);
+                }
+                let length = u32::from_le_bytes(w[..4].try_into().unwrap()) + 4;
+                w[..4].copy_from_slice(&length.to_le_bytes());
+            }),
+            "invalid archive for Input (kind 0x0001): 4 bytes of the payload belong to no part \
+             of the archive",
+        ),
+        (
+            "junk before an archive with out-of-line strings",
+            with(chat(), |w| {
+                w.insert(FIXED_HEADER_LEN, 0x5A);
+                let length = u32::from_le_bytes(w[..4].try_into().unwrap()) + 1;
+                w[..4].copy_from_slice(&length.to_le_bytes());
+            }),
+            "invalid archive for Chat (kind 0x0002): 1 byte of the payload belongs to no part of \
+             the archive",
+        ),
     ];
     for (name, wire, expected) in &cases {
         check(name, wire, expected);
