@@ -11,6 +11,7 @@
 //! actix is confined to this module (the actix actor crate is in passive maintenance): nothing
 //! outside it names an actix type. See [`crate::concurrency`] for what runs where.
 
+mod admission;
 mod close;
 mod connection;
 mod limits;
@@ -44,8 +45,13 @@ pub struct GatewayConfig {
     pub websocket: Option<SocketAddr>,
     /// Event loops (arbiters); default: one per core.
     pub event_loops: usize,
-    /// Most connections at once; more are refused with `ServerFull`.
+    /// Most connections at once; more are refused with `ServerFull`. At start the gateway raises
+    /// the open-file soft limit toward the hard limit and lowers this to what the limit allows
+    /// minus `fd_reserve` ([`Gateway::max_connections`] tells the result).
     pub max_connections: usize,
+    /// Descriptors kept for everything but connections (listeners, event loops, files, stores,
+    /// exporters, refused connections being closed); at most a quarter of the open-file limit.
+    pub fd_reserve: usize,
     /// Largest frame accepted, checked on the length prefix before anything is buffered.
     pub max_frame_len: usize,
     /// Sustained messages per second per connection.
@@ -66,6 +72,17 @@ pub struct GatewayConfig {
     pub write_timeout: Duration,
     /// The secret tickets are signed with.
     pub ticket_key: Vec<u8>,
+    /// The longest a ticket may still be valid when it is presented: one that expires later is
+    /// refused (`BadTicket`), so a leaked ticket cannot be replayed for years.
+    pub max_ticket_lifetime: Duration,
+    /// The kernel send buffer of each connection (`SO_SNDBUF`), so the bounded outbound queue, not
+    /// the kernel's autotuned buffer (up to 4 MiB), is what holds a slow client's backlog; `None`
+    /// leaves the system default.
+    pub socket_send_buffer: Option<usize>,
+    /// After its `Close` is written, how long a connection keeps reading (and discarding) while
+    /// waiting for the client to close its side, so unread input never turns the close into a
+    /// reset that destroys the `Close` in flight.
+    pub close_linger: Duration,
     /// How long a graceful shutdown waits for outbound queues to drain.
     pub drain_timeout: Duration,
     /// How long a disconnected player's session (and its bindings) is kept for a reconnect
@@ -84,6 +101,7 @@ impl GatewayConfig {
             websocket: None,
             event_loops: std::thread::available_parallelism().map_or(1, usize::from),
             max_connections: 10_000,
+            fd_reserve: 256,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             messages_per_second: 120,
             message_burst: 240,
@@ -94,6 +112,9 @@ impl GatewayConfig {
             outbound_capacity: 256,
             write_timeout: Duration::from_secs(5),
             ticket_key: ticket_key.into(),
+            max_ticket_lifetime: Duration::from_secs(24 * 60 * 60),
+            socket_send_buffer: Some(64 * 1024),
+            close_linger: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(2),
             reconnect_grace: Duration::from_secs(30),
             zone: None,
@@ -117,7 +138,8 @@ type SessionHook = dyn Fn(&SessionInfo, bool) -> Result<(), String> + Send + Syn
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) accepted: AtomicU64,
-    pub(crate) active: AtomicUsize,
+    /// Connections holding an admission now (see `admission`).
+    pub(crate) active: Arc<AtomicUsize>,
     pub(crate) frames_in: AtomicU64,
     pub(crate) frames_out: AtomicU64,
     pub(crate) bytes_in: AtomicU64,
@@ -216,8 +238,11 @@ impl<P: Protocol> GatewayBuilder<P> {
         self
     }
 
-    /// Sets the hook run after each successful handshake, with whether the session was resumed:
-    /// bind the session to its entities here. An error closes the connection (`SessionRefused`).
+    /// Sets the hook run on each good handshake, with whether the session is resumed, before the
+    /// connection becomes the session's: bind the session to its entities here. An error closes
+    /// the connection (`SessionRefused`, with the error's text) and leaves the session as it was:
+    /// a live connection of the same player is not replaced, and a session the refused
+    /// connection would have opened is not kept.
     pub fn on_session(
         mut self,
         hook: impl Fn(&SessionInfo, bool) -> Result<(), String> + Send + Sync + 'static,
@@ -249,14 +274,32 @@ impl<P: Protocol> GatewayBuilder<P> {
                 })
                 .transpose()
         };
-        let tcp = bind(self.config.tcp)?;
-        let websocket = bind(self.config.websocket)?;
+        let mut config = self.config;
+        match admission::FdBudget::raise(config.fd_reserve) {
+            Ok(budget) => {
+                let cap = budget.cap(config.max_connections);
+                if cap < config.max_connections {
+                    tracing::warn!(
+                        configured = config.max_connections,
+                        max_connections = cap,
+                        open_file_limit = budget.limit,
+                        reserve = budget.reserve,
+                        "the open-file limit allows fewer connections than configured; players \
+                         beyond it are told the server is full (raise the hard limit: ulimit -Hn)"
+                    );
+                }
+                config.max_connections = cap;
+            }
+            Err(error) => tracing::warn!(%error, "could not read the open-file limit"),
+        }
+        let tcp = bind(config.tcp)?;
+        let websocket = bind(config.websocket)?;
         let tcp_addr = tcp.as_ref().and_then(|listener| listener.local_addr().ok());
         let websocket_addr = websocket
             .as_ref()
             .and_then(|listener| listener.local_addr().ok());
         let shared = Arc::new(Shared {
-            config: self.config,
+            config,
             sessions: self.sessions,
             router,
             on_session: self.on_session,
@@ -301,6 +344,12 @@ impl<P: Protocol> std::fmt::Debug for Gateway<P> {
 }
 
 impl<P: Protocol> Gateway<P> {
+    /// How many connections it serves at once: the configured maximum, or less when the
+    /// open-file limit allows less.
+    pub fn max_connections(&self) -> usize {
+        self.shared.config.max_connections
+    }
+
     /// The TCP listener's address.
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         self.tcp_addr

@@ -127,6 +127,26 @@ impl Sessions {
         old
     }
 
+    /// Opens session `id` with no connection attached, if it is not open; returns whether it
+    /// opened it. Bindings can be made before a connection is attached.
+    pub fn open(&self, id: SessionId) -> bool {
+        match self.sessions.entry(id) {
+            dashmap::Entry::Occupied(_) => false,
+            dashmap::Entry::Vacant(vacant) => {
+                vacant.insert(SessionState::default());
+                true
+            }
+        }
+    }
+
+    /// Closes session `id` if no connection was ever attached to it (one that [`Sessions::open`]
+    /// opened for a handshake that was then refused).
+    pub fn discard_unattached(&self, id: SessionId) {
+        self.sessions.remove_if(&id, |_, session| {
+            session.connection.is_none() && session.generation == 0
+        });
+    }
+
     /// Detaches `connection` from session `id` if it is still the attached one (a connection
     /// that was replaced must not detach its successor). Bindings are kept for a reconnect.
     ///

@@ -12,7 +12,7 @@ use garrison_protocol::{
 };
 use garrison_runtime::{
     Activation, Entities, Entity, EntityContext, HandlerError, KindConfig, SessionId, Sessions,
-    gateway::{CloseCode, Gateway, GatewayBuilder, GatewayConfig, refusal, ticket},
+    gateway::{CloseCode, Gateway, GatewayBuilder, GatewayConfig, SessionInfo, refusal, ticket},
 };
 use garrison_supervisor::{ChildSpec, SupervisorBuilder, SupervisorRef};
 use garrison_tests::{
@@ -24,7 +24,7 @@ use tokio::{io::AsyncWriteExt, net::TcpStream};
 use tokio_tungstenite::{WebSocketStream, tungstenite::Message as WsMessage};
 use tokio_util::codec::Framed;
 
-const KEY: &[u8] = b"test-ticket-key";
+pub const KEY: &[u8] = b"test-ticket-key";
 const LIMIT: Duration = Duration::from_secs(10);
 
 #[derive(Archive, Serialize, Deserialize, Default)]
@@ -57,6 +57,9 @@ impl Entity for Pilot {
         seen: &mut Seen,
     ) -> Result<(), HandlerError> {
         seen.0 += 1;
+        if let TestMessage::Chat(chat) = &message {
+            assert_ne!(chat.text.as_str(), "crash", "told to crash");
+        }
         if let TestMessage::Input(input) = &message {
             let echo = Input {
                 entity: *context.key(),
@@ -86,6 +89,15 @@ pub struct World {
 }
 
 pub async fn world(config: impl FnOnce(&mut GatewayConfig)) -> World {
+    world_with_hook(config, |_, _| Ok(())).await
+}
+
+/// A world whose session hook runs `admit` after binding the player to its pilot; an error
+/// refuses the session.
+pub async fn world_with_hook(
+    config: impl FnOnce(&mut GatewayConfig),
+    admit: impl Fn(&SessionInfo, bool) -> Result<(), String> + Send + Sync + 'static,
+) -> World {
     let sessions = Arc::new(Sessions::new());
     let pilots = Entities::new(
         Pilot {
@@ -126,10 +138,11 @@ pub async fn world(config: impl FnOnce(&mut GatewayConfig)) -> World {
                 .send_as(&routing_sessions, info.session, &target, message)
                 .map_err(|refused| refused.reason)
         })
-        .on_session(move |info, _| {
+        .on_session(move |info, resumed| {
             binding_sessions
                 .bind::<Pilot>(info.session, &info.player)
-                .map_err(|error| error.to_string())
+                .map_err(|error| error.to_string())?;
+            admit(info, resumed)
         })
         .start()
         .unwrap();
@@ -257,9 +270,14 @@ impl Client {
 
     /// Reads until the server's `Close` and returns its code (`None` if it closed without one).
     pub async fn close_code(&mut self) -> Option<u16> {
+        self.close().await.map(|(code, _)| code)
+    }
+
+    /// Reads until the server's `Close` and returns its code and reason.
+    pub async fn close(&mut self) -> Option<(u16, String)> {
         while let Some(frame) = self.recv().await {
             if let Ok(Control::Close(close)) = Control::validate(frame) {
-                return Some(close.code.to_native());
+                return Some((close.code.to_native(), close.reason.to_string()));
             }
         }
         None

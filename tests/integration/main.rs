@@ -3,6 +3,7 @@
 
 mod battle_lockstep;
 mod counter;
+mod gateway_edges;
 mod gateway_hostile;
 mod protocol_fuzz_regressions;
 mod protocol_hostile_frames;

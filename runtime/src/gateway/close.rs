@@ -1,40 +1,74 @@
-//! Why the gateway closes a connection: stable codes sent in the `Close` control frame.
+//! Why the gateway closes a connection: stable codes sent in the `Close` control frame, declared
+//! once in the table below (code, metrics label, and the text a client is sent when nothing more
+//! specific is known).
 
 use std::fmt;
 
-/// The reason a connection was closed, with its wire code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u16)]
-#[non_exhaustive]
-pub enum CloseCode {
-    /// A frame could not be decoded (bad length, version, flags, kind or archive).
-    ProtocolError = 1,
+/// Declares `CloseCode` from one table: each row is a variant, its wire code, its label and its
+/// description.
+macro_rules! close_codes {
+    ($(
+        $(#[doc = $doc:literal])*
+        $name:ident = $code:literal, $label:literal, $description:literal;
+    )+) => {
+        /// The reason a connection was closed, with its wire code.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u16)]
+        #[non_exhaustive]
+        pub enum CloseCode {
+            $( $(#[doc = $doc])* $name = $code, )+
+        }
+
+        impl CloseCode {
+            /// Every code, in the table's order (for metrics tables).
+            pub const ALL: &'static [CloseCode] = &[$( CloseCode::$name ),+];
+
+            /// A short label, used in metrics.
+            pub fn label(self) -> &'static str {
+                match self {
+                    $( CloseCode::$name => $label, )+
+                }
+            }
+
+            /// What the `Close` says when nothing more specific is known.
+            pub fn description(self) -> &'static str {
+                match self {
+                    $( CloseCode::$name => $description, )+
+                }
+            }
+        }
+    };
+}
+
+close_codes! {
+    /// A frame could not be decoded (bad length, flags, kind or archive).
+    ProtocolError = 1, "protocol_error", "a frame could not be decoded";
     /// The frame's protocol version is not the server's.
-    UnsupportedVersion = 2,
+    UnsupportedVersion = 2, "unsupported_version", "the frame's protocol version is not the server's";
     /// A frame is larger than the configured maximum.
-    FrameTooLarge = 3,
+    FrameTooLarge = 3, "frame_too_large", "a frame is larger than the server accepts";
     /// The first frame was not a `Hello`.
-    HandshakeExpected = 10,
-    /// The ticket's signature is wrong.
-    BadTicket = 11,
+    HandshakeExpected = 10, "handshake_expected", "the first frame must be a Hello";
+    /// The ticket's signature is wrong, or its lifetime is longer than the server allows.
+    BadTicket = 11, "bad_ticket", "the ticket was not accepted";
     /// The ticket has expired.
-    ExpiredTicket = 12,
+    ExpiredTicket = 12, "expired_ticket", "the ticket has expired";
     /// No `Hello` arrived within the handshake deadline.
-    HandshakeTimeout = 13,
+    HandshakeTimeout = 13, "handshake_timeout", "no Hello arrived in time";
     /// The session was refused by the game's session hook.
-    SessionRefused = 14,
+    SessionRefused = 14, "session_refused", "the game refused the session";
     /// No frame arrived within the idle timeout.
-    IdleTimeout = 20,
+    IdleTimeout = 20, "idle_timeout", "no frame arrived within the idle timeout";
     /// The client sent more messages or bytes per second than allowed.
-    RateLimited = 21,
+    RateLimited = 21, "rate_limited", "the client sent faster than allowed";
     /// The client did not read fast enough and reliable frames piled up.
-    SlowConsumer = 22,
+    SlowConsumer = 22, "slow_consumer", "the client did not read fast enough";
     /// The same player connected again; this connection was replaced.
-    Replaced = 30,
+    Replaced = 30, "replaced", "the same player connected again; this connection was replaced";
     /// The server is shutting down.
-    ServerShutdown = 31,
+    ServerShutdown = 31, "server_shutdown", "the server is shutting down; reconnect shortly";
     /// The server is at its connection limit.
-    ServerFull = 32,
+    ServerFull = 32, "server_full", "the server is full; try again later";
 }
 
 impl CloseCode {
@@ -45,64 +79,11 @@ impl CloseCode {
 
     /// The code with this wire value, if it is one.
     pub fn from_code(code: u16) -> Option<CloseCode> {
-        use CloseCode::*;
-        [
-            ProtocolError,
-            UnsupportedVersion,
-            FrameTooLarge,
-            HandshakeExpected,
-            BadTicket,
-            ExpiredTicket,
-            HandshakeTimeout,
-            SessionRefused,
-            IdleTimeout,
-            RateLimited,
-            SlowConsumer,
-            Replaced,
-            ServerShutdown,
-            ServerFull,
-        ]
-        .into_iter()
-        .find(|known| known.code() == code)
+        CloseCode::ALL
+            .iter()
+            .copied()
+            .find(|known| known.code() == code)
     }
-
-    /// A short label, used in metrics.
-    pub fn label(self) -> &'static str {
-        match self {
-            CloseCode::ProtocolError => "protocol_error",
-            CloseCode::UnsupportedVersion => "unsupported_version",
-            CloseCode::FrameTooLarge => "frame_too_large",
-            CloseCode::HandshakeExpected => "handshake_expected",
-            CloseCode::BadTicket => "bad_ticket",
-            CloseCode::ExpiredTicket => "expired_ticket",
-            CloseCode::HandshakeTimeout => "handshake_timeout",
-            CloseCode::SessionRefused => "session_refused",
-            CloseCode::IdleTimeout => "idle_timeout",
-            CloseCode::RateLimited => "rate_limited",
-            CloseCode::SlowConsumer => "slow_consumer",
-            CloseCode::Replaced => "replaced",
-            CloseCode::ServerShutdown => "server_shutdown",
-            CloseCode::ServerFull => "server_full",
-        }
-    }
-
-    /// Every code, for metrics tables.
-    pub const ALL: [CloseCode; 14] = [
-        CloseCode::ProtocolError,
-        CloseCode::UnsupportedVersion,
-        CloseCode::FrameTooLarge,
-        CloseCode::HandshakeExpected,
-        CloseCode::BadTicket,
-        CloseCode::ExpiredTicket,
-        CloseCode::HandshakeTimeout,
-        CloseCode::SessionRefused,
-        CloseCode::IdleTimeout,
-        CloseCode::RateLimited,
-        CloseCode::SlowConsumer,
-        CloseCode::Replaced,
-        CloseCode::ServerShutdown,
-        CloseCode::ServerFull,
-    ];
 }
 
 impl fmt::Display for CloseCode {
@@ -113,3 +94,21 @@ impl fmt::Display for CloseCode {
 
 /// Codes for a frame refused on a connection that stays open (`Refused` control frame).
 pub use garrison_protocol::control::refusal;
+
+#[cfg(test)]
+mod tests {
+    use super::CloseCode;
+
+    #[test]
+    fn every_code_round_trips_and_has_a_distinct_label() {
+        for code in CloseCode::ALL {
+            assert_eq!(CloseCode::from_code(code.code()), Some(*code));
+            assert!(!code.description().is_empty());
+        }
+        let mut labels: Vec<&str> = CloseCode::ALL.iter().map(|code| code.label()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), CloseCode::ALL.len());
+        assert_eq!(CloseCode::from_code(999), None);
+    }
+}

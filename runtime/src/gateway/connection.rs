@@ -2,25 +2,30 @@
 //! and a writer task beside it draining the connection's bounded outbound queue.
 
 use std::{
+    io,
     net::TcpListener as StdListener,
     pin::Pin,
     sync::{Arc, atomic::Ordering},
+    time::Duration,
 };
 
 use actix::{
     Actor, ActorContext, AsyncContext, Context, Handler, Message as ActixMessage, StreamHandler,
 };
 use actix_rt::Arbiter;
+use bytes::BytesMut;
 use futures_util::{Sink, SinkExt, Stream, StreamExt, future};
 use garrison_protocol::{
     DecodeConfig, Error as ProtocolError, Frame, FrameCodec, Protocol,
     control::{Close, Hello, Refused, Welcome},
 };
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage, protocol::WebSocketConfig};
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::{Decoder, FramedRead, FramedWrite};
 
 use super::{
-    CloseCode, SessionInfo, Shared, control_frame, known_kind,
+    CloseCode, SessionInfo, Shared,
+    admission::{self, Admission, Spare},
+    control_frame, known_kind,
     limits::TokenBucket,
     outbound::{Next, OutboundQueue},
     refusal, ticket,
@@ -40,16 +45,62 @@ enum Transport {
 /// What the reading side yields.
 enum Inbound {
     Frame(Frame),
-    Invalid(CloseCode),
+    /// The client sent something that cannot be a frame: close with this code and text.
+    Invalid(CloseCode, String),
     Ended,
 }
 
-fn close_code(error: &ProtocolError) -> Option<CloseCode> {
+fn close_code(error: &ProtocolError) -> CloseCode {
     match error {
-        ProtocolError::Io(_) => None,
-        ProtocolError::Oversize { .. } => Some(CloseCode::FrameTooLarge),
-        ProtocolError::UnsupportedVersion { .. } => Some(CloseCode::UnsupportedVersion),
-        _ => Some(CloseCode::ProtocolError),
+        ProtocolError::Oversize { .. } => CloseCode::FrameTooLarge,
+        ProtocolError::UnsupportedVersion { .. } => CloseCode::UnsupportedVersion,
+        _ => CloseCode::ProtocolError,
+    }
+}
+
+/// The TCP decoder: frames, then, after the first bytes that cannot be one, nothing but
+/// discarded input. The connection keeps reading until the client closes its side (or the close
+/// linger runs out), so the kernel never resets the socket with the `Close` still in flight.
+struct InboundCodec {
+    frames: FrameCodec,
+    failed: bool,
+}
+
+impl InboundCodec {
+    fn invalid(&mut self, error: ProtocolError, src: &mut BytesMut) -> Result<Inbound, io::Error> {
+        if let ProtocolError::Io(error) = error {
+            return Err(error);
+        }
+        self.failed = true;
+        src.clear();
+        Ok(Inbound::Invalid(close_code(&error), error.to_string()))
+    }
+}
+
+impl Decoder for InboundCodec {
+    type Item = Inbound;
+    type Error = io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Inbound>, io::Error> {
+        if self.failed {
+            src.clear();
+            return Ok(None);
+        }
+        match self.frames.decode(src) {
+            Ok(frame) => Ok(frame.map(Inbound::Frame)),
+            Err(error) => self.invalid(error, src).map(Some),
+        }
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Inbound>, io::Error> {
+        if self.failed {
+            src.clear();
+            return Ok(None);
+        }
+        match self.frames.decode_eof(src) {
+            Ok(frame) => Ok(frame.map(Inbound::Frame)),
+            Err(error) => self.invalid(error, src).map(Some),
+        }
     }
 }
 
@@ -104,38 +155,80 @@ async fn accept_loop<P: Protocol>(
         return;
     };
     let mut stop = shared.stop.subscribe();
+    let mut spare = Spare::new();
     let mut next = 0usize;
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = stop.wait_for(|stopping| *stopping) => return,
         };
-        let Ok((stream, _)) = accepted else {
-            // Out of file descriptors or buffers: back off instead of spinning on the error.
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            continue;
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) if admission::out_of_descriptors(&error) => {
+                refuse_without_descriptors(&shared, &listener, &mut spare).await;
+                continue;
+            }
+            Err(_) => {
+                // Out of buffers or an aborted handshake: back off instead of spinning.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
         };
-        // Relaxed: statistics and a soft admission limit.
+        // Relaxed: statistics.
         shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
-        let admitted =
-            shared.counters.active.fetch_add(1, Ordering::AcqRel) < shared.config.max_connections;
-        if !admitted {
-            shared.counters.active.fetch_sub(1, Ordering::AcqRel);
+        if let Some(size) = shared.config.socket_send_buffer {
+            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(size);
         }
+        let admission =
+            Admission::try_admit(&shared.counters.active, shared.config.max_connections);
         // A tokio socket belongs to the reactor it was registered with: hand the event loop a
         // std socket and let it register there.
         let Ok(stream) = stream.into_std() else {
-            if admitted {
-                shared.counters.active.fetch_sub(1, Ordering::AcqRel);
-            }
             continue;
         };
         let event_loop = &loops[next % loops.len()];
         next = next.wrapping_add(1);
         let shared = shared.clone();
-        event_loop.spawn(async move { serve(shared, stream, transport, admitted).await });
+        event_loop.spawn(async move { serve(shared, stream, transport, admission).await });
     }
+}
+
+/// The process is out of descriptors with a connection waiting: free the spare one, accept the
+/// connection, tell it the server is full, close it, and take the spare back. Without a spare,
+/// back off instead of spinning on the error.
+async fn refuse_without_descriptors<P: Protocol>(
+    shared: &Shared<P>,
+    listener: &tokio::net::TcpListener,
+    spare: &mut Spare,
+) {
+    if !spare.release() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        spare.restore();
+        return;
+    }
+    if let Ok(Ok((stream, _))) =
+        tokio::time::timeout(Duration::from_millis(10), listener.accept()).await
+    {
+        shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
+        shared.counters.record_close(CloseCode::ServerFull);
+        let reason = "the server is out of connection descriptors; try again later";
+        if let Some(close) = control_frame(
+            &Close {
+                code: CloseCode::ServerFull.code(),
+                reason: reason.to_owned(),
+            },
+            0,
+        ) {
+            // Best effort, without waiting: one small frame fits any empty send buffer.
+            let _ = stream.try_write(close.wire());
+        }
+        let _ = socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Write);
+        // Read what already arrived, so closing does not reset the socket over unread input.
+        let mut discard = [0u8; 1024];
+        while matches!(stream.try_read(&mut discard), Ok(read) if read > 0) {}
+    }
+    spare.restore();
 }
 
 fn decode_config<P: Protocol>(shared: &Shared<P>) -> DecodeConfig {
@@ -149,27 +242,24 @@ async fn serve<P: Protocol>(
     shared: Arc<Shared<P>>,
     stream: std::net::TcpStream,
     transport: Transport,
-    admitted: bool,
+    admission: Option<Admission>,
 ) {
     let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
-        if admitted {
-            shared.counters.active.fetch_sub(1, Ordering::AcqRel);
-        }
         return;
     };
     let config = decode_config(&shared);
     match transport {
         Transport::Tcp => {
             let (read, write) = stream.into_split();
+            let codec = InboundCodec {
+                frames: FrameCodec::new(config),
+                failed: false,
+            };
             // A small first read buffer: it grows for large frames only (bounded by the limit).
-            let reader = FramedRead::with_capacity(read, FrameCodec::new(config), 512).map(
-                |item| match item {
-                    Ok(frame) => Inbound::Frame(frame),
-                    Err(error) => close_code(&error).map_or(Inbound::Ended, Inbound::Invalid),
-                },
-            );
+            let reader = FramedRead::with_capacity(read, codec, 512)
+                .map(|item| item.unwrap_or(Inbound::Ended));
             let writer = FramedWrite::new(write, FrameCodec::default());
-            start(shared, Box::pin(reader), writer, admitted);
+            start(shared, Box::pin(reader), writer, admission);
         }
         Transport::WebSocket => {
             let mut ws_config = WebSocketConfig::default();
@@ -180,9 +270,6 @@ async fn serve<P: Protocol>(
                 tokio_tungstenite::accept_async_with_config(stream, Some(ws_config)),
             );
             let Ok(Ok(socket)) = handshake.await else {
-                if admitted {
-                    shared.counters.active.fetch_sub(1, Ordering::AcqRel);
-                }
                 shared.counters.peer_closed.fetch_add(1, Ordering::Relaxed);
                 return;
             };
@@ -192,14 +279,20 @@ async fn serve<P: Protocol>(
                     // One WebSocket message carries exactly one frame.
                     Ok(WsMessage::Binary(data)) => Some(match Frame::decode_exact(data, &config) {
                         Ok(frame) => Inbound::Frame(frame),
-                        Err(error) => close_code(&error).map_or(Inbound::Ended, Inbound::Invalid),
+                        Err(ProtocolError::Io(_)) => Inbound::Ended,
+                        Err(error) => Inbound::Invalid(close_code(&error), error.to_string()),
                     }),
-                    Ok(WsMessage::Text(_)) => Some(Inbound::Invalid(CloseCode::ProtocolError)),
+                    Ok(WsMessage::Text(_)) => Some(Inbound::Invalid(
+                        CloseCode::ProtocolError,
+                        "text messages are not frames: send each frame as one binary message"
+                            .to_owned(),
+                    )),
                     Ok(WsMessage::Close(_)) => Some(Inbound::Ended),
                     Ok(_) => None,
-                    Err(tungstenite::Error::Capacity(_)) => {
-                        Some(Inbound::Invalid(CloseCode::FrameTooLarge))
-                    }
+                    Err(tungstenite::Error::Capacity(error)) => Some(Inbound::Invalid(
+                        CloseCode::FrameTooLarge,
+                        error.to_string(),
+                    )),
                     Err(_) => Some(Inbound::Ended),
                 })
             });
@@ -208,7 +301,7 @@ async fn serve<P: Protocol>(
                     frame.wire().clone(),
                 )))
             });
-            start(shared, Box::pin(reader), Box::pin(writer), admitted);
+            start(shared, Box::pin(reader), Box::pin(writer), admission);
         }
     }
 }
@@ -217,7 +310,7 @@ fn start<P, W>(
     shared: Arc<Shared<P>>,
     reader: Pin<Box<dyn Stream<Item = Inbound>>>,
     writer: W,
-    admitted: bool,
+    admission: Option<Admission>,
 ) where
     P: Protocol,
     W: Sink<Frame> + Unpin + 'static,
@@ -225,12 +318,21 @@ fn start<P, W>(
     let queue = Arc::new(OutboundQueue::new(shared.config.outbound_capacity));
     let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
     shared.connections.insert(id, queue.clone());
+    if admission.is_none() {
+        queue.close_because(
+            CloseCode::ServerFull,
+            format!(
+                "the server is at its limit of {} connections; try again later",
+                shared.config.max_connections
+            ),
+        );
+    }
     let now = clock::now_millis();
     let connection = Connection::<P> {
         shared: shared.clone(),
         outbound: queue.clone(),
         id,
-        admitted,
+        _admission: admission,
         session: None,
         messages: TokenBucket::new(
             shared.config.messages_per_second,
@@ -238,27 +340,26 @@ fn start<P, W>(
         ),
         bytes: TokenBucket::new(shared.config.bytes_per_second, shared.config.byte_burst),
         last_activity_ms: now,
+        writer_done: false,
+        peer_done: false,
     };
     let address = Connection::create(move |context| {
         context.add_stream(reader);
         connection
     });
-    if !admitted {
-        queue.close(CloseCode::ServerFull);
-    }
     actix_rt::spawn(async move {
-        write_loop(writer, &queue, &shared).await;
-        address.do_send(WriterDone);
+        let close_written = write_loop(writer, &queue, &shared).await;
+        address.do_send(WriterDone { close_written });
     });
 }
 
 /// Drains the outbound queue into the socket; a write that stalls past the write timeout (or an
-/// urgent stop) ends the connection as a slow consumer.
+/// urgent stop) ends the connection as a slow consumer. Returns whether it wrote a `Close`.
 async fn write_loop<P: Protocol, W: Sink<Frame> + Unpin>(
     mut sink: W,
     queue: &OutboundQueue,
     shared: &Shared<P>,
-) {
+) -> bool {
     let mut batch = Vec::with_capacity(16);
     let limit = shared.config.write_timeout;
     loop {
@@ -278,7 +379,7 @@ async fn write_loop<P: Protocol, W: Sink<Frame> + Unpin>(
                         if let Some(code) = queue.closing() {
                             shared.counters.record_close(code);
                         }
-                        return;
+                        return false;
                     }
                 };
                 match written {
@@ -292,65 +393,79 @@ async fn write_loop<P: Protocol, W: Sink<Frame> + Unpin>(
                             .bytes_out
                             .fetch_add(bytes as u64, Ordering::Relaxed);
                     }
-                    Ok(Err(())) => return,
+                    Ok(Err(())) => return false,
                     Err(_) => {
-                        queue.close(CloseCode::SlowConsumer);
+                        queue.close_because(
+                            CloseCode::SlowConsumer,
+                            format!("a write to the client stalled for more than {limit:?}"),
+                        );
                         shared.counters.record_close(CloseCode::SlowConsumer);
-                        return;
+                        return false;
                     }
                 }
             }
             Next::Close(code) => {
                 shared.counters.record_close(code);
                 // Even a slow consumer may have room now; the write timeout bounds the attempt.
-                if let Some(close) = control_frame(
+                let Some(close) = control_frame(
                     &Close {
                         code: code.code(),
-                        reason: code.label().to_owned(),
+                        reason: queue.close_reason(),
                     },
                     0,
-                ) {
-                    let _ = tokio::time::timeout(limit, async {
-                        let _ = sink.send(close).await;
-                        let _ = sink.close().await;
-                    })
-                    .await;
-                }
-                return;
+                ) else {
+                    return false;
+                };
+                // `close` ends the sink: a TCP write half shuts down (FIN), a WebSocket sends its
+                // close frame.
+                let sent = tokio::time::timeout(limit, async {
+                    sink.send(close).await.is_ok() && sink.close().await.is_ok()
+                })
+                .await;
+                return sent.unwrap_or(false);
             }
-            Next::Abort => return,
+            Next::Abort => return false,
         }
     }
 }
 
 #[derive(ActixMessage)]
 #[rtype(result = "()")]
-struct WriterDone;
+struct WriterDone {
+    close_written: bool,
+}
 
 struct Connection<P: Protocol> {
     shared: Arc<Shared<P>>,
     outbound: Arc<OutboundQueue>,
     id: u64,
-    admitted: bool,
+    /// Its place under the connection limit (`None`: refused as `ServerFull`), held until the
+    /// connection is dropped, which gives it back.
+    _admission: Option<Admission>,
     session: Option<SessionInfo>,
     messages: TokenBucket,
     bytes: TokenBucket,
     last_activity_ms: u64,
+    /// The writer has finished (sent its `Close`, or given up).
+    writer_done: bool,
+    /// The client's side has ended.
+    peer_done: bool,
 }
 
 impl<P: Protocol> Connection<P> {
-    /// Closes with `code`: the writer sends what is queued, then the `Close`, then shuts the
-    /// socket. Reading goes on meanwhile (frames are discarded): closing a TCP socket with
-    /// unread input makes the kernel reset it, and the reset would destroy the `Close` in flight.
-    /// The actor stops when the writer is done.
-    fn close(&mut self, code: CloseCode, _: &mut Context<Self>) {
-        self.outbound.close(code);
+    /// Closes with `code`, the `Close` saying `reason`: the writer sends what is queued, then the
+    /// `Close`, then ends its side. Reading goes on meanwhile (frames are discarded) until the
+    /// client ends its side or the close linger runs out: closing a TCP socket with unread input
+    /// makes the kernel reset it, and the reset would destroy the `Close` in flight.
+    fn close(&mut self, code: CloseCode, reason: impl Into<String>) {
+        self.outbound.close_because(code, reason.into());
     }
 
-    /// The client's side ended. A connection that is closing waits for its writer; any other
-    /// stops now (its writer is aborted in `stopped`).
+    /// The client's side ended. A connection that is closing stops once its writer is done;
+    /// any other stops now (its writer is aborted in `stopped`).
     fn ended(&mut self, context: &mut Context<Self>) {
-        if self.outbound.closing().is_none() {
+        self.peer_done = true;
+        if self.outbound.closing().is_none() || self.writer_done {
             context.stop();
         }
     }
@@ -362,41 +477,55 @@ impl<P: Protocol> Connection<P> {
         }
     }
 
-    fn handshake(&mut self, frame: Frame, context: &mut Context<Self>) {
+    fn handshake(&mut self, frame: Frame) {
         let seq = frame.header().seq;
-        let Ok(hello) = frame.access::<Hello>() else {
-            let code = if frame.kind() == <Hello as garrison_protocol::Message>::KIND {
-                CloseCode::ProtocolError
-            } else {
-                CloseCode::HandshakeExpected
-            };
-            return self.close(code, context);
+        let hello_kind = <Hello as garrison_protocol::Message>::KIND;
+        let hello = match frame.access::<Hello>() {
+            Ok(hello) => hello,
+            Err(error) if frame.kind() == hello_kind => {
+                return self.close(CloseCode::ProtocolError, error.to_string());
+            }
+            Err(_) => {
+                return self.close(
+                    CloseCode::HandshakeExpected,
+                    format!(
+                        "the first frame must be a Hello (kind {hello_kind}), not kind {}",
+                        frame.kind()
+                    ),
+                );
+            }
         };
         let player = match ticket::verify(
             &self.shared.config.ticket_key,
             &hello.ticket,
             ticket::unix_now(),
+            self.shared.config.max_ticket_lifetime.as_secs(),
         ) {
             Ok(player) => player,
-            Err(ticket::TicketError::BadSignature) => {
-                return self.close(CloseCode::BadTicket, context);
+            Err(error @ ticket::TicketError::Expired { .. }) => {
+                return self.close(CloseCode::ExpiredTicket, error.to_string());
             }
-            Err(ticket::TicketError::Expired) => {
-                return self.close(CloseCode::ExpiredTicket, context);
-            }
+            Err(error) => return self.close(CloseCode::BadTicket, error.to_string()),
         };
         let info = SessionInfo {
             session: SessionId(player),
             player,
         };
-        let resumed = self.shared.sessions.contains(info.session);
-        let outbound: Arc<dyn Outbound> = self.outbound.clone();
-        // Atomic takeover: an older connection of this player is told it was replaced.
-        self.shared.sessions.attach(info.session, outbound);
+        let sessions = &self.shared.sessions;
+        let resumed = sessions.contains(info.session);
+        // The hook binds the session before any connection is attached to it, so a refusal
+        // replaces no live connection and leaves no session of its own behind.
+        let opened = sessions.open(info.session);
         if let Err(reason) = (self.shared.on_session)(&info, resumed) {
             tracing::info!(game.session.id = player, %reason, "session refused");
-            return self.close(CloseCode::SessionRefused, context);
+            if opened {
+                sessions.discard_unattached(info.session);
+            }
+            return self.close(CloseCode::SessionRefused, reason);
         }
+        // Atomic takeover: an older connection of this player is told it was replaced.
+        let outbound: Arc<dyn Outbound> = self.outbound.clone();
+        sessions.attach(info.session, outbound);
         self.session = Some(info);
         self.reply(
             &Welcome {
@@ -407,7 +536,7 @@ impl<P: Protocol> Connection<P> {
         );
     }
 
-    fn route(&mut self, info: SessionInfo, frame: Frame, context: &mut Context<Self>) {
+    fn route(&mut self, info: SessionInfo, frame: Frame) {
         let seq = frame.header().seq;
         let client = frame.header().trace;
         // Head sampling: a client's decision is followed; a frame without one is a new trace,
@@ -439,7 +568,7 @@ impl<P: Protocol> Connection<P> {
             Ok(message) => message,
             Err(error) => {
                 tracing::info!(%error, "invalid frame; closing");
-                return self.close(CloseCode::ProtocolError, context);
+                return self.close(CloseCode::ProtocolError, error.to_string());
             }
         };
         // The sends the router makes remember this frame, so a failure to handle it is answered.
@@ -466,20 +595,24 @@ impl<P: Protocol> Actor for Connection<P> {
     type Context = Context<Self>;
 
     fn started(&mut self, context: &mut Context<Self>) {
-        context.run_later(
-            self.shared.config.handshake_timeout,
-            |connection, context| {
-                if connection.session.is_none() {
-                    connection.close(CloseCode::HandshakeTimeout, context);
-                }
-            },
-        );
+        let handshake = self.shared.config.handshake_timeout;
+        context.run_later(handshake, move |connection, _| {
+            if connection.session.is_none() {
+                connection.close(
+                    CloseCode::HandshakeTimeout,
+                    format!("no Hello arrived within {handshake:?}"),
+                );
+            }
+        });
         let idle = self.shared.config.idle_timeout;
-        let period = (idle / 4).max(std::time::Duration::from_millis(10));
-        context.run_interval(period, move |connection, context| {
+        let period = (idle / 4).max(Duration::from_millis(10));
+        context.run_interval(period, move |connection, _| {
             let quiet = clock::now_millis().saturating_sub(connection.last_activity_ms);
             if quiet >= idle.as_millis() as u64 {
-                connection.close(CloseCode::IdleTimeout, context);
+                connection.close(
+                    CloseCode::IdleTimeout,
+                    format!("no frame arrived for {idle:?}"),
+                );
             }
         });
     }
@@ -507,9 +640,7 @@ impl<P: Protocol> Actor for Connection<P> {
             self.outbound.abort();
         }
         self.shared.connections.remove(&self.id);
-        if self.admitted {
-            self.shared.counters.active.fetch_sub(1, Ordering::AcqRel);
-        }
+        // The admission, if any, is given back when the actor is dropped.
     }
 }
 
@@ -517,7 +648,7 @@ impl<P: Protocol> StreamHandler<Inbound> for Connection<P> {
     fn handle(&mut self, item: Inbound, context: &mut Context<Self>) {
         let frame = match item {
             Inbound::Frame(frame) => frame,
-            Inbound::Invalid(code) => return self.close(code, context),
+            Inbound::Invalid(code, reason) => return self.close(code, reason),
             Inbound::Ended => return self.ended(context),
         };
         if self.outbound.closing().is_some() {
@@ -534,12 +665,24 @@ impl<P: Protocol> StreamHandler<Inbound> for Connection<P> {
             .bytes_in
             .fetch_add(length as u64, Ordering::Relaxed);
         self.last_activity_ms = clock::now_millis();
-        if !self.messages.take(1.0) || !self.bytes.take(length as f64) {
-            return self.close(CloseCode::RateLimited, context);
+        let config = &self.shared.config;
+        if !self.messages.take(1.0) {
+            let reason = format!(
+                "more than {} messages per second (burst {})",
+                config.messages_per_second, config.message_burst
+            );
+            return self.close(CloseCode::RateLimited, reason);
+        }
+        if !self.bytes.take(length as f64) {
+            let reason = format!(
+                "more than {} bytes per second (burst {})",
+                config.bytes_per_second, config.byte_burst
+            );
+            return self.close(CloseCode::RateLimited, reason);
         }
         match self.session {
-            None => self.handshake(frame, context),
-            Some(info) => self.route(info, frame, context),
+            None => self.handshake(frame),
+            Some(info) => self.route(info, frame),
         }
     }
 
@@ -551,7 +694,15 @@ impl<P: Protocol> StreamHandler<Inbound> for Connection<P> {
 impl<P: Protocol> Handler<WriterDone> for Connection<P> {
     type Result = ();
 
-    fn handle(&mut self, _: WriterDone, context: &mut Context<Self>) {
-        context.stop();
+    fn handle(&mut self, done: WriterDone, context: &mut Context<Self>) {
+        self.writer_done = true;
+        if self.peer_done || !done.close_written {
+            return context.stop();
+        }
+        // The `Close` is on its way: keep reading until the client closes its side, for at most
+        // the linger.
+        context.run_later(self.shared.config.close_linger, |_, context| {
+            context.stop();
+        });
     }
 }

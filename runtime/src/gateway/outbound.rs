@@ -32,6 +32,22 @@ struct Items {
     frames: VecDeque<(Frame, Delivery)>,
     /// Set once: the writer sends what is queued, then this close frame, then shuts down.
     closing: Option<CloseCode>,
+    /// What the `Close` says, when more is known than the code's description.
+    reason: Option<String>,
+}
+
+/// The longest reason a `Close` carries, in bytes; a longer one is cut at a character boundary.
+pub(crate) const MAX_CLOSE_REASON: usize = 256;
+
+fn bounded(mut reason: String) -> String {
+    if reason.len() > MAX_CLOSE_REASON {
+        let mut cut = MAX_CLOSE_REASON;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+    }
+    reason
 }
 
 /// The queue between everything that writes to a connection and its writer task.
@@ -62,6 +78,7 @@ impl OutboundQueue {
             items: Mutex::new(Items {
                 frames: VecDeque::new(),
                 closing: None,
+                reason: None,
             }),
             capacity: capacity.max(1),
             ready: Notify::new(),
@@ -97,6 +114,10 @@ impl OutboundQueue {
                 (Delivery::Latest, None) => return Err(frame),
                 (Delivery::Reliable, _) => {
                     items.closing = Some(CloseCode::SlowConsumer);
+                    items.reason = Some(format!(
+                        "the client did not read: {} frames were waiting for it",
+                        self.capacity
+                    ));
                     drop(items);
                     self.ready.notify_one();
                     // `notify_one` keeps a permit: a writer stuck mid-write sees it next.
@@ -111,15 +132,36 @@ impl OutboundQueue {
         Ok(())
     }
 
-    /// Asks the writer to send what is queued, then a `Close` with `code`, then shut down. The
-    /// first reason given wins.
+    /// Asks the writer to send what is queued, then a `Close` with `code` and the code's
+    /// description, then shut down. The first close asked for wins.
     pub(crate) fn close(&self, code: CloseCode) {
+        self.close_with(code, None);
+    }
+
+    /// As [`OutboundQueue::close`], the `Close` saying `reason` (at most [`MAX_CLOSE_REASON`]
+    /// bytes), so a client developer sees what was wrong.
+    pub(crate) fn close_because(&self, code: CloseCode, reason: String) {
+        self.close_with(code, Some(reason));
+    }
+
+    fn close_with(&self, code: CloseCode, reason: Option<String>) {
         let mut items = self.lock();
         if items.closing.is_none() {
             items.closing = Some(code);
+            items.reason = reason.map(bounded);
         }
         drop(items);
         self.ready.notify_one();
+    }
+
+    /// The text the `Close` carries: the reason given, or the code's description.
+    pub(crate) fn close_reason(&self) -> String {
+        let items = self.lock();
+        match (&items.reason, items.closing) {
+            (Some(reason), _) => reason.clone(),
+            (None, Some(code)) => code.description().to_owned(),
+            (None, None) => String::new(),
+        }
     }
 
     /// Stops the writer without a `Close` (the peer went away).

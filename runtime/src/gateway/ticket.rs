@@ -1,5 +1,11 @@
 //! Authentication tickets: HMAC-SHA256 over (player id, expiry), minted for a player and checked
 //! in constant time at the handshake.
+//!
+//! A ticket is a bearer token: whoever holds it is that player until it expires. A second
+//! connection with the same ticket takes the session over (the first is closed with `Replaced`),
+//! by design, so a player who lost a connection comes back at once; keep tickets short-lived
+//! (the gateway refuses any that expires later than `GatewayConfig::max_ticket_lifetime` from
+//! now) and send them only over a channel you trust.
 
 use garrison_protocol::control::{ArchivedTicket, Ticket};
 use hmac::{Hmac, Mac};
@@ -8,12 +14,28 @@ use sha2::Sha256;
 type HmacSha256 = Hmac<Sha256>;
 
 /// Why a ticket was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TicketError {
     /// The signature does not match: forged or signed with another key.
+    #[error("the ticket's signature does not match: forged, or signed with another key")]
     BadSignature,
     /// The ticket's expiry has passed.
-    Expired,
+    #[error("the ticket expired {ago} s ago")]
+    Expired {
+        /// Seconds since it expired.
+        ago: u64,
+    },
+    /// The ticket expires further in the future than the server allows a ticket to live.
+    #[error(
+        "the ticket expires in {expires_in} s, beyond the server's maximum ticket lifetime of {max} s"
+    )]
+    TooLong {
+        /// Seconds until it expires.
+        expires_in: u64,
+        /// The maximum lifetime, seconds.
+        max: u64,
+    },
 }
 
 fn signed(key: &[u8], player: u64, expires_at: u64) -> HmacSha256 {
@@ -35,19 +57,35 @@ pub fn mint(key: &[u8], player: u64, expires_at: u64) -> Ticket {
     }
 }
 
-/// Checks a ticket as it arrived (archived, read in place) at time `now` (Unix seconds).
+/// Checks a ticket as it arrived (archived, read in place) at time `now` (Unix seconds),
+/// refusing one that would live longer than `max_lifetime` seconds from now.
 ///
 /// # Errors
-/// [`TicketError::BadSignature`] or [`TicketError::Expired`]; the signature is checked first, in
-/// constant time, so an attacker learns nothing from the expiry check.
-pub fn verify(key: &[u8], ticket: &ArchivedTicket, now: u64) -> Result<u64, TicketError> {
+/// [`TicketError::BadSignature`], [`TicketError::Expired`] or [`TicketError::TooLong`]; the
+/// signature is checked first, in constant time, so an attacker learns nothing from the expiry
+/// checks.
+pub fn verify(
+    key: &[u8],
+    ticket: &ArchivedTicket,
+    now: u64,
+    max_lifetime: u64,
+) -> Result<u64, TicketError> {
     let player = ticket.player.to_native();
     let expires_at = ticket.expires_at.to_native();
     signed(key, player, expires_at)
         .verify_slice(&ticket.mac)
         .map_err(|_| TicketError::BadSignature)?;
     if expires_at <= now {
-        return Err(TicketError::Expired);
+        return Err(TicketError::Expired {
+            ago: now - expires_at,
+        });
+    }
+    let expires_in = expires_at - now;
+    if expires_in > max_lifetime {
+        return Err(TicketError::TooLong {
+            expires_in,
+            max: max_lifetime,
+        });
     }
     Ok(player)
 }

@@ -1,0 +1,270 @@
+//! The gateway's edges: a closed client reads its `Close` (never a reset), the `Close` says what
+//! was wrong, a client that never reads is bounded by the outbound queue rather than the kernel's
+//! buffers, a refusing session hook changes nothing, tickets have a maximum lifetime, and a frame
+//! that crashes its entity is answered.
+
+use std::time::Duration;
+
+use garrison_protocol::{
+    FrameMeta, Protocol,
+    control::{Control, Hello, refusal},
+};
+use garrison_runtime::{
+    SessionId,
+    gateway::{CloseCode, ticket},
+};
+use garrison_tests::{probe::eventually, wire::Chat};
+
+use crate::gateway_hostile::{Client, KEY, Transport, encode, hello, world, world_with_hook};
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+fn chat(text: &str, seq: u32) -> Vec<u8> {
+    encode(
+        &Chat {
+            from: "edge".into(),
+            text: text.into(),
+        },
+        seq,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_client_reads_its_close_and_is_never_reset() {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+
+    let world = world(|config| config.close_linger = Duration::from_secs(5)).await;
+    for round in 0..5u64 {
+        let Client::Tcp(framed) = Client::connect(&world, Transport::Tcp).await else {
+            unreachable!("a TCP client")
+        };
+        let parts = framed.into_parts();
+        let (read, mut write) = parts.io.into_split();
+        let mut reader = tokio_util::codec::FramedRead::new(read, parts.codec);
+        write.write_all(&hello(200 + round)).await.unwrap();
+        // Far past the rate limit in one burst.
+        let flood = chat("spam", 1).repeat(2_000);
+        write.write_all(&flood).await.unwrap();
+        let mut close = None;
+        while close.is_none() {
+            let frame = tokio::time::timeout(LIMIT, reader.next())
+                .await
+                .expect("the server answers")
+                .expect("a Close before the end of the stream")
+                .unwrap_or_else(|error| panic!("round {round}: reset before the Close: {error}"));
+            if let Ok(Control::Close(closed)) = Control::validate(frame) {
+                close = Some((closed.code.to_native(), closed.reason.to_string()));
+            }
+        }
+        assert_eq!(
+            close,
+            Some((
+                CloseCode::RateLimited.code(),
+                "more than 200 messages per second (burst 300)".to_owned()
+            )),
+            "round {round}"
+        );
+        // Still sending after the Close (as a flooding client does): the server keeps reading
+        // and discarding, so nothing it has not read turns its close into a reset...
+        write
+            .write_all(&flood)
+            .await
+            .unwrap_or_else(|error| panic!("round {round}: the server reset the flood: {error}"));
+        // ...and once the client closes its side, the stream ends cleanly.
+        write.shutdown().await.unwrap();
+        let end = tokio::time::timeout(LIMIT, reader.next())
+            .await
+            .expect("the stream ends");
+        assert!(
+            end.is_none(),
+            "round {round}: expected a clean end of stream, got {end:?}"
+        );
+        // A reset may land behind the end of stream; the socket would still report it.
+        let pending = reader.get_ref().as_ref().take_error().unwrap();
+        assert!(
+            pending.is_none(),
+            "round {round}: the server reset the connection: {pending:?}"
+        );
+    }
+    world.gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_close_says_what_was_wrong() {
+    let world = world(|config| config.max_ticket_lifetime = Duration::from_secs(3_600)).await;
+    let never_expires = encode(
+        &Hello {
+            ticket: ticket::mint(KEY, 7, u64::MAX),
+        },
+        0,
+    );
+    let expired = encode(
+        &Hello {
+            ticket: ticket::mint(KEY, 7, ticket::unix_now() - 30),
+        },
+        0,
+    );
+    let forged = {
+        let mut ticket = ticket::mint(KEY, 7, ticket::unix_now() + 60);
+        ticket.mac[0] ^= 1;
+        encode(&Hello { ticket }, 0)
+    };
+    let cases: Vec<(&str, Vec<u8>, CloseCode, &str)> = vec![
+        (
+            "a ticket valid for ever",
+            never_expires,
+            CloseCode::BadTicket,
+            "beyond the server's maximum ticket lifetime of 3600 s",
+        ),
+        (
+            "an expired ticket",
+            expired,
+            CloseCode::ExpiredTicket,
+            "the ticket expired 3",
+        ),
+        (
+            "a forged ticket",
+            forged,
+            CloseCode::BadTicket,
+            "the ticket's signature does not match",
+        ),
+        (
+            "a chat before the Hello",
+            chat("hi", 1),
+            CloseCode::HandshakeExpected,
+            "the first frame must be a Hello (kind 0xff00), not kind 0x0002",
+        ),
+        (
+            "a length prefix of 4 GiB",
+            u32::MAX.to_le_bytes().to_vec(),
+            CloseCode::FrameTooLarge,
+            "frame of 4294967299 bytes exceeds the maximum of 65536",
+        ),
+    ];
+    for transport in [Transport::Tcp, Transport::WebSocket] {
+        for (name, bytes, code, reason) in &cases {
+            if transport == Transport::WebSocket && *name == "a length prefix of 4 GiB" {
+                // A WebSocket message holds exactly one frame: 4 bytes are a truncated header.
+                continue;
+            }
+            let mut client = Client::connect(&world, transport).await;
+            client.send_raw(bytes.clone()).await;
+            let (closed_with, said) = client.close().await.expect("a Close");
+            assert_eq!(closed_with, code.code(), "{transport:?}: {name}: {said}");
+            assert!(
+                said.contains(reason),
+                "{transport:?}: {name}: the Close said {said:?}, expected it to contain {reason:?}"
+            );
+        }
+    }
+    world.gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_bounded_by_the_outbound_queue_not_the_kernel() {
+    let world = world(|config| config.outbound_capacity = 32).await;
+    let mut lazy = Client::connect(&world, Transport::Tcp).await;
+    lazy.handshake(12).await;
+    let frame = garrison_protocol::encode_frame(
+        &Chat {
+            from: "server".into(),
+            text: "x".repeat(4_000),
+        },
+        FrameMeta::default(),
+    )
+    .unwrap();
+    let mut pushed = 0usize;
+    // A game pushing a frame every millisecond: the writer keeps up until the kernel's buffers
+    // are full, then the queue fills and the connection is closed as a slow consumer.
+    while world.sessions.push(SessionId(12), frame.clone()).is_ok() {
+        pushed += frame.wire().len();
+        assert!(pushed < 64 << 20, "never closed");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    eventually("the slow consumer closed", LIMIT, || {
+        let closed = world.gateway.metrics().closed_with(CloseCode::SlowConsumer) == 1;
+        async move { closed }
+    })
+    .await;
+    // The queue (32 x 4 KB), a 64 KiB send buffer (the kernel doubles it) and the client's
+    // receive buffer: well under a megabyte. The kernel's own autotuning absorbs ~4 MiB.
+    assert!(
+        pushed < 1 << 20,
+        "{pushed} bytes were accepted for a client that never reads"
+    );
+    drop(lazy);
+    world.gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_session_hook_keeps_the_live_connection_and_leaves_no_session() {
+    for transport in [Transport::Tcp, Transport::WebSocket] {
+        // Refuses a player's second connection, and player 66 altogether.
+        let world = world_with_hook(
+            |_| {},
+            |info, resumed| {
+                if resumed {
+                    Err(format!("player {} already plays here", info.player))
+                } else if info.player == 66 {
+                    Err("player 66 is banned".to_owned())
+                } else {
+                    Ok(())
+                }
+            },
+        )
+        .await;
+        let mut live = Client::connect(&world, transport).await;
+        live.handshake(65).await;
+        let mut second = Client::connect(&world, transport).await;
+        second.send_raw(hello(65)).await;
+        assert_eq!(
+            second.close().await,
+            Some((
+                CloseCode::SessionRefused.code(),
+                "player 65 already plays here".to_owned()
+            )),
+            "{transport:?}"
+        );
+        // The live connection was not replaced: it still plays.
+        live.exchange(65, 0, 5).await;
+        let mut banned = Client::connect(&world, transport).await;
+        banned.send_raw(hello(66)).await;
+        assert_eq!(
+            banned.close_code().await,
+            Some(CloseCode::SessionRefused.code())
+        );
+        assert!(
+            !world.sessions.contains(SessionId(66)),
+            "{transport:?}: a refused handshake left a session behind"
+        );
+        assert_eq!(world.sessions.len(), 1);
+        world.gateway.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_that_crashes_its_entity_is_answered_with_its_seq() {
+    let world = world(|_| {}).await;
+    for (player, transport) in [(71, Transport::Tcp), (72, Transport::WebSocket)] {
+        let mut client = Client::connect(&world, transport).await;
+        client.handshake(player).await;
+        client.send_raw(chat("crash", 77)).await;
+        let answer = Control::validate(client.recv().await.expect("an answer")).unwrap();
+        let Control::Refused(refused) = answer else {
+            panic!("{transport:?}: expected a refusal, got {answer:?}");
+        };
+        assert_eq!(
+            (refused.seq.to_native(), refused.code.to_native()),
+            (77, refusal::FAILED),
+            "{transport:?}"
+        );
+        assert_eq!(
+            refused.reason.as_str(),
+            "the pilot entity failed to handle this message; it was dead-lettered, not retried"
+        );
+        // The pilot restarted; the connection plays on.
+        client.exchange(player, 1, 3).await;
+    }
+    world.gateway.shutdown().await;
+}
