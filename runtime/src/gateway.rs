@@ -311,12 +311,27 @@ impl<P: Protocol> GatewayBuilder<P> {
             arbiters: std::sync::OnceLock::new(),
         });
         let thread_shared = shared.clone();
+        let (ready, started) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("garrison-gateway".into())
-            .spawn(move || connection::run_system(thread_shared, tcp, websocket))
+            .spawn(move || connection::run_system(thread_shared, tcp, websocket, ready))
             .map_err(|error| Error::Gateway {
                 reason: error.to_string(),
             })?;
+        // Returns once the event loops accept connections, or with why they could not.
+        match started.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => {
+                let _ = thread.join();
+                return Err(Error::Gateway { reason });
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(Error::Gateway {
+                    reason: "the event loops' thread ended while starting".into(),
+                });
+            }
+        }
         Ok(Gateway {
             shared,
             thread: Some(thread),

@@ -104,18 +104,39 @@ impl Decoder for InboundCodec {
     }
 }
 
-/// Runs the gateway's actix system on this thread until `stop_system`.
+/// Runs the gateway's actix system on this thread until `stop_system`, telling `ready` once
+/// its event loops run (or why they could not start).
 pub(super) fn run_system<P: Protocol>(
     shared: Arc<Shared<P>>,
     tcp: Option<StdListener>,
     websocket: Option<StdListener>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
-    let runner = actix_rt::System::new();
+    // Every runtime is built here, where a failure (out of descriptors, say) is an error to
+    // report rather than a panic inside actix.
+    let build = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    let runtimes: Result<Vec<_>, _> = (0..=shared.config.event_loops.max(1))
+        .map(|_| build())
+        .collect();
+    let mut runtimes = match runtimes {
+        Ok(runtimes) => runtimes,
+        Err(error) => {
+            let _ = ready.send(Err(format!("the event loops could not start: {error}")));
+            return;
+        }
+    };
+    let system_runtime = runtimes.remove(0);
+    let runner = actix_rt::System::with_tokio_rt(move || system_runtime);
     runner.block_on(async {
         let _ = shared.system.set(actix_rt::System::current());
         let loops: Arc<Vec<Arbiter>> = Arc::new(
-            (0..shared.config.event_loops.max(1))
-                .map(|_| Arbiter::new())
+            runtimes
+                .into_iter()
+                .map(|runtime| Arbiter::with_tokio_rt(move || runtime))
                 .collect(),
         );
         for (listener, transport) in [(tcp, Transport::Tcp), (websocket, Transport::WebSocket)] {
@@ -130,6 +151,7 @@ pub(super) fn run_system<P: Protocol>(
         }
         // Keep the arbiters owned by the system's lifetime.
         let _ = shared.arbiters.set(loops);
+        let _ = ready.send(Ok(()));
     });
     let _ = runner.run();
 }
