@@ -213,6 +213,7 @@ pub struct EntityContext<'a, E: Entity> {
     pub(crate) session: Option<SessionId>,
     pub(crate) checkpoint_requested: bool,
     pub(crate) passivate_requested: bool,
+    pub(crate) stop_requested: bool,
 }
 
 impl<E: Entity> EntityContext<'_, E> {
@@ -239,5 +240,13 @@ impl<E: Entity> EntityContext<'_, E> {
     /// Passivates the entity after this message, if no other message is waiting.
     pub fn passivate(&mut self) {
         self.passivate_requested = true;
+    }
+
+    /// Ends the entity for good once its mailbox is empty (after this message, or after the
+    /// messages already queued behind it, which it still handles): the registry forgets it and
+    /// its checkpoint, and its key's next message activates a fresh entity. A finished match or
+    /// a player who left ends this way.
+    pub fn stop(&mut self) {
+        self.stop_requested = true;
     }
 }

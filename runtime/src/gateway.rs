@@ -133,6 +133,7 @@ pub struct SessionInfo {
 
 type Router<P> = dyn Fn(&SessionInfo, P) -> Result<(), Refusal> + Send + Sync;
 type SessionHook = dyn Fn(&SessionInfo, bool) -> Result<(), String> + Send + Sync;
+type ClosedHook = dyn Fn(&SessionInfo) + Send + Sync;
 
 /// Counters a gateway keeps.
 #[derive(Debug, Default)]
@@ -194,6 +195,7 @@ pub(crate) struct Shared<P: Protocol> {
     pub(crate) sessions: Arc<Sessions>,
     pub(crate) router: Arc<Router<P>>,
     pub(crate) on_session: Arc<SessionHook>,
+    pub(crate) on_session_closed: Arc<ClosedHook>,
     pub(crate) counters: Counters,
     pub(crate) connections: DashMap<u64, Arc<outbound::OutboundQueue>>,
     pub(crate) next_connection: AtomicU64,
@@ -214,6 +216,7 @@ pub struct GatewayBuilder<P: Protocol> {
     sessions: Arc<Sessions>,
     router: Option<Arc<Router<P>>>,
     on_session: Arc<SessionHook>,
+    on_session_closed: Arc<ClosedHook>,
 }
 
 impl<P: Protocol> GatewayBuilder<P> {
@@ -224,6 +227,7 @@ impl<P: Protocol> GatewayBuilder<P> {
             sessions,
             router: None,
             on_session: Arc::new(|_, _| Ok(())),
+            on_session_closed: Arc::new(|_| {}),
         }
     }
 
@@ -248,6 +252,17 @@ impl<P: Protocol> GatewayBuilder<P> {
         hook: impl Fn(&SessionInfo, bool) -> Result<(), String> + Send + Sync + 'static,
     ) -> Self {
         self.on_session = Arc::new(hook);
+        self
+    }
+
+    /// Sets the hook run once a session is closed for good: its player's connection ended and
+    /// the player did not come back within the reconnect grace window. Release what the player
+    /// held here (a seat, a place in a queue). It runs on a gateway event loop: send, do not wait.
+    pub fn on_session_closed(
+        mut self,
+        hook: impl Fn(&SessionInfo) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_session_closed = Arc::new(hook);
         self
     }
 
@@ -303,6 +318,7 @@ impl<P: Protocol> GatewayBuilder<P> {
             sessions: self.sessions,
             router,
             on_session: self.on_session,
+            on_session_closed: self.on_session_closed,
             counters: Counters::default(),
             connections: DashMap::new(),
             next_connection: AtomicU64::new(0),

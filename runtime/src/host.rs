@@ -124,6 +124,8 @@ pub(crate) struct Running<E: Entity> {
     since_checkpoint: u32,
     last_checkpoint_ms: u64,
     writer: SnapshotWriter,
+    /// The entity asked to stop; it does once its mailbox is empty.
+    stopping: bool,
 }
 
 impl<E: Entity> EntityWorker<E> {
@@ -253,6 +255,22 @@ impl<E: Entity> EntityWorker<E> {
         context.stop();
         Ok(())
     }
+
+    /// Ends the entity for good if this incarnation still owns the key's entry and no message
+    /// is waiting: the entry is removed (with its checkpoint) and the incarnation stops
+    /// normally. With messages waiting it stays, and tries again after the next one.
+    fn end(&self, context: &WorkerContext<Envelope<E>>) {
+        let mine = context.handle();
+        // Removing holds the entry for writing: no push is in flight, so the depth is exact.
+        let removed = self.inner.map.remove_if(&self.key, |_, slot| {
+            matches!(slot, Slot::Active { handle, .. } if handle.same_child(&mine))
+                && mine.depth() == 0
+        });
+        if removed.is_some() {
+            tracing::debug!(game.entity.kind = E::KIND, game.entity.key = %self.key, "ended");
+            context.stop();
+        }
+    }
 }
 
 impl<E: Entity> Worker for EntityWorker<E> {
@@ -315,6 +333,7 @@ impl<E: Entity> Worker for EntityWorker<E> {
             since_checkpoint: 0,
             last_checkpoint_ms: clock::now_millis(),
             writer: SnapshotWriter::new(),
+            stopping: false,
         })
     }
 
@@ -332,6 +351,10 @@ impl<E: Entity> Worker for EntityWorker<E> {
                 unsampled,
                 origin,
             } => (message, parent, session, unsampled, origin),
+            Envelope::Passivate if running.stopping => {
+                self.end(context);
+                return Ok(());
+            }
             Envelope::Passivate => {
                 let timeout = self
                     .inner
@@ -376,6 +399,7 @@ impl<E: Entity> Worker for EntityWorker<E> {
             session,
             checkpoint_requested: false,
             passivate_requested: false,
+            stop_requested: false,
         };
         let handled = AssertUnwindSafe(crate::telemetry::sampled_out(
             !traced,
@@ -421,7 +445,10 @@ impl<E: Entity> Worker for EntityWorker<E> {
         if entity_context.checkpoint_requested || self.checkpoint_due(running) {
             self.checkpoint(running)?;
         }
-        if entity_context.passivate_requested {
+        running.stopping |= entity_context.stop_requested;
+        if running.stopping {
+            self.end(context);
+        } else if entity_context.passivate_requested {
             self.passivate(context, running)?;
         }
         Ok(())

@@ -40,6 +40,8 @@ pub enum Msg {
     Gate(oneshot::Receiver<()>),
     Get(oneshot::Sender<(Tally, u64)>),
     Rest,
+    /// Ends the entity for good (`EntityContext::stop`).
+    End,
     /// Carries a client's trace context, as a frame does.
     Traced(garrison_protocol::TraceContext),
 }
@@ -52,6 +54,7 @@ impl EntityMessage for Msg {
             Msg::Gate(_) => "gate",
             Msg::Get(_) => "get",
             Msg::Rest => "rest",
+            Msg::End => "end",
             Msg::Traced(_) => "traced",
         }
     }
@@ -113,6 +116,7 @@ impl Entity for Counter {
                 let _ = reply.send((tally.clone(), context.incarnation()));
             }
             Msg::Rest => context.passivate(),
+            Msg::End => context.stop(),
             Msg::Traced(_) => tracing::info!("handled a traced message"),
         }
         Ok(())

@@ -86,6 +86,8 @@ pub struct World {
     pub gateway: Gateway<TestMessage>,
     pub sessions: Arc<Sessions>,
     pub tree: SupervisorRef,
+    /// Players whose sessions closed for good, in order (`on_session_closed`).
+    pub closed: Arc<std::sync::Mutex<Vec<u64>>>,
 }
 
 pub async fn world(config: impl FnOnce(&mut GatewayConfig)) -> World {
@@ -127,6 +129,8 @@ pub async fn world_with_hook(
     let routed = pilots.clone();
     let routing_sessions = sessions.clone();
     let binding_sessions = sessions.clone();
+    let closed = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let closing = closed.clone();
     let gateway = GatewayBuilder::<TestMessage>::new(settings, sessions.clone())
         .route(move |info, message| {
             // Inputs name the pilot they steer; anything else goes to the sender's own pilot.
@@ -144,12 +148,14 @@ pub async fn world_with_hook(
                 .map_err(|error| error.to_string())?;
             admit(info, resumed)
         })
+        .on_session_closed(move |info| closing.lock().unwrap().push(info.player))
         .start()
         .unwrap();
     World {
         gateway,
         sessions,
         tree,
+        closed,
     }
 }
 
@@ -699,11 +705,20 @@ async fn a_departed_players_session_is_closed_after_the_grace_window() {
     let mut back = Client::connect(&world, Transport::Tcp).await;
     assert!(back.handshake(41).await.resumed);
     back.exchange(41, 0, 3).await;
+    assert!(
+        world.closed.lock().unwrap().is_empty(),
+        "a player back within the window did not leave"
+    );
     drop(back);
     // Gone for good: the session and its bindings are closed once the window passes.
     eventually("the session closed", LIMIT, || {
         let open = world.sessions.contains(SessionId(41));
         async move { !open }
+    })
+    .await;
+    eventually("the closed hook", LIMIT, || {
+        let told = *world.closed.lock().unwrap() == [41];
+        async move { told }
     })
     .await;
     let mut later = Client::connect(&world, Transport::Tcp).await;

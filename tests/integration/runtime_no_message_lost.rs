@@ -253,3 +253,29 @@ async fn activate_is_told_why_it_runs() {
     );
     tree.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entity_that_ends_handles_what_is_queued_then_is_forgotten() {
+    let (counters, _, causes, tree) = start_recording(KindConfig::default()).await;
+    assert!(counters.send(&8, add(0, 5)).is_ok());
+    let open = hold(&counters, 8).await;
+    assert!(counters.send(&8, Msg::End).is_ok());
+    assert!(counters.send(&8, add(1, 5)).is_ok());
+    assert!(counters.send(&8, add(2, 5)).is_ok());
+    open.send(()).unwrap();
+    eventually("the entity forgotten", LIMIT, || {
+        let gone = counters.is_empty();
+        async move { gone }
+    })
+    .await;
+    assert!(
+        counters.dead_letters().is_empty(),
+        "the messages behind the stop were handled: {:?}",
+        counters.dead_letters().snapshot()
+    );
+    // Its checkpoint went with it: the next message activates it fresh.
+    let (tally, _) = get(&counters, 8).await;
+    assert_eq!(tally.total, 0);
+    assert_eq!(*causes.lock().unwrap(), ["fresh", "fresh"]);
+    tree.stop().await.unwrap();
+}

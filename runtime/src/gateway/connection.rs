@@ -646,10 +646,13 @@ impl<P: Protocol> Actor for Connection<P> {
                 // The player may come back within the grace window and resume; otherwise the
                 // session (and its bindings) is closed, so departed players leave nothing behind.
                 let sessions = self.shared.sessions.clone();
+                let closed = self.shared.on_session_closed.clone();
                 let grace = self.shared.config.reconnect_grace;
                 actix_rt::spawn(async move {
                     tokio::time::sleep(grace).await;
-                    sessions.close_if_detached(info.session, generation);
+                    if sessions.close_if_detached(info.session, generation) {
+                        closed(&info);
+                    }
                 });
             }
         }
