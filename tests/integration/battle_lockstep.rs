@@ -324,3 +324,75 @@ async fn a_rogue_client_in_a_room_is_thrown_out_and_the_room_plays_on() {
         "the room played on for the others"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_match_ends_with_its_result_verified_and_its_players_join_the_next() {
+    // Matches of 1.5 s; the bots play 5 s, so each plays three matches and joins a fourth.
+    let (server, address) = server(|config| config.match_frames = 90).await;
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(5);
+    let bots = (1..=16)
+        .map(|player| bot(address, player, deadline, BotOptions::default()))
+        .collect();
+    let reports = finish(bots).await;
+    let summary = Summary::new(&reports, None, None, start.elapsed().as_secs_f64());
+    let ended = server.stats.matches_ended.load(Ordering::Relaxed);
+    // The last matches end too, with nobody left to play the next: every room is released.
+    eventually("every room released", Duration::from_secs(10), || {
+        let census = server.census();
+        async move { census.rooms == 0 && census.tickers == 0 }
+    })
+    .await;
+    server.stop().await;
+
+    assert_none_failed(&reports);
+    assert!(ended >= 4, "two rooms, at least two matches each: {ended}");
+    for report in &reports {
+        let report = report.as_ref().unwrap();
+        assert!(
+            report.matches_ended >= 2,
+            "every bot saw matches end: {report:?}"
+        );
+        assert_eq!(
+            report.results_verified, report.matches_ended,
+            "every result equals the bot's own mirror of the last frame"
+        );
+    }
+    assert_eq!(summary.result_mismatches, 0);
+    assert_eq!(summary.desyncs, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn players_who_leave_before_their_room_fills_leave_the_queue() {
+    let (server, address) = server(|config| {
+        config.gateway.reconnect_grace = Duration::from_millis(200);
+    })
+    .await;
+    // Five players wait for a room of eight, then leave.
+    let soon = Instant::now() + Duration::from_millis(500);
+    let leavers = (1..=5)
+        .map(|player| bot(address, player, soon, BotOptions::default()))
+        .collect();
+    let _ = finish(leavers).await;
+    eventually("the queue emptied", Duration::from_secs(10), || {
+        let census = server.census();
+        async move { census.waiting == 0 && census.players == 0 && census.sessions == 0 }
+    })
+    .await;
+    // Eight new players fill a room with no dead slot: every slot's input runs as sent.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let bots = (11..=18)
+        .map(|player| bot(address, player, deadline, BotOptions::default()))
+        .collect();
+    let reports = finish(bots).await;
+    server.stop().await;
+    assert_none_failed(&reports);
+    for report in &reports {
+        let report = report.as_ref().unwrap();
+        assert!(report.room != 0 && report.executed > 50, "{report:?}");
+        assert!(
+            report.replaced * 10 < report.executed,
+            "its slot was live, not a departed player's: {report:?}"
+        );
+    }
+}

@@ -4,6 +4,7 @@
 //! in order and re-executes itself as the child process a test needs (`GARRISON_PROCESS_CHILD`
 //! names the child's role), stopping each child by its pid.
 
+mod battle_idle;
 mod fd_limit;
 
 use std::time::Instant;
@@ -18,7 +19,7 @@ fn main() {
         fd_limit::child(&role);
         return;
     }
-    let tests: [Test; 2] = [
+    let tests: [Test; 3] = [
         (
             "fd_limit::connections_past_the_open_file_limit_are_told_the_server_is_full",
             fd_limit::connections_past_the_open_file_limit_are_told_the_server_is_full,
@@ -26,6 +27,10 @@ fn main() {
         (
             "fd_limit::a_server_out_of_descriptors_still_answers_server_full",
             fd_limit::a_server_out_of_descriptors_still_answers_server_full,
+        ),
+        (
+            "battle_idle::abandoned_rooms_are_released_and_the_server_goes_idle",
+            battle_idle::abandoned_rooms_are_released_and_the_server_goes_idle,
         ),
     ];
     let filter: Vec<String> = std::env::args()

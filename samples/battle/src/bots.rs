@@ -68,6 +68,12 @@ pub struct BotReport {
     pub inputs_sent: u32,
     /// Of those, the ones sent with a sampled trace context.
     pub inputs_traced: u32,
+    /// Matches that ended while it played (it then joined again).
+    pub matches_ended: u32,
+    /// Match results whose kills and checksum equal the bot's own mirror of the last frame.
+    pub results_verified: u32,
+    /// Match results that differ from its mirror (must stay 0).
+    pub result_mismatches: u32,
 }
 
 /// How a bot plays.
@@ -129,6 +135,8 @@ struct Bot {
     resuming: bool,
     /// A join was refused (busy); it is sent again after a pause.
     rejoin: bool,
+    /// Its match ended: it joins the next one at once.
+    join_again: bool,
     joins: u32,
     noise: u64,
 }
@@ -307,6 +315,32 @@ impl Bot {
                 self.resuming = false;
                 self.drain()?;
             }
+            ServerMessage::MatchEnd(end) => {
+                let Some(playing) = self.playing.take() else {
+                    return Ok(false);
+                };
+                let world = playing.mirror.world();
+                // A bot that was away when the match ended hears the result without its last
+                // frames: only a mirror that reached the end can check it.
+                if world.frame == end.frame.to_native() {
+                    let kills = world.units.iter().map(|unit| unit.kills);
+                    if kills.eq(end.kills.iter().map(|kills| kills.to_native()))
+                        && world.checksum() == end.checksum.to_native()
+                    {
+                        self.report.results_verified += 1;
+                    } else {
+                        self.report.result_mismatches += 1;
+                    }
+                }
+                self.report.matches_ended += 1;
+                self.report.room = 0;
+                self.report.next_frame = 0;
+                self.sent.clear();
+                self.pending.clear();
+                self.resuming = false;
+                self.join_again = true;
+                return Ok(false);
+            }
             ServerMessage::Resync(resync) => {
                 let Some(playing) = &mut self.playing else {
                     return Ok(false);
@@ -413,6 +447,7 @@ pub async fn play(
         pending: BTreeMap::new(),
         resuming: false,
         rejoin: false,
+        join_again: false,
         joins: 0,
         noise: player.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1,
     };
@@ -430,6 +465,10 @@ pub async fn play(
                 };
                 if bot.receive(frame)? {
                     bot.send_input(&mut connection).await?;
+                }
+                if std::mem::take(&mut bot.join_again) {
+                    let join = bot.encode(&Join { mode: 0 })?;
+                    bot.send(&mut connection, join).await?;
                 }
                 if std::mem::take(&mut bot.rejoin) {
                     bot.joins += 1;
@@ -500,6 +539,12 @@ pub struct Summary {
     pub reconnects: u32,
     /// Of those, the ones resynchronized from a snapshot.
     pub resyncs: u32,
+    /// Matches that ended while the bots played.
+    pub matches_ended: u32,
+    /// Match results the bots verified against their own mirrors.
+    pub results_verified: u32,
+    /// Match results that differed from the bots' mirrors.
+    pub result_mismatches: u32,
     /// Room restarts after crashes (known only with an in-process server).
     pub restarts: Option<u64>,
     /// CPU seconds this process used during the run (server and bots when in-process; Linux).
@@ -573,6 +618,10 @@ impl Summary {
             mismatched: sum(|report| report.mismatched),
             reconnects: sum(|report| report.reconnects),
             resyncs: sum(|report| report.resyncs),
+            // Every bot, matched now or not: a bot between matches has results too.
+            matches_ended: ok.iter().map(|report| report.matches_ended).sum(),
+            results_verified: ok.iter().map(|report| report.results_verified).sum(),
+            result_mismatches: ok.iter().map(|report| report.result_mismatches).sum(),
             restarts,
             cpu_seconds: None,
         }
@@ -594,6 +643,10 @@ impl Summary {
             (
                 self.mismatched,
                 "inputs executed differently from what was sent",
+            ),
+            (
+                self.result_mismatches,
+                "match results differing from the bots' mirrors",
             ),
         ] {
             if count > 0 {
@@ -617,7 +670,8 @@ impl Summary {
              per client  in {:.2} KB/s  out {:.2} KB/s\n\
              inputs executed as sent {}  replaced (late) {}  mismatched {}\n\
              frame deviation {}  desyncs {}  (checksums verified {}, frame deltas differing {})\n\
-             reconnects {} (resynced from a snapshot {})  room restarts {}  process CPU {}",
+             reconnects {} (resynced from a snapshot {})  room restarts {}  process CPU {}\n\
+             matches ended {} (results verified {}, differing {})",
             self.clients,
             self.rooms,
             self.frames,
@@ -640,6 +694,9 @@ impl Summary {
             restarts,
             self.cpu_seconds
                 .map_or_else(|| "unknown".to_string(), |cpu| format!("{cpu:.1} s")),
+            self.matches_ended,
+            self.results_verified,
+            self.result_mismatches,
         )
     }
 
@@ -667,6 +724,9 @@ impl Summary {
             "resyncs": self.resyncs,
             "restarts": self.restarts,
             "cpu_seconds": self.cpu_seconds,
+            "matches_ended": self.matches_ended,
+            "results_verified": self.results_verified,
+            "result_mismatches": self.result_mismatches,
         })
         .to_string()
     }

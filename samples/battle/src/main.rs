@@ -38,6 +38,9 @@ enum Command {
         /// The key tickets are signed with.
         #[arg(long, default_value = DEMO_KEY)]
         key: String,
+        /// Seconds a match lasts.
+        #[arg(long, default_value_t = 180)]
+        match_seconds: u64,
     },
 }
 
@@ -50,9 +53,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             listen,
             room_size,
             key,
+            match_seconds,
         } => {
             let mut config = run::local_server(room_size, &key)?;
             config.gateway.tcp = Some(listen);
+            config.match_frames = run::match_frames(match_seconds);
             let server = BattleServer::start(config).await?;
             eprintln!(
                 "battle server on {}; Ctrl-C stops it",

@@ -91,6 +91,22 @@ pub struct Resync {
     pub snapshot: Vec<u8>,
 }
 
+/// The match is over: its result, after the last frame. The room is released; a client that
+/// wants to play again sends [`Join`].
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct MatchEnd {
+    /// The room.
+    pub room: u64,
+    /// Frames played (the next frame would have been this one).
+    pub frame: u32,
+    /// Kills per slot.
+    pub kills: Vec<u32>,
+    /// The slot with the most kills, if one has strictly more than every other.
+    pub winner: Option<u8>,
+    /// The world's checksum after the last frame, for a client to verify its own.
+    pub checksum: u64,
+}
+
 messages! {
     /// What the server sends.
     pub enum ServerMessage {
@@ -98,5 +114,6 @@ messages! {
         0x0181 => FrameUpdate(FrameUpdate),
         0x0182 => Catchup(Catchup),
         0x0183 => Resync(Resync),
+        0x0184 => MatchEnd(MatchEnd),
     }
 }

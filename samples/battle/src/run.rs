@@ -76,11 +76,19 @@ pub struct BotArgs {
     /// The first player id (runs against one remote server need disjoint ids).
     #[arg(long, default_value_t = 1)]
     pub first_player: u64,
+    /// Seconds a match lasts on the in-process server; then its result is announced, the room
+    /// released, and the bots join again.
+    #[arg(long, default_value_t = 20)]
+    pub match_seconds: u64,
 }
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
-/// The in-process server's configuration for `room_size` and a loopback listener.
+/// Frames per second of the battle's lockstep (its tick is 1/60 s).
+pub const FRAME_RATE: u32 = 60;
+
+/// The in-process server's configuration for `room_size` and a loopback listener, with matches
+/// of 20 s.
 pub fn local_server(room_size: usize, key: &str) -> Result<ServerConfig, Error> {
     let zone: Arc<str> = "arena-1".into();
     let mut gateway = GatewayConfig::new(key.as_bytes().to_vec());
@@ -91,9 +99,17 @@ pub fn local_server(room_size: usize, key: &str) -> Result<ServerConfig, Error> 
         tick: Duration::from_micros(16_667),
         input_delay: 3,
         resend_limit: 300,
+        match_frames: 20 * FRAME_RATE,
         zone,
         gateway,
     })
+}
+
+/// A match of `seconds` in frames (at least one).
+pub fn match_frames(seconds: u64) -> u32 {
+    u32::try_from(seconds.saturating_mul(u64::from(FRAME_RATE)))
+        .unwrap_or(u32::MAX)
+        .max(1)
 }
 
 /// Runs `args.clients` bots once (the in-process server, if any, lives for this run only).
@@ -107,7 +123,9 @@ pub async fn run_once(args: &BotArgs, clients: u64, progress: bool) -> Result<Su
     let (server, address) = match args.server {
         Some(address) => (None, address),
         None => {
-            let server = BattleServer::start(local_server(args.room_size, &args.key)?).await?;
+            let mut config = local_server(args.room_size, &args.key)?;
+            config.match_frames = match_frames(args.match_seconds);
+            let server = BattleServer::start(config).await?;
             let address = server.gateway.tcp_addr().ok_or("no TCP listener")?;
             (Some(Arc::new(server)), address)
         }

@@ -29,7 +29,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::{
     lockstep::{InputOutcome, Lockstep, LockstepConfig, Resumption},
-    proto::{Catchup, ClientMessage, FrameUpdate, MatchStart, Resync},
+    proto::{Catchup, ClientMessage, FrameUpdate, MatchEnd, MatchStart, Resync},
 };
 
 /// Server settings.
@@ -44,6 +44,8 @@ pub struct ServerConfig {
     /// Most missed frames a reconnecting client is sent from the input log; one further behind
     /// (or behind the log's start) gets a snapshot of the world instead.
     pub resend_limit: u32,
+    /// Frames a match lasts; then its result is announced and the room released.
+    pub match_frames: u32,
     /// The `game.world.zone` of the node's spans (gateway, matchmaker, rooms).
     pub zone: Arc<str>,
     /// The gateway's settings (listen address, ticket key, limits).
@@ -65,6 +67,29 @@ pub struct ServerStats {
     pub resumes: AtomicU64,
     /// Player inputs rooms handled (accepted or not).
     pub inputs: AtomicU64,
+    /// Matches played to their end (result announced).
+    pub matches_ended: AtomicU64,
+    /// Rooms released because every player left.
+    pub rooms_abandoned: AtomicU64,
+    /// Players waiting in the matchmaker's queue.
+    pub waiting: AtomicU64,
+}
+
+/// What a server holds right now: what a leak would make grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Census {
+    /// Room entities in the registry.
+    pub rooms: usize,
+    /// Room tickers running.
+    pub tickers: usize,
+    /// Player entities in the registry.
+    pub players: usize,
+    /// Seats in the gateway's routing cache.
+    pub seats: usize,
+    /// Open sessions (connected, or within their reconnect grace window).
+    pub sessions: usize,
+    /// Players in the matchmaker's queue.
+    pub waiting: u64,
 }
 
 struct Services {
@@ -78,8 +103,9 @@ struct Services {
     rooms: OnceLock<Entities<Room>>,
     next_room: AtomicU64,
     running: AtomicBool,
-    /// The rooms' tickers, stopped before the tree so none ticks a stopped room.
-    tickers: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The running rooms' tickers, by room: a room stops its own when it ends; the server stops
+    /// the rest before the tree, so none ticks a stopped room.
+    tickers: DashMap<u64, tokio::task::JoinHandle<()>>,
     stats: Arc<ServerStats>,
     config: ServerConfig,
 }
@@ -116,6 +142,10 @@ pub enum PlayerMsg {
         /// The first frame it has not simulated.
         from: u32,
     },
+    /// The player's match is over, with this result.
+    MatchEnded(MatchEnd),
+    /// The player's session closed for good (it did not come back within the grace window).
+    Leave,
 }
 
 impl EntityMessage for PlayerMsg {
@@ -124,6 +154,8 @@ impl EntityMessage for PlayerMsg {
             PlayerMsg::Join => "join",
             PlayerMsg::Placed { .. } => "placed",
             PlayerMsg::Resume { .. } => "resume",
+            PlayerMsg::MatchEnded(_) => "match_ended",
+            PlayerMsg::Leave => "leave",
         }
     }
 }
@@ -138,10 +170,12 @@ pub struct Seat {
 }
 
 /// A player session's state: its seat, once the matchmaker placed it (checkpointed, so a
-/// restarted session still knows its room).
+/// restarted session still knows its room), and the result of its last match, for a client that
+/// was away when it ended.
 #[derive(Archive, Serialize, Deserialize, Default, Debug)]
 pub struct PlayerState {
     seat: Option<Seat>,
+    last_result: Option<MatchEnd>,
 }
 
 impl Snapshot for PlayerState {
@@ -171,6 +205,14 @@ impl Player {
             Ok(()) | Err(garrison_runtime::Error::NoSession { .. }) => Ok(()),
             Err(error) => Err(error.into()),
         }
+    }
+
+    /// Forgets `player`'s seat: the routing cache, and its session's binding to the room.
+    fn unseated(&self, player: u64, seat: Seat) {
+        self.services.seats.remove(&SessionId(player));
+        self.services
+            .sessions
+            .unbind::<Room>(SessionId(player), &seat.room);
     }
 
     /// Tells the client its request was refused as busy, so it asks again.
@@ -230,10 +272,43 @@ impl Entity for Player {
             // Already seated: the match goes on (a reconnecting client resumes instead).
             (PlayerMsg::Join, Some(_)) => {}
             (PlayerMsg::Placed { room, slot }, _) => {
+                if !self.services.sessions.contains(SessionId(player)) {
+                    // Placed after its session closed for good: give the seat back at once.
+                    let _ = rooms.send(&room, RoomMsg::Left { slot });
+                    context.stop();
+                    return Ok(());
+                }
                 let seat = Seat { room, slot };
                 state.seat = Some(seat);
+                state.last_result = None;
                 context.checkpoint();
                 self.seated(player, seat)?;
+            }
+            (PlayerMsg::MatchEnded(result), Some(seat)) if seat.room == result.room => {
+                self.unseated(player, seat);
+                state.seat = None;
+                state.last_result = Some(result);
+                context.checkpoint();
+            }
+            // A result for a match it no longer plays in.
+            (PlayerMsg::MatchEnded(_), _) => {}
+            (PlayerMsg::Leave, seat) => {
+                match seat {
+                    Some(seat) => {
+                        self.unseated(player, seat);
+                        let _ = rooms.send(&seat.room, RoomMsg::Left { slot: seat.slot });
+                    }
+                    None => {
+                        let matchmakers = self
+                            .services
+                            .matchmakers
+                            .get()
+                            .ok_or("matchmaker not started")?;
+                        let _ = matchmakers.send(&0, MatchmakerMsg::Leave(SessionId(player)));
+                    }
+                }
+                // Nothing of the player stays behind.
+                context.stop();
             }
             (PlayerMsg::Resume { from }, Some(seat)) => {
                 if rooms
@@ -250,8 +325,13 @@ impl Entity for Player {
                     self.busy(player, "the room is busy; resume again");
                 }
             }
-            // Not seated yet: nothing to play or resume.
-            (PlayerMsg::Resume { .. }, None) => {}
+            // Back after its match ended: tell it how it ended, so it joins again.
+            (PlayerMsg::Resume { .. }, None) => {
+                if let Some(result) = &state.last_result {
+                    let frame = garrison_protocol::encode_frame(result, FrameMeta::default())?;
+                    let _ = self.services.sessions.push(SessionId(player), frame);
+                }
+            }
         }
         Ok(())
     }
@@ -261,11 +341,16 @@ impl Entity for Player {
 pub enum MatchmakerMsg {
     /// A session asks for a room.
     Join(SessionId),
+    /// A waiting session is gone for good.
+    Leave(SessionId),
 }
 
 impl EntityMessage for MatchmakerMsg {
     fn event_type(&self) -> &'static str {
-        "join"
+        match self {
+            MatchmakerMsg::Join(_) => "join",
+            MatchmakerMsg::Leave(_) => "leave",
+        }
     }
 }
 
@@ -302,17 +387,26 @@ impl Entity for Matchmaker {
     async fn handle(
         &self,
         context: &mut EntityContext<'_, Self>,
-        MatchmakerMsg::Join(session): MatchmakerMsg,
+        message: MatchmakerMsg,
         waiting: &mut Waiting,
     ) -> Result<(), HandlerError> {
-        if !waiting.sessions.contains(&session.0) {
-            waiting.sessions.push(session.0);
+        match message {
+            MatchmakerMsg::Join(session) if !waiting.sessions.contains(&session.0) => {
+                waiting.sessions.push(session.0);
+            }
+            MatchmakerMsg::Join(_) => {}
+            MatchmakerMsg::Leave(session) => waiting.sessions.retain(|&queued| queued != session.0),
         }
         context.checkpoint();
+        self.services
+            .stats
+            .waiting
+            .store(waiting.sessions.len() as u64, Ordering::Relaxed);
         if waiting.sessions.len() < self.services.config.room_size {
             return Ok(());
         }
         let players = std::mem::take(&mut waiting.sessions);
+        self.services.stats.waiting.store(0, Ordering::Relaxed);
         let room = self.services.next_room.fetch_add(1, Ordering::Relaxed) + 1;
         let sessions = self.services.players.get().ok_or("players not started")?;
         for (slot, player) in players.iter().enumerate() {
@@ -365,6 +459,11 @@ pub enum RoomMsg {
         /// The first frame it has not simulated.
         from: u32,
     },
+    /// The player in this slot is gone for good.
+    Left {
+        /// The player's slot.
+        slot: u8,
+    },
     /// Time to run the next frame.
     Tick,
     /// Crash this room now (fault injection for demos and tests).
@@ -377,18 +476,21 @@ impl EntityMessage for RoomMsg {
             RoomMsg::Start { .. } => "start",
             RoomMsg::Input { .. } => "input",
             RoomMsg::Resume { .. } => "resume",
+            RoomMsg::Left { .. } => "left",
             RoomMsg::Tick => "tick",
             RoomMsg::Crash => "crash",
         }
     }
 }
 
-/// A room's state: its players and its lockstep engine (checkpointed after every frame and every
-/// accepted input).
+/// A room's state: its players, its lockstep engine (checkpointed after every frame and every
+/// accepted input; `None` before the start and after the end), and which players left for good.
 #[derive(Archive, Serialize, Deserialize, Debug, Default)]
 pub struct RoomState {
     players: Vec<u64>,
     engine: Option<Lockstep>,
+    /// A bit per slot whose player left.
+    departed: u64,
 }
 
 impl Snapshot for RoomState {
@@ -436,9 +538,68 @@ impl Room {
                 deadline += period * run;
             }
         });
-        if let Ok(mut all) = self.services.tickers.lock() {
-            all.push(ticker);
+        self.services.tickers.insert(room, ticker);
+    }
+
+    /// Releases room `room` for good: its ticker stops and the entity ends once its mailbox is
+    /// empty (ticks already queued find no engine and do nothing).
+    fn release(&self, room: u64, state: &mut RoomState, context: &mut EntityContext<'_, Self>) {
+        state.engine = None;
+        if let Some((_, ticker)) = self.services.tickers.remove(&room) {
+            ticker.abort();
         }
+        context.checkpoint();
+        context.stop();
+    }
+
+    /// Announces the result to every player still in the match, tells their player entities,
+    /// and releases the room.
+    fn finish(
+        &self,
+        room: u64,
+        state: &mut RoomState,
+        context: &mut EntityContext<'_, Self>,
+    ) -> Result<(), HandlerError> {
+        let Some(engine) = &state.engine else {
+            return Ok(());
+        };
+        let world = engine.world();
+        let kills: Vec<u32> = world.units.iter().map(|unit| unit.kills).collect();
+        let best = kills.iter().copied().max().unwrap_or(0);
+        let winner = match kills.iter().filter(|&&score| score == best).count() {
+            1 => kills
+                .iter()
+                .position(|&score| score == best)
+                .map(|slot| slot as u8),
+            _ => None,
+        };
+        let result = MatchEnd {
+            room,
+            frame: world.frame,
+            kills,
+            winner,
+            checksum: world.checksum(),
+        };
+        let frame = garrison_protocol::encode_frame(&result, FrameMeta::default())?;
+        let players = self.services.players.get().ok_or("players not started")?;
+        for (slot, player) in state.players.iter().enumerate() {
+            if state.departed & 1u64.checked_shl(slot as u32).unwrap_or(0) != 0 {
+                continue;
+            }
+            let _ = self
+                .services
+                .sessions
+                .push(SessionId(*player), frame.clone());
+            // A player entity too busy to hear it keeps a seat in a released room; its client
+            // still has the result and joins again.
+            let _ = players.send(player, PlayerMsg::MatchEnded(result.clone()));
+        }
+        self.services
+            .stats
+            .matches_ended
+            .fetch_add(1, Ordering::Relaxed);
+        self.release(room, state, context);
+        Ok(())
     }
 }
 
@@ -469,6 +630,12 @@ impl Entity for Room {
         state: &mut RoomState,
     ) -> Result<(), HandlerError> {
         let room = *context.key();
+        if state.players.is_empty() && !matches!(message, RoomMsg::Start { .. }) {
+            // A message for a room that ended (a tick its ticker sent as it stopped, a late
+            // input) activated it again: there is nothing to play, so it ends at once.
+            context.stop();
+            return Ok(());
+        }
         match message {
             RoomMsg::Start { players, seed } => {
                 if state.engine.is_some() {
@@ -525,6 +692,19 @@ impl Entity for Room {
                 // them in order.
                 let _ = self.services.sessions.push(session, frame);
             }
+            RoomMsg::Left { slot } => {
+                state.departed |= 1u64.checked_shl(u32::from(slot)).unwrap_or(0);
+                context.checkpoint();
+                let everyone = u64::MAX >> (64 - state.players.len().clamp(1, 64));
+                if !state.players.is_empty() && state.departed & everyone == everyone {
+                    // Nobody is left to play or to tell.
+                    self.services
+                        .stats
+                        .rooms_abandoned
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.release(room, state, context);
+                }
+            }
             RoomMsg::Crash => panic!("injected crash of room {room}"),
             RoomMsg::Tick => {
                 let Some(engine) = &mut state.engine else {
@@ -554,6 +734,9 @@ impl Entity for Room {
                 }
                 self.services.stats.frames.fetch_add(1, Ordering::Relaxed);
                 context.checkpoint();
+                if update.frame + 1 >= self.services.config.match_frames {
+                    self.finish(room, state, context)?;
+                }
             }
         }
         Ok(())
@@ -616,7 +799,7 @@ impl BattleServer {
             rooms: OnceLock::new(),
             next_room: AtomicU64::new(0),
             running: AtomicBool::new(true),
-            tickers: std::sync::Mutex::new(Vec::new()),
+            tickers: DashMap::new(),
             stats: stats.clone(),
             config: config.clone(),
         });
@@ -672,7 +855,12 @@ impl BattleServer {
         let sessions = services.sessions.clone();
         let routing = services.clone();
         let binding = services.clone();
+        let leaving = players.clone();
         let gateway = GatewayBuilder::<ClientMessage>::new(config.gateway, sessions)
+            // A player gone for good leaves its queue or its room.
+            .on_session_closed(move |info| {
+                let _ = leaving.send(&info.player, PlayerMsg::Leave);
+            })
             // A client speaks to its own player session and nothing else.
             .on_session(move |info, _| {
                 binding
@@ -718,21 +906,45 @@ impl BattleServer {
         let span = tracing::info_span!("battle.chaos.crash_rooms");
         let _entered = span.enter();
         if let Some(rooms) = self.services.rooms.get() {
-            for room in 1..=self.services.next_room.load(Ordering::Relaxed) {
+            // Only the rooms playing now: a message to an ended room would activate it again.
+            let playing: Vec<u64> = self
+                .services
+                .tickers
+                .iter()
+                .map(|room| *room.key())
+                .collect();
+            for room in playing {
                 let _ = rooms.send(&room, RoomMsg::Crash);
             }
+        }
+    }
+
+    /// What the server holds right now.
+    pub fn census(&self) -> Census {
+        Census {
+            rooms: self.services.rooms.get().map_or(0, Entities::len),
+            tickers: self.services.tickers.len(),
+            players: self.services.players.get().map_or(0, Entities::len),
+            seats: self.services.seats.len(),
+            sessions: self.services.sessions.len(),
+            waiting: self.services.stats.waiting.load(Ordering::Relaxed),
         }
     }
 
     /// Stops ticking, then the gateway and the tree.
     pub async fn stop(self) {
         self.services.running.store(false, Ordering::Release);
-        let tickers = self
+        let rooms: Vec<u64> = self
             .services
             .tickers
-            .lock()
-            .map(|mut all| std::mem::take(&mut *all))
-            .unwrap_or_default();
+            .iter()
+            .map(|room| *room.key())
+            .collect();
+        let tickers: Vec<_> = rooms
+            .into_iter()
+            .filter_map(|room| self.services.tickers.remove(&room))
+            .map(|(_, ticker)| ticker)
+            .collect();
         for ticker in &tickers {
             ticker.abort();
         }
