@@ -147,33 +147,41 @@ async fn raw_ping(actor: &ActorRef<Msg>) -> u64 {
     answer.await.expect("reply")
 }
 
+/// Sends `MESSAGES` adds to entity 1 (waiting for room when the mailbox is full), then a ping
+/// that returns once all were handled; the time of `iterations` such rounds.
+fn flood(runtime: &Runtime, entities: &Entities<Counter>, iterations: u64) -> Duration {
+    runtime.block_on(async {
+        let start = Instant::now();
+        for _ in 0..iterations {
+            let mut sent = 0;
+            while sent < MESSAGES {
+                match entities.send(&1, Msg::Add(1)) {
+                    Ok(()) => sent += 1,
+                    // Backpressure: a full mailbox hands the message back.
+                    Err(_) => tokio::task::yield_now().await,
+                }
+            }
+            ping(entities, 1).await;
+        }
+        start.elapsed()
+    })
+}
+
+const MESSAGES: u64 = 10_000;
+
+/// The send path against raw ractor. Neither side keeps a durable copy of the state here (the
+/// entity checkpoints `Never`); `checkpoint_cost` measures what the default checkpoint adds.
 fn entity_send(c: &mut Criterion) {
-    const MESSAGES: u64 = 10_000;
     let runtime = runtime();
     let mut group = c.benchmark_group("entity_send");
     group.throughput(Throughput::Elements(MESSAGES));
     let (entities, tree) = runtime.block_on(kind(KindConfig {
         mailbox_capacity: 1024,
+        checkpoint: Checkpoint::Never,
         ..KindConfig::default()
     }));
     group.bench_function("garrison", |b| {
-        b.iter_custom(|iterations| {
-            runtime.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iterations {
-                    let mut sent = 0;
-                    while sent < MESSAGES {
-                        match entities.send(&1, Msg::Add(1)) {
-                            Ok(()) => sent += 1,
-                            // Backpressure: a full mailbox hands the message back.
-                            Err(_) => tokio::task::yield_now().await,
-                        }
-                    }
-                    ping(&entities, 1).await;
-                }
-                start.elapsed()
-            })
-        })
+        b.iter_custom(|iterations| flood(&runtime, &entities, iterations))
     });
     runtime.block_on(tree.stop()).expect("stop");
     let (raw, _) = runtime
@@ -194,6 +202,29 @@ fn entity_send(c: &mut Criterion) {
         })
     });
     raw.stop(None);
+    group.finish();
+}
+
+/// What the default checkpoint (a snapshot of the 1 KiB state after every message) costs the
+/// same flood, against the same kind checkpointing `Never`.
+fn checkpoint_cost(c: &mut Criterion) {
+    let runtime = runtime();
+    let mut group = c.benchmark_group("checkpoint_cost");
+    group.throughput(Throughput::Elements(MESSAGES));
+    for (name, checkpoint) in [
+        ("garrison", Checkpoint::default()),
+        ("never", Checkpoint::Never),
+    ] {
+        let (entities, tree) = runtime.block_on(kind(KindConfig {
+            mailbox_capacity: 1024,
+            checkpoint,
+            ..KindConfig::default()
+        }));
+        group.bench_function(name, |b| {
+            b.iter_custom(|iterations| flood(&runtime, &entities, iterations))
+        });
+        runtime.block_on(tree.stop()).expect("stop");
+    }
     group.finish();
 }
 
@@ -280,7 +311,7 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = entity_send, activation
+    targets = entity_send, checkpoint_cost, activation
 }
 
 fn main() {
@@ -290,5 +321,9 @@ fn main() {
     if garrison_tests::bench::extra_measurement_selected("restart_recover") {
         restart_recover();
     }
-    garrison_tests::bench::report_ratios(&[("entity_send", "ractor"), ("activation", "ractor")]);
+    garrison_tests::bench::report_ratios(&[
+        ("entity_send", "ractor"),
+        ("checkpoint_cost", "never"),
+        ("activation", "ractor"),
+    ]);
 }
