@@ -70,11 +70,29 @@ impl SnapshotWriter {
         SnapshotWriter::default()
     }
 
-    /// Writes a snapshot of `state`.
+    /// Writes a snapshot of `state`. The bytes share the writer's buffer (no copy): keep them
+    /// briefly, or use [`write_compact`] for snapshots kept long.
     ///
     /// # Errors
     /// [`Error::Encode`] when the state cannot be serialized.
     pub fn write<T: Snapshot>(&mut self, state: &T) -> Result<Bytes, Error> {
+        self.fill(state)?;
+        Ok(self.buffer.split().freeze())
+    }
+
+    /// Writes a snapshot of `state` into bytes of exactly its size, keeping the writer's buffer
+    /// for the next one.
+    ///
+    /// # Errors
+    /// As [`SnapshotWriter::write`].
+    pub fn write_compact<T: Snapshot>(&mut self, state: &T) -> Result<Bytes, Error> {
+        self.fill(state)?;
+        let snapshot = Bytes::copy_from_slice(&self.buffer);
+        self.buffer.clear();
+        Ok(snapshot)
+    }
+
+    fn fill<T: Snapshot>(&mut self, state: &T) -> Result<(), Error> {
         self.buffer.clear();
         self.buffer.put_slice(&SNAPSHOT_MAGIC);
         self.buffer.put_u8(SNAPSHOT_FORMAT);
@@ -89,8 +107,27 @@ impl SnapshotWriter {
             max: u32::MAX as usize,
         })?;
         self.buffer[16..20].copy_from_slice(&payload_len.to_le_bytes());
-        Ok(self.buffer.split().freeze())
+        Ok(())
     }
+}
+
+thread_local! {
+    /// The writer behind [`write_compact`]: one per thread, so its buffer and arena are reused.
+    static WRITER: std::cell::RefCell<SnapshotWriter> = std::cell::RefCell::new(SnapshotWriter::new());
+}
+
+/// Writes a snapshot of `state` into bytes of exactly its size with a per-thread writer: for
+/// snapshots many holders keep (an entity's checkpoint), which then cost their own size and no
+/// buffer or arena each.
+///
+/// # Errors
+/// As [`SnapshotWriter::write`].
+pub fn write_compact<T: Snapshot>(state: &T) -> Result<Bytes, Error> {
+    WRITER.with(|writer| match writer.try_borrow_mut() {
+        Ok(mut writer) => writer.write_compact(state),
+        // Only reachable if a Serialize impl itself writes a snapshot: use a fresh writer.
+        Err(_) => SnapshotWriter::new().write_compact(state),
+    })
 }
 
 /// Writes one snapshot of `state` with a fresh writer; prefer a kept [`SnapshotWriter`] on a hot

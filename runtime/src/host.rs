@@ -9,7 +9,7 @@ use std::{
 use bytes::Bytes;
 use futures_util::FutureExt;
 use garrison_protocol::{
-    FrameMeta, SnapshotWriter, TraceContext,
+    FrameMeta, TraceContext,
     control::{Refused, refusal},
 };
 use garrison_supervisor::{Abandon, HandlerError, Worker, WorkerContext};
@@ -123,7 +123,6 @@ pub(crate) struct Running<E: Entity> {
     state: E::State,
     since_checkpoint: u32,
     last_checkpoint_ms: u64,
-    writer: SnapshotWriter,
     /// The entity asked to stop; it does once its mailbox is empty.
     stopping: bool,
 }
@@ -210,7 +209,9 @@ impl<E: Entity> EntityWorker<E> {
     }
 
     fn checkpoint(&self, running: &mut Running<E>) -> Result<(), HandlerError> {
-        let bytes = running.writer.write(&running.state)?;
+        // Exactly the snapshot's size, from a per-thread writer: an active entity holds its
+        // checkpoint and no buffer or arena of its own.
+        let bytes = garrison_protocol::snapshot::write_compact(&running.state)?;
         *self
             .cell
             .checkpoint
@@ -239,7 +240,7 @@ impl<E: Entity> EntityWorker<E> {
         context: &WorkerContext<Envelope<E>>,
         running: &mut Running<E>,
     ) -> Result<(), HandlerError> {
-        let bytes = running.writer.write(&running.state)?;
+        let bytes = garrison_protocol::snapshot::write_compact(&running.state)?;
         let mine = context.handle();
         let Some(mut entry) = self.inner.map.get_mut(&self.key) else {
             return Ok(());
@@ -332,7 +333,6 @@ impl<E: Entity> Worker for EntityWorker<E> {
             state,
             since_checkpoint: 0,
             last_checkpoint_ms: clock::now_millis(),
-            writer: SnapshotWriter::new(),
             stopping: false,
         })
     }
