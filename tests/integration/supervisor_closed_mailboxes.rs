@@ -31,6 +31,26 @@ fn collect(handle: &ChildRef<Command>) -> Undelivered {
     undelivered
 }
 
+/// A root supervisor over one dynamic supervisor `rooms` built by `kind`; returns the root and
+/// the dynamic supervisor's handle.
+async fn under_root(
+    kind: garrison_supervisor::SupervisorBuilder,
+) -> (
+    garrison_supervisor::SupervisorRef,
+    garrison_supervisor::SupervisorRef,
+) {
+    let kind = kind.build().unwrap();
+    let rooms = kind.handle();
+    let root = SupervisorBuilder::new("root")
+        .child(ChildSpec::new("rooms", Start::supervisor(kind)))
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    (root, rooms)
+}
+
 fn closed<M: Send + 'static>(handle: &ChildRef<M>, message: M) -> bool {
     matches!(handle.send(message), Err(SendError::Closed(_)))
 }
@@ -81,19 +101,12 @@ async fn a_root_that_auto_shuts_down_closes_every_mailbox_in_its_tree() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_give_up_hands_the_queue_behind_the_crash_loop_to_the_undelivered_hook() {
     let log = Log::default();
-    let kind = SupervisorBuilder::dynamic("rooms", 10)
-        .intensity(1, Duration::from_secs(60))
-        .crash_loop(CrashLoop::RemoveChild)
-        .build()
-        .unwrap();
-    let rooms = kind.handle();
-    let root = SupervisorBuilder::new("root")
-        .child(ChildSpec::new("rooms", Start::supervisor(kind)))
-        .build()
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+    let (root, rooms) = under_root(
+        SupervisorBuilder::dynamic("rooms", 10)
+            .intensity(1, Duration::from_secs(60))
+            .crash_loop(CrashLoop::RemoveChild),
+    )
+    .await;
     let spec = ChildSpec::new("w", Probe::start(&log)).restart(Restart::Transient);
     let handle = spec.handle::<Command>().unwrap();
     let undelivered = collect(&handle);
@@ -170,15 +183,7 @@ async fn messages_still_queued_when_the_tree_stops_reach_the_undelivered_hook() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dynamic_supervisor_that_restarts_closes_its_former_childrens_mailboxes() {
     let log = Log::default();
-    let kind = SupervisorBuilder::dynamic("rooms", 10).build().unwrap();
-    let rooms = kind.handle();
-    let root = SupervisorBuilder::new("root")
-        .child(ChildSpec::new("rooms", Start::supervisor(kind)))
-        .build()
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+    let (root, rooms) = under_root(SupervisorBuilder::dynamic("rooms", 10)).await;
     let spec = ChildSpec::new("w", Probe::start(&log));
     let handle = spec.handle::<Command>().unwrap();
     rooms.start_child(spec).await.unwrap();
@@ -228,18 +233,9 @@ impl Worker for Fragile {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_start_is_not_retried_and_hands_its_queue_over() {
     let log = Log::default();
-    let kind = SupervisorBuilder::dynamic("rooms", 10)
-        .intensity(10, Duration::from_secs(60))
-        .build()
-        .unwrap();
-    let rooms = kind.handle();
-    let root = SupervisorBuilder::new("root")
-        .child(ChildSpec::new("rooms", Start::supervisor(kind)))
-        .build()
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+    let (root, rooms) =
+        under_root(SupervisorBuilder::dynamic("rooms", 10).intensity(10, Duration::from_secs(60)))
+            .await;
     let mut events = root.events().unwrap();
     let worker_log = log.clone();
     let spec = ChildSpec::new(

@@ -66,14 +66,28 @@ struct InboundCodec {
     failed: bool,
 }
 
+type Decode = fn(&mut FrameCodec, &mut BytesMut) -> Result<Option<Frame>, ProtocolError>;
+
 impl InboundCodec {
-    fn invalid(&mut self, error: ProtocolError, src: &mut BytesMut) -> Result<Inbound, io::Error> {
-        if let ProtocolError::Io(error) = error {
-            return Err(error);
+    /// One decoding step with `decode` (mid-stream or at its end): a frame, or the first error
+    /// as `Invalid` and from then on nothing but discarded bytes.
+    fn step(&mut self, src: &mut BytesMut, decode: Decode) -> Result<Option<Inbound>, io::Error> {
+        if self.failed {
+            src.clear();
+            return Ok(None);
         }
-        self.failed = true;
-        src.clear();
-        Ok(Inbound::Invalid(close_code(&error), error.to_string()))
+        match decode(&mut self.frames, src) {
+            Ok(frame) => Ok(frame.map(Inbound::Frame)),
+            Err(ProtocolError::Io(error)) => Err(error),
+            Err(error) => {
+                self.failed = true;
+                src.clear();
+                Ok(Some(Inbound::Invalid(
+                    close_code(&error),
+                    error.to_string(),
+                )))
+            }
+        }
     }
 }
 
@@ -82,25 +96,11 @@ impl Decoder for InboundCodec {
     type Error = io::Error;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Inbound>, io::Error> {
-        if self.failed {
-            src.clear();
-            return Ok(None);
-        }
-        match self.frames.decode(src) {
-            Ok(frame) => Ok(frame.map(Inbound::Frame)),
-            Err(error) => self.invalid(error, src).map(Some),
-        }
+        self.step(src, Decoder::decode)
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Inbound>, io::Error> {
-        if self.failed {
-            src.clear();
-            return Ok(None);
-        }
-        match self.frames.decode_eof(src) {
-            Ok(frame) => Ok(frame.map(Inbound::Frame)),
-            Err(error) => self.invalid(error, src).map(Some),
-        }
+        self.step(src, Decoder::decode_eof)
     }
 }
 
