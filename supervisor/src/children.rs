@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::{
     ChildSpec,
-    supervisor::{ChildInfo, ChildStatus},
+    introspection::{ChildInfo, ChildStatus},
 };
 
 pub(crate) struct ChildState {

@@ -107,6 +107,18 @@ pub(crate) fn from_termination(reason: Option<&str>) -> ExitReason {
     }
 }
 
+/// Classifies a failed spawn: a start that failed (or was abandoned) keeps its reason.
+pub(crate) fn from_spawn_error(error: ractor::SpawnErr) -> ExitReason {
+    match error {
+        ractor::SpawnErr::StartupFailed(reason) => match from_failure(&*reason) {
+            ExitReason::StartFailed(reason) => ExitReason::StartFailed(reason),
+            ExitReason::Abandoned(reason) => ExitReason::Abandoned(reason),
+            other => ExitReason::StartFailed(other.to_string()),
+        },
+        other => ExitReason::StartFailed(other.to_string()),
+    }
+}
+
 /// Classifies a ractor failure (`ActorFailed`'s error).
 pub(crate) fn from_failure(error: &(dyn std::error::Error + Send + Sync + 'static)) -> ExitReason {
     match error.downcast_ref::<ChildFailure>() {

@@ -52,27 +52,32 @@
 //! # }
 //! ```
 
+mod actor;
 mod children;
 mod dsl;
 mod error;
 mod exit;
+mod handle;
+mod introspection;
 mod mailbox;
+mod policy;
+mod shared;
 mod spec;
-mod supervisor;
 mod worker;
 
 pub use error::Error;
 pub use exit::{Abandon, ExitReason};
-pub use mailbox::{ChildRef, DEFAULT_MAILBOX_CAPACITY, MailboxClosed, Overflow, SendError, Sent};
-pub use spec::{
-    AutoShutdown, Backoff, ChildKind, ChildSpec, CrashLoop, DEFAULT_WORKER_SHUTDOWN,
-    GameAttributes, Intensity, Restart, Shutdown, Start, Strategy, SupervisorBuilder,
-    SupervisorSpec,
-};
-pub use supervisor::{
+pub use handle::SupervisorRef;
+pub use introspection::{
     ChildCounts, ChildInfo, ChildStatus, EVENT_CHANNEL_CAPACITY, EventKind, LifecycleEvent,
-    NodeSnapshot, SupervisorRef, TreeSnapshot,
+    NodeSnapshot, TreeSnapshot,
 };
+pub use mailbox::{ChildRef, DEFAULT_MAILBOX_CAPACITY, MailboxClosed, Overflow, SendError, Sent};
+pub use policy::{
+    AutoShutdown, Backoff, ChildKind, CrashLoop, DEFAULT_WORKER_SHUTDOWN, GameAttributes,
+    Intensity, Restart, Shutdown, Strategy,
+};
+pub use spec::{ChildSpec, Start, SupervisorBuilder, SupervisorSpec};
 pub use worker::{HandlerError, Worker, WorkerContext};
 
 #[doc(hidden)]

@@ -1,173 +1,23 @@
-//! Declarations: child specs, restart and shutdown policies, backoff, intensity, strategies.
+//! Declarations: how a child starts (`Start`), child specs, and supervisor specs with their
+//! builder. Nothing here runs: the supervisor actor (`actor`) starts what these declare.
 
 use std::{any::Any, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
 use futures_util::future::BoxFuture;
-use ractor::{Actor, ActorCell, ActorId, SpawnErr};
+use ractor::{Actor, ActorCell, ActorId};
 
 use crate::{
     exit::{self, ExitReason, panic_message},
     mailbox::{ChildRef, DEFAULT_MAILBOX_CAPACITY, MailboxClosed, Overflow, Slot},
-    supervisor::{SupervisorActor, SupervisorArgs, SupervisorRef, Tree},
+    policy::{
+        AutoShutdown, Backoff, ChildKind, CrashLoop, DEFAULT_WORKER_SHUTDOWN, GameAttributes,
+        Intensity, Restart, Shutdown, Strategy,
+    },
+    shared::{SupervisorShared, Tree},
     worker::{Host, Worker},
 };
 
-/// When a child that exited is restarted (OTP restart types).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Restart {
-    /// Always.
-    #[default]
-    Permanent,
-    /// Only after an abnormal exit (panic, error, kill, failed start, escalation).
-    Transient,
-    /// Never; the child is removed when it exits.
-    Temporary,
-}
-
-/// How a child is stopped (OTP shutdown).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shutdown {
-    /// Kill at once; the current message is abandoned and `stop` does not run.
-    BrutalKill,
-    /// Ask to stop (after the current message), wait this long, then kill.
-    Timeout(Duration),
-    /// Ask to stop and wait as long as it takes (the default for supervisors).
-    Infinity,
-}
-
-/// The default shutdown of a worker: ask, then kill after five seconds.
-pub const DEFAULT_WORKER_SHUTDOWN: Shutdown = Shutdown::Timeout(Duration::from_secs(5));
-
-/// What a supervisor does to its other children when one must be restarted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Strategy {
-    /// Restart only the child that exited.
-    #[default]
-    OneForOne,
-    /// Stop all other children in reverse start order, then restart all in start order.
-    OneForAll,
-    /// Stop the children started after the one that exited (in reverse), then restart it and
-    /// them in start order.
-    RestForOne,
-}
-
-impl Strategy {
-    /// The OTP name, used in traces.
-    pub fn name(self) -> &'static str {
-        match self {
-            Strategy::OneForOne => "one_for_one",
-            Strategy::OneForAll => "one_for_all",
-            Strategy::RestForOne => "rest_for_one",
-        }
-    }
-}
-
-/// When exits of significant children end their supervisor (OTP `auto_shutdown`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AutoShutdown {
-    /// Significant children are ignored.
-    #[default]
-    Never,
-    /// The supervisor shuts down when any significant child exits without restart.
-    AnySignificant,
-    /// The supervisor shuts down when all significant children have exited without restart.
-    AllSignificant,
-}
-
-/// Restart intensity: more than `max_restarts` within `period` escalates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Intensity {
-    /// Restarts allowed within the period.
-    pub max_restarts: u32,
-    /// The sliding window.
-    pub period: Duration,
-}
-
-impl Default for Intensity {
-    /// Elixir's default, 3 restarts in 5 seconds: OTP's 1 in 5 s escalates on the second crash
-    /// of any child, too eager for a game node where one bad entity should not take down its
-    /// siblings; more than 3 in 5 s is a crash loop worth escalating.
-    fn default() -> Self {
-        Intensity {
-            max_restarts: 3,
-            period: Duration::from_secs(5),
-        }
-    }
-}
-
-/// What a dynamic supervisor does when one child exceeds its restart intensity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum CrashLoop {
-    /// OTP: stop every child and escalate to the parent.
-    #[default]
-    Escalate,
-    /// Give up on that child alone: it is removed and its handle closed; its siblings run on.
-    /// For game entities, where one poisoned room must not take down every room.
-    RemoveChild,
-}
-
-/// Exponential restart backoff (Akka's `restartWithBackoff`).
-///
-/// The n-th consecutive restart waits `min * 2^n`, capped at `max`, stretched by up to
-/// `random_factor` (0.2 means up to 20% longer) so that many children crashing together do not
-/// restart in lockstep. A child that ran for `reset_after` since its last start counts from zero
-/// again. Messages sent during the wait are held in its bounded mailbox.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Backoff {
-    /// First delay.
-    pub min: Duration,
-    /// Largest delay.
-    pub max: Duration,
-    /// Random stretch, 0.0 to 1.0.
-    pub random_factor: f64,
-    /// Quiet time after which the next restart uses `min` again.
-    pub reset_after: Duration,
-}
-
-impl Backoff {
-    /// Backoff between `min` and `max`, random factor 0.2, reset after running for `max`.
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Backoff {
-            min,
-            max,
-            random_factor: 0.2,
-            reset_after: max,
-        }
-    }
-
-    /// The delay before restart number `attempt` (0-based), with `noise` in `[0, 1)`.
-    pub fn delay(&self, attempt: u32, noise: f64) -> Duration {
-        let base = self
-            .min
-            .saturating_mul(2u32.saturating_pow(attempt.min(31)))
-            .min(self.max);
-        base.mul_f64(1.0 + self.random_factor.clamp(0.0, 1.0) * noise.clamp(0.0, 1.0))
-    }
-}
-
-/// Game attributes a child carries into its restart traces.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct GameAttributes {
-    /// `game.session.id`.
-    pub session_id: Option<Arc<str>>,
-    /// `game.world.zone`.
-    pub zone: Option<Arc<str>>,
-    /// `game.entity.kind`.
-    pub entity_kind: Option<Arc<str>>,
-    /// `game.entity.key`.
-    pub entity_key: Option<Arc<str>>,
-}
-
-/// Whether a child is a worker or a supervisor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChildKind {
-    /// A [`Worker`].
-    Worker,
-    /// A nested supervisor.
-    Supervisor,
-}
-
-type StartFn =
+pub(crate) type StartFn =
     Arc<dyn Fn(ActorCell, Tree) -> BoxFuture<'static, Result<ActorCell, ExitReason>> + Send + Sync>;
 
 /// What the supervisor needs of a worker's slot without knowing its message type.
@@ -206,7 +56,7 @@ impl<M: Send + 'static> SlotControl for Slot<M> {
 #[derive(Clone)]
 pub struct Start {
     pub(crate) kind: ChildKind,
-    start: StartFn,
+    pub(crate) start: StartFn,
     pub(crate) handle: Option<Arc<dyn Any + Send + Sync>>,
     pub(crate) slot: Option<Arc<dyn SlotControl>>,
     /// A nested supervisor's spec: its handle, and its children's slots to close when it is gone
@@ -251,7 +101,7 @@ impl Start {
                     })?;
                 match Actor::spawn_linked(None, Host::new(worker, slot), (), supervisor).await {
                     Ok((actor, _)) => Ok(actor.get_cell()),
-                    Err(error) => Err(spawn_failure(error)),
+                    Err(error) => Err(exit::from_spawn_error(error)),
                 }
             })
         });
@@ -262,33 +112,6 @@ impl Start {
             slot: Some(slot),
             nested: None,
         }
-    }
-
-    /// Starts a nested supervisor.
-    pub fn supervisor(spec: crate::SupervisorSpec) -> Start {
-        let nested = Box::new(spec.clone());
-        let start: StartFn = Arc::new(move |parent, tree| {
-            let spec = spec.clone();
-            Box::pin(async move {
-                let args = SupervisorArgs { spec, tree };
-                match Actor::spawn_linked(None, SupervisorActor, args, parent).await {
-                    Ok((actor, _)) => Ok(actor.get_cell()),
-                    Err(error) => Err(spawn_failure(error)),
-                }
-            })
-        });
-        Start {
-            kind: ChildKind::Supervisor,
-            start,
-            handle: None,
-            slot: None,
-            nested: Some(nested),
-        }
-    }
-
-    /// The nested supervisor's handle, if this starts one.
-    pub(crate) fn nested_handle(&self) -> Option<SupervisorRef> {
-        self.nested.as_ref().map(|spec| spec.handle())
     }
 
     /// Closes this child's mailbox, or every mailbox of a nested supervisor's subtree, for good.
@@ -309,17 +132,6 @@ impl Start {
         tree: Tree,
     ) -> Result<ActorCell, ExitReason> {
         (self.start)(supervisor, tree).await
-    }
-}
-
-fn spawn_failure(error: SpawnErr) -> ExitReason {
-    match error {
-        SpawnErr::StartupFailed(reason) => match exit::from_failure(&*reason) {
-            ExitReason::StartFailed(reason) => ExitReason::StartFailed(reason),
-            ExitReason::Abandoned(reason) => ExitReason::Abandoned(reason),
-            other => ExitReason::StartFailed(other.to_string()),
-        },
-        other => ExitReason::StartFailed(other.to_string()),
     }
 }
 
@@ -416,28 +228,14 @@ pub struct SupervisorSpec {
     pub(crate) children: Vec<ChildSpec>,
     pub(crate) max_children: Option<usize>,
     pub(crate) crash_loop: CrashLoop,
-    handle: SupervisorRef,
+    /// What its stable handle and every incarnation share.
+    pub(crate) shared: Arc<SupervisorShared>,
 }
 
 impl SupervisorSpec {
     /// The supervisor's id.
     pub fn id(&self) -> &str {
         &self.id
-    }
-
-    /// The stable handle this supervisor will have once started.
-    pub fn handle(&self) -> SupervisorRef {
-        self.handle.clone()
-    }
-
-    /// Starts the tree: children in declaration order, each fully started before the next.
-    ///
-    /// # Errors
-    /// [`Error::StartFailed`](crate::Error::StartFailed) naming the first child that failed to
-    /// start (the ones before it are stopped again, in reverse), or
-    /// [`Error::Spawn`](crate::Error::Spawn).
-    pub async fn start(self) -> Result<SupervisorRef, crate::Error> {
-        crate::supervisor::start_root(self).await
     }
 }
 
@@ -533,7 +331,7 @@ impl SupervisorBuilder {
                 });
             }
         }
-        let handle = SupervisorRef::new(self.id.clone());
+        let shared = SupervisorShared::new(self.id.clone());
         Ok(SupervisorSpec {
             id: self.id,
             strategy: self.strategy,
@@ -542,7 +340,7 @@ impl SupervisorBuilder {
             children: self.children,
             max_children: self.max_children,
             crash_loop: self.crash_loop,
-            handle,
+            shared,
         })
     }
 }

@@ -1,463 +1,68 @@
 //! The supervisor actor: ordered start and shutdown, restart strategies, intensity and
-//! escalation, backoff, introspection, lifecycle events and restart traces.
+//! escalation, backoff, lifecycle events and restart traces.
 
-use std::{
-    any::Any,
-    collections::VecDeque,
-    sync::{
-        Arc, RwLock,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RactorErr, SupervisionEvent};
-use tokio::{
-    sync::{broadcast, oneshot, watch},
-    time::Instant,
-};
+use tokio::time::Instant;
 
 use crate::{
-    ChildRef, ChildSpec, Error,
+    ChildSpec, Error, Start, SupervisorRef, SupervisorSpec,
     children::{ChildState, Children},
     exit::{self, ChildFailure, ExitReason, SHUTDOWN_REASON},
+    handle::Request,
+    introspection::{ChildStatus, EVENT_CHANNEL_CAPACITY, EventKind, LifecycleEvent},
     mailbox::MailboxClosed,
-    spec::{AutoShutdown, ChildKind, CrashLoop, Intensity, Restart, Shutdown, Strategy},
+    policy::{AutoShutdown, ChildKind, CrashLoop, Intensity, Restart, Shutdown, Strategy},
+    shared::Tree,
 };
 
-/// Capacity of a tree's lifecycle-event channel. A subscriber that falls further behind loses
-/// the oldest events and is told how many it missed (`broadcast::error::RecvError::Lagged`);
-/// the supervisor never blocks on a slow subscriber.
-pub const EVENT_CHANNEL_CAPACITY: usize = 4096;
-
-/// What happened in a supervision tree.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LifecycleEvent {
-    /// The supervisor that acted.
-    pub supervisor: Arc<str>,
-    /// The child concerned (the supervisor's own id for `Escalated` and `ShutDown`).
-    pub child: Arc<str>,
-    /// What happened.
-    pub kind: EventKind,
-}
-
-/// The kinds of lifecycle event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum EventKind {
-    /// A child started (its first start or a restart).
-    Started,
-    /// A child exited on its own (crash, error, or normal stop).
-    Exited(ExitReason),
-    /// The supervisor stopped a child (shutdown, strategy, or `terminate_child`).
-    Stopped(ExitReason),
-    /// A child will be restarted after `delay`; `restarts` counts its restarts so far.
-    Restarting {
-        /// The backoff delay (zero without backoff).
-        delay: Duration,
-        /// This child's restart count, including this one.
-        restarts: u32,
-    },
-    /// The supervisor exceeded its restart intensity, stopped its children and failed.
-    Escalated,
-    /// The supervisor finished an ordered shutdown.
-    ShutDown,
-    /// A dynamic supervisor gave up on a crash-looping child ([`crate::CrashLoop::RemoveChild`]).
-    GaveUp,
-}
-
-/// What a running child looks like from outside.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChildInfo {
-    /// Its id.
-    pub id: Arc<str>,
-    /// Worker or supervisor.
-    pub kind: ChildKind,
-    /// Its restart type.
-    pub restart: Restart,
-    /// Running, restarting or terminated.
-    pub status: ChildStatus,
-    /// How often it was restarted.
-    pub restarts: u32,
-    /// Messages waiting in its mailbox (workers only).
-    pub mailbox_depth: Option<usize>,
-}
-
-/// A child's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChildStatus {
-    /// Running.
-    Running,
-    /// Waiting for (or in) a restart.
-    Restarting,
-    /// Exited and not restarted (a transient child that ended normally, or a terminated child).
-    Terminated,
-}
-
-/// Counts of a supervisor's children (OTP `count_children`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ChildCounts {
-    /// All child specs.
-    pub specs: usize,
-    /// Running children.
-    pub active: usize,
-    /// Children that are supervisors.
-    pub supervisors: usize,
-    /// Children that are workers.
-    pub workers: usize,
-}
-
-/// A serialisable picture of a whole tree: its nodes depth-first, the root supervisor first.
-#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub struct TreeSnapshot {
-    /// Every supervisor and worker, depth-first in start order; `nodes[0]` is the root.
-    pub nodes: Vec<NodeSnapshot>,
-}
-
-/// One supervisor or worker in a [`TreeSnapshot`].
-#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub struct NodeSnapshot {
-    /// Index of the parent supervisor in `nodes`; `None` for the root.
-    pub parent: Option<u32>,
-    /// The id.
-    pub id: String,
-    /// `worker` or `supervisor`.
-    pub kind: String,
-    /// A supervisor's strategy (OTP name); `None` for a worker or a supervisor not running.
-    pub strategy: Option<String>,
-    /// `running`, `restarting` or `terminated`.
-    pub status: String,
-    /// Restart count (0 for the root).
-    pub restarts: u32,
-    /// Mailbox depth (workers).
-    pub mailbox_depth: Option<u64>,
-}
-
-/// Shared by a supervisor's handle and every incarnation of its actor.
-pub(crate) struct SupervisorShared {
-    pub(crate) id: Arc<str>,
-    current: RwLock<Option<ActorRef<SupervisorMsg>>>,
-    exit: watch::Sender<Option<ExitReason>>,
-    tree: RwLock<Option<Tree>>,
-    root: AtomicBool,
-}
-
-/// What every supervisor of one tree shares.
-#[derive(Clone)]
-pub(crate) struct Tree {
-    events: broadcast::Sender<LifecycleEvent>,
-    /// Set when the tree is going away for good: slots close so senders learn it at once.
-    closing: Arc<AtomicBool>,
-}
-
-/// A stable handle to a supervisor, valid across its restarts by its parent.
-#[derive(Clone)]
-pub struct SupervisorRef {
-    shared: Arc<SupervisorShared>,
-}
-
-impl std::fmt::Debug for SupervisorRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SupervisorRef")
-            .field("id", &self.shared.id)
-            .finish()
-    }
-}
-
-/// A snapshot of one supervisor: its strategy and its children (with nested supervisors' handles).
-type LevelSnapshot = (String, Vec<(ChildInfo, Option<SupervisorRef>)>);
-/// A child found by id: its worker handle (type-erased) or its supervisor handle.
-type Found = Option<(Option<Arc<dyn Any + Send + Sync>>, Option<SupervisorRef>)>;
-
-pub(crate) enum SupervisorMsg {
-    RestartDue { generation: u64 },
-    StartFailed { id: Arc<str>, reason: ExitReason },
-    WhichChildren(oneshot::Sender<Vec<ChildInfo>>),
-    Snapshot(oneshot::Sender<LevelSnapshot>),
-    Lookup(Arc<str>, oneshot::Sender<Found>),
-    StartChild(Box<ChildSpec>, oneshot::Sender<Result<(), Error>>),
-    TerminateChild(Arc<str>, oneshot::Sender<Result<(), Error>>),
-    RestartChild(Arc<str>, oneshot::Sender<Result<(), Error>>),
-}
-
-impl SupervisorRef {
-    pub(crate) fn new(id: Arc<str>) -> Self {
-        SupervisorRef {
-            shared: Arc::new(SupervisorShared {
-                id,
-                current: RwLock::new(None),
-                exit: watch::channel(None).0,
-                tree: RwLock::new(None),
-                root: AtomicBool::new(false),
-            }),
-        }
-    }
-
-    /// The supervisor's id.
-    pub fn id(&self) -> &str {
-        &self.shared.id
-    }
-
-    /// Whether the supervisor is running now (started, and not stopped or escalated).
-    pub fn is_running(&self) -> bool {
-        self.shared
-            .current
-            .read()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .is_some()
-    }
-
-    fn actor(&self) -> Result<ActorRef<SupervisorMsg>, Error> {
-        let current = self
-            .shared
-            .current
-            .read()
-            .unwrap_or_else(|poison| poison.into_inner());
-        current.clone().ok_or_else(|| self.down())
-    }
-
-    fn down(&self) -> Error {
-        Error::SupervisorDown {
-            supervisor: self.shared.id.to_string(),
-        }
-    }
-
-    async fn ask<T>(
-        &self,
-        request: impl FnOnce(oneshot::Sender<T>) -> SupervisorMsg,
-    ) -> Result<T, Error> {
-        let (reply, answer) = oneshot::channel();
-        self.actor()?
-            .send_message(request(reply))
-            .map_err(|_| self.down())?;
-        answer.await.map_err(|_| self.down())
-    }
-
-    /// The children in start order (OTP `which_children`).
-    ///
-    /// # Errors
-    /// [`Error::SupervisorDown`] when the supervisor is not running.
-    pub async fn which_children(&self) -> Result<Vec<ChildInfo>, Error> {
-        self.ask(SupervisorMsg::WhichChildren).await
-    }
-
-    /// Counts of the children (OTP `count_children`).
-    ///
-    /// # Errors
-    /// [`Error::SupervisorDown`] when the supervisor is not running.
-    pub async fn count_children(&self) -> Result<ChildCounts, Error> {
-        let children = self.which_children().await?;
-        Ok(ChildCounts {
-            specs: children.len(),
-            active: children
-                .iter()
-                .filter(|child| child.status == ChildStatus::Running)
-                .count(),
-            supervisors: children
-                .iter()
-                .filter(|child| child.kind == ChildKind::Supervisor)
-                .count(),
-            workers: children
-                .iter()
-                .filter(|child| child.kind == ChildKind::Worker)
-                .count(),
-        })
-    }
-
-    /// A serialisable picture of the whole tree under this supervisor.
-    ///
-    /// # Errors
-    /// [`Error::SupervisorDown`] when this supervisor is not running; a nested supervisor that
-    /// is restarting shows without its children.
-    pub async fn snapshot(&self) -> Result<TreeSnapshot, Error> {
-        let mut nodes = Vec::new();
-        let (strategy, children) = self.ask(SupervisorMsg::Snapshot).await?;
-        nodes.push(NodeSnapshot {
-            parent: None,
-            id: self.shared.id.to_string(),
-            kind: "supervisor".into(),
-            strategy: Some(strategy),
-            status: "running".into(),
-            restarts: 0,
-            mailbox_depth: None,
-        });
-        // Depth-first without recursion: (parent index, children still to visit).
-        let mut stack = vec![(0u32, children.into_iter())];
-        while let Some((parent, mut rest)) = stack.pop() {
-            let Some((info, nested)) = rest.next() else {
-                continue;
-            };
-            stack.push((parent, rest));
-            let index = nodes.len() as u32;
-            let subtree = match nested {
-                Some(nested) if info.status == ChildStatus::Running => {
-                    nested.ask(SupervisorMsg::Snapshot).await.ok()
-                }
-                _ => None,
-            };
-            nodes.push(NodeSnapshot {
-                parent: Some(parent),
-                id: info.id.to_string(),
-                kind: match info.kind {
-                    ChildKind::Worker => "worker",
-                    ChildKind::Supervisor => "supervisor",
-                }
-                .into(),
-                strategy: subtree.as_ref().map(|(strategy, _)| strategy.clone()),
-                status: match info.status {
-                    ChildStatus::Running => "running",
-                    ChildStatus::Restarting => "restarting",
-                    ChildStatus::Terminated => "terminated",
-                }
-                .into(),
-                restarts: info.restarts,
-                mailbox_depth: info.mailbox_depth.map(|depth| depth as u64),
-            });
-            if let Some((_, grandchildren)) = subtree {
-                stack.push((index, grandchildren.into_iter()));
-            }
-        }
-        Ok(TreeSnapshot { nodes })
-    }
-
-    /// The stable handle of worker child `id` whose messages are `M`.
-    ///
-    /// # Errors
-    /// [`Error::NoSuchChild`] when there is no such worker with messages of type `M`;
-    /// [`Error::SupervisorDown`] when the supervisor is not running.
-    pub async fn child<M: Send + 'static>(&self, id: &str) -> Result<ChildRef<M>, Error> {
-        let found = self
-            .ask(|reply| SupervisorMsg::Lookup(Arc::from(id), reply))
-            .await?;
-        found
-            .and_then(|(handle, _)| handle?.downcast_ref::<ChildRef<M>>().cloned())
-            .ok_or_else(|| Error::NoSuchChild {
-                supervisor: self.shared.id.to_string(),
-                child: id.to_owned(),
-            })
-    }
-
-    /// The stable handle of nested supervisor `id`.
-    ///
-    /// # Errors
-    /// As [`SupervisorRef::child`].
-    pub async fn supervisor(&self, id: &str) -> Result<SupervisorRef, Error> {
-        let found = self
-            .ask(|reply| SupervisorMsg::Lookup(Arc::from(id), reply))
-            .await?;
-        found
-            .and_then(|(_, nested)| nested)
-            .ok_or_else(|| Error::NoSuchChild {
-                supervisor: self.shared.id.to_string(),
-                child: id.to_owned(),
-            })
-    }
-
-    /// Starts a child at run time (dynamic supervisors, or adding to a static one).
-    ///
-    /// # Errors
-    /// [`Error::MaxChildren`], [`Error::DuplicateChild`], [`Error::StartFailed`] (the child is
-    /// not added), or [`Error::SupervisorDown`].
-    pub async fn start_child(&self, spec: ChildSpec) -> Result<(), Error> {
-        self.ask(|reply| SupervisorMsg::StartChild(Box::new(spec), reply))
-            .await?
-    }
-
-    /// Stops child `id` with its shutdown policy; a dynamic supervisor forgets it, a static one
-    /// keeps its spec for `restart_child`.
-    ///
-    /// # Errors
-    /// [`Error::NoSuchChild`] or [`Error::SupervisorDown`].
-    pub async fn terminate_child(&self, id: &str) -> Result<(), Error> {
-        self.ask(|reply| SupervisorMsg::TerminateChild(Arc::from(id), reply))
-            .await?
-    }
-
-    /// Restarts child `id` now: stops it if it runs, then starts it. Does not count toward the
-    /// restart intensity (it is a request, not a crash).
-    ///
-    /// # Errors
-    /// [`Error::NoSuchChild`], [`Error::StartFailed`] or [`Error::SupervisorDown`].
-    pub async fn restart_child(&self, id: &str) -> Result<(), Error> {
-        self.ask(|reply| SupervisorMsg::RestartChild(Arc::from(id), reply))
-            .await?
-    }
-
-    /// Subscribes to the tree's lifecycle events (see [`EVENT_CHANNEL_CAPACITY`] for overflow).
-    ///
-    /// # Errors
-    /// [`Error::SupervisorDown`] when the tree has not started.
-    pub fn events(&self) -> Result<broadcast::Receiver<LifecycleEvent>, Error> {
-        let tree = self
-            .shared
-            .tree
-            .read()
-            .unwrap_or_else(|poison| poison.into_inner());
-        tree.as_ref()
-            .map(|tree| tree.events.subscribe())
-            .ok_or_else(|| self.down())
-    }
-
-    /// Stops the tree in order: children in reverse start order, each with its shutdown
-    /// policy, nested supervisors recursively. Called on the root, worker handles close
-    /// afterwards. Called on a nested supervisor, its parent sees a `Shutdown` exit and applies
-    /// its restart type; use the parent's [`SupervisorRef::terminate_child`] to stop it for good.
-    ///
-    /// # Errors
-    /// [`Error::SupervisorDown`] when it was not running.
-    pub async fn stop(&self) -> Result<(), Error> {
-        let actor = self.actor()?;
-        if self.shared.root.load(Ordering::Acquire) {
-            self.mark_closing();
-        }
-        actor
-            .get_cell()
-            .stop_and_wait(Some(SHUTDOWN_REASON.to_owned()), None)
-            .await
-            .map_err(|_| self.down())
-    }
-
-    fn mark_closing(&self) {
-        let tree = self
-            .shared
-            .tree
-            .read()
-            .unwrap_or_else(|poison| poison.into_inner());
-        if let Some(tree) = tree.as_ref() {
-            // Release: pairs with the Acquire in each supervisor's post_stop.
-            tree.closing.store(true, Ordering::Release);
-        }
-    }
-
-    /// Waits until this supervisor's current incarnation exits and tells why: `Shutdown` after
-    /// [`SupervisorRef::stop`], `Escalated` after its intensity was exceeded.
-    pub async fn wait(&self) -> ExitReason {
-        let mut exit = self.shared.exit.subscribe();
-        loop {
-            if let Some(reason) = exit.borrow_and_update().clone() {
-                return reason;
-            }
-            if exit.changed().await.is_err() {
-                return ExitReason::Shutdown;
-            }
-        }
-    }
-}
-
 pub(crate) struct SupervisorArgs {
-    pub(crate) spec: crate::SupervisorSpec,
+    pub(crate) spec: SupervisorSpec,
     pub(crate) tree: Tree,
 }
 
+impl Start {
+    /// Starts a nested supervisor.
+    pub fn supervisor(spec: SupervisorSpec) -> Start {
+        let nested = Box::new(spec.clone());
+        let start: crate::spec::StartFn = Arc::new(move |parent, tree| {
+            let spec = spec.clone();
+            Box::pin(async move {
+                let args = SupervisorArgs { spec, tree };
+                match Actor::spawn_linked(None, SupervisorActor, args, parent).await {
+                    Ok((actor, _)) => Ok(actor.get_cell()),
+                    Err(error) => Err(exit::from_spawn_error(error)),
+                }
+            })
+        });
+        Start {
+            kind: ChildKind::Supervisor,
+            start,
+            handle: None,
+            slot: None,
+            nested: Some(nested),
+        }
+    }
+}
+
+impl SupervisorSpec {
+    /// Starts the tree: children in declaration order, each fully started before the next.
+    ///
+    /// # Errors
+    /// [`Error::StartFailed`] naming the first child that failed to start (the ones before it
+    /// are stopped again, in reverse), or [`Error::Spawn`].
+    pub async fn start(self) -> Result<SupervisorRef, Error> {
+        start_root(self).await
+    }
+}
+
 /// Starts a tree's root supervisor.
-pub(crate) async fn start_root(spec: crate::SupervisorSpec) -> Result<SupervisorRef, Error> {
-    let tree = Tree {
-        events: broadcast::channel(EVENT_CHANNEL_CAPACITY).0,
-        closing: Arc::new(AtomicBool::new(false)),
-    };
+async fn start_root(spec: SupervisorSpec) -> Result<SupervisorRef, Error> {
+    let tree = Tree::new(EVENT_CHANNEL_CAPACITY);
     let handle = spec.handle();
-    handle.shared.root.store(true, Ordering::Release);
-    let id = handle.shared.id.to_string();
+    handle.shared().make_root();
+    let id = spec.id.to_string();
     match Actor::spawn(None, SupervisorActor, SupervisorArgs { spec, tree }).await {
         Ok(_) => Ok(handle),
         Err(ractor::SpawnErr::StartupFailed(error)) => match exit::from_failure(&*error) {
@@ -493,7 +98,7 @@ pub(crate) struct SupervisorState {
     window: VecDeque<Instant>,
     tree: Tree,
     next_generation: u64,
-    myself: ActorRef<SupervisorMsg>,
+    myself: ActorRef<Request>,
     /// Deterministic jitter source for backoff (splitmix64).
     noise: u64,
 }
@@ -698,16 +303,12 @@ impl SupervisorState {
         );
         let _entered = span.enter();
         tracing::warn!("restart intensity exceeded; stopping children and escalating");
-        let handle = self.spec.handle();
+        let shared = self.spec.shared.clone();
         // A failing actor gets no post_stop: say it is down here.
-        *handle
-            .shared
-            .current
-            .write()
-            .unwrap_or_else(|poison| poison.into_inner()) = None;
-        if handle.shared.root.load(Ordering::Acquire) {
+        shared.set_current(None);
+        if shared.is_root() {
             // Nobody above will restart this tree: close its handles as it goes.
-            handle.mark_closing();
+            shared.mark_closing();
         }
         self.stop_all().await;
         if self.closes_for_good() {
@@ -717,7 +318,7 @@ impl SupervisorState {
         let escalated = ExitReason::Escalated(format!(
             "more than {max_restarts} restarts in {period:?} (last: child {id}, {reason})"
         ));
-        handle.shared.exit.send_replace(Some(escalated.clone()));
+        shared.exit.send_replace(Some(escalated.clone()));
         Box::new(ChildFailure(escalated))
     }
 
@@ -821,7 +422,7 @@ impl SupervisorState {
             let myself = self.myself.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
-                let _ = myself.send_message(SupervisorMsg::RestartDue { generation });
+                let _ = myself.send_message(Request::RestartDue { generation });
             });
         }
     }
@@ -858,7 +459,7 @@ impl SupervisorState {
                     let id = self.children[index].spec.id.clone();
                     let _ = self
                         .myself
-                        .send_message(SupervisorMsg::StartFailed { id, reason });
+                        .send_message(Request::StartFailed { id, reason });
                     return;
                 }
             }
@@ -877,9 +478,7 @@ impl SupervisorState {
     /// it is the root (nobody restarts it), or it is dynamic (its children are not in its spec,
     /// so a restarted incarnation would never serve their mailboxes again).
     fn closes_for_good(&self) -> bool {
-        self.tree.closing.load(Ordering::Acquire)
-            || self.spec.handle().shared.root.load(Ordering::Acquire)
-            || self.spec.max_children.is_some()
+        self.tree.is_closing() || self.spec.shared.is_root() || self.spec.max_children.is_some()
     }
 
     fn auto_shutdown_due(&self) -> bool {
@@ -893,20 +492,20 @@ impl SupervisorState {
         }
     }
 
-    async fn handle_request(&mut self, message: SupervisorMsg) -> Result<(), ActorProcessingErr> {
+    async fn handle_request(&mut self, message: Request) -> Result<(), ActorProcessingErr> {
         match message {
-            SupervisorMsg::RestartDue { generation } => self.restart_generation(generation).await,
-            SupervisorMsg::StartFailed { id, reason } => {
+            Request::RestartDue { generation } => self.restart_generation(generation).await,
+            Request::StartFailed { id, reason } => {
                 if let Some(index) = self.index_of(&id) {
                     let child_id = self.children[index].spec.id.clone();
                     self.emit(&child_id, EventKind::Exited(reason.clone()));
                     return self.on_exit(index, reason).await;
                 }
             }
-            SupervisorMsg::WhichChildren(reply) => {
+            Request::WhichChildren(reply) => {
                 let _ = reply.send(self.children.iter().map(ChildState::info).collect());
             }
-            SupervisorMsg::Snapshot(reply) => {
+            Request::Snapshot(reply) => {
                 let children = self
                     .children
                     .iter()
@@ -914,7 +513,7 @@ impl SupervisorState {
                     .collect();
                 let _ = reply.send((self.spec.strategy.name().to_owned(), children));
             }
-            SupervisorMsg::Lookup(id, reply) => {
+            Request::Lookup(id, reply) => {
                 let found = self.index_of(&id).map(|index| {
                     (
                         self.children[index].spec.start.handle.clone(),
@@ -923,10 +522,10 @@ impl SupervisorState {
                 });
                 let _ = reply.send(found);
             }
-            SupervisorMsg::StartChild(spec, reply) => {
+            Request::StartChild(spec, reply) => {
                 let _ = reply.send(self.add_child(*spec).await);
             }
-            SupervisorMsg::TerminateChild(id, reply) => {
+            Request::TerminateChild(id, reply) => {
                 let Some(index) = self.index_of(&id) else {
                     let _ = reply.send(Err(self.no_such(&id)));
                     return Ok(());
@@ -938,7 +537,7 @@ impl SupervisorState {
                 }
                 let _ = reply.send(Ok(()));
             }
-            SupervisorMsg::RestartChild(id, reply) => {
+            Request::RestartChild(id, reply) => {
                 let Some(index) = self.index_of(&id) else {
                     let _ = reply.send(Err(self.no_such(&id)));
                     return Ok(());
@@ -1000,22 +599,18 @@ impl SupervisorState {
 }
 
 impl Actor for SupervisorActor {
-    type Msg = SupervisorMsg;
+    type Msg = Request;
     type State = SupervisorState;
     type Arguments = SupervisorArgs;
 
     async fn pre_start(
         &self,
-        myself: ActorRef<SupervisorMsg>,
+        myself: ActorRef<Request>,
         SupervisorArgs { spec, tree }: SupervisorArgs,
     ) -> Result<SupervisorState, ActorProcessingErr> {
-        let handle = spec.handle();
-        *handle
-            .shared
-            .tree
-            .write()
-            .unwrap_or_else(|poison| poison.into_inner()) = Some(tree.clone());
-        handle.shared.exit.send_replace(None);
+        let shared = spec.shared.clone();
+        shared.set_tree(tree.clone());
+        shared.exit.send_replace(None);
         let noise = spec
             .id
             .bytes()
@@ -1048,18 +643,14 @@ impl Actor for SupervisorActor {
                 )))));
             }
         }
-        *handle
-            .shared
-            .current
-            .write()
-            .unwrap_or_else(|poison| poison.into_inner()) = Some(myself);
+        shared.set_current(Some(myself.get_cell()));
         Ok(state)
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<SupervisorMsg>,
-        message: SupervisorMsg,
+        _myself: ActorRef<Request>,
+        message: Request,
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         state.handle_request(message).await
@@ -1067,7 +658,7 @@ impl Actor for SupervisorActor {
 
     async fn handle_supervisor_evt(
         &self,
-        _myself: ActorRef<SupervisorMsg>,
+        _myself: ActorRef<Request>,
         event: SupervisionEvent,
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
@@ -1094,22 +685,18 @@ impl Actor for SupervisorActor {
 
     async fn post_stop(
         &self,
-        _myself: ActorRef<SupervisorMsg>,
+        _myself: ActorRef<Request>,
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        let handle = state.spec.handle();
-        *handle
-            .shared
-            .current
-            .write()
-            .unwrap_or_else(|poison| poison.into_inner()) = None;
+        let shared = state.spec.shared.clone();
+        shared.set_current(None);
         state.stop_all().await;
         if state.closes_for_good() {
             state.close_slots();
         }
         let id = state.spec.id.clone();
         state.emit(&id, EventKind::ShutDown);
-        handle.shared.exit.send_replace(Some(ExitReason::Shutdown));
+        shared.exit.send_replace(Some(ExitReason::Shutdown));
         Ok(())
     }
 }
