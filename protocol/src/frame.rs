@@ -123,14 +123,6 @@ impl Default for DecodeConfig {
 }
 
 impl DecodeConfig {
-    /// The default limits, accepting only the kinds protocol `P` declares.
-    pub fn for_protocol<P: crate::Protocol>() -> Self {
-        DecodeConfig {
-            known_kind: P::knows,
-            ..DecodeConfig::default()
-        }
-    }
-
     /// Sets the maximum frame size.
     pub fn with_max_frame_len(mut self, max_frame_len: usize) -> Self {
         self.max_frame_len = max_frame_len;

@@ -46,22 +46,26 @@
 //! # Ok::<(), garrison_protocol::Error>(())
 //! ```
 
+mod archive;
 mod codec;
 pub mod control;
 mod error;
 mod frame;
+mod kind;
 mod message;
 pub mod snapshot;
 mod strict;
 
-pub use codec::{FrameCodec, FrameMeta, Outbound, PayloadWriter, WireSerializer, encode_frame};
+pub use archive::{PayloadWriter, RkyvError, WireSerializer};
+pub use codec::{FrameCodec, FrameMeta, Outbound, encode_frame};
 pub use error::Error;
 pub use frame::{
     DEFAULT_MAX_FRAME_LEN, DecodeConfig, FIXED_HEADER_LEN, FLAG_TRACE_CONTEXT, Frame, FrameHeader,
     KNOWN_FLAGS, LENGTH_PREFIX_LEN, PROTOCOL_VERSION, TRACE_CONTEXT_LEN, TraceContext,
 };
+pub use kind::MessageKind;
 #[doc(hidden)]
 pub use message::__private;
-pub use message::{Message, MessageKind, Protocol, RkyvError, Validated};
+pub use message::{Message, Protocol, Validated};
 pub use snapshot::{Snapshot, SnapshotRef, SnapshotWriter};
 pub use strict::{StrictArchiveValidator, StrictValidator};

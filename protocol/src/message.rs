@@ -7,27 +7,10 @@ use rkyv::{
 };
 
 use crate::{
-    Error, Frame,
-    codec::WireSerializer,
+    DecodeConfig, Error, Frame, MessageKind,
+    archive::{RkyvError, WireSerializer},
     strict::{self, StrictValidator},
 };
-
-/// A message kind id: the stable `u16` that selects a payload's type on the wire.
-///
-/// Ids are part of the protocol a client is written against: never renumber a released message.
-/// Ids `0xFF00..=0xFFFF` are reserved for Garrison's own control messages.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[repr(transparent)]
-pub struct MessageKind(pub u16);
-
-impl fmt::Display for MessageKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:#06x}", self.0)
-    }
-}
-
-/// The rkyv error type every protocol operation uses.
-pub type RkyvError = rkyv::rancor::Error;
 
 /// A type that travels in frames under a stable kind id.
 ///
@@ -43,6 +26,16 @@ pub trait Message:
     const KIND: MessageKind;
     /// The message's name, used in errors and as the `game.event.type` trace attribute.
     const NAME: &'static str;
+}
+
+impl DecodeConfig {
+    /// The default limits, accepting only the kinds protocol `P` declares.
+    pub fn for_protocol<P: Protocol>() -> Self {
+        DecodeConfig {
+            known_kind: P::knows,
+            ..DecodeConfig::default()
+        }
+    }
 }
 
 /// Validates `payload` as an archive of `M` that covers every byte of it (see `strict`),

@@ -14,7 +14,10 @@ use rkyv::{
     de::Pool, rancor::Strategy, ser::allocator::Arena,
 };
 
-use crate::{Error, MessageKind, codec::WireSerializer, message::RkyvError};
+use crate::{
+    Error, MessageKind,
+    archive::{RkyvError, WireSerializer},
+};
 
 /// The magic bytes every snapshot starts with.
 pub const SNAPSHOT_MAGIC: [u8; 4] = *b"GSNP";
@@ -100,7 +103,7 @@ impl SnapshotWriter {
         self.buffer.put_u16_le(T::VERSION);
         self.buffer.put_u64_le(fingerprint(T::SCHEMA));
         self.buffer.put_u32_le(0);
-        crate::codec::write_archive(state, &mut self.buffer, &mut self.arena, T::SCHEMA)?;
+        crate::archive::write_archive(state, &mut self.buffer, &mut self.arena, T::SCHEMA)?;
         let payload_len = self.buffer.len() - SNAPSHOT_HEADER_LEN;
         let payload_len = u32::try_from(payload_len).map_err(|_| Error::Oversize {
             length: payload_len as u64,
