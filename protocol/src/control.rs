@@ -42,20 +42,58 @@ pub struct Close {
     pub reason: String,
 }
 
-/// The codes of a [`Refused`] frame: why the server did not act on one frame, on a connection
+/// The code of a [`Refused`] frame: why the server did not act on one frame, on a connection
 /// that stays open. Stable wire values (`docs/protocol.md`).
-pub mod refusal {
-    /// The session may not address that entity.
-    pub const NOT_BOUND: u16 = 100;
-    /// The entity's mailbox is full; retry later.
-    pub const BUSY: u16 = 101;
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+#[non_exhaustive]
+pub enum RefusalCode {
+    /// The session may not address that entity (or has no session or connection for it).
+    NotBound = 100,
+    /// The entity (or the connection's queue) is busy; retry later.
+    Busy = 101,
     /// The entity's kind is not running.
-    pub const UNAVAILABLE: u16 = 102;
+    Unavailable = 102,
     /// The game's router refused the message.
-    pub const REJECTED: u16 = 103;
+    Rejected = 103,
     /// The entity failed (panicked or returned an error) while handling this very frame; the
     /// frame is in the server's dead letters and is not retried.
-    pub const FAILED: u16 = 104;
+    Failed = 104,
+}
+
+impl RefusalCode {
+    /// Every code.
+    pub const ALL: &'static [RefusalCode] = &[
+        RefusalCode::NotBound,
+        RefusalCode::Busy,
+        RefusalCode::Unavailable,
+        RefusalCode::Rejected,
+        RefusalCode::Failed,
+    ];
+
+    /// The wire value.
+    pub fn code(self) -> u16 {
+        self as u16
+    }
+
+    /// The code with this wire value, if it is one.
+    pub fn from_code(code: u16) -> Option<RefusalCode> {
+        RefusalCode::ALL
+            .iter()
+            .copied()
+            .find(|known| known.code() == code)
+    }
+
+    /// A short label, used in metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            RefusalCode::NotBound => "not_bound",
+            RefusalCode::Busy => "busy",
+            RefusalCode::Unavailable => "unavailable",
+            RefusalCode::Rejected => "rejected",
+            RefusalCode::Failed => "failed",
+        }
+    }
 }
 
 /// A frame the server did not accept, on a connection that stays open.

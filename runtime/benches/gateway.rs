@@ -92,21 +92,17 @@ async fn garrison_server() -> (Gateway<TestMessage>, garrison_supervisor::Superv
     config.byte_burst = u32::MAX;
     config.handshake_timeout = Duration::from_secs(120);
     config.idle_timeout = Duration::from_secs(600);
-    let binder = sessions.clone();
-    let routed_sessions = sessions.clone();
-    let gateway = GatewayBuilder::<TestMessage>::new(config, sessions)
-        .route(move |info, message| {
-            echoes
-                .send_as(&routed_sessions, info.session, &info.player, message)
-                .map_err(|refused| refused.reason)
-        })
-        .on_session(move |info, _| {
-            binder
-                .bind::<Echo>(info.session, &info.player)
-                .map_err(|error| error.to_string())
-        })
-        .start()
-        .unwrap();
+    let gateway = GatewayBuilder::<TestMessage>::new(config, sessions, |session, message| {
+        session
+            .send::<Echo>(message)
+            .map_err(|refused| refused.reason)
+    })
+    .on_session(move |start| {
+        start.session.bind(&echoes, start.session.player());
+        Ok(())
+    })
+    .start()
+    .unwrap();
     (gateway, tree)
 }
 

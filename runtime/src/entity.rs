@@ -6,7 +6,7 @@ use garrison_protocol::{RkyvError, Snapshot, TraceContext};
 use garrison_supervisor::{HandlerError, Overflow};
 use rkyv::{Deserialize, de::Pool, rancor::Strategy};
 
-use crate::session::SessionId;
+use crate::origin::SessionId;
 
 /// A state that can be checkpointed and restored: an rkyv [`Snapshot`] that deserializes.
 /// Implemented for every such type.

@@ -4,37 +4,17 @@
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A session tried to address an entity it is not bound to.
-    #[error("session {session} is not bound to {kind} {key}")]
-    NotBound {
-        /// The session.
-        session: u64,
-        /// The entity kind.
+    /// A kind's configuration cannot make its supervisor (a zero restart period).
+    #[error("entity kind {kind}: invalid configuration: {reason}")]
+    InvalidKindConfig {
+        /// The kind.
         kind: &'static str,
-        /// The entity key.
-        key: String,
+        /// What is wrong with it.
+        reason: String,
     },
-    /// No session with this id is open.
-    #[error("no open session {session}")]
-    NoSession {
-        /// The session id.
-        session: u64,
-    },
-    /// The session has no connection attached (between a disconnect and a reconnect).
-    #[error("session {session} has no connection")]
-    Detached {
-        /// The session id.
-        session: u64,
-    },
-    /// The connection's outbound queue refused the frame (full or closed).
-    #[error("session {session}: outbound queue refused the frame")]
-    OutboundFull {
-        /// The session id.
-        session: u64,
-    },
-    /// The entity kind is not attached to a running supervision tree yet.
-    #[error("entity kind {kind} is not started")]
-    KindNotStarted {
+    /// `serve` was called on a kind that is served already.
+    #[error("entity kind {kind} is served already")]
+    AlreadyServed {
         /// The kind.
         kind: &'static str,
     },

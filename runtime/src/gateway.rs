@@ -31,10 +31,11 @@ use std::{
 use dashmap::DashMap;
 use garrison_protocol::{DEFAULT_MAX_FRAME_LEN, FrameMeta, MessageKind, Protocol, control};
 
-pub use close::{CloseCode, refusal};
+pub use close::CloseCode;
+pub use garrison_protocol::control::RefusalCode;
 pub use outbound::Delivery;
 
-use crate::{Error, Refusal, SessionId, Sessions};
+use crate::{Error, Refusal, Session, Sessions};
 
 /// Gateway settings. Every limit has a default meant for a real game server.
 #[derive(Debug, Clone)]
@@ -122,18 +123,20 @@ impl GatewayConfig {
     }
 }
 
-/// Who sent a routed message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SessionInfo {
-    /// The session (one per player, kept across reconnects).
-    pub session: SessionId,
-    /// The player the ticket admitted.
-    pub player: u64,
+/// A good handshake, before its connection becomes the session's: what the `on_session` hook
+/// is given.
+#[derive(Debug, Clone)]
+pub struct SessionStart {
+    /// The player's session (the same across reconnects with the same player).
+    pub session: Session,
+    /// Whether the session was open already: a reconnect within the grace window, or a second
+    /// connection taking it over.
+    pub resumed: bool,
 }
 
-type Router<P> = dyn Fn(&SessionInfo, P) -> Result<(), Refusal> + Send + Sync;
-type SessionHook = dyn Fn(&SessionInfo, bool) -> Result<(), String> + Send + Sync;
-type ClosedHook = dyn Fn(&SessionInfo) + Send + Sync;
+type Router<P> = dyn Fn(&Session, P) -> Result<(), Refusal> + Send + Sync;
+type SessionHook = dyn Fn(&SessionStart) -> Result<(), String> + Send + Sync;
+type ClosedHook = dyn Fn(&Session) + Send + Sync;
 
 /// Counters a gateway keeps.
 #[derive(Debug, Default)]
@@ -210,36 +213,32 @@ fn known_kind<P: Protocol>(kind: MessageKind) -> bool {
     control::Control::knows(kind) || P::knows(kind)
 }
 
-/// Builds a [`Gateway`].
+/// Builds a [`Gateway`]: it takes its router at once, so a gateway without one cannot exist.
 pub struct GatewayBuilder<P: Protocol> {
     config: GatewayConfig,
     sessions: Arc<Sessions>,
-    router: Option<Arc<Router<P>>>,
+    router: Arc<Router<P>>,
     on_session: Arc<SessionHook>,
     on_session_closed: Arc<ClosedHook>,
 }
 
 impl<P: Protocol> GatewayBuilder<P> {
-    /// A gateway with `config`, registering connections in `sessions`.
-    pub fn new(config: GatewayConfig, sessions: Arc<Sessions>) -> Self {
+    /// A gateway with `config`, registering connections in `sessions`, routing each validated
+    /// message from a session with `router`: usually a [`Session::send`] to the entity the
+    /// session is bound to for the message. A refusal is answered with a `Refused` frame; the
+    /// connection stays open.
+    pub fn new(
+        config: GatewayConfig,
+        sessions: Arc<Sessions>,
+        router: impl Fn(&Session, P) -> Result<(), Refusal> + Send + Sync + 'static,
+    ) -> Self {
         GatewayBuilder {
             config,
             sessions,
-            router: None,
-            on_session: Arc::new(|_, _| Ok(())),
+            router: Arc::new(router),
+            on_session: Arc::new(|_| Ok(())),
             on_session_closed: Arc::new(|_| {}),
         }
-    }
-
-    /// Sets the router: where each validated message from a session goes (usually an
-    /// [`Entities::send_as`](crate::Entities::send_as) to the entity the message addresses).
-    /// A refusal is answered with a `Refused` frame; the connection stays open.
-    pub fn route(
-        mut self,
-        router: impl Fn(&SessionInfo, P) -> Result<(), Refusal> + Send + Sync + 'static,
-    ) -> Self {
-        self.router = Some(Arc::new(router));
-        self
     }
 
     /// Sets the hook run on each good handshake, with whether the session is resumed, before the
@@ -249,7 +248,7 @@ impl<P: Protocol> GatewayBuilder<P> {
     /// connection would have opened is not kept.
     pub fn on_session(
         mut self,
-        hook: impl Fn(&SessionInfo, bool) -> Result<(), String> + Send + Sync + 'static,
+        hook: impl Fn(&SessionStart) -> Result<(), String> + Send + Sync + 'static,
     ) -> Self {
         self.on_session = Arc::new(hook);
         self
@@ -258,10 +257,7 @@ impl<P: Protocol> GatewayBuilder<P> {
     /// Sets the hook run once a session is closed for good: its player's connection ended and
     /// the player did not come back within the reconnect grace window. Release what the player
     /// held here (a seat, a place in a queue). It runs on a gateway event loop: send, do not wait.
-    pub fn on_session_closed(
-        mut self,
-        hook: impl Fn(&SessionInfo) + Send + Sync + 'static,
-    ) -> Self {
+    pub fn on_session_closed(mut self, hook: impl Fn(&Session) + Send + Sync + 'static) -> Self {
         self.on_session_closed = Arc::new(hook);
         self
     }
@@ -269,11 +265,9 @@ impl<P: Protocol> GatewayBuilder<P> {
     /// Binds the listeners and starts the event loops.
     ///
     /// # Errors
-    /// [`Error::Gateway`] when a listener cannot be bound or no router was set.
+    /// [`Error::Gateway`] when a listener cannot be bound or the event loops cannot start.
     pub fn start(self) -> Result<Gateway<P>, Error> {
-        let router = self.router.ok_or(Error::Gateway {
-            reason: "no router set".into(),
-        })?;
+        let router = self.router;
         let bind = |address: Option<SocketAddr>| -> Result<Option<StdListener>, Error> {
             address
                 .map(|address| {

@@ -1,118 +1,76 @@
-//! Runs one entity incarnation as a supervised worker: activation from the last checkpoint,
-//! one traced span per handled message, dead letters, checkpoints and passivation.
+//! Runs one entity incarnation as a supervised worker: activation from the last checkpoint
+//! (abandoned when it fails), one traced span per handled message, dead letters, checkpoints,
+//! passivation and ending. What the host needs of its kind's registry is the `KindHost` trait;
+//! the registry implements it and owns the entry swaps it asks for.
 
 use std::{
     panic::AssertUnwindSafe,
-    sync::{Arc, atomic::Ordering},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use garrison_protocol::{
-    FrameMeta, TraceContext,
-    control::{Refused, refusal},
-};
-use garrison_supervisor::{Abandon, HandlerError, Worker, WorkerContext};
+use garrison_protocol::TraceContext;
+use garrison_supervisor::{Abandon, ChildRef, HandlerError, Worker, WorkerContext};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::{
-    Activation, Checkpoint, Entity, EntityContext, EntityMessage, State, clock,
-    dead_letter::DeadLetter,
-    quarantine::Quarantined,
-    registry::{EntityCell, Inner, Recovery, Slot},
-    session::{Origin, SessionId},
+    Activation, Checkpoint, Entity, EntityContext, EntityMessage, KindConfig, State, clock,
+    dead_letter::{DeadLetter, DeadLetters},
+    envelope::{Envelope, refuse},
+    origin::SessionId,
+    quarantine::{Quarantine, Quarantined},
+    telemetry::Sampling,
 };
 
-/// What travels in an entity's mailbox.
-pub(crate) enum Envelope<E: Entity> {
-    /// A message, with the span it was sent from and the session that sent it.
-    Message {
-        message: E::Message,
-        parent: tracing::Span,
-        session: Option<SessionId>,
-        /// Sent by work whose trace was not sampled: handle it without spans.
-        unsampled: bool,
-        /// The client frame that caused it, if any: told when handling it fails.
-        origin: Option<Origin>,
-    },
-    /// The sweeper found the entity idle.
-    Passivate,
+/// What the first incarnation of an activation recovers from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recovery {
+    /// Nothing: a fresh entity.
+    Nothing,
+    /// The snapshot it passivated to (or was registered with).
+    Passivation,
+    /// The last checkpoint of an earlier activation that crashed and was given up on.
+    Crash,
 }
 
-impl<E: Entity> Envelope<E> {
-    /// The message inside (only called on envelopes built around one).
-    pub(crate) fn into_message(self) -> E::Message {
-        match self {
-            Envelope::Message { message, .. } => message,
-            Envelope::Passivate => {
-                unreachable!("a refused passivation request is never handed back to a sender")
-            }
-        }
-    }
-
-    /// The dead letter of this envelope's message (a passivation request is no message), its
-    /// sender told when a client frame caused it.
-    pub(crate) fn dead_letter(
-        self,
-        kind: &'static str,
-        key: String,
-        reason: String,
-    ) -> Option<DeadLetter> {
-        let Envelope::Message {
-            message,
-            session,
-            origin,
-            ..
-        } = self
-        else {
-            return None;
-        };
-        if let Some(origin) = origin {
-            refuse(&origin, kind);
-        }
-        Some(DeadLetter {
-            kind,
-            key,
-            event_type: message.event_type(),
-            reason,
-            trace: message.trace_context(),
-            session: session.map(|session| session.0),
-        })
-    }
+/// Shared by the incarnations of one activation: its last checkpoint and when it last worked.
+pub(crate) struct EntityCell {
+    pub(crate) checkpoint: Mutex<Option<Bytes>>,
+    pub(crate) last_active: AtomicU64,
+    pub(crate) recovery: Recovery,
 }
 
-/// Tells the client whose frame was not handled, with the frame's `seq`, so it does not wait
-/// for an answer that will never come. The reason names no internals (a panic message is for the
-/// server's logs and dead letters, not for clients).
-fn refuse(origin: &Origin, kind: &'static str) {
-    let refused = Refused {
-        seq: origin.seq,
-        code: refusal::FAILED,
-        reason: format!(
-            "the {kind} entity failed to handle this message; it was dead-lettered, not retried"
-        ),
-    };
-    let meta = FrameMeta {
-        seq: origin.seq,
-        trace: None,
-    };
-    if let Ok(frame) = garrison_protocol::encode_frame(&refused, meta) {
-        // A full or closed connection is the connection's own business.
-        let _ = origin.connection.push(frame);
-    }
+/// What an incarnation needs of its kind: the module serving it, its settings and logs, and the
+/// registry's entry swaps, which the registry performs because it owns the invariant that a key
+/// reaches one live incarnation.
+pub(crate) trait KindHost<E: Entity>: Send + Sync + 'static {
+    /// The module serving the kind (activations only start once it is served).
+    fn module(&self) -> Option<&E>;
+    fn config(&self) -> &KindConfig;
+    fn dead_letters(&self) -> &DeadLetters;
+    fn quarantine(&self) -> &Quarantine;
+    /// Replaces the key's entry with `snapshot` if the activation behind `mine` still owns it
+    /// and no message waits in its mailbox; returns whether it did.
+    fn passivate(&self, key: &E::Key, mine: &ChildRef<Envelope<E>>, snapshot: Bytes) -> bool;
+    /// Removes the key's entry under the same conditions; returns whether it did.
+    fn end(&self, key: &E::Key, mine: &ChildRef<Envelope<E>>) -> bool;
 }
 
-pub(crate) struct EntityWorker<E: Entity> {
-    pub(crate) inner: Arc<Inner<E>>,
+pub(crate) struct EntityWorker<E: Entity, K: KindHost<E>> {
+    pub(crate) kind: Arc<K>,
     pub(crate) key: E::Key,
     pub(crate) cell: Arc<EntityCell>,
 }
 
-impl<E: Entity> Clone for EntityWorker<E> {
+impl<E: Entity, K: KindHost<E>> Clone for EntityWorker<E, K> {
     fn clone(&self) -> Self {
         EntityWorker {
-            inner: self.inner.clone(),
+            kind: self.kind.clone(),
             key: self.key.clone(),
             cell: self.cell.clone(),
         }
@@ -127,7 +85,7 @@ pub(crate) struct Running<E: Entity> {
     stopping: bool,
 }
 
-impl<E: Entity> EntityWorker<E> {
+impl<E: Entity, K: KindHost<E>> EntityWorker<E, K> {
     /// The span of one handled message, with the game attributes. A message sent from inside
     /// a span (the gateway's frame span, which itself joined the client's trace) is that span's
     /// child; one sent from nowhere joins the client's trace directly when it carries one, or
@@ -155,7 +113,7 @@ impl<E: Entity> EntityWorker<E> {
         if let Some(session) = session {
             span.record("game.session.id", session.0);
         }
-        if let Some(zone) = &self.inner.config.zone {
+        if let Some(zone) = &self.kind.config().zone {
             span.record("game.world.zone", &**zone);
         }
         if parent.is_none() {
@@ -188,7 +146,7 @@ impl<E: Entity> EntityWorker<E> {
             garrison.sampled = true,
             game.entity.kind = E::KIND,
             game.entity.key = %self.key,
-            game.world.zone = self.inner.config.zone.as_deref(),
+            game.world.zone = self.kind.config().zone.as_deref(),
             reason = %reason,
             quarantined = snapshot.as_ref().map(Bytes::len),
         );
@@ -198,7 +156,7 @@ impl<E: Entity> EntityWorker<E> {
              quarantined, and its next message activates it fresh"
         );
         if let Some(snapshot) = snapshot {
-            self.inner.quarantine.keep(Quarantined {
+            self.kind.quarantine().keep(Quarantined {
                 kind: E::KIND,
                 key: self.key.to_string(),
                 reason: reason.clone(),
@@ -223,7 +181,7 @@ impl<E: Entity> EntityWorker<E> {
     }
 
     fn checkpoint_due(&self, running: &Running<E>) -> bool {
-        match self.inner.config.checkpoint {
+        match self.kind.config().checkpoint {
             Checkpoint::Never | Checkpoint::OnDemand => false,
             Checkpoint::EveryMessages(every) => running.since_checkpoint >= every.max(1),
             Checkpoint::Every(interval) => {
@@ -241,19 +199,10 @@ impl<E: Entity> EntityWorker<E> {
         running: &mut Running<E>,
     ) -> Result<(), HandlerError> {
         let bytes = garrison_protocol::snapshot::write_compact(&running.state)?;
-        let mine = context.handle();
-        let Some(mut entry) = self.inner.map.get_mut(&self.key) else {
-            return Ok(());
-        };
-        let owned = matches!(&*entry, Slot::Active { handle, .. } if handle.same_child(&mine));
-        // Holding the entry for writing: no push is in flight, so the depth is exact.
-        if !owned || mine.depth() > 0 {
-            return Ok(());
+        if self.kind.passivate(&self.key, &context.handle(), bytes) {
+            tracing::debug!(game.entity.kind = E::KIND, game.entity.key = %self.key, "passivated");
+            context.stop();
         }
-        *entry = Slot::Passivated(bytes);
-        drop(entry);
-        tracing::debug!(game.entity.kind = E::KIND, game.entity.key = %self.key, "passivated");
-        context.stop();
         Ok(())
     }
 
@@ -261,20 +210,14 @@ impl<E: Entity> EntityWorker<E> {
     /// is waiting: the entry is removed (with its checkpoint) and the incarnation stops
     /// normally. With messages waiting it stays, and tries again after the next one.
     fn end(&self, context: &WorkerContext<Envelope<E>>) {
-        let mine = context.handle();
-        // Removing holds the entry for writing: no push is in flight, so the depth is exact.
-        let removed = self.inner.map.remove_if(&self.key, |_, slot| {
-            matches!(slot, Slot::Active { handle, .. } if handle.same_child(&mine))
-                && mine.depth() == 0
-        });
-        if removed.is_some() {
+        if self.kind.end(&self.key, &context.handle()) {
             tracing::debug!(game.entity.kind = E::KIND, game.entity.key = %self.key, "ended");
             context.stop();
         }
     }
 }
 
-impl<E: Entity> Worker for EntityWorker<E> {
+impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
     type Message = Envelope<E>;
     type State = Running<E>;
 
@@ -308,18 +251,21 @@ impl<E: Entity> Worker for EntityWorker<E> {
             (_, _) => Activation::Fresh,
         };
         if matches!(activation, Activation::Restarted(None))
-            && self.inner.config.checkpoint != Checkpoint::Never
+            && self.kind.config().checkpoint != Checkpoint::Never
         {
             tracing::warn!(
                 game.entity.kind = E::KIND,
                 game.entity.key = %self.key,
-                checkpoint = ?self.inner.config.checkpoint,
+                checkpoint = ?self.kind.config().checkpoint,
                 "entity restarted after a crash without a checkpoint: its state is lost; \
                  KindConfig::checkpoint = Checkpoint::EveryMessages(1) (the default) keeps it, \
                  or call context.checkpoint() after each change"
             );
         }
-        let activated = AssertUnwindSafe(self.inner.module.activate(&self.key, activation))
+        let Some(module) = self.kind.module() else {
+            return Err(self.abandon("the kind is not served".to_owned()));
+        };
+        let activated = AssertUnwindSafe(module.activate(&self.key, activation))
             .catch_unwind()
             .await;
         let state = match activated {
@@ -343,22 +289,22 @@ impl<E: Entity> Worker for EntityWorker<E> {
         envelope: Envelope<E>,
         running: &mut Running<E>,
     ) -> Result<(), HandlerError> {
-        let (message, parent, session, unsampled, origin) = match envelope {
+        let (message, parent, session, sampling, origin) = match envelope {
             Envelope::Message {
                 message,
                 parent,
                 session,
-                unsampled,
+                sampling,
                 origin,
-            } => (message, parent, session, unsampled, origin),
+            } => (message, parent, session, sampling, origin),
             Envelope::Passivate if running.stopping => {
                 self.end(context);
                 return Ok(());
             }
             Envelope::Passivate => {
                 let timeout = self
-                    .inner
-                    .config
+                    .kind
+                    .config()
                     .passivate_after
                     .map_or(u64::MAX, |after| after.as_millis() as u64);
                 let idle = clock::now_millis()
@@ -373,18 +319,9 @@ impl<E: Entity> Worker for EntityWorker<E> {
         let event_type = message.event_type();
         let trace = message.trace_context();
         let activity = message.counts_as_activity();
-        // Head sampling: a message sent from a span follows it; one sent from an unsampled trace
-        // creates no span; one sent from nowhere is a new trace (the client's, when it carries
-        // a context, else one kept at the configured ratio).
-        let root = parent.is_none();
-        let traced = if unsampled {
-            false
-        } else if !root {
-            true
-        } else {
-            trace.map_or_else(crate::telemetry::sample_root, |trace| trace.flags & 1 == 1)
-        };
-        let span = if traced {
+        // Head sampling, decided once (see `Sampling::decide`), before any span exists.
+        let sampling = Sampling::decide(sampling, !parent.is_none(), trace.as_ref());
+        let span = if sampling.is_kept() {
             self.span(&parent, context, event_type, session, trace.as_ref())
         } else {
             tracing::Span::none()
@@ -401,10 +338,12 @@ impl<E: Entity> Worker for EntityWorker<E> {
             passivate_requested: false,
             stop_requested: false,
         };
-        let handled = AssertUnwindSafe(crate::telemetry::sampled_out(
-            !traced,
-            self.inner
-                .module
+        let Some(module) = self.kind.module() else {
+            return Err("the kind is not served".into());
+        };
+        let handled = AssertUnwindSafe(crate::telemetry::in_sampling(
+            sampling,
+            module
                 .handle(&mut entity_context, message, &mut running.state)
                 .instrument(span),
         ))
@@ -419,7 +358,7 @@ impl<E: Entity> Worker for EntityWorker<E> {
             if let Some(origin) = &origin {
                 refuse(origin, E::KIND);
             }
-            self.inner.dead_letters.record(DeadLetter {
+            self.kind.dead_letters().record(DeadLetter {
                 kind: E::KIND,
                 key: self.key.to_string(),
                 event_type,

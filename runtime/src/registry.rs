@@ -28,32 +28,18 @@ use garrison_supervisor::{
 };
 
 use crate::{
-    Entity, Error, KindConfig, clock,
+    Entity, EntityMessage, Error, KindConfig, clock,
     dead_letter::DeadLetters,
-    host::{EntityWorker, Envelope},
+    envelope::Envelope,
+    host::{EntityCell, EntityWorker, KindHost, Recovery},
+    origin::{SessionId, current_origin},
     quarantine::{Quarantine, Quarantined},
-    session::{SessionId, Sessions},
+    refusal::{Refusal, Refused},
+    telemetry,
 };
 
-/// What the first incarnation of an activation recovers from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Recovery {
-    /// Nothing: a fresh entity.
-    Nothing,
-    /// The snapshot it passivated to (or was registered with).
-    Passivation,
-    /// The last checkpoint of an earlier activation that crashed and was given up on.
-    Crash,
-}
-
-/// Shared by the incarnations of one activation: its last checkpoint and when it last worked.
-pub(crate) struct EntityCell {
-    pub(crate) checkpoint: Mutex<Option<Bytes>>,
-    pub(crate) last_active: AtomicU64,
-    pub(crate) recovery: Recovery,
-}
-
-pub(crate) enum Slot<E: Entity> {
+/// A key's entry: its live activation's mailbox handle, or the snapshot it passivated to.
+enum Slot<E: Entity> {
     Active {
         handle: ChildRef<Envelope<E>>,
         cell: Arc<EntityCell>,
@@ -61,12 +47,14 @@ pub(crate) enum Slot<E: Entity> {
     Passivated(Bytes),
 }
 
-pub(crate) struct Inner<E: Entity> {
-    pub(crate) module: E,
-    pub(crate) config: KindConfig,
-    pub(crate) map: DashMap<E::Key, Slot<E>>,
-    pub(crate) dead_letters: Arc<DeadLetters>,
-    pub(crate) quarantine: Quarantine,
+/// One kind's registry: private to this module, which owns its invariants.
+struct Inner<E: Entity> {
+    /// The module serving the kind; set once, by `serve`.
+    module: OnceLock<E>,
+    config: KindConfig,
+    map: DashMap<E::Key, Slot<E>>,
+    dead_letters: Arc<DeadLetters>,
+    quarantine: Quarantine,
     spec: SupervisorSpec,
     supervisor: SupervisorRef,
     activations: AtomicU64,
@@ -97,63 +85,40 @@ impl<E: Entity> fmt::Debug for Entities<E> {
     }
 }
 
-/// A message an entity did not accept, handed back with the reason.
-#[derive(Debug)]
-pub struct Refused<M> {
-    /// Why.
-    pub reason: Refusal,
-    /// The message.
-    pub message: M,
-}
-
-/// Why a message was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Refusal {
-    /// The entity's mailbox is full (its kind's overflow policy is `Reject`).
-    MailboxFull,
-    /// The session may not address this entity, or is not open.
-    Session(Error),
-    /// The kind is not running: its supervisor was never started in a tree, or has stopped.
-    KindNotRunning {
-        /// The kind.
-        kind: &'static str,
-    },
-}
-
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Refusal::MailboxFull => f.write_str("the entity's mailbox is full; retry later"),
-            Refusal::Session(error) => error.fmt(f),
-            Refusal::KindNotRunning { kind } => write!(
-                f,
-                "entity kind {kind} is not running: add it to the supervision tree \
-                 (`entities \"{kind}\" => registry.start();` in `supervisor!`, or \
-                 `ChildSpec::new(\"{kind}\", registry.start())`) and start the tree before \
-                 sending"
-            ),
-        }
-    }
-}
-
 impl<E: Entity> Entities<E> {
-    /// The registry for kind `E`, served by `module`. Create it on the tokio runtime entities
-    /// should run on: activations start there, whichever thread sends.
+    /// The registry for kind `E`, served by `module`: [`Entities::declare`] and
+    /// [`Entities::serve`] in one call. Create it on the tokio runtime entities should run on:
+    /// activations start there, whichever thread sends.
     ///
     /// # Errors
-    /// [`Error::KindNotStarted`] when the configuration cannot make a supervisor (a zero restart
-    /// period).
+    /// As [`Entities::declare`].
     pub fn new(module: E, config: KindConfig) -> Result<Self, Error> {
+        let entities = Entities::declare(config)?;
+        entities.serve(module)?;
+        Ok(entities)
+    }
+
+    /// Declares kind `E` without its module yet, so other kinds' modules can hold this
+    /// registry's handle before it is served (a player that knows the rooms, rooms that know the
+    /// players): declare every kind, then serve each with modules holding the others' handles.
+    /// Sending to a kind declared but not served is refused ([`Refusal::KindNotServed`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidKindConfig`] when the configuration cannot make a supervisor (a zero
+    /// restart period).
+    pub fn declare(config: KindConfig) -> Result<Self, Error> {
         let spec = SupervisorBuilder::dynamic(E::KIND, config.max_active)
             .intensity(config.max_restarts, config.restart_period)
             .crash_loop(CrashLoop::RemoveChild)
             .build()
-            .map_err(|_| Error::KindNotStarted { kind: E::KIND })?;
+            .map_err(|error| Error::InvalidKindConfig {
+                kind: E::KIND,
+                reason: error.to_string(),
+            })?;
         let supervisor = spec.handle();
         Ok(Entities {
             inner: Arc::new(Inner {
-                module,
+                module: OnceLock::new(),
                 config,
                 map: DashMap::new(),
                 dead_letters: Arc::new(DeadLetters::default()),
@@ -165,6 +130,22 @@ impl<E: Entity> Entities<E> {
                 runtime: crate::concurrency::current(),
             }),
         })
+    }
+
+    /// Serves the kind with `module`, which every entity of the kind is handled by.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyServed`] when the kind is served already (the first module stays).
+    pub fn serve(&self, module: E) -> Result<(), Error> {
+        self.inner
+            .module
+            .set(module)
+            .map_err(|_| Error::AlreadyServed { kind: E::KIND })
+    }
+
+    /// Whether the kind is served.
+    pub fn is_served(&self) -> bool {
+        self.inner.module.get().is_some()
     }
 
     /// How to start this kind in a supervision tree: its dynamic supervisor.
@@ -189,7 +170,7 @@ impl<E: Entity> Entities<E> {
     ///
     /// # Errors
     /// The message is handed back when the mailbox is full ([`Refusal::MailboxFull`]) or the kind
-    /// is not running ([`Refusal::KindNotRunning`]).
+    /// is not running or not served ([`Refusal::KindNotRunning`], [`Refusal::KindNotServed`]).
     pub fn send(&self, key: &E::Key, message: E::Message) -> Result<(), Refused<E::Message>> {
         self.deliver(key, message, None)
     }
@@ -212,27 +193,22 @@ impl<E: Entity> Entities<E> {
         self.deliver(key, message, Some(session))
     }
 
-    /// Sends `message` to entity `key` on behalf of session `session`, which must be bound to it.
-    ///
-    /// # Errors
-    /// As [`Entities::send`], and [`Refusal::Session`] when the session may not address the
-    /// entity.
-    pub fn send_as(
+    /// Sends for a session through its binding (`Session::send`): the session hop of a player's
+    /// message, gateway frame -> session -> entity, with its own span.
+    pub(crate) fn send_from(
         &self,
-        sessions: &Sessions,
         session: SessionId,
         key: &E::Key,
         message: E::Message,
     ) -> Result<(), Refused<E::Message>> {
-        // The session hop of a player's message: gateway frame -> session -> entity.
-        let span = if crate::telemetry::unsampled() {
+        let span = if telemetry::unsampled() {
             tracing::Span::none()
         } else {
             tracing::info_span!(
                 "garrison.session.send",
                 otel.name = %format_args!("session.send {}", E::KIND),
                 game.session.id = session.0,
-                game.event.type = crate::EntityMessage::event_type(&message),
+                game.event.type = message.event_type(),
                 game.world.zone = self.inner.config.zone.as_deref(),
                 game.entity.kind = E::KIND,
                 game.entity.key = %key,
@@ -240,16 +216,9 @@ impl<E: Entity> Entities<E> {
             )
         };
         let _entered = span.enter();
-        if let Err(error) = sessions.check::<E>(session, key) {
-            span.record("refused", tracing::field::display(&error));
-            return Err(Refused {
-                reason: Refusal::Session(error),
-                message,
-            });
-        }
         self.deliver(key, message, Some(session))
             .inspect_err(|refused| {
-                span.record("refused", tracing::field::debug(&refused.reason));
+                span.record("refused", tracing::field::display(&refused.reason));
             })
     }
 
@@ -263,14 +232,11 @@ impl<E: Entity> Entities<E> {
             message,
             parent: tracing::Span::current(),
             session,
-            unsampled: crate::telemetry::unsampled(),
-            origin: crate::session::current_origin(),
+            sampling: telemetry::current_sampling(),
+            origin: current_origin(),
         };
         self.push(key, envelope)
-            .map_err(|(reason, envelope)| Refused {
-                reason,
-                message: envelope.into_message(),
-            })
+            .map_err(|(reason, envelope)| Refused::new(reason, envelope.into_message()))
     }
 
     /// Pushes an envelope to the live incarnation of `key`, activating one if there is none.
@@ -289,7 +255,9 @@ impl<E: Entity> Entities<E> {
                         self.evicted(key, sent);
                         return Ok(());
                     }
-                    Err(SendError::Full(envelope)) => return Err((Refusal::MailboxFull, envelope)),
+                    Err(SendError::Full(envelope)) => {
+                        return Err((Refusal::MailboxFull { kind: E::KIND }, envelope));
+                    }
                     // Its incarnation is gone for good (it stopped itself, or was given up on
                     // after a crash loop): reactivate below.
                     Err(SendError::Closed(envelope)) => envelope,
@@ -315,7 +283,9 @@ impl<E: Entity> Entities<E> {
                         self.evicted(key, sent);
                         return Ok(());
                     }
-                    Err(SendError::Full(envelope)) => return Err((Refusal::MailboxFull, envelope)),
+                    Err(SendError::Full(envelope)) => {
+                        return Err((Refusal::MailboxFull { kind: E::KIND }, envelope));
+                    }
                     Err(SendError::Closed(envelope)) => {
                         let checkpoint = cell
                             .checkpoint
@@ -340,7 +310,6 @@ impl<E: Entity> Entities<E> {
     fn evicted(&self, key: &E::Key, sent: Sent<Envelope<E>>) {
         if let Sent::Evicted(envelope) = sent {
             if let Some(letter) = envelope.dead_letter(
-                E::KIND,
                 key.to_string(),
                 "evicted: the mailbox was full and its kind's overflow policy is DropOldest"
                     .to_owned(),
@@ -360,6 +329,9 @@ impl<E: Entity> Entities<E> {
         recovery: Recovery,
         envelope: Envelope<E>,
     ) -> Result<(), (Refusal, Envelope<E>)> {
+        if self.inner.module.get().is_none() {
+            return Err((Refusal::KindNotServed { kind: E::KIND }, envelope));
+        }
         let not_running = Refusal::KindNotRunning { kind: E::KIND };
         let Some(runtime) = self
             .inner
@@ -381,7 +353,7 @@ impl<E: Entity> Entities<E> {
         });
         let activation = self.inner.activations.fetch_add(1, Ordering::Relaxed);
         let worker = EntityWorker {
-            inner: self.inner.clone(),
+            kind: self.inner.clone(),
             key: key.clone(),
             cell: cell.clone(),
         };
@@ -417,7 +389,7 @@ impl<E: Entity> Entities<E> {
         };
         if let Some(envelope) = envelope {
             // A mailbox of capacity zero cannot hold even the first message.
-            return Err((Refusal::MailboxFull, envelope));
+            return Err((Refusal::MailboxFull { kind: E::KIND }, envelope));
         }
         entry.insert(Slot::Active {
             handle: handle.clone(),
@@ -545,6 +517,47 @@ impl<E: Entity> Entities<E> {
     }
 }
 
+impl<E: Entity> KindHost<E> for Inner<E> {
+    fn module(&self) -> Option<&E> {
+        self.module.get()
+    }
+
+    fn config(&self) -> &KindConfig {
+        &self.config
+    }
+
+    fn dead_letters(&self) -> &DeadLetters {
+        &self.dead_letters
+    }
+
+    fn quarantine(&self) -> &Quarantine {
+        &self.quarantine
+    }
+
+    fn passivate(&self, key: &E::Key, mine: &ChildRef<Envelope<E>>, snapshot: Bytes) -> bool {
+        let Some(mut entry) = self.map.get_mut(key) else {
+            return false;
+        };
+        let owned = matches!(&*entry, Slot::Active { handle, .. } if handle.same_child(mine));
+        // Holding the entry for writing: no push is in flight, so the depth is exact.
+        if !owned || mine.depth() > 0 {
+            return false;
+        }
+        *entry = Slot::Passivated(snapshot);
+        true
+    }
+
+    fn end(&self, key: &E::Key, mine: &ChildRef<Envelope<E>>) -> bool {
+        // Removing holds the entry for writing: no push is in flight, so the depth is exact.
+        self.map
+            .remove_if(key, |_, slot| {
+                matches!(slot, Slot::Active { handle, .. } if handle.same_child(mine))
+                    && mine.depth() == 0
+            })
+            .is_some()
+    }
+}
+
 /// The undelivered hook of one activation's mailbox: what is still queued when it closes for
 /// good becomes dead letters, each saying what became of the entity.
 fn undelivered<E: Entity>(
@@ -568,7 +581,7 @@ fn undelivered<E: Entity>(
             MailboxClosed::ByHandle(reason) => format!("not delivered: {reason}"),
             other => format!("not delivered: {other}"),
         };
-        if let Some(letter) = envelope.dead_letter(E::KIND, key.clone(), reason) {
+        if let Some(letter) = envelope.dead_letter(key.clone(), reason) {
             dead_letters.record(letter);
         }
     }

@@ -1,95 +1,368 @@
-//! Sessions: which entities a connected player may address, and the connection that receives
-//! what entities push to the player.
+//! Sessions: a logged-in player's place in the server, the unit of routing and delivery.
 //!
-//! A reconnect swaps the connection atomically: frames pushed to the session go to exactly one
+//! A [`Session`] is bound to the entities it may address, one per kind, each binding carrying the
+//! entity's key and optionally a value (a seat); its router sends to them through the bindings,
+//! typed and checked without allocating. Entities reach the player through the session's
+//! connection, which a reconnect swaps atomically: frames pushed to the session go to exactly one
 //! connection, the old one up to the swap and the new one after it, with no window where both or
 //! neither receive (the reconnect races of Pitaya's issues #251 and #220 cannot happen).
 
-use std::{collections::HashSet, fmt, sync::Arc};
+use std::{
+    any::{Any, TypeId},
+    fmt,
+    sync::{Arc, RwLock},
+};
 
 use dashmap::DashMap;
-use garrison_protocol::Frame;
+use garrison_protocol::{
+    Frame, FrameMeta, Message,
+    control::{self, RefusalCode},
+};
 
-use crate::{Entity, Error};
+use crate::{
+    Entities, Entity,
+    origin::{Outbound, SessionId},
+    refusal::{Refusal, Refused},
+};
 
-/// A session id: one per logged-in player, kept across reconnects.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SessionId(pub u64);
-
-impl fmt::Display for SessionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
+/// One binding: the kind it is for, the target (`Target<E>`: registry and key), and the value
+/// bound with it, if any.
+struct Binding {
+    kind: TypeId,
+    target: Box<dyn Any + Send + Sync>,
+    value: Option<Box<dyn Any + Send + Sync>>,
 }
 
-/// Where a session's outbound frames go: a connection's bounded output queue.
-pub trait Outbound: Send + Sync + 'static {
-    /// Queues a frame for the client, or hands it back when the queue cannot take it.
-    ///
-    /// # Errors
-    /// The frame, when the queue is full or closed.
-    fn push(&self, frame: Frame) -> Result<(), Frame>;
-
-    /// Queues a state frame that the next one supersedes (a position, a snapshot): when the
-    /// queue is full, an older state frame may be dropped instead. Defaults to [`Outbound::push`].
-    ///
-    /// # Errors
-    /// The frame, when it cannot be queued.
-    fn push_latest(&self, frame: Frame) -> Result<(), Frame> {
-        self.push(frame)
-    }
-
-    /// Tells the connection it was replaced by a newer one; it should close with that reason.
-    fn replaced(&self) {}
-}
-
-/// A bounded tokio channel is an outbound queue: `try_send`, never waiting.
-impl Outbound for tokio::sync::mpsc::Sender<Frame> {
-    fn push(&self, frame: Frame) -> Result<(), Frame> {
-        self.try_send(frame).map_err(|error| match error {
-            tokio::sync::mpsc::error::TrySendError::Full(frame)
-            | tokio::sync::mpsc::error::TrySendError::Closed(frame) => frame,
-        })
-    }
-}
-
-/// Where a message came from when a client's frame caused it: the connection that sent the
-/// frame and the frame's sequence number, so a failure to handle it can be answered to that
-/// client (a `Refused` carrying the `seq`) instead of leaving it to time out.
-#[derive(Clone)]
-pub(crate) struct Origin {
-    pub(crate) connection: Arc<dyn Outbound>,
-    pub(crate) seq: u32,
-}
-
-tokio::task_local! {
-    /// The origin of the frame being routed, for the sends the router makes.
-    static ORIGIN: Origin;
-}
-
-/// Runs `route` with `origin` as the origin of every message it sends.
-pub(crate) fn with_origin<R>(origin: Origin, route: impl FnOnce() -> R) -> R {
-    ORIGIN.sync_scope(origin, route)
-}
-
-/// The origin of the frame being routed, when called from its router.
-pub(crate) fn current_origin() -> Option<Origin> {
-    ORIGIN.try_with(Origin::clone).ok()
+/// Where a binding sends: the kind's registry and the entity's key.
+struct Target<E: Entity> {
+    entities: Entities<E>,
+    key: E::Key,
 }
 
 #[derive(Default)]
 struct SessionState {
-    bindings: HashSet<(&'static str, String)>,
     connection: Option<Arc<dyn Outbound>>,
     /// Bumped by every attach, so a grace timer set at one disconnect cannot close a session
     /// that was attached and detached again since.
     generation: u64,
+    /// At most one per kind; a handful per session, searched in order.
+    bindings: Vec<Binding>,
+    /// Set when the session is closed for good: sends and pushes are refused.
+    closed: bool,
+}
+
+struct SessionInner {
+    id: SessionId,
+    state: RwLock<SessionState>,
+}
+
+/// A player's session: kept across reconnects, bound to the entities it may address, and the
+/// way entities reach the player. Cheap to clone (one shared handle); what the gateway hands the
+/// game's router and hooks.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<SessionInner>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.inner.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    fn new(id: SessionId) -> Session {
+        Session {
+            inner: Arc::new(SessionInner {
+                id,
+                state: RwLock::new(SessionState::default()),
+            }),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, SessionState> {
+        // Only this module's short critical sections run under the lock.
+        self.inner
+            .state
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, SessionState> {
+        self.inner
+            .state
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// The session's id (the player the ticket admitted).
+    pub fn id(&self) -> SessionId {
+        self.inner.id
+    }
+
+    /// The player the session belongs to.
+    pub fn player(&self) -> u64 {
+        self.inner.id.0
+    }
+
+    /// Whether both handles are the same session.
+    pub fn same_session(&self, other: &Session) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// Lets the session address entity `key` of `entities`' kind, replacing its binding to
+    /// another entity of that kind.
+    pub fn bind<E: Entity>(&self, entities: &Entities<E>, key: E::Key) {
+        self.install::<E>(entities, key, None);
+    }
+
+    /// As [`Session::bind`], with a value the router reads when it sends (the player's seat in
+    /// a room), so no lookup of the game's own is needed per message.
+    pub fn bind_with<E: Entity, V: Send + Sync + 'static>(
+        &self,
+        entities: &Entities<E>,
+        key: E::Key,
+        value: V,
+    ) {
+        self.install::<E>(entities, key, Some(Box::new(value)));
+    }
+
+    fn install<E: Entity>(
+        &self,
+        entities: &Entities<E>,
+        key: E::Key,
+        value: Option<Box<dyn Any + Send + Sync>>,
+    ) {
+        let binding = Binding {
+            kind: TypeId::of::<E>(),
+            target: Box::new(Target {
+                entities: entities.clone(),
+                key,
+            }),
+            value,
+        };
+        let mut state = self.write();
+        state.bindings.retain(|bound| bound.kind != binding.kind);
+        state.bindings.push(binding);
+    }
+
+    /// Withdraws the session's binding to kind `E`, if any.
+    pub fn unbind<E: Entity>(&self) {
+        self.write()
+            .bindings
+            .retain(|bound| bound.kind != TypeId::of::<E>());
+    }
+
+    /// The key of the entity of kind `E` the session is bound to.
+    pub fn bound<E: Entity>(&self) -> Option<E::Key> {
+        let state = self.read();
+        find::<E>(&state).map(|(target, _)| target.key.clone())
+    }
+
+    fn not_bound<E: Entity>(&self, key: Option<&E::Key>) -> Refusal {
+        Refusal::NotBound {
+            session: self.inner.id,
+            kind: E::KIND,
+            key: key.map(ToString::to_string),
+        }
+    }
+
+    /// Sends `message` to the entity of kind `E` the session is bound to, on its behalf (the
+    /// handler sees the session; the span carries `game.session.id`).
+    ///
+    /// # Errors
+    /// [`Refusal::NotBound`] when the session is bound to no entity of kind `E`, and whatever
+    /// the entity's registry refuses; the message is handed back.
+    pub fn send<E: Entity>(&self, message: E::Message) -> Result<(), Refused<E::Message>> {
+        let state = self.read();
+        if state.closed {
+            return Err(Refused::new(
+                Refusal::NoSession {
+                    session: self.inner.id,
+                },
+                message,
+            ));
+        }
+        match find::<E>(&state) {
+            // Delivered under the read lock: a push never waits, and the binding cannot change
+            // halfway.
+            Some((target, _)) => target
+                .entities
+                .send_from(self.inner.id, &target.key, message),
+            None => Err(Refused::new(self.not_bound::<E>(None), message)),
+        }
+    }
+
+    /// Sends to entity `key` of kind `E`, which must be the one the session is bound to.
+    ///
+    /// # Errors
+    /// As [`Session::send`]; [`Refusal::NotBound`] names the key when it is another entity's.
+    pub fn send_to<E: Entity>(
+        &self,
+        key: &E::Key,
+        message: E::Message,
+    ) -> Result<(), Refused<E::Message>> {
+        let bound = {
+            let state = self.read();
+            find::<E>(&state).is_some_and(|(target, _)| target.key == *key)
+        };
+        if bound {
+            self.send::<E>(message)
+        } else {
+            Err(Refused::new(self.not_bound::<E>(Some(key)), message))
+        }
+    }
+
+    /// Sends the message `build` makes from the binding's key and value to the entity of kind
+    /// `E` the session is bound to (bound with [`Session::bind_with`] and a `V`).
+    ///
+    /// # Errors
+    /// [`Refusal::NotBound`] when there is no such binding (nothing is built), or whatever the
+    /// registry refuses, with the message built.
+    pub fn send_with<E: Entity, V: 'static>(
+        &self,
+        build: impl FnOnce(&E::Key, &V) -> E::Message,
+    ) -> Result<(), Refused<Option<E::Message>>> {
+        let state = self.read();
+        let found = find::<E>(&state).and_then(|(target, value)| {
+            let value = value?.downcast_ref::<V>()?;
+            Some((target, value))
+        });
+        let Some((target, value)) = found else {
+            return Err(Refused::new(self.not_bound::<E>(None), None));
+        };
+        let message = build(&target.key, value);
+        target
+            .entities
+            .send_from(self.inner.id, &target.key, message)
+            .map_err(|refused| Refused::new(refused.reason, Some(refused.message)))
+    }
+
+    /// Queues a frame for the player, reliably (see [`Outbound::push`]).
+    ///
+    /// # Errors
+    /// [`Refusal::Detached`] between a disconnect and a reconnect, [`Refusal::NoSession`] once
+    /// closed, [`Refusal::OutboundFull`] when the connection's queue refuses it.
+    pub fn push(&self, frame: Frame) -> Result<(), Refused<Frame>> {
+        self.push_with(frame, |connection, frame| connection.push(frame))
+    }
+
+    /// Queues a state frame that the next supersedes (see [`Outbound::push_latest`]).
+    ///
+    /// # Errors
+    /// As [`Session::push`].
+    pub fn push_latest(&self, frame: Frame) -> Result<(), Refused<Frame>> {
+        self.push_with(frame, |connection, frame| connection.push_latest(frame))
+    }
+
+    /// Pushes under the session's read lock, so an attach (which takes the write lock) happens
+    /// wholly before or after it.
+    fn push_with(
+        &self,
+        frame: Frame,
+        push: impl FnOnce(&dyn Outbound, Frame) -> Result<(), Frame>,
+    ) -> Result<(), Refused<Frame>> {
+        let session = self.inner.id;
+        let state = self.read();
+        if state.closed {
+            return Err(Refused::new(Refusal::NoSession { session }, frame));
+        }
+        let Some(connection) = state.connection.as_deref() else {
+            return Err(Refused::new(Refusal::Detached { session }, frame));
+        };
+        push(connection, frame)
+            .map_err(|frame| Refused::new(Refusal::OutboundFull { session }, frame))
+    }
+
+    /// Encodes `message` and queues it for the player.
+    ///
+    /// # Errors
+    /// As [`Session::push`]; a message that cannot be encoded is refused as
+    /// [`Refusal::OutboundFull`] after a warning (it is a bug in the game's message, not the
+    /// player's fault).
+    pub fn send_message<M: Message>(&self, message: &M) -> Result<(), Refusal> {
+        let frame = encode(message, 0, self.inner.id)?;
+        self.push(frame).map_err(|refused| refused.reason)
+    }
+
+    /// Tells the player its frame `seq` was refused, with a code and a reason.
+    ///
+    /// # Errors
+    /// As [`Session::send_message`].
+    pub fn refuse(
+        &self,
+        seq: u32,
+        code: RefusalCode,
+        reason: impl Into<String>,
+    ) -> Result<(), Refusal> {
+        let refused = control::Refused {
+            seq,
+            code: code.code(),
+            reason: reason.into(),
+        };
+        let frame = encode(&refused, seq, self.inner.id)?;
+        self.push(frame).map_err(|refused| refused.reason)
+    }
+
+    /// Attaches `connection`, returning the one it replaced (already told it was
+    /// [`replaced`](Outbound::replaced)).
+    fn attach(&self, connection: Arc<dyn Outbound>) -> Option<Arc<dyn Outbound>> {
+        let old = {
+            let mut state = self.write();
+            state.generation += 1;
+            state.connection.replace(connection)
+        };
+        if let Some(old) = &old {
+            old.replaced();
+        }
+        old
+    }
+
+    /// Detaches `connection` if it is still the attached one; returns the generation it had.
+    fn detach(&self, connection: &Arc<dyn Outbound>) -> Option<u64> {
+        let mut state = self.write();
+        if state
+            .connection
+            .as_ref()
+            .is_some_and(|current| Arc::ptr_eq(current, connection))
+        {
+            state.connection = None;
+            return Some(state.generation);
+        }
+        None
+    }
+
+    fn close(&self) {
+        let mut state = self.write();
+        state.closed = true;
+        state.connection = None;
+        // The bindings hold registry handles: release them with the session.
+        state.bindings.clear();
+    }
+}
+
+/// The binding of kind `E` in `state`, as its target and value.
+fn find<E: Entity>(state: &SessionState) -> Option<(&Target<E>, Option<&(dyn Any + Send + Sync)>)> {
+    let kind = TypeId::of::<E>();
+    let binding = state.bindings.iter().find(|bound| bound.kind == kind)?;
+    let target = binding.target.downcast_ref::<Target<E>>()?;
+    Some((target, binding.value.as_deref()))
+}
+
+/// Encodes a message for one session, as a refusal when it cannot be.
+fn encode<M: Message>(message: &M, seq: u32, session: SessionId) -> Result<Frame, Refusal> {
+    garrison_protocol::encode_frame(message, FrameMeta { seq, trace: None }).map_err(|error| {
+        tracing::warn!(game.session.id = session.0, message = M::NAME, %error, "cannot encode");
+        Refusal::OutboundFull { session }
+    })
 }
 
 /// The open sessions.
 #[derive(Default)]
 pub struct Sessions {
-    sessions: DashMap<SessionId, SessionState>,
+    sessions: DashMap<SessionId, Session>,
 }
 
 impl fmt::Debug for Sessions {
@@ -106,45 +379,37 @@ impl Sessions {
         Sessions::default()
     }
 
+    /// Session `id`, opened (with no connection yet) if it is not open; and whether it opened
+    /// it. Bindings can be made before a connection is attached.
+    pub fn open(&self, id: SessionId) -> (Session, bool) {
+        let mut opened = false;
+        let session = self
+            .sessions
+            .entry(id)
+            .or_insert_with(|| {
+                opened = true;
+                Session::new(id)
+            })
+            .clone();
+        (session, opened)
+    }
+
+    /// Session `id`, if it is open.
+    pub fn get(&self, id: SessionId) -> Option<Session> {
+        self.sessions.get(&id).map(|session| session.clone())
+    }
+
     /// Attaches `connection` to session `id`, opening the session if needed, and returns the
     /// connection it replaced (already told it was [`replaced`](Outbound::replaced)).
     ///
-    /// The swap happens under the session's write lock, which every [`Sessions::push`] takes
-    /// for reading: a push completes wholly on the old connection or wholly on the new one.
+    /// The swap happens under the session's write lock, which every push takes for reading: a
+    /// push completes wholly on the old connection or wholly on the new one.
     pub fn attach(
         &self,
         id: SessionId,
         connection: Arc<dyn Outbound>,
     ) -> Option<Arc<dyn Outbound>> {
-        let old = {
-            let mut session = self.sessions.entry(id).or_default();
-            session.generation += 1;
-            session.connection.replace(connection)
-        };
-        if let Some(old) = &old {
-            old.replaced();
-        }
-        old
-    }
-
-    /// Opens session `id` with no connection attached, if it is not open; returns whether it
-    /// opened it. Bindings can be made before a connection is attached.
-    pub fn open(&self, id: SessionId) -> bool {
-        match self.sessions.entry(id) {
-            dashmap::Entry::Occupied(_) => false,
-            dashmap::Entry::Vacant(vacant) => {
-                vacant.insert(SessionState::default());
-                true
-            }
-        }
-    }
-
-    /// Closes session `id` if no connection was ever attached to it (one that [`Sessions::open`]
-    /// opened for a handshake that was then refused).
-    pub fn discard_unattached(&self, id: SessionId) {
-        self.sessions.remove_if(&id, |_, session| {
-            session.connection.is_none() && session.generation == 0
-        });
+        self.open(id).0.attach(connection)
     }
 
     /// Detaches `connection` from session `id` if it is still the attached one (a connection
@@ -154,110 +419,87 @@ impl Sessions {
     /// already taken over); pass it to [`Sessions::close_if_detached`] at the end of a grace
     /// window.
     pub fn detach(&self, id: SessionId, connection: &Arc<dyn Outbound>) -> Option<u64> {
-        if let Some(mut session) = self.sessions.get_mut(&id) {
-            if session
-                .connection
-                .as_ref()
-                .is_some_and(|current| Arc::ptr_eq(current, connection))
-            {
-                session.connection = None;
-                return Some(session.generation);
-            }
-        }
-        None
+        self.get(id)?.detach(connection)
     }
 
     /// Closes session `id` if it is still detached since the detach that returned `generation`
-    /// (the end of a reconnect grace window). Returns whether it closed.
-    pub fn close_if_detached(&self, id: SessionId, generation: u64) -> bool {
-        self.sessions
-            .remove_if(&id, |_, session| {
-                session.connection.is_none() && session.generation == generation
-            })
-            .is_some()
+    /// (the end of a reconnect grace window). Returns the closed session.
+    pub fn close_if_detached(&self, id: SessionId, generation: u64) -> Option<Session> {
+        let (_, session) = self.sessions.remove_if(&id, |_, session| {
+            let state = session.read();
+            state.connection.is_none() && state.generation == generation
+        })?;
+        session.close();
+        Some(session)
     }
 
-    /// Closes session `id` for good: bindings and connection are dropped.
+    /// Closes session `id` if no connection was ever attached to it (one that
+    /// [`Sessions::open`] opened for a handshake that was then refused).
+    pub fn discard_unattached(&self, id: SessionId) {
+        if let Some((_, session)) = self.sessions.remove_if(&id, |_, session| {
+            let state = session.read();
+            state.connection.is_none() && state.generation == 0
+        }) {
+            session.close();
+        }
+    }
+
+    /// Closes session `id` for good: bindings and connection are dropped, and handles to it
+    /// refuse sends and pushes.
     pub fn close(&self, id: SessionId) {
-        self.sessions.remove(&id);
-    }
-
-    /// Lets session `id` address entity `key` of kind `E`.
-    ///
-    /// # Errors
-    /// [`Error::NoSession`] when the session is not open.
-    pub fn bind<E: Entity>(&self, id: SessionId, key: &E::Key) -> Result<(), Error> {
-        let mut session = self
-            .sessions
-            .get_mut(&id)
-            .ok_or(Error::NoSession { session: id.0 })?;
-        session.bindings.insert((E::KIND, key.to_string()));
-        Ok(())
-    }
-
-    /// Withdraws a binding.
-    pub fn unbind<E: Entity>(&self, id: SessionId, key: &E::Key) {
-        if let Some(mut session) = self.sessions.get_mut(&id) {
-            session.bindings.remove(&(E::KIND, key.to_string()));
+        if let Some((_, session)) = self.sessions.remove(&id) {
+            session.close();
         }
     }
 
-    /// Checks that session `id` may address entity `key` of kind `E`.
+    /// Queues a frame for session `id`'s player (see [`Session::push`]).
     ///
     /// # Errors
-    /// [`Error::NoSession`] or [`Error::NotBound`].
-    pub fn check<E: Entity>(&self, id: SessionId, key: &E::Key) -> Result<(), Error> {
-        let session = self
-            .sessions
-            .get(&id)
-            .ok_or(Error::NoSession { session: id.0 })?;
-        let key = key.to_string();
-        if session.bindings.contains(&(E::KIND, key.clone())) {
-            Ok(())
-        } else {
-            Err(Error::NotBound {
-                session: id.0,
-                kind: E::KIND,
-                key,
-            })
+    /// [`Refusal::NoSession`], or as [`Session::push`].
+    pub fn push(&self, id: SessionId, frame: Frame) -> Result<(), Refused<Frame>> {
+        match self.sessions.get(&id) {
+            Some(session) => session.push(frame),
+            None => Err(Refused::new(Refusal::NoSession { session: id }, frame)),
         }
     }
 
-    /// Pushes a frame to the connection attached to session `id`.
-    ///
-    /// # Errors
-    /// [`Error::NoSession`], [`Error::Detached`] between a disconnect and a reconnect, or
-    /// [`Error::OutboundFull`] when the connection's queue refuses it (its own overflow policy
-    /// decides what happens to the connection).
-    pub fn push(&self, id: SessionId, frame: Frame) -> Result<(), Error> {
-        self.push_with(id, frame, |connection, frame| connection.push(frame))
-    }
-
-    /// Pushes a state frame (see [`Outbound::push_latest`]) to session `id`'s connection.
+    /// Queues a state frame for session `id` (see [`Session::push_latest`]).
     ///
     /// # Errors
     /// As [`Sessions::push`].
-    pub fn push_latest(&self, id: SessionId, frame: Frame) -> Result<(), Error> {
-        self.push_with(id, frame, |connection, frame| connection.push_latest(frame))
+    pub fn push_latest(&self, id: SessionId, frame: Frame) -> Result<(), Refused<Frame>> {
+        match self.sessions.get(&id) {
+            Some(session) => session.push_latest(frame),
+            None => Err(Refused::new(Refusal::NoSession { session: id }, frame)),
+        }
     }
 
-    /// Pushes under the session's read lock, so an attach (which takes the write lock) happens
-    /// wholly before or after it.
-    fn push_with(
+    /// Encodes `message` and queues it for session `id`.
+    ///
+    /// # Errors
+    /// As [`Session::send_message`], and [`Refusal::NoSession`].
+    pub fn send_message<M: Message>(&self, id: SessionId, message: &M) -> Result<(), Refusal> {
+        let frame = encode(message, 0, id)?;
+        self.push(id, frame).map_err(|refused| refused.reason)
+    }
+
+    /// Encodes `message` once, with sequence number `seq`, and queues the same frame for every
+    /// session in `ids`. Returns how many took it; a session that did not (detached, closed,
+    /// full) is its own connection's business, as with [`Sessions::push`].
+    pub fn broadcast<M: Message>(
         &self,
-        id: SessionId,
-        frame: Frame,
-        push: impl FnOnce(&dyn Outbound, Frame) -> Result<(), Frame>,
-    ) -> Result<(), Error> {
-        let session = self
-            .sessions
-            .get(&id)
-            .ok_or(Error::NoSession { session: id.0 })?;
-        let connection = session
-            .connection
-            .as_deref()
-            .ok_or(Error::Detached { session: id.0 })?;
-        push(connection, frame).map_err(|_| Error::OutboundFull { session: id.0 })
+        ids: impl IntoIterator<Item = SessionId>,
+        seq: u32,
+        message: &M,
+    ) -> usize {
+        let Ok(frame) = garrison_protocol::encode_frame(message, FrameMeta { seq, trace: None })
+        else {
+            tracing::warn!(message = M::NAME, "cannot encode a broadcast");
+            return 0;
+        };
+        ids.into_iter()
+            .filter(|id| self.push(*id, frame.clone()).is_ok())
+            .count()
     }
 
     /// Whether session `id` is open.

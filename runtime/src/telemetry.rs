@@ -146,9 +146,47 @@ pub const HEAD_SAMPLED: &str = "garrison.sampled";
 /// exporter is built).
 static HEAD_RATIO: AtomicU64 = AtomicU64::new(0x3FF0_0000_0000_0000);
 
+/// Whether a piece of work creates spans: decided once, before any span exists, at the root of
+/// the work (a frame from a client, a message sent from no span), and carried with everything the
+/// work causes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sampling {
+    /// The trace is kept: the work creates its spans.
+    Kept,
+    /// The trace was sampled out: the work creates no span at all.
+    Dropped,
+}
+
+impl Sampling {
+    /// The one place Garrison decides. Work that inherits a decision keeps it; a message sent
+    /// from a span belongs to that span's trace, which exists only because it was kept; a frame
+    /// or message carrying a client's W3C trace context follows the client's sampled flag;
+    /// anything else is a new trace, kept at the configured ratio.
+    pub fn decide(
+        inherited: Option<Sampling>,
+        sent_from_span: bool,
+        trace: Option<&TraceContext>,
+    ) -> Sampling {
+        if let Some(sampling) = inherited {
+            return sampling;
+        }
+        let kept = sent_from_span || trace.map_or_else(sample_root, TraceContext::is_sampled);
+        if kept {
+            Sampling::Kept
+        } else {
+            Sampling::Dropped
+        }
+    }
+
+    /// Whether spans are created.
+    pub fn is_kept(self) -> bool {
+        self == Sampling::Kept
+    }
+}
+
 tokio::task_local! {
-    /// Set while running work whose trace was not sampled.
-    static UNSAMPLED: bool;
+    /// The sampling decided for the work running now.
+    static SAMPLING: Sampling;
 }
 
 thread_local! {
@@ -158,8 +196,8 @@ thread_local! {
     });
 }
 
-/// Decides whether a new trace starting at one of Garrison's roots is kept: true with the
-/// configured ratio (always without an exporter, so local subscribers see every span).
+/// Draws whether a new trace is kept: true with the configured ratio (always without an
+/// exporter, so local subscribers see every span). [`Sampling::decide`] calls it for new traces.
 pub fn sample_root() -> bool {
     let ratio = f64::from_bits(HEAD_RATIO.load(Ordering::Relaxed));
     if ratio >= 1.0 {
@@ -180,22 +218,28 @@ pub fn sample_root() -> bool {
     ((draw >> 11) as f64 / (1u64 << 53) as f64) < ratio
 }
 
-/// Whether the work running now belongs to a trace that was not sampled: create no spans.
+/// The sampling decided for the work running now, if any was.
+pub fn current_sampling() -> Option<Sampling> {
+    SAMPLING.try_with(|sampling| *sampling).ok()
+}
+
+/// Whether the work running now belongs to a trace that was sampled out: a game's own code
+/// creates no span then either.
 pub fn unsampled() -> bool {
-    UNSAMPLED.try_with(|unsampled| *unsampled).unwrap_or(false)
+    current_sampling() == Some(Sampling::Dropped)
 }
 
-/// Runs `work` marked as sampled out (`unsampled == true`) or not, for [`unsampled`].
-pub fn run_sampled_out<R>(unsampled: bool, work: impl FnOnce() -> R) -> R {
-    UNSAMPLED.sync_scope(unsampled, work)
+/// Runs `work` under `sampling`, for everything it sends and [`current_sampling`].
+pub fn with_sampling<R>(sampling: Sampling, work: impl FnOnce() -> R) -> R {
+    SAMPLING.sync_scope(sampling, work)
 }
 
-/// [`run_sampled_out`] for a future: the mark holds across its awaits.
-pub fn sampled_out<F: std::future::Future>(
-    unsampled: bool,
+/// [`with_sampling`] for a future: the decision holds across its awaits.
+pub fn in_sampling<F: std::future::Future>(
+    sampling: Sampling,
     work: F,
 ) -> impl std::future::Future<Output = F::Output> {
-    UNSAMPLED.scope(unsampled, work)
+    SAMPLING.scope(sampling, work)
 }
 
 /// The root sampler: roots Garrison's head sampling kept are kept; others go by the ratio.

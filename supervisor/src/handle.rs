@@ -251,7 +251,8 @@ impl SupervisorRef {
             .await?
     }
 
-    /// Subscribes to the tree's lifecycle events (see [`EVENT_CHANNEL_CAPACITY`] for overflow).
+    /// Subscribes to the tree's lifecycle events (see
+    /// [`EVENT_CHANNEL_CAPACITY`](crate::EVENT_CHANNEL_CAPACITY) for overflow).
     ///
     /// # Errors
     /// [`Error::SupervisorDown`] when the tree has not started.

@@ -153,7 +153,7 @@ pub struct GameAttributes {
 /// Whether a child is a worker or a supervisor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChildKind {
-    /// A [`Worker`].
+    /// A [`Worker`](crate::Worker).
     Worker,
     /// A nested supervisor.
     Supervisor,

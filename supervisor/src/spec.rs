@@ -217,7 +217,7 @@ impl ChildSpec {
 
 /// A validated supervisor declaration, ready to [`start`](SupervisorSpec::start) or to nest.
 ///
-/// Cloning a spec shares its children's mailboxes and its [`SupervisorRef`]: a nested
+/// Cloning a spec shares its children's mailboxes and its [`SupervisorRef`](crate::SupervisorRef): a nested
 /// supervisor restarted by its parent keeps both.
 #[derive(Clone, Debug)]
 pub struct SupervisorSpec {
@@ -266,7 +266,7 @@ impl SupervisorBuilder {
     }
 
     /// A dynamic supervisor: one-for-one, children added at run time with
-    /// [`SupervisorRef::start_child`], at most `max_children` at once. Its restart intensity is
+    /// [`SupervisorRef::start_child`](crate::SupervisorRef::start_child), at most `max_children` at once. Its restart intensity is
     /// counted per child, so one crash-looping child escalates instead of its siblings' crashes
     /// adding up across thousands of rooms.
     pub fn dynamic(id: impl Into<Arc<str>>, max_children: usize) -> SupervisorBuilder {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use garrison_protocol::{
     FrameMeta, Protocol,
-    control::{Control, Hello, refusal},
+    control::{Control, Hello, RefusalCode},
 };
 use garrison_runtime::{
     SessionId,
@@ -203,10 +203,13 @@ async fn a_refusing_session_hook_keeps_the_live_connection_and_leaves_no_session
         // Refuses a player's second connection, and player 66 altogether.
         let world = world_with_hook(
             |_| {},
-            |info, resumed| {
-                if resumed {
-                    Err(format!("player {} already plays here", info.player))
-                } else if info.player == 66 {
+            |start| {
+                if start.resumed {
+                    Err(format!(
+                        "player {} already plays here",
+                        start.session.player()
+                    ))
+                } else if start.session.player() == 66 {
                     Err("player 66 is banned".to_owned())
                 } else {
                     Ok(())
@@ -256,7 +259,7 @@ async fn a_frame_that_crashes_its_entity_is_answered_with_its_seq() {
         };
         assert_eq!(
             (refused.seq.to_native(), refused.code.to_native()),
-            (77, refusal::FAILED),
+            (77, RefusalCode::Failed.code()),
             "{transport:?}"
         );
         assert_eq!(

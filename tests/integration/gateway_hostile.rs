@@ -12,7 +12,9 @@ use garrison_protocol::{
 };
 use garrison_runtime::{
     Activation, Entities, Entity, EntityContext, HandlerError, KindConfig, SessionId, Sessions,
-    gateway::{CloseCode, Gateway, GatewayBuilder, GatewayConfig, SessionInfo, refusal, ticket},
+    gateway::{
+        CloseCode, Gateway, GatewayBuilder, GatewayConfig, RefusalCode, SessionStart, ticket,
+    },
 };
 use garrison_supervisor::{ChildSpec, SupervisorBuilder, SupervisorRef};
 use garrison_tests::{
@@ -91,14 +93,14 @@ pub struct World {
 }
 
 pub async fn world(config: impl FnOnce(&mut GatewayConfig)) -> World {
-    world_with_hook(config, |_, _| Ok(())).await
+    world_with_hook(config, |_| Ok(())).await
 }
 
 /// A world whose session hook runs `admit` after binding the player to its pilot; an error
 /// refuses the session.
 pub async fn world_with_hook(
     config: impl FnOnce(&mut GatewayConfig),
-    admit: impl Fn(&SessionInfo, bool) -> Result<(), String> + Send + Sync + 'static,
+    admit: impl Fn(&SessionStart) -> Result<(), String> + Send + Sync + 'static,
 ) -> World {
     let sessions = Arc::new(Sessions::new());
     let pilots = Entities::new(
@@ -126,29 +128,24 @@ pub async fn world_with_hook(
     settings.outbound_capacity = 32;
     settings.write_timeout = Duration::from_millis(500);
     config(&mut settings);
-    let routed = pilots.clone();
-    let routing_sessions = sessions.clone();
-    let binding_sessions = sessions.clone();
     let closed = Arc::new(std::sync::Mutex::new(Vec::new()));
     let closing = closed.clone();
-    let gateway = GatewayBuilder::<TestMessage>::new(settings, sessions.clone())
-        .route(move |info, message| {
-            // Inputs name the pilot they steer; anything else goes to the sender's own pilot.
+    let gateway =
+        GatewayBuilder::<TestMessage>::new(settings, sessions.clone(), |session, message| {
+            // Inputs name the pilot they steer; it must be the session's own.
             let target = match &message {
                 TestMessage::Input(input) => input.entity.to_native(),
-                _ => info.player,
+                _ => session.player(),
             };
-            routed
-                .send_as(&routing_sessions, info.session, &target, message)
+            session
+                .send_to::<Pilot>(&target, message)
                 .map_err(|refused| refused.reason)
         })
-        .on_session(move |info, resumed| {
-            binding_sessions
-                .bind::<Pilot>(info.session, &info.player)
-                .map_err(|error| error.to_string())?;
-            admit(info, resumed)
+        .on_session(move |start| {
+            start.session.bind(&pilots, start.session.player());
+            admit(start)
         })
-        .on_session_closed(move |info| closing.lock().unwrap().push(info.player))
+        .on_session_closed(move |session| closing.lock().unwrap().push(session.player()))
         .start()
         .unwrap();
     World {
@@ -512,7 +509,7 @@ async fn foreign_entity(transport: Transport) {
     };
     assert_eq!(
         (refused.seq.to_native(), refused.code.to_native()),
-        (41, refusal::NOT_BOUND),
+        (41, RefusalCode::NotBound.code()),
         "{transport:?}"
     );
     // The connection stays open and its own pilot still answers; player 8 saw nothing of it.

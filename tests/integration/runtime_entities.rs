@@ -129,7 +129,7 @@ async fn full_mailbox_rejects_or_drops_the_oldest_by_kind_policy() {
         match overflow {
             Overflow::Reject => {
                 let refused = fourth.expect_err("a full mailbox refuses");
-                assert_eq!(refused.reason, Refusal::MailboxFull);
+                assert_eq!(refused.reason, Refusal::MailboxFull { kind: "counter" });
                 assert!(
                     matches!(refused.message, Msg::Add { seq: 3, .. }),
                     "the message is handed back"

@@ -1,5 +1,6 @@
-//! Sessions: an entity a session is not bound to is refused; a reconnect swaps the connection
-//! atomically, so every frame reaches exactly one connection and none is lost.
+//! Sessions: an entity a session is not bound to is refused; a binding carries its value and a
+//! new one replaces it; a reconnect swaps the connection atomically, so every frame reaches
+//! exactly one connection and none is lost.
 
 use std::sync::{
     Arc, Barrier,
@@ -8,11 +9,11 @@ use std::sync::{
 
 use bytes::BytesMut;
 use garrison_protocol::{DecodeConfig, Frame, FrameCodec, FrameMeta};
-use garrison_runtime::{Error, KindConfig, Outbound, Refusal, SessionId, Sessions};
+use garrison_runtime::{KindConfig, Outbound, Refusal, SessionId, Sessions};
 use garrison_tests::wire::Input;
 use tokio::sync::mpsc;
 
-use super::counter::{Counter, Msg, get, start};
+use super::counter::{Counter, Msg, add, get, start};
 
 fn frame(seq: u32) -> Frame {
     let mut wire = BytesMut::new();
@@ -43,58 +44,83 @@ async fn a_session_cannot_address_an_entity_it_is_not_bound_to() {
     let sessions = Sessions::new();
     let (connection, _frames) = mpsc::channel::<Frame>(16);
     sessions.attach(SessionId(1), Arc::new(connection));
-    sessions.bind::<Counter>(SessionId(1), &10).unwrap();
+    let session = sessions.get(SessionId(1)).expect("open");
+    session.bind(&counters, 10);
 
-    assert!(
-        counters
-            .send_as(
-                &sessions,
-                SessionId(1),
-                &10,
-                Msg::Add {
-                    sender: 1,
-                    seq: 0,
-                    amount: 3
-                }
-            )
-            .is_ok()
-    );
-    let refused = counters
-        .send_as(
-            &sessions,
-            SessionId(1),
-            &11,
-            Msg::Add {
-                sender: 1,
-                seq: 1,
-                amount: 3,
-            },
-        )
+    assert!(session.send::<Counter>(add(0, 3)).is_ok());
+    assert!(session.send_to::<Counter>(&10, add(1, 3)).is_ok());
+    let refused = session
+        .send_to::<Counter>(&11, add(2, 3))
         .expect_err("key 11 is another player's");
     assert_eq!(
         refused.reason,
-        Refusal::Session(Error::NotBound {
-            session: 1,
+        Refusal::NotBound {
+            session: SessionId(1),
             kind: "counter",
-            key: "11".into()
-        })
+            key: Some("11".into())
+        }
+    );
+    assert_eq!(
+        refused.reason.to_string(),
+        "session 1 may not address counter 11"
     );
     assert!(
-        matches!(refused.message, Msg::Add { seq: 1, .. }),
+        matches!(refused.message, Msg::Add { seq: 2, .. }),
         "the message is handed back"
     );
     assert!(
         !counters.is_active(&11),
         "a refused message activates nothing"
     );
-    let unknown = counters
-        .send_as(&sessions, SessionId(2), &10, Msg::Rest)
-        .expect_err("no such session");
+    // A session bound to no entity of a kind is refused for that kind.
+    let (other, _) = sessions.open(SessionId(2));
+    let unbound = other.send::<Counter>(Msg::Rest).expect_err("not bound");
     assert_eq!(
-        unknown.reason,
-        Refusal::Session(Error::NoSession { session: 2 })
+        unbound.reason.to_string(),
+        "session 2 is bound to no counter"
     );
-    assert_eq!(get(&counters, 10).await.0.total, 3);
+    // A closed session's handle refuses everything.
+    sessions.close(SessionId(2));
+    let closed = other.send::<Counter>(Msg::Rest).expect_err("closed");
+    assert_eq!(
+        closed.reason,
+        Refusal::NoSession {
+            session: SessionId(2)
+        }
+    );
+    assert_eq!(get(&counters, 10).await.0.total, 6);
+    tree.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binding_carries_its_value_and_rebinding_replaces_it() {
+    let (counters, _, tree) = start(KindConfig::default()).await;
+    let sessions = Sessions::new();
+    let (session, opened) = sessions.open(SessionId(5));
+    assert!(opened);
+    session.bind_with(&counters, 20, 7i64);
+    // The value is read where the message is built: no lookup of the game's own.
+    assert!(
+        session
+            .send_with::<Counter, i64>(|key, amount| add(*key as u32, *amount))
+            .is_ok()
+    );
+    session.bind_with(&counters, 21, 9i64);
+    assert_eq!(session.bound::<Counter>(), Some(21), "one binding per kind");
+    assert!(
+        session
+            .send_with::<Counter, i64>(|key, amount| add(*key as u32, *amount))
+            .is_ok()
+    );
+    // Built with the wrong value type: not bound so, nothing built.
+    let refused = session
+        .send_with::<Counter, u8>(|_, _| unreachable!("nothing is built"))
+        .expect_err("bound with an i64");
+    assert!(refused.message.is_none());
+    session.unbind::<Counter>();
+    assert_eq!(session.bound::<Counter>(), None);
+    assert_eq!(get(&counters, 20).await.0.total, 7);
+    assert_eq!(get(&counters, 21).await.0.total, 9);
     tree.stop().await.unwrap();
 }
 

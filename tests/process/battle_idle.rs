@@ -1,6 +1,6 @@
 //! The battle server releases what departed players held: 25 rooms abandoned by all their
-//! players are released after the reconnect grace window, with their players, seats, sessions
-//! and queue places, and then nothing ticks and the process's CPU is idle.
+//! players are released after the reconnect grace window, with their players, sessions (and the
+//! seats bound to them) and queue places, and then nothing ticks and the process's CPU is idle.
 
 use std::time::{Duration, Instant};
 
@@ -52,7 +52,6 @@ pub fn abandoned_rooms_are_released_and_the_server_goes_idle() -> Outcome {
             rooms: 0,
             tickers: 0,
             players: 0,
-            seats: 0,
             sessions: 0,
             waiting: 0,
         };

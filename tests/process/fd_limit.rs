@@ -46,10 +46,10 @@ pub fn child(role: &str) {
         let mut config = GatewayConfig::new(KEY);
         config.tcp = Some("127.0.0.1:0".parse().unwrap());
         config.event_loops = 1;
-        let gateway = GatewayBuilder::<TestMessage>::new(config, Arc::new(Sessions::new()))
-            .route(|_, _| Ok(()))
-            .start()
-            .expect("the gateway starts");
+        let gateway =
+            GatewayBuilder::<TestMessage>::new(config, Arc::new(Sessions::new()), |_, _| Ok(()))
+                .start()
+                .expect("the gateway starts");
         let mut hoard = Vec::new();
         if role == "exhausted" {
             // Something else in the process takes every descriptor left.

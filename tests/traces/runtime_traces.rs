@@ -2,7 +2,7 @@
 //! or to the client's span when the message carried a W3C trace context.
 
 use garrison_protocol::TraceContext;
-use garrison_runtime::{KindConfig, SessionId, Sessions};
+use garrison_runtime::{KindConfig, SessionId, Sessions, telemetry::Sampling};
 use garrison_tests::traces::CaptureLayer;
 use opentelemetry::trace::{SpanId, TraceId, TracerProvider};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
@@ -25,21 +25,17 @@ async fn handling_spans_carry_game_attributes_and_the_senders_parent() {
     let sessions = Sessions::new();
     let (connection, _frames) = tokio::sync::mpsc::channel(4);
     sessions.attach(SessionId(77), std::sync::Arc::new(connection));
-    sessions.bind::<Counter>(SessionId(77), &12).unwrap();
+    let session = sessions.get(SessionId(77)).expect("open");
+    session.bind(&counters, 12);
 
     async {
         assert!(
-            counters
-                .send_as(
-                    &sessions,
-                    SessionId(77),
-                    &12,
-                    Msg::Add {
-                        sender: 0,
-                        seq: 0,
-                        amount: 1
-                    }
-                )
+            session
+                .send::<Counter>(Msg::Add {
+                    sender: 0,
+                    seq: 0,
+                    amount: 1
+                })
                 .is_ok()
         );
     }
@@ -196,7 +192,8 @@ async fn work_from_an_unsampled_trace_creates_no_spans() {
     let sessions = Sessions::new();
     let (connection, _frames) = tokio::sync::mpsc::channel(4);
     sessions.attach(SessionId(5), std::sync::Arc::new(connection));
-    sessions.bind::<Counter>(SessionId(5), &3).unwrap();
+    let session = sessions.get(SessionId(5)).expect("open");
+    session.bind(&counters, 3);
     let add = |amount| Msg::Add {
         sender: 0,
         seq: 0,
@@ -205,12 +202,8 @@ async fn work_from_an_unsampled_trace_creates_no_spans() {
 
     // Sampled out (as the gateway marks a frame its head sampling dropped): the session hop and
     // the entity's handling create no span.
-    garrison_runtime::telemetry::run_sampled_out(true, || {
-        assert!(
-            counters
-                .send_as(&sessions, SessionId(5), &3, add(1))
-                .is_ok()
-        );
+    garrison_runtime::telemetry::with_sampling(Sampling::Dropped, || {
+        assert!(session.send::<Counter>(add(1)).is_ok());
     });
     assert_eq!(get(&counters, 3).await.0.total, 1);
     let handled = |captured: &garrison_tests::traces::Captured| {
@@ -224,12 +217,8 @@ async fn work_from_an_unsampled_trace_creates_no_spans() {
     assert!(captured.named("garrison.session.send").is_empty());
 
     // The same message from sampled work is traced.
-    garrison_runtime::telemetry::run_sampled_out(false, || {
-        assert!(
-            counters
-                .send_as(&sessions, SessionId(5), &3, add(1))
-                .is_ok()
-        );
+    garrison_runtime::telemetry::with_sampling(Sampling::Kept, || {
+        assert!(session.send::<Counter>(add(1)).is_ok());
     });
     assert_eq!(get(&counters, 3).await.0.total, 2);
     assert_eq!(handled(&captured), 1);

@@ -92,9 +92,6 @@ impl fmt::Display for CloseCode {
     }
 }
 
-/// Codes for a frame refused on a connection that stays open (`Refused` control frame).
-pub use garrison_protocol::control::refusal;
-
 #[cfg(test)]
 mod tests {
     use super::CloseCode;

@@ -23,17 +23,17 @@ use tokio_tungstenite::tungstenite::{self, Message as WsMessage, protocol::WebSo
 use tokio_util::codec::{Decoder, FramedRead, FramedWrite};
 
 use super::{
-    CloseCode, SessionInfo, Shared,
+    CloseCode, SessionStart, Shared,
     admission::{self, Admission, Spare},
     control_frame, known_kind,
     limits::TokenBucket,
     outbound::{Next, OutboundQueue},
-    refusal, ticket,
+    ticket,
 };
 use crate::{
-    Refusal, SessionId, clock,
-    session::{self, Origin, Outbound},
-    telemetry,
+    Session, SessionId, clock,
+    origin::{self, Origin, Outbound},
+    telemetry::{self, Sampling},
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -464,7 +464,8 @@ struct Connection<P: Protocol> {
     /// Its place under the connection limit (`None`: refused as `ServerFull`), held until the
     /// connection is dropped, which gives it back.
     _admission: Option<Admission>,
-    session: Option<SessionInfo>,
+    /// The player's session, once the handshake succeeded.
+    session: Option<Session>,
     messages: TokenBucket,
     bytes: TokenBucket,
     last_activity_ms: u64,
@@ -479,7 +480,7 @@ impl<P: Protocol> Connection<P> {
     /// `Close`, then ends its side. Reading goes on meanwhile (frames are discarded) until the
     /// client ends its side or the close linger runs out: closing a TCP socket with unread input
     /// makes the kernel reset it, and the reset would destroy the `Close` in flight.
-    fn close(&mut self, code: CloseCode, reason: impl Into<String>) {
+    fn close(&self, code: CloseCode, reason: impl Into<String>) {
         self.outbound.close_because(code, reason.into());
     }
 
@@ -529,26 +530,27 @@ impl<P: Protocol> Connection<P> {
             }
             Err(error) => return self.close(CloseCode::BadTicket, error.to_string()),
         };
-        let info = SessionInfo {
-            session: SessionId(player),
-            player,
-        };
+        let id = SessionId(player);
         let sessions = &self.shared.sessions;
-        let resumed = sessions.contains(info.session);
         // The hook binds the session before any connection is attached to it, so a refusal
         // replaces no live connection and leaves no session of its own behind.
-        let opened = sessions.open(info.session);
-        if let Err(reason) = (self.shared.on_session)(&info, resumed) {
+        let (session, opened) = sessions.open(id);
+        let start = SessionStart {
+            session,
+            resumed: !opened,
+        };
+        if let Err(reason) = (self.shared.on_session)(&start) {
             tracing::info!(game.session.id = player, %reason, "session refused");
             if opened {
-                sessions.discard_unattached(info.session);
+                sessions.discard_unattached(id);
             }
             return self.close(CloseCode::SessionRefused, reason);
         }
+        let SessionStart { session, resumed } = start;
         // Atomic takeover: an older connection of this player is told it was replaced.
         let outbound: Arc<dyn Outbound> = self.outbound.clone();
-        sessions.attach(info.session, outbound);
-        self.session = Some(info);
+        sessions.attach(id, outbound);
+        self.session = Some(session);
         self.reply(
             &Welcome {
                 session: player,
@@ -558,17 +560,17 @@ impl<P: Protocol> Connection<P> {
         );
     }
 
-    fn route(&mut self, info: SessionInfo, frame: Frame) {
+    fn route(&self, session: &Session, frame: Frame) {
         let seq = frame.header().seq;
         let client = frame.header().trace;
         // Head sampling: a client's decision is followed; a frame without one is a new trace,
         // kept at the configured ratio. An unsampled frame creates no span, nor does anything
         // it causes.
-        let traced = client.map_or_else(telemetry::sample_root, |trace| trace.flags & 1 == 1);
-        let span = if traced {
+        let sampling = Sampling::decide(None, false, client.as_ref());
+        let span = if sampling.is_kept() {
             tracing::info_span!(
                 "garrison.gateway.frame",
-                game.session.id = info.session.0,
+                game.session.id = session.player(),
                 game.event.type = P::name_of(frame.kind()).unwrap_or("unknown"),
                 frame.seq = seq,
                 frame.bytes = frame.wire().len(),
@@ -598,15 +600,11 @@ impl<P: Protocol> Connection<P> {
             connection: self.outbound.clone(),
             seq,
         };
-        let routed = session::with_origin(origin, || {
-            telemetry::run_sampled_out(!traced, || (self.shared.router)(&info, message))
+        let routed = origin::with_origin(origin, || {
+            telemetry::with_sampling(sampling, || (self.shared.router)(session, message))
         });
         if let Err(refused) = routed {
-            let code = match &refused {
-                Refusal::Session(_) => refusal::NOT_BOUND,
-                Refusal::MailboxFull => refusal::BUSY,
-                Refusal::KindNotRunning { .. } => refusal::UNAVAILABLE,
-            };
+            let code = refused.code().code();
             let reason = refused.to_string();
             self.reply(&Refused { seq, code, reason }, seq);
         }
@@ -640,9 +638,9 @@ impl<P: Protocol> Actor for Connection<P> {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        if let Some(info) = self.session {
+        if let Some(session) = self.session.take() {
             let outbound: Arc<dyn Outbound> = self.outbound.clone();
-            if let Some(generation) = self.shared.sessions.detach(info.session, &outbound) {
+            if let Some(generation) = self.shared.sessions.detach(session.id(), &outbound) {
                 // The player may come back within the grace window and resume; otherwise the
                 // session (and its bindings) is closed, so departed players leave nothing behind.
                 let sessions = self.shared.sessions.clone();
@@ -650,8 +648,8 @@ impl<P: Protocol> Actor for Connection<P> {
                 let grace = self.shared.config.reconnect_grace;
                 actix_rt::spawn(async move {
                     tokio::time::sleep(grace).await;
-                    if sessions.close_if_detached(info.session, generation) {
-                        closed(&info);
+                    if let Some(session) = sessions.close_if_detached(session.id(), generation) {
+                        closed(&session);
                     }
                 });
             }
@@ -705,9 +703,9 @@ impl<P: Protocol> StreamHandler<Inbound> for Connection<P> {
             );
             return self.close(CloseCode::RateLimited, reason);
         }
-        match self.session {
+        match &self.session {
             None => self.handshake(frame),
-            Some(info) => self.route(info, frame),
+            Some(session) => self.route(session, frame),
         }
     }
 

@@ -17,7 +17,7 @@ use garrison_protocol::Frame;
 use tokio::sync::Notify;
 
 use super::CloseCode;
-use crate::session::Outbound;
+use crate::origin::Outbound;
 
 /// How a frame is delivered when the queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

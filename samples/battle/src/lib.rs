@@ -3,8 +3,8 @@
 //! [`sim`] is the deterministic simulation every room and every bot runs (the same inputs produce
 //! the same state, bit for bit, on any machine); [`lockstep`] is one room's engine (inputs per
 //! frame, replaced inputs, broadcasts with deltas and checksums, recovery from a snapshot and the
-//! input log, catch-up for a reconnecting client); [`server`] declares the matchmaker and room
-//! entities in a supervision tree behind the gateway; [`bots`] are the clients that play and
+//! input log, catch-up for a reconnecting client); [`player`], [`matchmaker`] and [`room`] are
+//! the actor modules, and [`server`] declares them in a supervision tree behind the gateway; [`bots`] are the clients that play and
 //! verify; [`run`] drives them for `garrison-battle demo` and `battle-bots`; [`plot`] draws a
 //! sweep's curve.
 //!
@@ -23,8 +23,11 @@
 
 pub mod bots;
 pub mod lockstep;
+pub mod matchmaker;
+pub mod player;
 pub mod plot;
 pub mod proto;
+pub mod room;
 pub mod run;
 pub mod server;
 pub mod sim;

@@ -1,0 +1,426 @@
+//! A battle room: [`Lockstep`] at 60 Hz on absolute deadlines, checkpointed after every frame
+//! and every accepted input, each frame's update encoded once for all its players; catch-up for
+//! a reconnecting player; the match's end; release when its players are gone.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use dashmap::DashMap;
+use garrison_protocol::{FrameMeta, Snapshot};
+use garrison_runtime::{
+    Activation, Entities, Entity, EntityContext, EntityMessage, HandlerError, SessionId, Sessions,
+};
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::{
+    lockstep::{InputOutcome, Lockstep, LockstepConfig, Resumption},
+    player::{Player, PlayerMsg},
+    proto::{Catchup, FrameUpdate, MatchEnd, MatchStart, Resync},
+    server::ServerStats,
+};
+
+/// A room's messages.
+pub enum RoomMsg {
+    /// Start the match with these players (slot order).
+    Start {
+        /// Player ids, by slot.
+        players: Vec<u64>,
+        /// The world's seed.
+        seed: u64,
+    },
+    /// A player's input.
+    Input {
+        /// The player's slot.
+        slot: u8,
+        /// The frame it is stamped for.
+        frame: u32,
+        /// The buttons.
+        buttons: u8,
+    },
+    /// A reconnected player needs the frames from `from` on.
+    Resume {
+        /// The player's slot.
+        slot: u8,
+        /// The first frame it has not simulated.
+        from: u32,
+    },
+    /// The player in this slot is gone for good.
+    Left {
+        /// The player's slot.
+        slot: u8,
+    },
+    /// Time to run the next frame.
+    Tick,
+    /// Crash this room now (fault injection for demos and tests).
+    Crash,
+}
+
+impl EntityMessage for RoomMsg {
+    fn event_type(&self) -> &'static str {
+        match self {
+            RoomMsg::Start { .. } => "start",
+            RoomMsg::Input { .. } => "input",
+            RoomMsg::Resume { .. } => "resume",
+            RoomMsg::Left { .. } => "left",
+            RoomMsg::Tick => "tick",
+            RoomMsg::Crash => "crash",
+        }
+    }
+}
+
+/// A room's state: its players, its lockstep engine (checkpointed after every frame and every
+/// accepted input; `None` before the start and after the end), and which players left for good.
+#[derive(Archive, Serialize, Deserialize, Debug, Default)]
+pub struct RoomState {
+    players: Vec<u64>,
+    engine: Option<Lockstep>,
+    /// A bit per slot whose player left.
+    departed: u64,
+}
+
+impl Snapshot for RoomState {
+    const SCHEMA: &'static str = "battle.room";
+    const VERSION: u16 = 1;
+}
+
+/// How rooms play.
+#[derive(Debug, Clone)]
+pub struct RoomSettings {
+    /// The frame period (1/60 s).
+    pub tick: Duration,
+    /// Frames clients stamp their inputs ahead.
+    pub input_delay: u32,
+    /// Most missed frames a reconnecting client is sent from the input log.
+    pub resend_limit: u32,
+    /// Frames a match lasts.
+    pub match_frames: u32,
+}
+
+/// The room kind.
+pub struct Room {
+    /// How rooms play.
+    pub settings: RoomSettings,
+    /// The open sessions, which frames are pushed to.
+    pub sessions: Arc<Sessions>,
+    /// The players, told when their match ends.
+    pub players: Entities<Player>,
+    /// The rooms themselves, which their tickers address by key.
+    pub rooms: Entities<Room>,
+    /// The running rooms' tickers, by room: a room stops its own when it ends; the server stops
+    /// the rest before the tree, so none ticks a stopped room.
+    pub tickers: Arc<DashMap<u64, tokio::task::JoinHandle<()>>>,
+    /// Cleared when the server stops.
+    pub running: Arc<AtomicBool>,
+    /// Counters.
+    pub stats: Arc<ServerStats>,
+}
+
+/// Most frames a late ticker runs per wake-up. A bigger deficit is caught up over the next
+/// wake-ups, a few frames at a time, so one late room never runs a long burst that stalls the
+/// others; no frame is ever skipped.
+const MAX_CATCH_UP: u32 = 3;
+
+/// The slots of a room of `players` as bits.
+fn every_slot(players: usize) -> u64 {
+    u64::MAX >> (64 - players.clamp(1, 64))
+}
+
+fn slot_bit(slot: usize) -> u64 {
+    u32::try_from(slot)
+        .ok()
+        .and_then(|slot| 1u64.checked_shl(slot))
+        .unwrap_or(0)
+}
+
+impl Room {
+    /// Ticks room `room` at the frame rate against absolute deadlines. The ticker addresses the
+    /// room by key, so it serves every incarnation: a room restarted after a crash keeps it.
+    fn start_ticker(&self, room: u64) {
+        let rooms = self.rooms.clone();
+        let running = self.running.clone();
+        let stats = self.stats.clone();
+        let period = self.settings.tick;
+        let ticker = tokio::spawn(async move {
+            let mut deadline = tokio::time::Instant::now() + period;
+            while running.load(Ordering::Acquire) {
+                tokio::time::sleep_until(deadline).await;
+                // Frames due now: this one, plus any the ticker fell behind by.
+                let late = tokio::time::Instant::now().saturating_duration_since(deadline);
+                let due = 1 + (late.as_nanos() / period.as_nanos().max(1)) as u32;
+                let run = due.min(MAX_CATCH_UP);
+                // Each frame run late is counted once, when it is caught up.
+                stats
+                    .overruns
+                    .fetch_add(u64::from(run - 1), Ordering::Relaxed);
+                for _ in 0..run {
+                    // A full mailbox means the room is behind: the next wake catches up.
+                    let _ = rooms.send(&room, RoomMsg::Tick);
+                }
+                // Only the frames run are consumed: the rest of a deficit stays due.
+                deadline += period * run;
+            }
+        });
+        self.tickers.insert(room, ticker);
+    }
+
+    /// Releases room `room` for good: its ticker stops and the entity ends once its mailbox is
+    /// empty (ticks already queued find no engine and do nothing).
+    fn release(&self, room: u64, state: &mut RoomState, context: &mut EntityContext<'_, Self>) {
+        state.engine = None;
+        if let Some((_, ticker)) = self.tickers.remove(&room) {
+            ticker.abort();
+        }
+        context.checkpoint();
+        context.stop();
+    }
+
+    /// The players still in the match.
+    fn present(state: &RoomState) -> impl Iterator<Item = (usize, u64)> + '_ {
+        state
+            .players
+            .iter()
+            .copied()
+            .enumerate()
+            .filter(|(slot, _)| state.departed & slot_bit(*slot) == 0)
+    }
+
+    /// Announces the result to every player still in the match, tells their player entities,
+    /// and releases the room.
+    fn finish(&self, room: u64, state: &mut RoomState, context: &mut EntityContext<'_, Self>) {
+        let Some(engine) = &state.engine else {
+            return;
+        };
+        let world = engine.world();
+        let kills: Vec<u32> = world.units.iter().map(|unit| unit.kills).collect();
+        let best = kills.iter().copied().max().unwrap_or(0);
+        let winner = match kills.iter().filter(|&&score| score == best).count() {
+            1 => kills
+                .iter()
+                .position(|&score| score == best)
+                .map(|slot| slot as u8),
+            _ => None,
+        };
+        let result = MatchEnd {
+            room,
+            frame: world.frame,
+            kills,
+            winner,
+            checksum: world.checksum(),
+        };
+        let present: Vec<u64> = Room::present(state).map(|(_, player)| player).collect();
+        self.sessions
+            .broadcast(present.iter().copied().map(SessionId), 0, &result);
+        for player in &present {
+            // A player entity too busy to hear it keeps a seat in a released room; its client
+            // still has the result and joins again.
+            let _ = self
+                .players
+                .send(player, PlayerMsg::MatchEnded(result.clone()));
+        }
+        self.stats.matches_ended.fetch_add(1, Ordering::Relaxed);
+        self.release(room, state, context);
+    }
+}
+
+impl Entity for Room {
+    const KIND: &'static str = "room";
+    type Key = u64;
+    type State = RoomState;
+    type Message = RoomMsg;
+
+    async fn activate(
+        &self,
+        _: &u64,
+        recovered: Activation<RoomState>,
+    ) -> Result<RoomState, HandlerError> {
+        // After a crash the engine is back at its last checkpoint (every accepted input and every
+        // frame is checkpointed), and the room's ticker, which addresses the key and not the
+        // incarnation, simply goes on ticking it.
+        if matches!(&recovered, Activation::Restarted(Some(state)) if state.engine.is_some()) {
+            self.stats.restarts.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(recovered.unwrap_or_default())
+    }
+
+    async fn handle(
+        &self,
+        context: &mut EntityContext<'_, Self>,
+        message: RoomMsg,
+        state: &mut RoomState,
+    ) -> Result<(), HandlerError> {
+        let room = *context.key();
+        if state.players.is_empty() && !matches!(message, RoomMsg::Start { .. }) {
+            // A message for a room that ended (a tick its ticker sent as it stopped, a late
+            // input) activated it again: there is nothing to play, so it ends at once.
+            context.stop();
+            return Ok(());
+        }
+        match message {
+            RoomMsg::Start { players, seed } => {
+                if state.engine.is_some() {
+                    return Ok(());
+                }
+                let config = LockstepConfig {
+                    players: players.len(),
+                    input_delay: self.settings.input_delay,
+                    ..LockstepConfig::default()
+                };
+                state.engine = Some(Lockstep::new(seed, config)?);
+                for (slot, player) in players.iter().enumerate() {
+                    let start = MatchStart {
+                        room,
+                        slot: slot as u8,
+                        players: players.len() as u8,
+                        seed,
+                        frame: 0,
+                        input_delay: config.input_delay,
+                        tick_micros: u32::try_from(self.settings.tick.as_micros())
+                            .unwrap_or(u32::MAX),
+                    };
+                    let _ = self.sessions.send_message(SessionId(*player), &start);
+                }
+                state.players = players;
+                self.stats.rooms.fetch_add(1, Ordering::Relaxed);
+                context.checkpoint();
+                self.start_ticker(room);
+            }
+            RoomMsg::Input {
+                slot,
+                frame,
+                buttons,
+            } => {
+                self.stats.inputs.fetch_add(1, Ordering::Relaxed);
+                if let Some(engine) = &mut state.engine {
+                    if engine.submit(usize::from(slot), frame, buttons) == InputOutcome::Accepted {
+                        // An accepted input survives a crash: it is in the next checkpoint.
+                        context.checkpoint();
+                    }
+                }
+            }
+            RoomMsg::Resume { slot, from } => {
+                let (Some(engine), Some(player)) =
+                    (&state.engine, state.players.get(usize::from(slot)))
+                else {
+                    return Ok(());
+                };
+                let frame = catch_up(engine, from, self.settings.resend_limit)?;
+                self.stats.resumes.fetch_add(1, Ordering::Relaxed);
+                // The live frames already pushed since the reconnect follow it; the client puts
+                // them in order.
+                let _ = self.sessions.push(SessionId(*player), frame);
+            }
+            RoomMsg::Left { slot } => {
+                state.departed |= slot_bit(usize::from(slot));
+                context.checkpoint();
+                let everyone = every_slot(state.players.len());
+                if state.departed & everyone == everyone {
+                    // Nobody is left to play or to tell.
+                    self.stats.rooms_abandoned.fetch_add(1, Ordering::Relaxed);
+                    self.release(room, state, context);
+                }
+            }
+            RoomMsg::Crash => panic!("injected crash of room {room}"),
+            RoomMsg::Tick => {
+                let Some(engine) = &mut state.engine else {
+                    return Ok(());
+                };
+                let broadcast = engine.advance()?;
+                let update = FrameUpdate {
+                    frame: broadcast.record.frame,
+                    inputs: broadcast.record.inputs,
+                    replaced: broadcast.record.replaced,
+                    delta: broadcast.delta,
+                    checksum: broadcast.checksum,
+                };
+                // Encoded once; every player gets the same bytes.
+                let players = state.players.iter().copied().map(SessionId);
+                self.sessions.broadcast(players, update.frame, &update);
+                self.stats.frames.fetch_add(1, Ordering::Relaxed);
+                context.checkpoint();
+                if update.frame + 1 >= self.settings.match_frames {
+                    self.finish(room, state, context);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The frame that catches up a client resuming at `from`: the missed frames from the log
+/// (at most `limit`), or the world's snapshot when it is further behind or when the frames would
+/// not fit in one frame (a big room's log).
+fn catch_up(
+    engine: &Lockstep,
+    from: u32,
+    limit: u32,
+) -> Result<garrison_protocol::Frame, garrison_protocol::Error> {
+    let encode = |resumption| match resumption {
+        Resumption::Frames(frames) => {
+            garrison_protocol::encode_frame(&Catchup { frames }, FrameMeta::default())
+        }
+        Resumption::Snapshot { frame, snapshot } => garrison_protocol::encode_frame(
+            &Resync {
+                frame,
+                snapshot: snapshot.to_vec(),
+            },
+            FrameMeta::default(),
+        ),
+    };
+    match encode(engine.resume(from, limit)?) {
+        // Encoding refuses what a client's decoder would (and the room would have failed on it,
+        // restarting for nothing); a limit of 0 leaves only the snapshot for a client behind.
+        Err(garrison_protocol::Error::Oversize { .. }) => encode(engine.resume(from, 0)?),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::ServerMessage;
+    use garrison_protocol::Protocol;
+
+    /// Runs a room of `players` for `frames` frames.
+    fn room(players: usize, frames: u32) -> Lockstep {
+        let config = LockstepConfig {
+            players,
+            ..LockstepConfig::default()
+        };
+        let mut engine = Lockstep::new(7, config).unwrap();
+        for _ in 0..frames {
+            engine.advance().unwrap();
+        }
+        engine
+    }
+
+    #[test]
+    fn a_catch_up_too_big_for_a_client_becomes_a_snapshot() {
+        // Eight players, 250 frames behind: the log fits.
+        let small = catch_up(&room(8, 290), 40, 300).unwrap();
+        assert!(matches!(
+            ServerMessage::validate(small),
+            Ok(ServerMessage::Catchup(_))
+        ));
+        // 250 players, 250 frames behind: ~70 KB of inputs would not fit in 64 KiB.
+        let big = room(250, 290);
+        let frame = catch_up(&big, 40, 300).unwrap();
+        assert!(frame.wire().len() <= garrison_protocol::DEFAULT_MAX_FRAME_LEN);
+        let Ok(ServerMessage::Resync(resync)) = ServerMessage::validate(frame) else {
+            panic!("expected a snapshot");
+        };
+        assert_eq!(resync.frame.to_native(), 290);
+    }
+
+    #[test]
+    fn slot_bits_cover_rooms_of_up_to_64_players() {
+        assert_eq!(every_slot(8), 0xff);
+        assert_eq!(every_slot(64), u64::MAX);
+        assert_eq!(slot_bit(63), 1 << 63);
+        assert_eq!(slot_bit(64), 0, "no slot 64: no overflow either");
+    }
+}
