@@ -1,11 +1,17 @@
 //! Process-level tests, each needing a whole process to itself: an open-file limit lowered for
-//! the server alone, or the process's CPU measured while nothing else runs in it. cargo runs
+//! the server alone, the process's CPU measured while nothing else runs in it, or every heap
+//! allocation in the process counted. cargo runs
 //! test binaries one at a time, so this binary (`harness = false`) runs alone; it runs its tests
 //! in order and re-executes itself as the child process a test needs (`GARRISON_PROCESS_CHILD`
 //! names the child's role), stopping each child by its pid.
 
+mod allocations;
 mod battle_idle;
 mod fd_limit;
+
+/// Every allocation in this process is counted (see `allocations`).
+#[global_allocator]
+static ALLOCATOR: allocations::Counting = allocations::Counting;
 
 use std::time::Instant;
 
@@ -19,7 +25,11 @@ fn main() {
         fd_limit::child(&role);
         return;
     }
-    let tests: [Test; 3] = [
+    let tests: [Test; 4] = [
+        (
+            "allocations::the_inbound_path_allocates_nothing_per_input",
+            allocations::the_inbound_path_allocates_nothing_per_input,
+        ),
         (
             "fd_limit::connections_past_the_open_file_limit_are_told_the_server_is_full",
             fd_limit::connections_past_the_open_file_limit_are_told_the_server_is_full,
