@@ -29,6 +29,8 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::codec::Framed;
 
 const KEY: &[u8] = b"bench-key";
+/// Alternating echo runs per server.
+const RUNS: usize = 5;
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Default)]
 struct Nothing;
@@ -227,6 +229,11 @@ async fn echo_run(
     )
 }
 
+/// This process's CPU seconds so far (0 where it cannot be read).
+fn cpu_seconds() -> f64 {
+    garrison_runtime::clock::process_cpu_seconds().unwrap_or(0.0)
+}
+
 fn raise_fd_limit() -> u64 {
     // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
     unsafe {
@@ -307,6 +314,26 @@ async fn idle_memory(
     per
 }
 
+fn echo_only(server: &str) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (address, handshake) = if server == "garrison" {
+            let (gateway, _tree) = garrison_server().await;
+            let address = gateway.tcp_addr().unwrap();
+            std::mem::forget(gateway);
+            (address, true)
+        } else {
+            (tokio_server().await.0, false)
+        };
+        let (rate, p50, p99) = echo_run(address, handshake, 200, 100).await;
+        println!("{server}: {rate:.0} frames/s p50 {p50:?} p99 {p99:?}");
+    });
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(position) = args.iter().position(|arg| arg == "--clients") {
@@ -318,6 +345,10 @@ fn main() {
         return; // `cargo test --benches` smoke-runs benches; this one only measures.
     }
     let quick = args.iter().any(|arg| arg == "--quick");
+    if let Some(position) = args.iter().position(|arg| arg == "--echo-only") {
+        // One server's echo run alone (for profiling one side): `garrison` or `tokio`.
+        return echo_only(&args[position + 1]);
+    }
     let fd_limit = raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -327,13 +358,28 @@ fn main() {
     runtime.block_on(async {
         let (clients, rounds) = if quick { (200, 20) } else { (1_000, 20) };
         let (gateway, tree) = garrison_server().await;
-        let ours = echo_run(gateway.tcp_addr().unwrap(), true, clients, rounds).await;
         let (baseline_address, _) = tokio_server().await;
-        let theirs = echo_run(baseline_address, false, clients, rounds).await;
-        println!("echo round trip, {clients} clients x {rounds} sequential round trips (gateway -> entity -> gateway):");
-        println!("  garrison: {:>9.0} frames/s  p50 {:>8.1?}  p99 {:>8.1?}", ours.0, ours.1, ours.2);
-        println!("  tokio   : {:>9.0} frames/s  p50 {:>8.1?}  p99 {:>8.1?}   (plain echo server, no entity)", theirs.0, theirs.1, theirs.2);
-        println!("  ratio (garrison / tokio frames/s): {:.2}x", ours.0 / theirs.0);
+        // Alternating runs, so both see the same machine; the median of the per-run ratios is
+        // the figure (one run on this shared machine can be off by a third either way).
+        let mut ratios = Vec::new();
+        let mut cpu_ratios = Vec::new();
+        println!("echo round trip, {clients} clients x {rounds} sequential round trips (gateway -> entity -> gateway), {RUNS} alternating runs:");
+        for run in 0..RUNS {
+            let cpu = cpu_seconds();
+            let ours = echo_run(gateway.tcp_addr().unwrap(), true, clients, rounds).await;
+            let our_cpu = cpu_seconds() - cpu;
+            let cpu = cpu_seconds();
+            let theirs = echo_run(baseline_address, false, clients, rounds).await;
+            let their_cpu = cpu_seconds() - cpu;
+            println!("  run {run}: garrison {:>7.0} frames/s  p50 {:>7.1?}  p99 {:>7.1?}  {:.1} us CPU/frame | tokio {:>7.0} frames/s  p50 {:>7.1?}  p99 {:>7.1?}  {:.1} us CPU/frame",
+                ours.0, ours.1, ours.2, our_cpu * 1e6 / f64::from(rounds) / clients as f64,
+                theirs.0, theirs.1, theirs.2, their_cpu * 1e6 / f64::from(rounds) / clients as f64);
+            ratios.push(ours.0 / theirs.0);
+            cpu_ratios.push(our_cpu / their_cpu);
+        }
+        ratios.sort_by(f64::total_cmp);
+        cpu_ratios.sort_by(f64::total_cmp);
+        println!("  ratio (garrison / tokio frames/s): median {:.2}x (runs {:.2}-{:.2}x); CPU per frame (whole process, clients included) median {:.2}x", ratios[RUNS / 2], ratios[0], ratios[RUNS - 1], cpu_ratios[RUNS / 2]);
         gateway.shutdown().await;
         tree.stop().await.unwrap();
 

@@ -1,5 +1,6 @@
 //! A coarse clock read without a syscall: one background thread stores the elapsed
-//! milliseconds in an atomic every millisecond; readers do one relaxed load.
+//! milliseconds in an atomic every millisecond; readers do one relaxed load. And the process's
+//! CPU clock, for reports and benchmarks.
 //!
 //! The source's cached clock cut system CPU from 19% to 2.3% by not asking the kernel for the
 //! time on every message. Garrison reads it for idle detection and checkpoint intervals.
@@ -51,4 +52,15 @@ fn clock() -> &'static Clock {
 pub fn now_millis() -> u64 {
     // Relaxed: a single monotonic counter; no other data is published through it.
     clock().millis.load(Ordering::Relaxed)
+}
+
+/// CPU seconds (user + system) this process has used so far, from `/proc/self/stat` (Linux).
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name may hold spaces; the fields after it are plain numbers.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |index: usize| fields.get(index)?.parse::<u64>().ok();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name and state; in
+    // clock ticks, which Linux fixes at 100 per second for user space.
+    Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
 }

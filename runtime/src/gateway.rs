@@ -199,7 +199,7 @@ pub(crate) struct Shared<P: Protocol> {
     pub(crate) router: Arc<Router<P>>,
     pub(crate) on_session: Arc<SessionHook>,
     pub(crate) on_session_closed: Arc<ClosedHook>,
-    pub(crate) counters: Counters,
+    pub(crate) counters: Arc<Counters>,
     pub(crate) connections: DashMap<u64, Arc<outbound::OutboundQueue>>,
     pub(crate) next_connection: AtomicU64,
     /// Set once: the acceptors stop.
@@ -313,7 +313,7 @@ impl<P: Protocol> GatewayBuilder<P> {
             router,
             on_session: self.on_session,
             on_session_closed: self.on_session_closed,
-            counters: Counters::default(),
+            counters: Arc::default(),
             connections: DashMap::new(),
             next_connection: AtomicU64::new(0),
             stop: tokio::sync::watch::channel(false).0,

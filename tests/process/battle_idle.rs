@@ -5,10 +5,11 @@
 use std::time::{Duration, Instant};
 
 use garrison_battle::{
-    bots::{BotOptions, play, process_cpu_seconds},
+    bots::{BotOptions, play},
     run::local_server,
     server::{BattleServer, Census},
 };
+use garrison_runtime::clock::process_cpu_seconds;
 
 use crate::Outcome;
 

@@ -13,21 +13,22 @@ use actix::{
     Actor, ActorContext, AsyncContext, Context, Handler, Message as ActixMessage, StreamHandler,
 };
 use actix_rt::Arbiter;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_util::{Sink, SinkExt, Stream, StreamExt, future};
 use garrison_protocol::{
     DecodeConfig, Error as ProtocolError, FIXED_HEADER_LEN, Frame, FrameCodec, Protocol,
     control::{Close, Hello, Refused, Welcome},
 };
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage, protocol::WebSocketConfig};
-use tokio_util::codec::{Decoder, FramedRead, FramedWrite};
+use tokio_util::codec::{Decoder, FramedRead};
 
 use super::{
     CloseCode, SessionStart, Shared,
     admission::{self, Admission, Spare},
     control_frame, known_kind,
     limits::TokenBucket,
-    outbound::{Next, OutboundQueue},
+    outbound::{DirectWrite, Next, OutboundQueue},
     ticket,
 };
 use crate::{
@@ -301,8 +302,15 @@ async fn serve<P: Protocol>(
             // A small first read buffer: it grows for large frames only (bounded by the limit).
             let reader = FramedRead::with_capacity(read, codec, 512)
                 .map(|item| item.unwrap_or(Inbound::Ended));
-            let writer = FramedWrite::new(write, FrameCodec::default());
-            start(shared, Box::pin(reader), writer, admission);
+            let socket = Arc::new(write);
+            let direct: Arc<dyn DirectWrite> = socket.clone();
+            start(
+                shared,
+                Box::pin(reader),
+                TcpWire(socket),
+                Some(direct),
+                admission,
+            );
         }
         Transport::WebSocket => {
             let mut ws_config = WebSocketConfig::default();
@@ -339,13 +347,73 @@ async fn serve<P: Protocol>(
                     Err(_) => Some(Inbound::Ended),
                 })
             });
-            let writer = sink.with(|frame: Frame| {
-                future::ready(Ok::<_, tungstenite::Error>(WsMessage::Binary(
-                    frame.wire().clone(),
-                )))
+            let writer = sink.with(|wire: Bytes| {
+                future::ready(Ok::<_, tungstenite::Error>(WsMessage::Binary(wire)))
             });
-            start(shared, Box::pin(reader), Box::pin(writer), admission);
+            start(
+                shared,
+                Box::pin(reader),
+                SinkWire(Box::pin(writer)),
+                None,
+                admission,
+            );
         }
+    }
+}
+
+/// How a connection's writer puts bytes on the wire.
+trait Wire {
+    /// Writes every buffer of `batch`, in order (and drains it).
+    fn write_all(&mut self, batch: &mut Vec<Bytes>) -> impl Future<Output = io::Result<()>>;
+    /// Ends the sending side: a TCP FIN, a WebSocket close frame.
+    fn finish(&mut self) -> impl Future<Output = io::Result<()>>;
+}
+
+/// TCP: vectored writes of the frames' own bytes (no copy into a write buffer), one syscall per
+/// batch when the socket takes it all.
+struct TcpWire(Arc<OwnedWriteHalf>);
+
+impl Wire for TcpWire {
+    async fn write_all(&mut self, batch: &mut Vec<Bytes>) -> io::Result<()> {
+        let mut slices: Vec<io::IoSlice<'_>> =
+            batch.iter().map(|wire| io::IoSlice::new(wire)).collect();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            self.0.writable().await?;
+            match self.0.try_write_vectored(rest) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => io::IoSlice::advance_slices(&mut rest, written),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(error) => return Err(error),
+            }
+        }
+        drop(slices);
+        batch.clear();
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> io::Result<()> {
+        socket2::SockRef::from(self.0.as_ref().as_ref()).shutdown(std::net::Shutdown::Write)
+    }
+}
+
+/// WebSocket: one binary message per frame through tungstenite's sink.
+struct SinkWire<S>(S);
+
+impl<S: Sink<Bytes> + Unpin> Wire for SinkWire<S> {
+    async fn write_all(&mut self, batch: &mut Vec<Bytes>) -> io::Result<()> {
+        let broken = |_| io::Error::from(io::ErrorKind::BrokenPipe);
+        for wire in batch.drain(..) {
+            self.0.feed(wire).await.map_err(broken)?;
+        }
+        self.0.flush().await.map_err(broken)
+    }
+
+    async fn finish(&mut self) -> io::Result<()> {
+        self.0
+            .close()
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))
     }
 }
 
@@ -353,12 +421,19 @@ fn start<P, W>(
     shared: Arc<Shared<P>>,
     reader: Pin<Box<dyn Stream<Item = Inbound>>>,
     writer: W,
+    direct: Option<Arc<dyn DirectWrite>>,
     admission: Option<Admission>,
 ) where
     P: Protocol,
-    W: Sink<Frame> + Unpin + 'static,
+    W: Wire + 'static,
 {
-    let queue = Arc::new(OutboundQueue::new(shared.config.outbound_capacity));
+    let queue = Arc::new(OutboundQueue::new(
+        shared.config.outbound_capacity,
+        shared.counters.clone(),
+    ));
+    if let Some(direct) = direct {
+        queue.write_directly_to(direct);
+    }
     let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
     shared.connections.insert(id, queue.clone());
     if admission.is_none() {
@@ -392,14 +467,16 @@ fn start<P, W>(
     });
     actix_rt::spawn(async move {
         let close_written = write_loop(writer, &queue, &shared).await;
+        // The socket goes when the reader is done too; no push may write to it meanwhile.
+        queue.end_direct();
         address.do_send(WriterDone { close_written });
     });
 }
 
 /// Drains the outbound queue into the socket; a write that stalls past the write timeout (or an
 /// urgent stop) ends the connection as a slow consumer. Returns whether it wrote a `Close`.
-async fn write_loop<P: Protocol, W: Sink<Frame> + Unpin>(
-    mut sink: W,
+async fn write_loop<P: Protocol, W: Wire>(
+    mut wire: W,
     queue: &OutboundQueue,
     shared: &Shared<P>,
 ) -> bool {
@@ -409,13 +486,8 @@ async fn write_loop<P: Protocol, W: Sink<Frame> + Unpin>(
         match queue.next(&mut batch).await {
             Next::Frames => {
                 let frames = batch.len() as u64;
-                let bytes: usize = batch.iter().map(|frame| frame.wire().len()).sum();
-                let write = async {
-                    for frame in batch.drain(..) {
-                        sink.feed(frame).await.map_err(drop)?;
-                    }
-                    sink.flush().await.map_err(drop)
-                };
+                let bytes: usize = batch.iter().map(Bytes::len).sum();
+                let write = async { wire.write_all(&mut batch).await.map_err(drop) };
                 let written = tokio::select! {
                     written = tokio::time::timeout(limit, write) => written,
                     () = queue.urgent() => {
@@ -459,10 +531,9 @@ async fn write_loop<P: Protocol, W: Sink<Frame> + Unpin>(
                 ) else {
                     return false;
                 };
-                // `close` ends the sink: a TCP write half shuts down (FIN), a WebSocket sends its
-                // close frame.
                 let sent = tokio::time::timeout(limit, async {
-                    sink.send(close).await.is_ok() && sink.close().await.is_ok()
+                    let mut last = vec![close.wire().clone()];
+                    wire.write_all(&mut last).await.is_ok() && wire.finish().await.is_ok()
                 })
                 .await;
                 return sent.unwrap_or(false);

@@ -732,17 +732,6 @@ impl Summary {
     }
 }
 
-/// CPU seconds (user + system) this process has used so far, from `/proc/self/stat` (Linux).
-pub fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // The command name may hold spaces; the fields after it are plain numbers.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks = |index: usize| fields.get(index)?.parse::<u64>().ok();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name and state; in
-    // clock ticks, which Linux fixes at 100 per second for user space.
-    Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,11 +13,11 @@ use std::{
 };
 
 use clap::Args;
-use garrison_runtime::gateway::GatewayConfig;
+use garrison_runtime::{clock::process_cpu_seconds, gateway::GatewayConfig};
 use tokio::sync::Notify;
 
 use crate::{
-    bots::{BotOptions, Summary, play, process_cpu_seconds},
+    bots::{BotOptions, Summary, play},
     server::{BattleServer, ServerConfig},
 };
 
