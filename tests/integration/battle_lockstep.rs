@@ -327,8 +327,9 @@ async fn a_rogue_client_in_a_room_is_thrown_out_and_the_room_plays_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_match_ends_with_its_result_verified_and_its_players_join_the_next() {
-    // Matches of 1.5 s; the bots play 5 s, so each plays three matches and joins a fourth.
-    let (server, address) = server(|config| config.match_frames = 90).await;
+    // Matches of 1 s; the bots play 5 s, so each plays several (at least two even when a busy
+    // machine slows the ticks to half speed) and joins the next.
+    let (server, address) = server(|config| config.match_frames = 60).await;
     let start = Instant::now();
     let deadline = start + Duration::from_secs(5);
     let bots = (1..=16)
@@ -336,13 +337,13 @@ async fn a_match_ends_with_its_result_verified_and_its_players_join_the_next() {
         .collect();
     let reports = finish(bots).await;
     let summary = Summary::new(&reports, None, None, start.elapsed().as_secs_f64());
-    let ended = server.stats.matches_ended.load(Ordering::Relaxed);
     // The last matches end too, with nobody left to play the next: every room is released.
     eventually("every room released", Duration::from_secs(10), || {
         let census = server.census();
         async move { census.rooms == 0 && census.tickers == 0 }
     })
     .await;
+    let ended = server.stats.matches_ended.load(Ordering::Relaxed);
     server.stop().await;
 
     assert_none_failed(&reports);
