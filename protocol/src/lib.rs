@@ -46,6 +46,28 @@
 //! # Ok::<(), garrison_protocol::Error>(())
 //! ```
 
+// The wire format is pinned in the workspace manifest: little-endian, 32-bit relative pointers,
+// unaligned. Cargo unifies rkyv's features across a build, so a crate that enabled another format
+// (`aligned`, `big_endian`, another pointer width) would silently change the bytes on the wire:
+// the build fails here instead.
+const _: () = {
+    assert!(
+        core::mem::align_of::<rkyv::Archived<u64>>() == 1,
+        "rkyv must be built with the `unaligned` format feature"
+    );
+    assert!(
+        core::mem::size_of::<rkyv::Archived<usize>>() == 4,
+        "rkyv must be built with 32-bit relative pointers (`pointer_width_32`)"
+    );
+    // SAFETY: an archived u16 is two bytes with no invalid values.
+    let bytes: [u8; 2] =
+        unsafe { core::mem::transmute(rkyv::Archived::<u16>::from_native(0x0102)) };
+    assert!(
+        bytes[0] == 0x02,
+        "rkyv must be built little-endian (no `big_endian` feature)"
+    );
+};
+
 mod archive;
 mod codec;
 pub mod control;
@@ -67,5 +89,8 @@ pub use kind::MessageKind;
 #[doc(hidden)]
 pub use message::__private;
 pub use message::{Message, Protocol, Validated};
+/// rkyv, with the format features this crate pins (little-endian, 32-bit relative pointers,
+/// unaligned): what a game's message types derive.
+pub use rkyv;
 pub use snapshot::{Snapshot, SnapshotRef, SnapshotWriter};
 pub use strict::{StrictArchiveValidator, StrictValidator};

@@ -5,17 +5,22 @@
 //! however many senders race); the entity runs as a supervised ractor actor, restarts from its
 //! last checkpoint after a crash with the messages queued behind the crashing one, passivates to
 //! a compact rkyv snapshot when idle, and handles each message in a span carrying the game
-//! attributes. [`Sessions`] bind a connected player to the entities it may address.
+//! attributes. A [`Session`] is a connected player's place in the server: bound to the entities
+//! it may address, the way its messages reach them and theirs reach the player; the
+//! [`gateway`] (feature `gateway`, on by default) serves sessions over TCP and WebSocket.
+//!
+//! A game imports [`prelude`] and nothing else (plus `rkyv = "0.8"` for the derives). Examples:
+//! `cargo run -p garrison-runtime --example hello_entity` (one kind), `two_kinds` (kinds that
+//! hold each other's handle), `gateway_echo` (a gateway and a client).
 //!
 //! ```
-//! use garrison_runtime::{Activation, Entities, Entity, EntityContext, EntityMessage, HandlerError, KindConfig};
-//! use garrison_supervisor::supervisor;
+//! use garrison_runtime::prelude::*;
 //!
 //! /// A player with an inventory.
 //! struct Player;
-//! #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Default)]
+//! #[derive(Archive, Serialize, Deserialize, Default)]
 //! struct Inventory { items: Vec<(u32, u16)> }
-//! impl garrison_protocol::Snapshot for Inventory { const SCHEMA: &'static str = "player.inventory"; const VERSION: u16 = 1; }
+//! impl Snapshot for Inventory { const SCHEMA: &'static str = "player.inventory"; const VERSION: u16 = 1; }
 //! enum PlayerMsg { Pick(u32), Count(tokio::sync::oneshot::Sender<usize>) }
 //! impl EntityMessage for PlayerMsg {
 //!     fn event_type(&self) -> &'static str { match self { PlayerMsg::Pick(_) => "pick", PlayerMsg::Count(_) => "count" } }
@@ -60,9 +65,11 @@ mod dead_letter;
 mod entity;
 mod envelope;
 mod error;
+#[cfg(feature = "gateway")]
 pub mod gateway;
 mod host;
 mod origin;
+pub mod prelude;
 mod quarantine;
 mod refusal;
 mod registry;
@@ -78,3 +85,10 @@ pub use quarantine::{QUARANTINE_CAPACITY, Quarantined};
 pub use refusal::{Refusal, Refused};
 pub use registry::{Entities, EntityRef};
 pub use session::{Session, Sessions};
+
+/// The wire protocol crate, whole (frames, codecs, control messages, snapshots).
+pub use garrison_protocol as protocol;
+/// rkyv, as Garrison's wire format pins it.
+pub use garrison_protocol::rkyv;
+/// The supervision crate, whole.
+pub use garrison_supervisor as supervision;

@@ -62,6 +62,7 @@ tokio::task_local! {
 }
 
 /// Runs `route` with `origin` as the origin of every message it sends.
+#[cfg(feature = "gateway")]
 pub(crate) fn with_origin<R>(origin: Origin, route: impl FnOnce() -> R) -> R {
     ORIGIN.sync_scope(origin, route)
 }

@@ -26,22 +26,14 @@ use std::{
 };
 
 use garrison_protocol::TraceContext;
-use opentelemetry::{
-    KeyValue,
-    trace::{
-        Link, SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState,
-        TracerProvider as _,
-    },
-};
-use opentelemetry_otlp::{SpanExporter, WithExportConfig};
-use opentelemetry_sdk::{
-    Resource,
-    trace::{Sampler, SamplingDecision, SamplingResult, SdkTracerProvider, ShouldSample},
-};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use tracing::{Dispatch, Subscriber};
 use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, registry::LookupSpan};
 
 use crate::Error;
+
+#[cfg(feature = "otlp")]
+mod export;
 
 /// How traces travel to the collector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,35 +89,41 @@ impl TelemetryConfig {
 }
 
 /// Keeps the exporter alive; shut it down to flush what is buffered.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct TelemetryGuard {
-    provider: Option<SdkTracerProvider>,
+    #[cfg(feature = "otlp")]
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
 }
 
 impl TelemetryGuard {
     /// Whether spans are being exported.
     pub fn exporting(&self) -> bool {
-        self.provider.is_some()
+        #[cfg(feature = "otlp")]
+        return self.provider.is_some();
+        #[cfg(not(feature = "otlp"))]
+        false
     }
 
     /// Exports what is buffered now (on a blocking thread of the current tokio runtime).
     pub async fn flush(&self) {
+        #[cfg(feature = "otlp")]
         if let Some(provider) = self.provider.clone() {
             let _ = tokio::task::spawn_blocking(move || provider.force_flush()).await;
         }
     }
 
     /// Flushes and stops the exporter, waiting at most `limit`.
-    pub async fn shutdown(mut self, limit: Duration) {
-        if let Some(provider) = self.provider.take() {
+    pub async fn shutdown(self, limit: Duration) {
+        #[cfg(feature = "otlp")]
+        if let Some(provider) = self.provider {
             let _ =
                 tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(limit)).await;
         }
+        #[cfg(not(feature = "otlp"))]
+        let _ = limit;
     }
 }
 
-/// An endpoint without a scheme would be taken as https by the exporter; a local collector is
-/// plain http. For OTLP/HTTP the traces path is appended when missing.
 /// The OpenTelemetry context of a client's span (a frame's W3C trace context), so a server
 /// span can become its child.
 pub(crate) fn remote_parent(trace: &TraceContext) -> opentelemetry::Context {
@@ -242,35 +240,6 @@ pub fn in_sampling<F: std::future::Future>(
     SAMPLING.scope(sampling, work)
 }
 
-/// The root sampler: roots Garrison's head sampling kept are kept; others go by the ratio.
-#[derive(Debug, Clone)]
-struct HeadSampled(Sampler);
-
-impl ShouldSample for HeadSampled {
-    fn should_sample(
-        &self,
-        parent_context: Option<&opentelemetry::Context>,
-        trace_id: TraceId,
-        name: &str,
-        span_kind: &SpanKind,
-        attributes: &[KeyValue],
-        links: &[Link],
-    ) -> SamplingResult {
-        if attributes
-            .iter()
-            .any(|attribute| attribute.key.as_str() == HEAD_SAMPLED)
-        {
-            return SamplingResult {
-                decision: SamplingDecision::RecordAndSample,
-                attributes: Vec::new(),
-                trace_state: TraceState::default(),
-            };
-        }
-        self.0
-            .should_sample(parent_context, trace_id, name, span_kind, attributes, links)
-    }
-}
-
 /// The W3C trace context of `span`, to put in a frame so the receiver's spans join its trace
 /// (a client tracing its inputs, a server tracing a push). `None` when the span is not
 /// recorded by an OpenTelemetry layer (no telemetry installed, or filtered out).
@@ -285,50 +254,10 @@ pub fn trace_context(span: &tracing::Span) -> Option<TraceContext> {
     })
 }
 
-fn normalize_endpoint(endpoint: &str, protocol: OtlpProtocol) -> String {
-    let mut endpoint = if endpoint.contains("://") {
-        endpoint.trim_end_matches('/').to_owned()
-    } else {
-        format!("http://{}", endpoint.trim_end_matches('/'))
-    };
-    if protocol == OtlpProtocol::HttpProtobuf && !endpoint.ends_with("/v1/traces") {
-        endpoint.push_str("/v1/traces");
-    }
-    endpoint
-}
-
 fn filter(directives: &str) -> Result<EnvFilter, Error> {
     EnvFilter::try_new(directives).map_err(|error| Error::Telemetry {
         reason: format!("filter {directives:?}: {error}"),
     })
-}
-
-fn provider(config: &TelemetryConfig, endpoint: &str) -> Result<SdkTracerProvider, Error> {
-    let endpoint = normalize_endpoint(endpoint, config.protocol);
-    let exporter = match config.protocol {
-        OtlpProtocol::Grpc => SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint)
-            .build(),
-        OtlpProtocol::HttpProtobuf => SpanExporter::builder()
-            .with_http()
-            .with_endpoint(endpoint)
-            .build(),
-    }
-    .map_err(|error| Error::Telemetry {
-        reason: error.to_string(),
-    })?;
-    Ok(SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        .with_sampler(Sampler::ParentBased(Box::new(HeadSampled(
-            Sampler::TraceIdRatioBased(config.sample_ratio.clamp(0.0, 1.0)),
-        ))))
-        .with_resource(
-            Resource::builder()
-                .with_service_name(config.service_name.clone())
-                .build(),
-        )
-        .build())
 }
 
 /// Builds the layers onto `base` without installing them anywhere.
@@ -346,28 +275,29 @@ where
             metadata.is_event()
         }));
     let Some(endpoint) = &config.endpoint else {
-        return Ok((
-            Dispatch::new(base.with(logs)),
-            TelemetryGuard { provider: None },
-        ));
+        return Ok((Dispatch::new(base.with(logs)), TelemetryGuard::default()));
     };
-    let provider = provider(config, endpoint)?;
-    HEAD_RATIO.store(
-        config.sample_ratio.clamp(0.0, 1.0).to_bits(),
-        Ordering::Relaxed,
-    );
-    let traces = tracing_opentelemetry::layer()
-        .with_tracer(provider.tracer("garrison"))
-        .with_tracked_inactivity(false)
-        .with_threads(false)
-        .with_location(false)
-        .with_filter(filter(&config.trace_filter)?);
-    Ok((
-        Dispatch::new(base.with(logs).with(traces)),
-        TelemetryGuard {
-            provider: Some(provider),
-        },
-    ))
+    #[cfg(feature = "otlp")]
+    {
+        let provider = export::provider(config, endpoint)?;
+        HEAD_RATIO.store(
+            config.sample_ratio.clamp(0.0, 1.0).to_bits(),
+            Ordering::Relaxed,
+        );
+        let traces = export::layer(config, &provider)?;
+        Ok((
+            Dispatch::new(base.with(logs).with(traces)),
+            TelemetryGuard {
+                provider: Some(provider),
+            },
+        ))
+    }
+    #[cfg(not(feature = "otlp"))]
+    Err(Error::Telemetry {
+        reason: format!(
+            "an OTLP endpoint ({endpoint}) is configured, but this build has no `otlp` feature"
+        ),
+    })
 }
 
 /// Builds the logging and tracing dispatcher without installing it (for tests, or to install it
@@ -395,38 +325,6 @@ pub fn install(config: &TelemetryConfig) -> Result<TelemetryGuard, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn endpoints_are_normalized() {
-        let check = |endpoint, protocol, expected| {
-            assert_eq!(normalize_endpoint(endpoint, protocol), expected)
-        };
-        check(
-            "127.0.0.1:4317",
-            OtlpProtocol::Grpc,
-            "http://127.0.0.1:4317",
-        );
-        check(
-            "http://127.0.0.1:4317/",
-            OtlpProtocol::Grpc,
-            "http://127.0.0.1:4317",
-        );
-        check(
-            "https://collector:4317",
-            OtlpProtocol::Grpc,
-            "https://collector:4317",
-        );
-        check(
-            "127.0.0.1:4318",
-            OtlpProtocol::HttpProtobuf,
-            "http://127.0.0.1:4318/v1/traces",
-        );
-        check(
-            "http://127.0.0.1:4318/v1/traces",
-            OtlpProtocol::HttpProtobuf,
-            "http://127.0.0.1:4318/v1/traces",
-        );
-    }
 
     #[test]
     fn without_an_exporter_spans_cost_nothing_and_events_still_log() {

@@ -1,0 +1,24 @@
+//! What a game imports: `use garrison_runtime::prelude::*;`.
+//!
+//! The actor-module API (entities, their context and messages, sessions), the supervision tree
+//! (`supervisor!` and its builder), the wire format (`messages!`, snapshots, frames) and rkyv's
+//! derives, pinned to the format Garrison speaks; with the `gateway` feature, the gateway.
+//!
+//! The derives generate paths to a crate named `rkyv`, so a game lists `rkyv = "0.8"` among its
+//! dependencies (Cargo unifies its features with Garrison's: little-endian, 32-bit pointers,
+//! unaligned; enable no other format feature).
+
+pub use garrison_protocol::{
+    Frame, FrameMeta, Message, Protocol, Snapshot, Validated, control::RefusalCode, messages,
+};
+pub use garrison_supervisor::{
+    ChildSpec, Overflow, Restart, Start, SupervisorBuilder, SupervisorRef, supervisor,
+};
+pub use rkyv::{Archive, Deserialize, Serialize};
+
+#[cfg(feature = "gateway")]
+pub use crate::gateway::{Gateway, GatewayBuilder, GatewayConfig, SessionStart};
+pub use crate::{
+    Activation, Checkpoint, Entities, Entity, EntityContext, EntityMessage, EntityRef,
+    HandlerError, KindConfig, Refusal, Refused, Session, SessionId, Sessions,
+};
