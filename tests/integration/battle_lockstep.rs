@@ -12,8 +12,9 @@ use std::{
 
 use futures_util::{SinkExt, StreamExt};
 use garrison_battle::{
-    bots::{BotOptions, BotReport, Summary, play},
+    bots::{BotError, BotOptions, BotReport, play},
     proto::{Join, PlayerInput, ServerMessage},
+    report::Summary,
     run::local_server,
     server::{BattleServer, ServerConfig},
 };
@@ -41,7 +42,7 @@ fn bot(
     player: u64,
     deadline: Instant,
     options: BotOptions,
-) -> tokio::task::JoinHandle<Result<BotReport, String>> {
+) -> tokio::task::JoinHandle<Result<BotReport, BotError>> {
     tokio::spawn(play(
         address,
         KEY.as_bytes().to_vec(),
@@ -52,8 +53,8 @@ fn bot(
 }
 
 async fn finish(
-    bots: Vec<tokio::task::JoinHandle<Result<BotReport, String>>>,
-) -> Vec<Result<BotReport, String>> {
+    bots: Vec<tokio::task::JoinHandle<Result<BotReport, BotError>>>,
+) -> Vec<Result<BotReport, BotError>> {
     let mut reports = Vec::new();
     for bot in bots {
         reports.push(bot.await.unwrap());
@@ -61,8 +62,8 @@ async fn finish(
     reports
 }
 
-fn assert_none_failed(reports: &[Result<BotReport, String>]) {
-    let failures: Vec<&String> = reports
+fn assert_none_failed(reports: &[Result<BotReport, BotError>]) {
+    let failures: Vec<&BotError> = reports
         .iter()
         .filter_map(|report| report.as_ref().err())
         .collect();
@@ -181,7 +182,7 @@ async fn reconnect_after_two_seconds(resend_limit: u32) -> (BotReport, Summary, 
     let summary = Summary::new(&reports, None, None, start.elapsed().as_secs_f64());
     server.stop().await;
     assert_none_failed(&reports);
-    let dropped = reports[2].clone().unwrap();
+    let dropped = reports[2].as_ref().unwrap().clone();
     (dropped, summary, resumes)
 }
 

@@ -44,7 +44,10 @@ pub fn abandoned_rooms_are_released_and_the_server_goes_idle() -> Outcome {
             })
             .collect();
         for bot in bots {
-            let report = bot.await.map_err(|error| error.to_string())??;
+            let report = bot
+                .await
+                .map_err(|error| error.to_string())?
+                .map_err(|error| error.to_string())?;
             if report.room == 0 || report.frames == 0 {
                 return Err(format!("a bot never played: {report:?}"));
             }

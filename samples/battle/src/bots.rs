@@ -6,7 +6,8 @@
 //! [`Resync`](crate::proto::Resync) before playing on.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
+    io,
     net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
@@ -23,8 +24,8 @@ use tokio_util::codec::Framed;
 use tracing::Instrument;
 
 use crate::{
-    lockstep::Mirror,
-    proto::{Join, PlayerInput, Resume, ServerMessage},
+    lockstep::{Mirror, MirrorError},
+    proto::{FrameUpdate, Join, PlayerInput, Resume, ServerMessage},
     sim::{Change, input},
 };
 
@@ -117,8 +118,45 @@ struct Playing {
     tick: Duration,
 }
 
-/// A held frame: inputs, replaced bits, delta, checksum.
-type Pending = (Vec<u8>, u64, Vec<Change>, Option<u64>);
+/// Why a bot stopped playing before its deadline.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BotError {
+    /// The connection could not be made, or broke.
+    #[error("connection: {0}")]
+    Io(#[from] io::Error),
+    /// A frame could not be encoded, decoded or validated.
+    #[error("protocol: {0}")]
+    Protocol(#[from] garrison_protocol::Error),
+    /// The server closed the connection with a `Close`.
+    #[error("closed by the server (code {code}): {reason}")]
+    Closed {
+        /// The close code.
+        code: u16,
+        /// What the server said.
+        reason: String,
+    },
+    /// The server ended the connection without a `Close`.
+    #[error("the server ended the connection")]
+    Ended,
+    /// A broadcast could not be applied to the bot's mirror.
+    #[error("the room's broadcast did not follow: {0:?}")]
+    Mirror(MirrorError),
+    /// Live frames piled up while the bot waited for its catch-up, which never came.
+    #[error("no catch-up came while resuming")]
+    NoCatchup,
+    /// The bot's own task failed (a bug in the bot).
+    #[error("the bot crashed: {0}")]
+    Crashed(String),
+}
+
+/// A live frame held while the bot waits for its catch-up.
+struct Pending {
+    inputs: Vec<u8>,
+    replaced: u64,
+    delta: Vec<Change>,
+    checksum: Option<u64>,
+}
 
 struct Bot {
     address: SocketAddr,
@@ -145,19 +183,14 @@ type Connection = Framed<TcpStream, FrameCodec>;
 
 impl Bot {
     /// Sends one frame, counting its bytes.
-    async fn send(&mut self, connection: &mut Connection, frame: Frame) -> Result<(), String> {
+    async fn send(&mut self, connection: &mut Connection, frame: Frame) -> Result<(), BotError> {
         self.report.bytes_out += frame.wire().len() as u64;
-        connection
-            .send(frame)
-            .await
-            .map_err(|error| error.to_string())
+        connection.send(frame).await.map_err(protocol_error)
     }
 
     /// Connects and says hello; then joins, or resumes the match it was in.
-    async fn connect(&mut self) -> Result<Connection, String> {
-        let stream = TcpStream::connect(self.address)
-            .await
-            .map_err(|error| error.to_string())?;
+    async fn connect(&mut self) -> Result<Connection, BotError> {
+        let stream = TcpStream::connect(self.address).await?;
         let _ = stream.set_nodelay(true);
         let mut connection = Framed::new(stream, FrameCodec::new(accept_all()));
         let ticket = ticket::mint(&self.key, self.player, ticket::unix_now() + 3600);
@@ -176,10 +209,8 @@ impl Bot {
         Ok(connection)
     }
 
-    fn encode<M: garrison_protocol::Message>(&mut self, message: &M) -> Result<Frame, String> {
-        self.codec
-            .encode_frame(message, FrameMeta::default())
-            .map_err(|error| error.to_string())
+    fn encode<M: garrison_protocol::Message>(&mut self, message: &M) -> Result<Frame, BotError> {
+        Ok(self.codec.encode_frame(message, FrameMeta::default())?)
     }
 
     /// Runs one frame on the mirror and checks this bot's input for it. `live`: it arrived
@@ -191,14 +222,14 @@ impl Bot {
         replaced: u64,
         delta: Option<&[Change]>,
         checksum: Option<u64>,
-    ) -> Result<(), String> {
+    ) -> Result<(), BotError> {
         let Some(playing) = &mut self.playing else {
             return Ok(());
         };
         playing
             .mirror
             .apply_checked(frame, inputs, delta, checksum)
-            .map_err(|error| format!("{error:?}"))?;
+            .map_err(BotError::Mirror)?;
         // Live broadcasts carry a delta; catch-up frames do not.
         let live = delta.is_some();
         self.report.frames += 1;
@@ -238,24 +269,33 @@ impl Bot {
     }
 
     /// Applies the held live frames that are now next in line.
-    fn drain(&mut self) -> Result<(), String> {
+    fn drain(&mut self) -> Result<(), BotError> {
         while let Some(playing) = &self.playing {
             let next = playing.mirror.world().frame;
-            let Some((inputs, replaced, delta, checksum)) = self.pending.remove(&next) else {
+            let Some(held) = self.pending.remove(&next) else {
                 break;
             };
-            self.apply(next, &inputs, replaced, Some(&delta), checksum)?;
+            self.apply(
+                next,
+                &held.inputs,
+                held.replaced,
+                Some(&held.delta),
+                held.checksum,
+            )?;
         }
         Ok(())
     }
 
     /// Handles one frame from the server. `Ok(false)`: nothing to answer.
-    fn receive(&mut self, frame: Frame) -> Result<bool, String> {
+    fn receive(&mut self, frame: Frame) -> Result<bool, BotError> {
         self.report.bytes_in += frame.wire().len() as u64;
         if Control::knows(frame.kind()) {
             match Control::validate(frame) {
                 Ok(Control::Close(close)) => {
-                    return Err(format!("closed by the server: {}", close.reason));
+                    return Err(BotError::Closed {
+                        code: close.code.to_native(),
+                        reason: close.reason.to_string(),
+                    });
                 }
                 // The matchmaker was too busy for the join: ask again.
                 Ok(Control::Refused(_)) if self.playing.is_none() => self.rejoin = true,
@@ -263,7 +303,7 @@ impl Bot {
             }
             return Ok(false);
         }
-        match ServerMessage::validate(frame).map_err(|error| error.to_string())? {
+        match ServerMessage::validate(frame)? {
             ServerMessage::MatchStart(start) => {
                 self.report.room = start.room.to_native();
                 self.playing = Some(Playing {
@@ -283,17 +323,26 @@ impl Bot {
                 let checksum = update.checksum.as_ref().map(|sum| sum.to_native());
                 let replaced = update.replaced.to_native();
                 let delta = rkyv::deserialize::<Vec<Change>, rkyv::rancor::Error>(&update.delta)
-                    .map_err(|error| error.to_string())?;
+                    .map_err(|reason| garrison_protocol::Error::InvalidArchive {
+                        kind: <FrameUpdate as garrison_protocol::Message>::KIND,
+                        message: "FrameUpdate",
+                        reason,
+                    })?;
                 if frame < next {
                     // Already simulated from a catch-up.
                     return Ok(false);
                 }
                 if frame > next && self.resuming {
                     if self.pending.len() >= MAX_PENDING {
-                        return Err("no catch-up came while resuming".into());
+                        return Err(BotError::NoCatchup);
                     }
-                    self.pending
-                        .insert(frame, (inputs, replaced, delta, checksum));
+                    let held = Pending {
+                        inputs,
+                        replaced,
+                        delta,
+                        checksum,
+                    };
+                    self.pending.insert(frame, held);
                     return Ok(false);
                 }
                 self.apply(frame, &inputs, replaced, Some(&delta), checksum)?;
@@ -346,8 +395,7 @@ impl Bot {
                     return Ok(false);
                 };
                 let snapshot = bytes::Bytes::copy_from_slice(&resync.snapshot);
-                let mut mirror =
-                    Mirror::from_snapshot(snapshot).map_err(|error| error.to_string())?;
+                let mut mirror = Mirror::from_snapshot(snapshot)?;
                 mirror.verified = playing.mirror.verified;
                 mirror.desyncs = playing.mirror.desyncs;
                 mirror.delta_mismatches = playing.mirror.delta_mismatches;
@@ -364,7 +412,7 @@ impl Bot {
     }
 
     /// Sends the input for the next frame due one, unless it was sent already.
-    async fn send_input(&mut self, connection: &mut Connection) -> Result<(), String> {
+    async fn send_input(&mut self, connection: &mut Connection) -> Result<(), BotError> {
         let Some(playing) = &self.playing else {
             return Ok(());
         };
@@ -396,16 +444,13 @@ impl Bot {
         } else {
             None
         };
-        let input = self
-            .codec
-            .encode_frame(
-                &PlayerInput {
-                    frame: stamp,
-                    buttons,
-                },
-                FrameMeta { seq: stamp, trace },
-            )
-            .map_err(|error| error.to_string())?;
+        let input = self.codec.encode_frame(
+            &PlayerInput {
+                frame: stamp,
+                buttons,
+            },
+            FrameMeta { seq: stamp, trace },
+        )?;
         self.sent.insert(stamp, (Instant::now(), buttons));
         self.report.inputs_sent += 1;
         if trace.is_some_and(|trace| trace.flags & 1 == 1) {
@@ -433,7 +478,7 @@ pub async fn play(
     player: u64,
     deadline: Instant,
     options: BotOptions,
-) -> Result<BotReport, String> {
+) -> Result<BotReport, BotError> {
     let order = options.drop.clone();
     let mut bot = Bot {
         address,
@@ -460,8 +505,8 @@ pub async fn play(
                 let frame = match next {
                     Err(_) => return Ok(bot.report),
                     Ok(Some(Ok(frame))) => frame,
-                    Ok(Some(Err(error))) => return Err(error.to_string()),
-                    Ok(None) => return Err("the server closed the connection".into()),
+                    Ok(Some(Err(error))) => return Err(protocol_error(error)),
+                    Ok(None) => return Err(BotError::Ended),
                 };
                 if bot.receive(frame)? {
                     bot.send_input(&mut connection).await?;
@@ -495,320 +540,10 @@ pub async fn play(
     }
 }
 
-/// The summary of a run.
-#[derive(Debug, Clone)]
-pub struct Summary {
-    /// Bots that played.
-    pub clients: usize,
-    /// Rooms they played in.
-    pub rooms: usize,
-    /// Frames executed (by the server when it runs in-process, else the bots' rooms).
-    pub frames: u64,
-    /// Input -> broadcast latency percentiles, milliseconds: from sending an input to receiving
-    /// the broadcast of the frame it was stamped for, minus the deliberate input delay. What is
-    /// left is the wait for the next tick (up to one frame) plus both transport legs and the
-    /// server's work; an idle network and server give about one frame.
-    pub p50_ms: f64,
-    /// 99th percentile.
-    pub p99_ms: f64,
-    /// 99.9th percentile.
-    pub p999_ms: f64,
-    /// Received kilobytes per second per client in a room.
-    pub kbps_in: f64,
-    /// Sent kilobytes per second per client in a room.
-    pub kbps_out: f64,
-    /// Most frames a client trailed its room at the end.
-    pub deviation_frames: u32,
-    /// Checksums that disagreed.
-    pub desyncs: u32,
-    /// Frames whose broadcast delta differed from the bots' local step.
-    pub delta_mismatches: u32,
-    /// Checksums that agreed.
-    pub verified: u32,
-    /// Bots that failed (connection or protocol errors).
-    pub failed: usize,
-    /// Bots never placed in a room (the last, partly filled one).
-    pub unmatched: usize,
-    /// Inputs that ran on time, as sent.
-    pub executed: u32,
-    /// Inputs the room ran with the previous input instead (late or lost).
-    pub replaced: u32,
-    /// On-time inputs that ran differently from what was sent.
-    pub mismatched: u32,
-    /// Bot reconnections (each resumed from the log or a snapshot).
-    pub reconnects: u32,
-    /// Of those, the ones resynchronized from a snapshot.
-    pub resyncs: u32,
-    /// Matches that ended while the bots played.
-    pub matches_ended: u32,
-    /// Match results the bots verified against their own mirrors.
-    pub results_verified: u32,
-    /// Match results that differed from the bots' mirrors.
-    pub result_mismatches: u32,
-    /// Room restarts after crashes (known only with an in-process server).
-    pub restarts: Option<u64>,
-    /// CPU seconds this process used during the run (server and bots when in-process; Linux).
-    pub cpu_seconds: Option<f64>,
-}
-
-impl Summary {
-    /// Summarizes bot reports from a run of `seconds`. `frames` and `restarts` come from an
-    /// in-process server; without one, frames are counted from the bots' rooms.
-    pub fn new(
-        reports: &[Result<BotReport, String>],
-        frames: Option<u64>,
-        restarts: Option<u64>,
-        seconds: f64,
-    ) -> Summary {
-        let ok: Vec<&BotReport> = reports
-            .iter()
-            .filter_map(|report| report.as_ref().ok())
-            .collect();
-        let matched: Vec<&BotReport> = ok
-            .iter()
-            .copied()
-            .filter(|report| report.room != 0)
-            .collect();
-        let mut latencies: Vec<Duration> = matched
-            .iter()
-            .flat_map(|report| report.latencies.iter().copied())
-            .collect();
-        latencies.sort();
-        let at = |fraction: f64| {
-            latencies
-                .get(((latencies.len().max(1) - 1) as f64 * fraction) as usize)
-                .map_or(0.0, |latency| latency.as_secs_f64() * 1000.0)
-        };
-        let mut rooms: HashMap<u64, u32> = HashMap::new();
-        for report in &matched {
-            let most = rooms.entry(report.room).or_default();
-            *most = (*most).max(report.next_frame);
-        }
-        let deviation = matched
-            .iter()
-            .map(|report| rooms[&report.room] - report.next_frame)
-            .max()
-            .unwrap_or(0);
-        // Per client means per client in a room: an unmatched bot receives nothing.
-        let clients = matched.len().max(1) as f64;
-        let sum = |field: fn(&BotReport) -> u32| matched.iter().map(|report| field(report)).sum();
-        Summary {
-            clients: ok.len(),
-            rooms: rooms.len(),
-            frames: frames.unwrap_or_else(|| rooms.values().map(|next| u64::from(*next)).sum()),
-            p50_ms: at(0.5),
-            p99_ms: at(0.99),
-            p999_ms: at(0.999),
-            kbps_in: matched.iter().map(|report| report.bytes_in).sum::<u64>() as f64
-                / 1024.0
-                / seconds
-                / clients,
-            kbps_out: matched.iter().map(|report| report.bytes_out).sum::<u64>() as f64
-                / 1024.0
-                / seconds
-                / clients,
-            deviation_frames: deviation,
-            desyncs: sum(|report| report.desyncs),
-            delta_mismatches: sum(|report| report.delta_mismatches),
-            verified: sum(|report| report.verified),
-            failed: reports.len() - ok.len(),
-            unmatched: ok.len() - matched.len(),
-            executed: sum(|report| report.executed),
-            replaced: sum(|report| report.replaced),
-            mismatched: sum(|report| report.mismatched),
-            reconnects: sum(|report| report.reconnects),
-            resyncs: sum(|report| report.resyncs),
-            // Every bot, matched now or not: a bot between matches has results too.
-            matches_ended: ok.iter().map(|report| report.matches_ended).sum(),
-            results_verified: ok.iter().map(|report| report.results_verified).sum(),
-            result_mismatches: ok.iter().map(|report| report.result_mismatches).sum(),
-            restarts,
-            cpu_seconds: None,
-        }
-    }
-
-    /// What went wrong in the run, if anything: no frame played, a desync, a frame delta or an
-    /// input that differed from the bots' own, or a bot that failed. Empty for a good run.
-    pub fn problems(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        if self.frames == 0 {
-            problems.push("no frame was played".to_owned());
-        }
-        for (count, what) in [
-            (self.desyncs, "desyncs"),
-            (
-                self.delta_mismatches,
-                "frame deltas differing from the bots' step",
-            ),
-            (
-                self.mismatched,
-                "inputs executed differently from what was sent",
-            ),
-            (
-                self.result_mismatches,
-                "match results differing from the bots' mirrors",
-            ),
-        ] {
-            if count > 0 {
-                problems.push(format!("{count} {what}"));
-            }
-        }
-        if self.failed > 0 {
-            problems.push(format!("{} bots failed", self.failed));
-        }
-        problems
-    }
-
-    /// The table.
-    pub fn table(&self) -> String {
-        let restarts = self
-            .restarts
-            .map_or_else(|| "unknown (remote server)".to_string(), |n| n.to_string());
-        format!(
-            "clients {}  rooms {}  frames {}  (unmatched {}, failed {})\n\
-             input->broadcast latency beyond the input delay  p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms\n\
-             per client  in {:.2} KB/s  out {:.2} KB/s\n\
-             inputs executed as sent {}  replaced (late) {}  mismatched {}\n\
-             frame deviation {}  desyncs {}  (checksums verified {}, frame deltas differing {})\n\
-             reconnects {} (resynced from a snapshot {})  room restarts {}  process CPU {}\n\
-             matches ended {} (results verified {}, differing {})",
-            self.clients,
-            self.rooms,
-            self.frames,
-            self.unmatched,
-            self.failed,
-            self.p50_ms,
-            self.p99_ms,
-            self.p999_ms,
-            self.kbps_in,
-            self.kbps_out,
-            self.executed,
-            self.replaced,
-            self.mismatched,
-            self.deviation_frames,
-            self.desyncs,
-            self.verified,
-            self.delta_mismatches,
-            self.reconnects,
-            self.resyncs,
-            restarts,
-            self.cpu_seconds
-                .map_or_else(|| "unknown".to_string(), |cpu| format!("{cpu:.1} s")),
-            self.matches_ended,
-            self.results_verified,
-            self.result_mismatches,
-        )
-    }
-
-    /// The same as one JSON object.
-    pub fn json(&self) -> String {
-        serde_json::json!({
-            "clients": self.clients,
-            "rooms": self.rooms,
-            "frames": self.frames,
-            "p50_ms": self.p50_ms,
-            "p99_ms": self.p99_ms,
-            "p999_ms": self.p999_ms,
-            "kbps_in": self.kbps_in,
-            "kbps_out": self.kbps_out,
-            "deviation_frames": self.deviation_frames,
-            "desyncs": self.desyncs,
-            "delta_mismatches": self.delta_mismatches,
-            "verified": self.verified,
-            "failed": self.failed,
-            "unmatched": self.unmatched,
-            "executed": self.executed,
-            "replaced": self.replaced,
-            "mismatched": self.mismatched,
-            "reconnects": self.reconnects,
-            "resyncs": self.resyncs,
-            "restarts": self.restarts,
-            "cpu_seconds": self.cpu_seconds,
-            "matches_ended": self.matches_ended,
-            "results_verified": self.results_verified,
-            "result_mismatches": self.result_mismatches,
-        })
-        .to_string()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn report(room: u64, next_frame: u32, latency_ms: u64) -> BotReport {
-        BotReport {
-            latencies: vec![Duration::from_millis(latency_ms)],
-            frames: next_frame,
-            next_frame,
-            room,
-            verified: 2,
-            bytes_in: 10_240,
-            bytes_out: 1_024,
-            executed: 1,
-            reconnects: 1,
-            ..BotReport::default()
-        }
-    }
-
-    #[test]
-    fn the_summary_counts_rooms_deviation_and_per_client_bandwidth_and_prints_every_key() {
-        let reports = vec![
-            Ok(report(1, 100, 10)),
-            Ok(report(1, 97, 20)),
-            Ok(report(2, 100, 30)),
-            // Never placed in a room: not a client of any room's bandwidth or deviation.
-            Ok(BotReport::default()),
-            Err("connection refused".to_owned()),
-        ];
-        let summary = Summary::new(&reports, Some(300), Some(2), 1.0);
-        assert_eq!(
-            (
-                summary.clients,
-                summary.rooms,
-                summary.unmatched,
-                summary.failed
-            ),
-            (4, 2, 1, 1)
-        );
-        assert_eq!(
-            summary.deviation_frames, 3,
-            "the second bot trails room 1 by 3"
-        );
-        assert_eq!(summary.kbps_in, 10.0, "10 KiB per matched bot per second");
-        assert_eq!(summary.kbps_out, 1.0);
-        assert_eq!(summary.p50_ms, 20.0);
-        assert_eq!((summary.reconnects, summary.verified), (3, 6));
-        let json: serde_json::Value = serde_json::from_str(&summary.json()).unwrap();
-        for key in [
-            "clients",
-            "rooms",
-            "frames",
-            "p50_ms",
-            "p99_ms",
-            "p999_ms",
-            "kbps_in",
-            "kbps_out",
-            "deviation_frames",
-            "desyncs",
-            "reconnects",
-            "restarts",
-        ] {
-            assert!(json.get(key).is_some(), "{key} in {json}");
-        }
-        assert_eq!(json["restarts"], 2);
-        assert_eq!(json["frames"], 300);
-        assert_eq!(summary.problems(), ["1 bots failed"]);
-        let good = Summary::new(&reports[..3], Some(300), None, 1.0);
-        assert!(good.problems().is_empty(), "{:?}", good.problems());
-        let idle = Summary::new(&[], Some(0), None, 1.0);
-        assert_eq!(idle.problems(), ["no frame was played"]);
-        // Without an in-process server, frames come from the rooms and restarts are unknown.
-        let remote = Summary::new(&reports, None, None, 1.0);
-        assert_eq!(remote.frames, 200);
-        assert!(
-            serde_json::from_str::<serde_json::Value>(&remote.json()).unwrap()["restarts"]
-                .is_null()
-        );
+/// A codec error as the bot's: an I/O failure stays one.
+fn protocol_error(error: garrison_protocol::Error) -> BotError {
+    match error {
+        garrison_protocol::Error::Io(error) => BotError::Io(error),
+        other => BotError::Protocol(other),
     }
 }

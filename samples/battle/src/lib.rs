@@ -27,6 +27,7 @@ pub mod matchmaker;
 pub mod player;
 pub mod plot;
 pub mod proto;
+pub mod report;
 pub mod room;
 pub mod run;
 pub mod server;

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use crate::bots::Summary;
+use crate::report::Summary;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 

@@ -17,7 +17,8 @@ use garrison_runtime::{clock::process_cpu_seconds, gateway::GatewayConfig};
 use tokio::sync::Notify;
 
 use crate::{
-    bots::{BotOptions, Summary, play},
+    bots::{BotError, BotOptions, play},
+    report::Summary,
     server::{BattleServer, ServerConfig},
 };
 
@@ -223,7 +224,10 @@ pub async fn run_once(args: &BotArgs, clients: u64, progress: bool) -> Result<Su
 
     let mut reports = Vec::with_capacity(bots.len());
     for bot in bots {
-        reports.push(bot.await.unwrap_or_else(|error| Err(error.to_string())));
+        reports.push(
+            bot.await
+                .unwrap_or_else(|error| Err(BotError::Crashed(error.to_string()))),
+        );
     }
     let seconds = start.elapsed().as_secs_f64();
     let cpu_seconds = process_cpu_seconds()
@@ -341,7 +345,7 @@ pub fn sweep_table(points: &[(u64, Summary)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bots::BotReport;
+    use crate::bots::{BotError, BotReport};
 
     #[test]
     fn the_sweep_table_puts_the_sources_rows_beside_ours() {
@@ -355,7 +359,8 @@ mod tests {
         let points: Vec<(u64, Summary)> = [10, 1_000]
             .into_iter()
             .map(|clients| {
-                let reports = vec![Ok(report.clone()); clients as usize];
+                let reports: Vec<Result<BotReport, BotError>> =
+                    (0..clients).map(|_| Ok(report.clone())).collect();
                 (clients, Summary::new(&reports, None, None, 1.0))
             })
             .collect();
