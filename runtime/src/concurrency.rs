@@ -8,9 +8,10 @@
 //!   arbiter: its actor (reading, handshake, limits, routing) and its writer task. actix types
 //!   never leave `gateway`.
 //! - **They meet** through runtime-agnostic, non-blocking calls only: a connection delivers a
-//!   message with `Entities::send_as` (a push into a bounded mailbox), and entities reach a
-//!   connection with `Sessions::push` (a push into its bounded outbound queue, which wakes its
-//!   writer through a `tokio::sync::Notify`). Nothing awaits across the boundary.
+//!   message with `Session::send` (a push into a bounded mailbox), and entities reach a
+//!   connection with `Session::push` (a push into its bounded outbound queue: written to the
+//!   socket at once when the queue is idle, else picked up by its writer, woken through a
+//!   `tokio::sync::Notify`). Nothing awaits across the boundary.
 //! - **Telemetry's exporter** is built and flushed on the tokio runtime, never on an arbiter.
 
 /// The tokio runtime the caller is on, if any.
