@@ -1,6 +1,7 @@
 //! Gateway benchmarks, each beside a plain tokio TCP server written here as the baseline, in one
-//! run: echo round trips with 1,000 clients (gateway -> entity -> gateway), and memory per idle
-//! connection at 10,000 and 50,000 connections.
+//! run: echo round trips with 1,000 clients (gateway -> entity -> gateway, and the gateway alone
+//! to show the entity hop's share), and memory per idle connection at 10,000 and 50,000
+//! connections.
 //!
 //! Run with: `cargo bench -p garrison-runtime --bench gateway`
 //! (`-- --quick` for 200 clients and 2,000 connections).
@@ -69,7 +70,18 @@ impl Entity for Echo {
     }
 }
 
-async fn garrison_server() -> (Gateway<TestMessage>, garrison_supervisor::SupervisorRef) {
+/// Where the Garrison server's router sends an input.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// To the player's entity, which echoes it: the path a game's input takes.
+    Entity,
+    /// Straight back from the router: the gateway alone, to show what the entity hop costs.
+    Gateway,
+}
+
+async fn garrison_server(
+    route: Route,
+) -> (Gateway<TestMessage>, garrison_supervisor::SupervisorRef) {
     let sessions = Arc::new(Sessions::new());
     let echoes = Entities::new(
         Echo {
@@ -94,10 +106,16 @@ async fn garrison_server() -> (Gateway<TestMessage>, garrison_supervisor::Superv
     config.byte_burst = u32::MAX;
     config.handshake_timeout = Duration::from_secs(120);
     config.idle_timeout = Duration::from_secs(600);
-    let gateway = GatewayBuilder::<TestMessage>::new(config, sessions, |session, message| {
-        session
-            .send::<Echo>(message)
-            .map_err(|refused| refused.reason)
+    let gateway = GatewayBuilder::<TestMessage>::new(config, sessions, move |session, message| {
+        match route {
+            Route::Entity => session
+                .send::<Echo>(message)
+                .map_err(|refused| refused.reason),
+            // The router answers itself: the gateway's own cost, without the entity hop.
+            Route::Gateway => session
+                .push(garrison_protocol::Protocol::frame(&message).clone())
+                .map_err(|refused| refused.reason),
+        }
     })
     .on_session(move |start| {
         start.session.bind(&echoes, start.session.player());
@@ -169,32 +187,58 @@ async fn client(
             .unwrap();
         framed.next().await.unwrap().unwrap(); // Welcome
     }
+    let mut codec = FrameCodec::default();
+    // One untimed round trip first: it activates the player's entity (the runtime bench
+    // measures activation), so the timed rounds are the steady state on both servers.
+    round_trip(&mut framed, &mut codec, player, 0).await;
     start.wait().await;
     let mut latencies = Vec::with_capacity(rounds as usize);
-    let mut codec = FrameCodec::default();
-    for seq in 0..rounds {
-        let frame = codec
-            .encode_frame(
-                &Input {
-                    entity: player,
-                    x: 1,
-                    y: 2,
-                    seq,
-                    tick: 0,
-                },
-                FrameMeta { seq, trace: None },
-            )
-            .unwrap();
+    for seq in 1..=rounds {
         let start = Instant::now();
-        framed.send(frame).await.unwrap();
-        let echo = framed.next().await.unwrap().unwrap();
-        assert_eq!(echo.header().seq, seq);
+        round_trip(&mut framed, &mut codec, player, seq).await;
         latencies.push(start.elapsed());
     }
     latencies
 }
 
+/// Sends one input and waits for its echo.
+async fn round_trip(
+    framed: &mut Framed<TcpStream, FrameCodec>,
+    codec: &mut FrameCodec,
+    player: u64,
+    seq: u32,
+) {
+    let frame = codec
+        .encode_frame(
+            &Input {
+                entity: player,
+                x: 1,
+                y: 2,
+                seq,
+                tick: 0,
+            },
+            FrameMeta { seq, trace: None },
+        )
+        .unwrap();
+    framed.send(frame).await.unwrap();
+    let echo = framed.next().await.unwrap().unwrap();
+    assert_eq!(echo.header().seq, seq);
+}
+
+/// The clients' own runtime: two threads apart from the server's, as clients in another process
+/// would be. Sharing the server's workers would let the baseline's server tasks and the clients
+/// wake each other without crossing a thread, which no deployed server enjoys.
+fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bench-client")
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 async fn echo_run(
+    clients_on: &tokio::runtime::Handle,
     address: SocketAddr,
     handshake: bool,
     clients: u64,
@@ -203,7 +247,7 @@ async fn echo_run(
     let barrier = Arc::new(tokio::sync::Barrier::new(clients as usize + 1));
     let tasks: Vec<_> = (0..clients)
         .map(|player| {
-            tokio::spawn(client(
+            clients_on.spawn(client(
                 address,
                 player + 1,
                 handshake,
@@ -315,21 +359,28 @@ async fn idle_memory(
 }
 
 fn echo_only(server: &str) {
+    let clients = client_runtime();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
-        let (address, handshake) = if server == "garrison" {
-            let (gateway, _tree) = garrison_server().await;
-            let address = gateway.tcp_addr().unwrap();
-            std::mem::forget(gateway);
-            (address, true)
-        } else {
-            (tokio_server().await.0, false)
+        let route = match server {
+            "garrison" => Some(Route::Entity),
+            "gateway" => Some(Route::Gateway),
+            _ => None,
         };
-        let (rate, p50, p99) = echo_run(address, handshake, 200, 100).await;
+        let (address, handshake) = match route {
+            Some(route) => {
+                let (gateway, _tree) = garrison_server(route).await;
+                let address = gateway.tcp_addr().unwrap();
+                std::mem::forget(gateway);
+                (address, true)
+            }
+            None => (tokio_server().await.0, false),
+        };
+        let (rate, p50, p99) = echo_run(clients.handle(), address, handshake, 1_000, 40).await;
         println!("{server}: {rate:.0} frames/s p50 {p50:?} p99 {p99:?}");
     });
 }
@@ -346,10 +397,13 @@ fn main() {
     }
     let quick = args.iter().any(|arg| arg == "--quick");
     if let Some(position) = args.iter().position(|arg| arg == "--echo-only") {
-        // One server's echo run alone (for profiling one side): `garrison` or `tokio`.
+        // One server's echo run alone, 1,000 clients x 40 round trips (for profiling one side):
+        // `garrison`, `gateway` (the router echoes) or `tokio`.
         return echo_only(&args[position + 1]);
     }
     let fd_limit = raise_fd_limit();
+    let clients_runtime = client_runtime();
+    let clients_on = clients_runtime.handle();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -357,37 +411,47 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         let (clients, rounds) = if quick { (200, 20) } else { (1_000, 20) };
-        let (gateway, tree) = garrison_server().await;
+        let (gateway, tree) = garrison_server(Route::Entity).await;
+        let (gateway_only, gateway_only_tree) = garrison_server(Route::Gateway).await;
         let (baseline_address, _) = tokio_server().await;
-        // Alternating runs, so both see the same machine; the median of the per-run ratios is
+        // Alternating runs, so all see the same machine; the median of the per-run ratios is
         // the figure (one run on this shared machine can be off by a third either way).
         let mut ratios = Vec::new();
+        let mut gateway_ratios = Vec::new();
         let mut cpu_ratios = Vec::new();
-        println!("echo round trip, {clients} clients x {rounds} sequential round trips (gateway -> entity -> gateway), {RUNS} alternating runs:");
+        let per_frame = |cpu: f64| cpu * 1e6 / f64::from(rounds) / clients as f64;
+        println!("echo round trip, {clients} clients x {rounds} sequential round trips after one untimed warm-up each; clients on their own 2-thread runtime; {RUNS} alternating runs:");
+        println!("  garrison: gateway -> entity -> gateway; gateway only: the router echoes (no entity); tokio: a plain tokio server");
         for run in 0..RUNS {
             let cpu = cpu_seconds();
-            let ours = echo_run(gateway.tcp_addr().unwrap(), true, clients, rounds).await;
+            let ours = echo_run(clients_on, gateway.tcp_addr().unwrap(), true, clients, rounds).await;
             let our_cpu = cpu_seconds() - cpu;
+            let alone = echo_run(clients_on, gateway_only.tcp_addr().unwrap(), true, clients, rounds).await;
             let cpu = cpu_seconds();
-            let theirs = echo_run(baseline_address, false, clients, rounds).await;
+            let theirs = echo_run(clients_on, baseline_address, false, clients, rounds).await;
             let their_cpu = cpu_seconds() - cpu;
-            println!("  run {run}: garrison {:>7.0} frames/s  p50 {:>7.1?}  p99 {:>7.1?}  {:.1} us CPU/frame | tokio {:>7.0} frames/s  p50 {:>7.1?}  p99 {:>7.1?}  {:.1} us CPU/frame",
-                ours.0, ours.1, ours.2, our_cpu * 1e6 / f64::from(rounds) / clients as f64,
-                theirs.0, theirs.1, theirs.2, their_cpu * 1e6 / f64::from(rounds) / clients as f64);
+            println!("  run {run}: garrison {:>6.0} frames/s p50 {:>6.1?} p99 {:>6.1?} {:>4.1} us CPU/frame | gateway only {:>6.0} frames/s | tokio {:>6.0} frames/s p50 {:>6.1?} p99 {:>6.1?} {:>4.1} us CPU/frame",
+                ours.0, ours.1, ours.2, per_frame(our_cpu), alone.0,
+                theirs.0, theirs.1, theirs.2, per_frame(their_cpu));
             ratios.push(ours.0 / theirs.0);
+            gateway_ratios.push(alone.0 / theirs.0);
             cpu_ratios.push(our_cpu / their_cpu);
         }
-        ratios.sort_by(f64::total_cmp);
-        cpu_ratios.sort_by(f64::total_cmp);
+        for list in [&mut ratios, &mut gateway_ratios, &mut cpu_ratios] {
+            list.sort_by(f64::total_cmp);
+        }
         println!("  ratio (garrison / tokio frames/s): median {:.2}x (runs {:.2}-{:.2}x); CPU per frame (whole process, clients included) median {:.2}x", ratios[RUNS / 2], ratios[0], ratios[RUNS - 1], cpu_ratios[RUNS / 2]);
-        gateway.shutdown().await;
-        tree.stop().await.unwrap();
+        println!("  ratio (gateway only / tokio frames/s): median {:.2}x (runs {:.2}-{:.2}x)", gateway_ratios[RUNS / 2], gateway_ratios[0], gateway_ratios[RUNS - 1]);
+        for (gateway, tree) in [(gateway, tree), (gateway_only, gateway_only_tree)] {
+            gateway.shutdown().await;
+            tree.stop().await.unwrap();
+        }
 
         let mut counts = if quick { vec![2_000] } else { vec![10_000, 50_000] };
         counts.retain(|count| count + 200 < fd_limit);
         println!("memory per idle connection (server RSS growth; clients in a child process; fd limit {fd_limit}):");
         for count in counts {
-            let (gateway, tree) = garrison_server().await;
+            let (gateway, tree) = garrison_server(Route::Entity).await;
             let address = gateway.tcp_addr().unwrap();
             let gateway = Arc::new(gateway);
             let watched = gateway.clone();

@@ -327,7 +327,8 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
             tracing::Span::none()
         };
 
-        if !span.is_disabled() {
+        let traced = !span.is_disabled();
+        if traced {
             context.set_trace_parent(&span);
         }
         let mut entity_context = EntityContext::<E> {
@@ -372,7 +373,8 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
             // recorded for the supervisor's restart span, which takes it.
             Err(panic) => std::panic::resume_unwind(panic),
             Ok(Err(error)) => return Err(error),
-            Ok(Ok(())) => context.clear_trace_parent(),
+            Ok(Ok(())) if traced => context.clear_trace_parent(),
+            Ok(Ok(())) => {}
         }
 
         if activity {
