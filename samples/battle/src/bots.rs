@@ -33,7 +33,7 @@ use crate::{
 #[derive(Debug, Default, Clone)]
 pub struct BotReport {
     /// Input -> broadcast latencies of this bot's inputs that ran on time, not counting the
-    /// input delay (see [`Summary::p50_ms`]).
+    /// input delay (see [`crate::report::Summary::p50_ms`]).
     pub latencies: Vec<Duration>,
     /// Frames simulated.
     pub frames: u32,
