@@ -88,6 +88,9 @@ pub struct BotOptions {
     /// Each input is sent inside a `battle.bot.input` span whose W3C trace context rides in
     /// the frame, so the server's spans join the bot's trace (when telemetry is installed).
     pub trace: bool,
+    /// Leaves after this many matches have ended for it, before its deadline if it gets there
+    /// first (none: plays on until the deadline).
+    pub matches: Option<u32>,
 }
 
 impl Default for BotOptions {
@@ -96,6 +99,7 @@ impl Default for BotOptions {
             input_every: 1,
             drop: None,
             trace: false,
+            matches: None,
         }
     }
 }
@@ -468,7 +472,8 @@ async fn dropped(order: Option<&Arc<Notify>>) {
     }
 }
 
-/// Plays as `player` against the server at `address` until `deadline`.
+/// Plays as `player` against the server at `address` until `deadline` (or until its
+/// [`BotOptions::matches`] have ended).
 ///
 /// # Errors
 /// When the connection or the handshake fails, or the server closes the connection.
@@ -510,6 +515,9 @@ pub async fn play(
                 };
                 if bot.receive(frame)? {
                     bot.send_input(&mut connection).await?;
+                }
+                if bot.options.matches.is_some_and(|matches| bot.report.matches_ended >= matches) {
+                    return Ok(bot.report);
                 }
                 if std::mem::take(&mut bot.join_again) {
                     let join = bot.encode(&Join { mode: 0 })?;

@@ -157,6 +157,7 @@ pub async fn run_once(args: &BotArgs, clients: u64, progress: bool) -> Result<Su
                 input_every,
                 drop: (args.drop_percent > 0).then(|| (order.clone(), away)),
                 trace: args.trace_inputs,
+                matches: None,
             };
             tokio::spawn(play(
                 address,
