@@ -205,6 +205,7 @@ fn stream_buffers() -> (Bytes, Bytes, usize) {
                 FrameMeta {
                     seq: frames as u32,
                     trace: None,
+                    reply: false,
                 },
                 &mut ours,
             )
@@ -301,6 +302,7 @@ fn encode_small(c: &mut Criterion) {
                     FrameMeta {
                         seq: 1,
                         trace: None,
+                        reply: false,
                     },
                     &mut buffer,
                 )

@@ -17,6 +17,29 @@ pub struct FrameMeta {
     pub seq: u32,
     /// The trace context to carry, if any.
     pub trace: Option<TraceContext>,
+    /// Whether the frame answers the request whose `seq` it carries (sets
+    /// [`FLAG_REPLY`](crate::frame::FLAG_REPLY)).
+    pub reply: bool,
+}
+
+impl FrameMeta {
+    /// A push (no reply) stamped `seq`, without a trace context.
+    pub fn seq(seq: u32) -> Self {
+        FrameMeta {
+            seq,
+            trace: None,
+            reply: false,
+        }
+    }
+
+    /// The reply to the request numbered `seq`.
+    pub fn reply_to(seq: u32) -> Self {
+        FrameMeta {
+            seq,
+            trace: None,
+            reply: true,
+        }
+    }
 }
 
 /// A message with its header fields, ready for [`FrameCodec`]'s encoder.
@@ -68,6 +91,7 @@ impl FrameCodec {
             kind: M::KIND,
             seq: meta.seq,
             trace: meta.trace,
+            reply: meta.reply,
         };
         let prefix_at = header.write_with_placeholder(dst);
         if let Err(error) = write_archive(message, dst, &mut self.arena, M::NAME) {
@@ -109,6 +133,7 @@ impl FrameCodec {
             kind: M::KIND,
             seq: meta.seq,
             trace: meta.trace,
+            reply: meta.reply,
         };
         let payload_offset = header.encoded_len();
         Ok(Frame::from_parts(header, wire.freeze(), payload_offset))

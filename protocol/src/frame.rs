@@ -17,8 +17,11 @@ pub const FIXED_HEADER_LEN: usize = 12;
 pub const TRACE_CONTEXT_LEN: usize = 25;
 /// Flag bit: a trace context follows the fixed header.
 pub const FLAG_TRACE_CONTEXT: u8 = 0b0000_0001;
+/// Flag bit: the frame answers the request whose `seq` it carries (a server's reply, or a
+/// `Refused` of that request). A frame without it is a push, whatever its `seq`.
+pub const FLAG_REPLY: u8 = 0b0000_0010;
 /// Flag bits this version defines; a frame with any other bit set is refused.
-pub const KNOWN_FLAGS: u8 = FLAG_TRACE_CONTEXT;
+pub const KNOWN_FLAGS: u8 = FLAG_TRACE_CONTEXT | FLAG_REPLY;
 /// Default maximum frame size, length prefix included.
 pub const DEFAULT_MAX_FRAME_LEN: usize = 64 * 1024;
 
@@ -69,6 +72,8 @@ pub struct FrameHeader {
     pub seq: u32,
     /// The sender's trace context, when it sent one.
     pub trace: Option<TraceContext>,
+    /// Whether the frame answers the request with this `seq` ([`FLAG_REPLY`]).
+    pub reply: bool,
 }
 
 impl FrameHeader {
@@ -91,8 +96,11 @@ impl FrameHeader {
         header[4] = PROTOCOL_VERSION;
         header[6..8].copy_from_slice(&self.kind.0.to_le_bytes());
         header[8..12].copy_from_slice(&self.seq.to_le_bytes());
+        if self.reply {
+            header[5] = FLAG_REPLY;
+        }
         if let Some(trace) = &self.trace {
-            header[5] = FLAG_TRACE_CONTEXT;
+            header[5] |= FLAG_TRACE_CONTEXT;
             header[12..28].copy_from_slice(&trace.trace_id);
             header[28..36].copy_from_slice(&trace.span_id);
             header[36] = trace.flags;
@@ -216,7 +224,12 @@ pub(crate) fn scan(buf: &[u8], config: &DecodeConfig) -> Result<Scan, Error> {
         });
     }
     Ok(Scan::Complete {
-        header: FrameHeader { kind, seq, trace },
+        header: FrameHeader {
+            kind,
+            seq,
+            trace,
+            reply: flags & FLAG_REPLY != 0,
+        },
         total,
         payload_offset: header_len,
     })
@@ -231,15 +244,18 @@ pub(crate) fn scan(buf: &[u8], config: &DecodeConfig) -> Result<Scan, Error> {
 pub struct Frame {
     header: FrameHeader,
     wire: Bytes,
-    payload_offset: usize,
+    /// At most `FIXED_HEADER_LEN + TRACE_CONTEXT_LEN` (37): a `u8` keeps a frame at 72 bytes,
+    /// small enough to hand back by value in a refusal.
+    payload_offset: u8,
 }
 
 impl Frame {
     pub(crate) fn from_parts(header: FrameHeader, wire: Bytes, payload_offset: usize) -> Self {
+        debug_assert!(payload_offset <= FIXED_HEADER_LEN + TRACE_CONTEXT_LEN);
         Frame {
             header,
             wire,
-            payload_offset,
+            payload_offset: payload_offset as u8,
         }
     }
 
@@ -291,7 +307,7 @@ impl Frame {
     /// The payload: the rkyv archive, not yet validated.
     #[inline]
     pub fn payload(&self) -> &[u8] {
-        &self.wire[self.payload_offset..]
+        &self.wire[usize::from(self.payload_offset)..]
     }
 
     /// The whole frame as it was on the wire, length prefix included. Forwarding a frame writes

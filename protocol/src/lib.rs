@@ -31,8 +31,8 @@
 //! // The client side encodes into a reused buffer...
 //! let mut codec = FrameCodec::new(DecodeConfig::for_protocol::<ClientMessage>());
 //! let mut wire = BytesMut::new();
-//! codec.encode_message(&Move { entity: 7, dx: -1, dy: 2 }, FrameMeta { seq: 1, trace: None }, &mut wire)?;
-//! codec.encode_message(&Chat { text: "gg".into() }, FrameMeta { seq: 2, trace: None }, &mut wire)?;
+//! codec.encode_message(&Move { entity: 7, dx: -1, dy: 2 }, FrameMeta { seq: 1, trace: None , reply: false}, &mut wire)?;
+//! codec.encode_message(&Chat { text: "gg".into() }, FrameMeta { seq: 2, trace: None , reply: false}, &mut wire)?;
 //!
 //! // ...the server decodes frames, validates each once, and reads it in place.
 //! let mut seen = Vec::new();
@@ -82,8 +82,8 @@ pub use archive::{PayloadWriter, RkyvError, WireSerializer};
 pub use codec::{FrameCodec, FrameMeta, Outbound, encode_frame};
 pub use error::Error;
 pub use frame::{
-    DEFAULT_MAX_FRAME_LEN, DecodeConfig, FIXED_HEADER_LEN, FLAG_TRACE_CONTEXT, Frame, FrameHeader,
-    KNOWN_FLAGS, LENGTH_PREFIX_LEN, PROTOCOL_VERSION, TRACE_CONTEXT_LEN, TraceContext,
+    DEFAULT_MAX_FRAME_LEN, DecodeConfig, FIXED_HEADER_LEN, FLAG_REPLY, FLAG_TRACE_CONTEXT, Frame,
+    FrameHeader, KNOWN_FLAGS, LENGTH_PREFIX_LEN, PROTOCOL_VERSION, TRACE_CONTEXT_LEN, TraceContext,
 };
 pub use kind::MessageKind;
 #[doc(hidden)]

@@ -217,7 +217,11 @@ async fn round_trip(
                 seq,
                 tick: 0,
             },
-            FrameMeta { seq, trace: None },
+            FrameMeta {
+                seq,
+                trace: None,
+                reply: false,
+            },
         )
         .unwrap();
     framed.send(frame).await.unwrap();

@@ -121,6 +121,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 FrameMeta {
                     seq: seq as u32,
                     trace: None,
+                    reply: false,
                 },
             )?)
             .await?;

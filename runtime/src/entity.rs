@@ -6,7 +6,11 @@ use garrison_protocol::{RkyvError, Snapshot, TraceContext};
 use garrison_supervisor::{HandlerError, Overflow};
 use rkyv::{Deserialize, de::Pool, rancor::Strategy};
 
-use crate::origin::SessionId;
+use crate::{
+    Refusal,
+    origin::{Origin, SessionId},
+    timer::{Timer, TimerError, TimerId, Timers},
+};
 
 /// A state that can be checkpointed and restored: an rkyv [`Snapshot`] that deserializes.
 /// Implemented for every such type.
@@ -43,6 +47,18 @@ pub trait EntityMessage: Send + 'static {
     /// should not keep an idle entity alive return false.
     fn counts_as_activity(&self) -> bool {
         true
+    }
+
+    /// The message that tells an entity a session bound to it connected, disconnected, resumed
+    /// or closed ([`SessionEvent`](crate::SessionEvent)); `None` (the default) when the kind
+    /// does not want to know. A room returns `Some(RoomMsg::Session(session, event))` to learn
+    /// who left.
+    fn session_event(session: SessionId, event: crate::SessionEvent) -> Option<Self>
+    where
+        Self: Sized,
+    {
+        let _ = (session, event);
+        None
     }
 }
 
@@ -189,6 +205,9 @@ pub struct KindConfig {
     pub restart_period: Duration,
     /// Most entities of this kind active at once; activation beyond it is refused.
     pub max_active: usize,
+    /// Most timers one entity may have armed at once ([`EntityContext::send_after`],
+    /// [`EntityContext::every`]); arming one more is refused with [`TimerError::TooMany`].
+    pub max_timers: usize,
 }
 
 impl Default for KindConfig {
@@ -202,6 +221,7 @@ impl Default for KindConfig {
             max_restarts: 3,
             restart_period: Duration::from_secs(5),
             max_active: 1_000_000,
+            max_timers: 16,
         }
     }
 }
@@ -214,6 +234,9 @@ pub struct EntityContext<'a, E: Entity> {
     pub(crate) checkpoint_requested: bool,
     pub(crate) passivate_requested: bool,
     pub(crate) stop_requested: bool,
+    /// The client frame that caused this message, if one did.
+    pub(crate) origin: Option<&'a Origin>,
+    pub(crate) timers: &'a mut Timers<E>,
 }
 
 impl<E: Entity> EntityContext<'_, E> {
@@ -240,6 +263,85 @@ impl<E: Entity> EntityContext<'_, E> {
     /// Passivates the entity after this message, if no other message is waiting.
     pub fn passivate(&mut self) {
         self.passivate_requested = true;
+    }
+
+    /// Answers the client request that caused this message: `message` goes to the connection
+    /// that sent the frame, with the frame's `seq` and the reply flag, so the client matches it
+    /// to its request (the protocol's "Requests and replies"). The request may have come
+    /// through other entities first (a player forwarding to its room): the origin travels with
+    /// every message sent while handling it.
+    ///
+    /// # Errors
+    /// [`Refusal::NoRequest`] when no client frame caused this message (a timer, another
+    /// entity's own message); [`Refusal::OutboundFull`] when the message cannot be encoded (a
+    /// warning names it) or the connection's queue refuses it (it is closing, or full and now
+    /// closing as a slow consumer).
+    pub fn reply<M: garrison_protocol::Message>(&mut self, message: &M) -> Result<(), Refusal> {
+        let Some(origin) = self.origin else {
+            return Err(Refusal::NoRequest { kind: E::KIND });
+        };
+        let full = Refusal::OutboundFull {
+            session: origin.session,
+        };
+        let meta = garrison_protocol::FrameMeta::reply_to(origin.seq);
+        let frame = garrison_protocol::encode_frame(message, meta).map_err(|error| {
+            tracing::warn!(message = M::NAME, %error, "cannot encode a reply");
+            full.clone()
+        })?;
+        origin.connection.push(frame).map_err(|_| full)
+    }
+
+    /// Whether this message was caused by a client frame that [`EntityContext::reply`] can
+    /// answer.
+    pub fn is_request(&self) -> bool {
+        self.origin.is_some()
+    }
+
+    /// Delivers `message` to this entity once, `delay` from now (a turn clock, a respawn).
+    /// The timer belongs to this incarnation: a crash, a passivation or a stop cancels it.
+    /// Handling it does not count as activity for passivation.
+    ///
+    /// # Errors
+    /// [`TimerError::TooMany`] beyond [`KindConfig::max_timers`].
+    pub fn send_after(
+        &mut self,
+        delay: Duration,
+        message: E::Message,
+    ) -> Result<TimerId, TimerError> {
+        self.timer(Timer::after(delay, message))
+    }
+
+    /// Delivers `make()` to this entity every `period` (a room's tick), until cancelled or the
+    /// incarnation ends; [`Timer::surviving_restart`] through [`EntityContext::timer`] keeps
+    /// it across a crash. Ticks do not count as activity for passivation.
+    ///
+    /// # Errors
+    /// [`TimerError::TooMany`] beyond [`KindConfig::max_timers`]; [`TimerError::ZeroPeriod`].
+    pub fn every(
+        &mut self,
+        period: Duration,
+        make: impl Fn() -> E::Message + Send + Sync + 'static,
+    ) -> Result<TimerId, TimerError> {
+        self.timer(Timer::every(period, make))
+    }
+
+    /// Arms `timer` (see the `timer` rules in `docs/runtime-semantics.md`).
+    ///
+    /// # Errors
+    /// As [`EntityContext::every`].
+    pub fn timer(&mut self, timer: Timer<E::Message>) -> Result<TimerId, TimerError> {
+        self.timers.arm(self.key, timer)
+    }
+
+    /// Cancels timer `id`; returns whether it was armed. A tick it already queued is dropped,
+    /// not delivered.
+    pub fn cancel_timer(&mut self, id: TimerId) -> bool {
+        self.timers.cancel(id)
+    }
+
+    /// Timers this entity has armed now.
+    pub fn timers(&self) -> usize {
+        self.timers.len()
     }
 
     /// Ends the entity for good once its mailbox is empty (after this message, or after the

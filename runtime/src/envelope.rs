@@ -27,6 +27,11 @@ pub(crate) enum Envelope<E: Entity> {
     },
     /// The sweeper found the entity idle.
     Passivate,
+    /// Timer `id` of the incarnation with timer generation `generation` is due.
+    Tick {
+        generation: u64,
+        id: crate::timer::TimerId,
+    },
 }
 
 impl<E: Entity> Envelope<E> {
@@ -34,14 +39,15 @@ impl<E: Entity> Envelope<E> {
     pub(crate) fn into_message(self) -> E::Message {
         match self {
             Envelope::Message { message, .. } => message,
-            Envelope::Passivate => {
-                unreachable!("a refused passivation request is never handed back to a sender")
+            Envelope::Passivate | Envelope::Tick { .. } => {
+                unreachable!("a refused passivation or tick is never handed back to a sender")
             }
         }
     }
 
-    /// The dead letter of this envelope's message (a passivation request is no message), its
-    /// sender told when a client frame caused it.
+    /// The dead letter of this envelope's message (a passivation request or a timer's tick is
+    /// no accepted message: its timer ended with the incarnation), its sender told when a client
+    /// frame caused it.
     pub(crate) fn dead_letter(self, key: String, reason: String) -> Option<DeadLetter> {
         let Envelope::Message {
             message,
@@ -77,10 +83,7 @@ pub(crate) fn refuse(origin: &Origin, kind: &'static str) {
             "the {kind} entity failed to handle this message; it was dead-lettered, not retried"
         ),
     };
-    let meta = FrameMeta {
-        seq: origin.seq,
-        trace: None,
-    };
+    let meta = FrameMeta::reply_to(origin.seq);
     if let Ok(frame) = garrison_protocol::encode_frame(&refused, meta) {
         // A full or closed connection is the connection's own business.
         let _ = origin.connection.push(frame);

@@ -428,7 +428,7 @@ impl<P: Protocol> Gateway<P> {
 /// Encodes a control message as a frame (for connections and tests).
 pub(crate) fn control_frame<M: garrison_protocol::Message>(
     message: &M,
-    seq: u32,
+    meta: FrameMeta,
 ) -> Option<garrison_protocol::Frame> {
-    garrison_protocol::encode_frame(message, FrameMeta { seq, trace: None }).ok()
+    garrison_protocol::encode_frame(message, meta).ok()
 }

@@ -25,6 +25,7 @@ use crate::{
     origin::SessionId,
     quarantine::{Quarantine, Quarantined},
     telemetry::Sampling,
+    timer::{TimerShared, TimerSink, Timers},
 };
 
 /// What the first incarnation of an activation recovers from.
@@ -54,6 +55,8 @@ pub(crate) trait KindHost<E: Entity>: Send + Sync + 'static {
     fn config(&self) -> &KindConfig;
     fn dead_letters(&self) -> &DeadLetters;
     fn quarantine(&self) -> &Quarantine;
+    /// Where this kind's timer tasks report.
+    fn timer_sink(&self) -> TimerSink;
     /// Replaces the key's entry with `snapshot` if the activation behind `mine` still owns it
     /// and no message waits in its mailbox; returns whether it did.
     fn passivate(&self, key: &E::Key, mine: &ChildRef<Envelope<E>>, snapshot: Bytes) -> bool;
@@ -65,6 +68,8 @@ pub(crate) struct EntityWorker<E: Entity, K: KindHost<E>> {
     pub(crate) kind: Arc<K>,
     pub(crate) key: E::Key,
     pub(crate) cell: Arc<EntityCell>,
+    /// Shared by the activation's incarnations: timer ids, and the timers kept across a crash.
+    pub(crate) timers: Arc<TimerShared<E>>,
 }
 
 impl<E: Entity, K: KindHost<E>> Clone for EntityWorker<E, K> {
@@ -73,12 +78,15 @@ impl<E: Entity, K: KindHost<E>> Clone for EntityWorker<E, K> {
             kind: self.kind.clone(),
             key: self.key.clone(),
             cell: self.cell.clone(),
+            timers: self.timers.clone(),
         }
     }
 }
 
 pub(crate) struct Running<E: Entity> {
     state: E::State,
+    /// This incarnation's timers; dropping them (the incarnation ends) cancels them.
+    timers: Timers<E>,
     since_checkpoint: u32,
     last_checkpoint_ms: u64,
     /// The entity asked to stop; it does once its mailbox is empty.
@@ -275,8 +283,18 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
                 return Err(self.abandon(format!("activate panicked: {}", panic_text(&*panic))));
             }
         };
+        let mut timers = Timers::new(
+            self.timers.clone(),
+            context.handle(),
+            self.kind.timer_sink(),
+            self.kind.config().max_timers,
+        );
+        if recovery == Recovery::Crash {
+            timers.rearm_kept(&self.key);
+        }
         Ok(Running {
             state,
+            timers,
             since_checkpoint: 0,
             last_checkpoint_ms: clock::now_millis(),
             stopping: false,
@@ -289,14 +307,19 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
         envelope: Envelope<E>,
         running: &mut Running<E>,
     ) -> Result<(), HandlerError> {
-        let (message, parent, session, sampling, origin) = match envelope {
+        let (message, parent, session, sampling, origin, ticked) = match envelope {
             Envelope::Message {
                 message,
                 parent,
                 session,
                 sampling,
                 origin,
-            } => (message, parent, session, sampling, origin),
+            } => (message, parent, session, sampling, origin, false),
+            Envelope::Tick { generation, id } => match running.timers.fire(generation, id) {
+                Some(message) => (message, tracing::Span::none(), None, None, None, true),
+                // An earlier incarnation's tick, or a cancelled timer's.
+                None => return Ok(()),
+            },
             Envelope::Passivate if running.stopping => {
                 self.end(context);
                 return Ok(());
@@ -318,7 +341,8 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
         };
         let event_type = message.event_type();
         let trace = message.trace_context();
-        let activity = message.counts_as_activity();
+        // A timer's message never keeps its entity from passivating.
+        let activity = !ticked && message.counts_as_activity();
         // Head sampling, decided once (see `Sampling::decide`), before any span exists.
         let sampling = Sampling::decide(sampling, !parent.is_none(), trace.as_ref());
         let span = if sampling.is_kept() {
@@ -338,15 +362,20 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
             checkpoint_requested: false,
             passivate_requested: false,
             stop_requested: false,
+            origin: origin.as_ref(),
+            timers: &mut running.timers,
         };
         let Some(module) = self.kind.module() else {
             return Err("the kind is not served".into());
         };
-        let handled = AssertUnwindSafe(crate::telemetry::in_sampling(
-            sampling,
-            module
-                .handle(&mut entity_context, message, &mut running.state)
-                .instrument(span),
+        let handled = AssertUnwindSafe(crate::origin::scoped(
+            origin.clone(),
+            crate::telemetry::in_sampling(
+                sampling,
+                module
+                    .handle(&mut entity_context, message, &mut running.state)
+                    .instrument(span),
+            ),
         ))
         .catch_unwind()
         .await;
@@ -382,14 +411,19 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
                 .last_active
                 .store(clock::now_millis(), Ordering::Relaxed);
         }
+        let (checkpoint_requested, stop_requested, passivate_requested) = (
+            entity_context.checkpoint_requested,
+            entity_context.stop_requested,
+            entity_context.passivate_requested,
+        );
         running.since_checkpoint = running.since_checkpoint.saturating_add(1);
-        if entity_context.checkpoint_requested || self.checkpoint_due(running) {
+        if checkpoint_requested || self.checkpoint_due(running) {
             self.checkpoint(running)?;
         }
-        running.stopping |= entity_context.stop_requested;
+        running.stopping |= stop_requested;
         if running.stopping {
             self.end(context);
-        } else if entity_context.passivate_requested {
+        } else if passivate_requested {
             self.passivate(context, running)?;
         }
         Ok(())

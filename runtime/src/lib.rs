@@ -59,6 +59,7 @@
 //! ```
 
 mod bounded;
+mod call;
 pub mod clock;
 pub mod concurrency;
 mod dead_letter;
@@ -67,6 +68,7 @@ mod envelope;
 mod error;
 #[cfg(feature = "gateway")]
 pub mod gateway;
+mod group;
 mod host;
 mod origin;
 pub mod prelude;
@@ -75,16 +77,20 @@ mod refusal;
 mod registry;
 mod session;
 pub mod telemetry;
+mod timer;
 
+pub use call::{CallError, Reply};
 pub use dead_letter::{DEAD_LETTER_CAPACITY, DeadLetter, DeadLetters};
 pub use entity::{Activation, Checkpoint, Entity, EntityContext, EntityMessage, KindConfig, State};
 pub use error::Error;
 pub use garrison_supervisor::HandlerError;
+pub use group::Group;
 pub use origin::{Outbound, SessionId};
 pub use quarantine::{QUARANTINE_CAPACITY, Quarantined};
 pub use refusal::{Refusal, Refused};
 pub use registry::{Entities, EntityRef};
-pub use session::{Session, Sessions};
+pub use session::{Session, SessionEvent, Sessions};
+pub use timer::{Timer, TimerError, TimerId};
 
 /// The wire protocol crate, whole (frames, codecs, control messages, snapshots).
 pub use garrison_protocol as protocol;

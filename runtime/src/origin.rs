@@ -54,11 +54,22 @@ impl Outbound for tokio::sync::mpsc::Sender<Frame> {
 pub(crate) struct Origin {
     pub(crate) connection: Arc<dyn Outbound>,
     pub(crate) seq: u32,
+    /// The session the frame came in.
+    pub(crate) session: SessionId,
 }
 
 tokio::task_local! {
     /// The origin of the frame being routed, for the sends the router makes.
     static ORIGIN: Origin;
+}
+
+/// Runs `handle` with `origin` as the origin of every message it sends: an entity forwarding a
+/// client's request (a player to its room) passes it on, so the room can answer it.
+pub(crate) async fn scoped<F: std::future::Future>(origin: Option<Origin>, handle: F) -> F::Output {
+    match origin {
+        Some(origin) => ORIGIN.scope(origin, handle).await,
+        None => handle.await,
+    }
 }
 
 /// Runs `route` with `origin` as the origin of every message it sends.

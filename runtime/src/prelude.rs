@@ -19,6 +19,7 @@ pub use rkyv::{Archive, Deserialize, Serialize};
 #[cfg(feature = "gateway")]
 pub use crate::gateway::{Gateway, GatewayBuilder, GatewayConfig, SessionStart};
 pub use crate::{
-    Activation, Checkpoint, Entities, Entity, EntityContext, EntityMessage, EntityRef,
-    HandlerError, KindConfig, Refusal, Refused, Session, SessionId, Sessions,
+    Activation, CallError, Checkpoint, Entities, Entity, EntityContext, EntityMessage, EntityRef,
+    Group, HandlerError, KindConfig, Refusal, Refused, Reply, Session, SessionEvent, SessionId,
+    Sessions, Timer, TimerError, TimerId,
 };

@@ -52,6 +52,12 @@ pub enum Refusal {
         /// The kind.
         kind: &'static str,
     },
+    /// [`EntityContext::reply`](crate::EntityContext::reply) was called while handling a
+    /// message no client frame caused: there is no request to answer.
+    NoRequest {
+        /// The entity kind.
+        kind: &'static str,
+    },
 }
 
 impl Refusal {
@@ -65,6 +71,7 @@ impl Refusal {
             Refusal::KindNotRunning { .. } | Refusal::KindNotServed { .. } => {
                 RefusalCode::Unavailable
             }
+            Refusal::NoRequest { .. } => RefusalCode::Failed,
         }
     }
 }
@@ -104,6 +111,11 @@ impl fmt::Display for Refusal {
                 f,
                 "entity kind {kind} was declared but is not served: call `serve(module)` on its \
                  registry before sending"
+            ),
+            Refusal::NoRequest { kind } => write!(
+                f,
+                "the {kind} entity replied while handling a message that no client frame caused: \
+                 there is no request to answer (push with Sessions::send_message instead)"
             ),
         }
     }

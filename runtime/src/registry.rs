@@ -61,6 +61,8 @@ struct Inner<E: Entity> {
     sweeper: OnceLock<()>,
     /// The runtime entities run on (see `concurrency`): activations start there whoever sends.
     runtime: Option<tokio::runtime::Handle>,
+    /// Timer ticks skipped because a mailbox was full (see `timer`).
+    timer_ticks_skipped: Arc<AtomicU64>,
 }
 
 /// All entities of kind `E`: the registry, and the handle to send them messages.
@@ -128,6 +130,7 @@ impl<E: Entity> Entities<E> {
                 activations: AtomicU64::new(0),
                 sweeper: OnceLock::new(),
                 runtime: crate::concurrency::current(),
+                timer_ticks_skipped: Arc::new(AtomicU64::new(0)),
             }),
         })
     }
@@ -173,6 +176,30 @@ impl<E: Entity> Entities<E> {
     /// is not running or not served ([`Refusal::KindNotRunning`], [`Refusal::KindNotServed`]).
     pub fn send(&self, key: &E::Key, message: E::Message) -> Result<(), Refused<E::Message>> {
         self.deliver(key, message, None)
+    }
+
+    /// Sends entity `key` the request `request(reply)` and waits for its answer, at most
+    /// `timeout`: `players.call(&7, PlayerMsg::Count, Duration::from_secs(1)).await?`, the
+    /// message's variant holding the [`Reply`](crate::Reply) its handler answers.
+    ///
+    /// # Errors
+    /// [`CallError::Refused`] when the request is not accepted (as [`Entities::send`]),
+    /// [`CallError::NoReply`] when the entity drops it unanswered (it crashed on it: the request
+    /// is then among the dead letters), [`CallError::Timeout`].
+    ///
+    /// [`CallError::Refused`]: crate::CallError::Refused
+    /// [`CallError::NoReply`]: crate::CallError::NoReply
+    /// [`CallError::Timeout`]: crate::CallError::Timeout
+    pub async fn call<R>(
+        &self,
+        key: &E::Key,
+        request: impl FnOnce(crate::Reply<R>) -> E::Message,
+        timeout: Duration,
+    ) -> Result<R, crate::CallError> {
+        let (reply, receiver) = crate::Reply::channel();
+        self.send(key, request(reply))
+            .map_err(|refused| crate::CallError::Refused(refused.reason))?;
+        crate::call::wait(E::KIND, receiver, timeout).await
     }
 
     /// Sends `message` to entity `key` on behalf of session `session` without checking a binding:
@@ -306,9 +333,16 @@ impl<E: Entity> Entities<E> {
         self.replace(entry, key, recovered, recovery, envelope)
     }
 
-    /// Dead-letters the message a `DropOldest` mailbox evicted to make room.
+    /// Dead-letters the message a `DropOldest` mailbox evicted to make room (an evicted timer
+    /// tick is counted as skipped).
     fn evicted(&self, key: &E::Key, sent: Sent<Envelope<E>>) {
         if let Sent::Evicted(envelope) = sent {
+            if matches!(envelope, Envelope::Tick { .. }) {
+                self.inner
+                    .timer_ticks_skipped
+                    .fetch_add(1, Ordering::Relaxed);
+                return;
+            }
             if let Some(letter) = envelope.dead_letter(
                 key.to_string(),
                 "evicted: the mailbox was full and its kind's overflow policy is DropOldest"
@@ -356,6 +390,7 @@ impl<E: Entity> Entities<E> {
             kind: self.inner.clone(),
             key: key.clone(),
             cell: cell.clone(),
+            timers: Arc::default(),
         };
         let start = Start::worker_with_mailbox(
             move || worker.clone(),
@@ -508,6 +543,12 @@ impl<E: Entity> Entities<E> {
         self.inner.quarantine.dropped()
     }
 
+    /// Timer ticks of this kind's entities that were skipped because the entity's mailbox was
+    /// full (or evicted from a `DropOldest` mailbox); see `docs/runtime-semantics.md`, "Timers".
+    pub fn timer_ticks_skipped(&self) -> u64 {
+        self.inner.timer_ticks_skipped.load(Ordering::Relaxed)
+    }
+
     /// Messages waiting in entity `key`'s mailbox (0 when it is not active).
     pub fn mailbox_depth(&self, key: &E::Key) -> usize {
         self.inner.map.get(key).map_or(0, |slot| match &*slot {
@@ -532,6 +573,13 @@ impl<E: Entity> KindHost<E> for Inner<E> {
 
     fn quarantine(&self) -> &Quarantine {
         &self.quarantine
+    }
+
+    fn timer_sink(&self) -> crate::timer::TimerSink {
+        crate::timer::TimerSink {
+            dead_letters: self.dead_letters.clone(),
+            skipped: self.timer_ticks_skipped.clone(),
+        }
     }
 
     fn passivate(&self, key: &E::Key, mine: &ChildRef<Envelope<E>>, snapshot: Bytes) -> bool {
@@ -621,5 +669,17 @@ impl<E: Entity> EntityRef<E> {
     /// As [`Entities::send`].
     pub fn send(&self, message: E::Message) -> Result<(), Refused<E::Message>> {
         self.entities.send(&self.key, message)
+    }
+
+    /// Sends a request and waits for its answer (see [`Entities::call`]).
+    ///
+    /// # Errors
+    /// As [`Entities::call`].
+    pub async fn call<R>(
+        &self,
+        request: impl FnOnce(crate::Reply<R>) -> E::Message,
+        timeout: Duration,
+    ) -> Result<R, crate::CallError> {
+        self.entities.call(&self.key, request, timeout).await
     }
 }

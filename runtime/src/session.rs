@@ -11,6 +11,7 @@ use std::{
     any::{Any, TypeId},
     fmt,
     sync::{Arc, RwLock},
+    time::Duration,
 };
 
 use dashmap::DashMap;
@@ -20,7 +21,7 @@ use garrison_protocol::{
 };
 
 use crate::{
-    Entities, Entity,
+    Entities, Entity, EntityMessage,
     origin::{Outbound, SessionId},
     refusal::{Refusal, Refused},
 };
@@ -31,6 +32,58 @@ struct Binding {
     kind: TypeId,
     target: Box<dyn Any + Send + Sync>,
     value: Option<Box<dyn Any + Send + Sync>>,
+    /// Tells the bound entity of a lifecycle event (`notify::<E>`).
+    notify: fn(&(dyn Any + Send + Sync), SessionId, SessionEvent),
+}
+
+/// What happened to a session, told to every entity it is bound to, as the message its kind's
+/// [`EntityMessage::session_event`] makes of it (a kind that makes none is not told).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SessionEvent {
+    /// Its first connection was attached.
+    Connected,
+    /// Its connection went away; the session waits `grace` for the player to come back (with
+    /// the same ticket) before it closes.
+    Disconnected {
+        /// The reconnect grace window.
+        grace: Duration,
+    },
+    /// A new connection took over: a reconnect within the grace window, or a second login that
+    /// replaced the first.
+    Resumed,
+    /// The session closed for good (the grace window ran out, or the server closed it); its
+    /// bindings are released right after this event.
+    Closed,
+}
+
+/// Tells the entity behind `target` (a `Target<E>`) of `event`, if its kind makes a message of
+/// it. Sent as the session's, without waiting; a refused event is logged.
+fn notify<E: Entity>(target: &(dyn Any + Send + Sync), session: SessionId, event: SessionEvent) {
+    let Some(target) = target.downcast_ref::<Target<E>>() else {
+        return;
+    };
+    let Some(message) = E::Message::session_event(session, event) else {
+        return;
+    };
+    if let Err(refused) = target.entities.send_for(session, &target.key, message) {
+        tracing::warn!(
+            game.session.id = session.0,
+            game.entity.kind = E::KIND,
+            game.entity.key = %target.key,
+            ?event,
+            reason = %refused.reason,
+            "a session event could not reach its entity"
+        );
+    }
+}
+
+impl SessionState {
+    fn notify(&self, session: SessionId, event: SessionEvent) {
+        for binding in &self.bindings {
+            (binding.notify)(&*binding.target, session, event);
+        }
+    }
 }
 
 /// Where a binding sends: the kind's registry and the entity's key.
@@ -142,6 +195,7 @@ impl Session {
                 key,
             }),
             value,
+            notify: notify::<E>,
         };
         let mut state = self.write();
         state.bindings.retain(|bound| bound.kind != binding.kind);
@@ -283,7 +337,7 @@ impl Session {
     /// [`Refusal::OutboundFull`] after a warning (it is a bug in the game's message, not the
     /// player's fault).
     pub fn send_message<M: Message>(&self, message: &M) -> Result<(), Refusal> {
-        let frame = encode(message, 0, self.inner.id)?;
+        let frame = encode(message, FrameMeta::seq(0), self.inner.id)?;
         self.push(frame).map_err(|refused| refused.reason)
     }
 
@@ -302,7 +356,7 @@ impl Session {
             code: code.code(),
             reason: reason.into(),
         };
-        let frame = encode(&refused, seq, self.inner.id)?;
+        let frame = encode(&refused, FrameMeta::reply_to(seq), self.inner.id)?;
         self.push(frame).map_err(|refused| refused.reason)
     }
 
@@ -311,8 +365,16 @@ impl Session {
     fn attach(&self, connection: Arc<dyn Outbound>) -> Option<Arc<dyn Outbound>> {
         let old = {
             let mut state = self.write();
+            let event = match state.generation {
+                0 => SessionEvent::Connected,
+                _ => SessionEvent::Resumed,
+            };
             state.generation += 1;
-            state.connection.replace(connection)
+            let old = state.connection.replace(connection);
+            // Told under the lock, so events reach entities in the order they happened; a send
+            // never waits.
+            state.notify(self.inner.id, event);
+            old
         };
         if let Some(old) = &old {
             old.replaced();
@@ -321,7 +383,7 @@ impl Session {
     }
 
     /// Detaches `connection` if it is still the attached one; returns the generation it had.
-    fn detach(&self, connection: &Arc<dyn Outbound>) -> Option<u64> {
+    fn detach(&self, connection: &Arc<dyn Outbound>, grace: Duration) -> Option<u64> {
         let mut state = self.write();
         if state
             .connection
@@ -329,6 +391,7 @@ impl Session {
             .is_some_and(|current| Arc::ptr_eq(current, connection))
         {
             state.connection = None;
+            state.notify(self.inner.id, SessionEvent::Disconnected { grace });
             return Some(state.generation);
         }
         None
@@ -336,6 +399,9 @@ impl Session {
 
     fn close(&self) {
         let mut state = self.write();
+        if !state.closed && state.generation > 0 {
+            state.notify(self.inner.id, SessionEvent::Closed);
+        }
         state.closed = true;
         state.connection = None;
         // The bindings hold registry handles: release them with the session.
@@ -352,8 +418,8 @@ fn find<E: Entity>(state: &SessionState) -> Option<(&Target<E>, Option<&(dyn Any
 }
 
 /// Encodes a message for one session, as a refusal when it cannot be.
-fn encode<M: Message>(message: &M, seq: u32, session: SessionId) -> Result<Frame, Refusal> {
-    garrison_protocol::encode_frame(message, FrameMeta { seq, trace: None }).map_err(|error| {
+fn encode<M: Message>(message: &M, meta: FrameMeta, session: SessionId) -> Result<Frame, Refusal> {
+    garrison_protocol::encode_frame(message, meta).map_err(|error| {
         tracing::warn!(game.session.id = session.0, message = M::NAME, %error, "cannot encode");
         Refusal::OutboundFull { session }
     })
@@ -419,7 +485,18 @@ impl Sessions {
     /// already taken over); pass it to [`Sessions::close_if_detached`] at the end of a grace
     /// window.
     pub fn detach(&self, id: SessionId, connection: &Arc<dyn Outbound>) -> Option<u64> {
-        self.get(id)?.detach(connection)
+        self.detach_with_grace(id, connection, Duration::ZERO)
+    }
+
+    /// As [`Sessions::detach`], telling the bound entities the session waits `grace` for a
+    /// reconnect ([`SessionEvent::Disconnected`]).
+    pub fn detach_with_grace(
+        &self,
+        id: SessionId,
+        connection: &Arc<dyn Outbound>,
+        grace: Duration,
+    ) -> Option<u64> {
+        self.get(id)?.detach(connection, grace)
     }
 
     /// Closes session `id` if it is still detached since the detach that returned `generation`
@@ -479,7 +556,7 @@ impl Sessions {
     /// # Errors
     /// As [`Session::send_message`], and [`Refusal::NoSession`].
     pub fn send_message<M: Message>(&self, id: SessionId, message: &M) -> Result<(), Refusal> {
-        let frame = encode(message, 0, id)?;
+        let frame = encode(message, FrameMeta::seq(0), id)?;
         self.push(id, frame).map_err(|refused| refused.reason)
     }
 
@@ -492,8 +569,14 @@ impl Sessions {
         seq: u32,
         message: &M,
     ) -> usize {
-        let Ok(frame) = garrison_protocol::encode_frame(message, FrameMeta { seq, trace: None })
-        else {
+        let Ok(frame) = garrison_protocol::encode_frame(
+            message,
+            FrameMeta {
+                seq,
+                trace: None,
+                reply: false,
+            },
+        ) else {
             tracing::warn!(message = M::NAME, "cannot encode a broadcast");
             return 0;
         };

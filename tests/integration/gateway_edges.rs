@@ -13,7 +13,10 @@ use garrison_runtime::{
     SessionId,
     gateway::{CloseCode, ticket},
 };
-use garrison_tests::{probe::eventually, wire::Chat};
+use garrison_tests::{
+    probe::eventually,
+    wire::{Chat, TestMessage},
+};
 
 use crate::gateway_hostile::{Client, KEY, Transport, encode, hello, world, world_with_hook};
 
@@ -268,6 +271,55 @@ async fn a_frame_that_crashes_its_entity_is_answered_with_its_seq() {
         );
         // The pilot restarted; the connection plays on.
         client.exchange(player, 1, 3).await;
+    }
+    world.gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_is_answered_with_its_seq_and_the_reply_flag_and_a_push_is_not() {
+    let world = world(|_| {}).await;
+    for (player, transport) in [(81, Transport::Tcp), (82, Transport::WebSocket)] {
+        let mut client = Client::connect(&world, transport).await;
+        client.handshake(player).await;
+        // The pilot answers "ask" with `context.reply`; a push (its echo of an input) carries
+        // the input's seq too, but no reply flag.
+        client
+            .send_raw(crate::gateway_hostile::input(player, 5))
+            .await;
+        client.send_raw(chat("ask", 41)).await;
+        let push = client.recv().await.expect("the echo");
+        assert_eq!(
+            (push.header().seq, push.header().reply),
+            (5, false),
+            "{transport:?}: a push is no reply"
+        );
+        let reply = client.recv().await.expect("the answer");
+        assert_eq!(
+            (reply.header().seq, reply.header().reply),
+            (41, true),
+            "{transport:?}"
+        );
+        let answer = TestMessage::validate(reply).expect("a chat");
+        let TestMessage::Chat(answer) = answer else {
+            panic!("{transport:?}: expected the chat answer");
+        };
+        assert_eq!(
+            answer.text.as_str(),
+            "answer 2",
+            "{transport:?}: its second message"
+        );
+        // A refusal answers its request the same way.
+        client.send_raw(chat("crash", 42)).await;
+        let refused = client.recv().await.expect("the refusal");
+        assert_eq!(
+            (refused.header().seq, refused.header().reply),
+            (42, true),
+            "{transport:?}"
+        );
+        assert!(matches!(
+            Control::validate(refused),
+            Ok(Control::Refused(_))
+        ));
     }
     world.gateway.shutdown().await;
 }

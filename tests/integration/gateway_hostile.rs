@@ -61,6 +61,13 @@ impl Entity for Pilot {
         seen.0 += 1;
         if let TestMessage::Chat(chat) = &message {
             assert_ne!(chat.text.as_str(), "crash", "told to crash");
+            if chat.text.as_str() == "ask" {
+                let answer = Chat {
+                    from: "pilot".into(),
+                    text: format!("answer {}", seen.0),
+                };
+                context.reply(&answer)?;
+            }
         }
         if let TestMessage::Input(input) = &message {
             let echo = Input {
@@ -75,6 +82,7 @@ impl Entity for Pilot {
                 FrameMeta {
                     seq: input.seq.to_native(),
                     trace: None,
+                    reply: false,
                 },
             )?;
             // A full or detached outbound queue is the connection's business, not the pilot's.
@@ -179,7 +187,15 @@ fn client_config() -> DecodeConfig {
 pub fn encode<M: Message>(message: &M, seq: u32) -> Vec<u8> {
     let mut wire = BytesMut::new();
     FrameCodec::default()
-        .encode_message(message, FrameMeta { seq, trace: None }, &mut wire)
+        .encode_message(
+            message,
+            FrameMeta {
+                seq,
+                trace: None,
+                reply: false,
+            },
+            &mut wire,
+        )
         .unwrap();
     wire.to_vec()
 }
@@ -289,6 +305,10 @@ impl Client {
     pub async fn handshake(&mut self, player: u64) -> control::Welcome {
         self.send_raw(hello(player)).await;
         let frame = self.recv().await.expect("a welcome");
+        assert!(
+            frame.header().reply,
+            "Welcome answers Hello: the reply flag"
+        );
         match Control::validate(frame).expect("a control frame") {
             Control::Welcome(welcome) => welcome.deserialize().unwrap(),
             other => panic!("expected a welcome, got {other:?}"),

@@ -11,6 +11,7 @@ mod protocol_round_trip;
 mod protocol_snapshots;
 mod protocol_stream_properties;
 mod protocol_zero_copy;
+mod runtime_building_blocks;
 mod runtime_clock;
 mod runtime_entities;
 mod runtime_no_message_lost;

@@ -15,7 +15,15 @@ fn config() -> DecodeConfig {
 fn encode<M: garrison_protocol::Message>(message: &M, trace: Option<TraceContext>) -> Vec<u8> {
     let mut wire = BytesMut::new();
     FrameCodec::new(config())
-        .encode_message(message, FrameMeta { seq: 1, trace }, &mut wire)
+        .encode_message(
+            message,
+            FrameMeta {
+                seq: 1,
+                trace,
+                reply: false,
+            },
+            &mut wire,
+        )
         .expect("encode");
     wire.to_vec()
 }

@@ -43,6 +43,7 @@ fn encode_all(messages: &[Owned]) -> Vec<u8> {
                 FrameMeta {
                     seq: seq as u32,
                     trace: None,
+                    reply: false,
                 },
                 &mut wire,
             )

@@ -31,6 +31,7 @@ fn handler_reads_the_codec_buffer_in_place() {
             FrameMeta {
                 seq: 2,
                 trace: None,
+                reply: false,
             },
             &mut wire,
         )

@@ -95,6 +95,7 @@ async fn validated_frames_go_straight_to_an_entity() {
             FrameMeta {
                 seq: 1,
                 trace: Some(trace),
+                reply: false,
             },
             &mut wire,
         )
@@ -108,6 +109,7 @@ async fn validated_frames_go_straight_to_an_entity() {
             FrameMeta {
                 seq: 2,
                 trace: None,
+                reply: false,
             },
             &mut wire,
         )

@@ -25,7 +25,15 @@ fn frame(seq: u32) -> Frame {
         tick: 0,
     };
     FrameCodec::default()
-        .encode_message(&input, FrameMeta { seq, trace: None }, &mut wire)
+        .encode_message(
+            &input,
+            FrameMeta {
+                seq,
+                trace: None,
+                reply: false,
+            },
+            &mut wire,
+        )
         .unwrap();
     Frame::decode_exact(wire.freeze(), &DecodeConfig::default()).unwrap()
 }

@@ -16,7 +16,7 @@ use actix_rt::Arbiter;
 use bytes::{Bytes, BytesMut};
 use futures_util::{Sink, SinkExt, Stream, StreamExt, future};
 use garrison_protocol::{
-    DecodeConfig, Error as ProtocolError, FIXED_HEADER_LEN, Frame, FrameCodec, Protocol,
+    DecodeConfig, Error as ProtocolError, FIXED_HEADER_LEN, Frame, FrameCodec, FrameMeta, Protocol,
     control::{Close, Hello, Refused, Welcome},
 };
 use tokio::net::tcp::OwnedWriteHalf;
@@ -261,7 +261,7 @@ async fn refuse_without_descriptors<P: Protocol>(
                 code: CloseCode::ServerFull.code(),
                 reason: reason.to_owned(),
             },
-            0,
+            FrameMeta::seq(0),
         ) {
             // Best effort, without waiting: one small frame fits any empty send buffer.
             let _ = stream.try_write(close.wire());
@@ -527,7 +527,7 @@ async fn write_loop<P: Protocol, W: Wire>(
                         code: code.code(),
                         reason: queue.close_reason(),
                     },
-                    0,
+                    FrameMeta::seq(0),
                 ) else {
                     return false;
                 };
@@ -586,7 +586,8 @@ impl<P: Protocol> Connection<P> {
     }
 
     fn reply<M: garrison_protocol::Message>(&self, message: &M, seq: u32) {
-        if let Some(frame) = control_frame(message, seq) {
+        // Welcome answers Hello and Refused answers the refused frame: both are replies.
+        if let Some(frame) = control_frame(message, FrameMeta::reply_to(seq)) {
             // A reply that does not fit starts a slow-consumer close by the queue's policy.
             let _ = self.outbound.push(frame);
         }
@@ -691,6 +692,7 @@ impl<P: Protocol> Connection<P> {
         let origin = Origin {
             connection: self.outbound.clone(),
             seq,
+            session: session.id(),
         };
         let routed = origin::with_origin(origin, || {
             telemetry::with_sampling(sampling, || (self.shared.router)(session, message))
@@ -732,12 +734,16 @@ impl<P: Protocol> Actor for Connection<P> {
     fn stopped(&mut self, _: &mut Context<Self>) {
         if let Some(session) = self.session.take() {
             let outbound: Arc<dyn Outbound> = self.outbound.clone();
-            if let Some(generation) = self.shared.sessions.detach(session.id(), &outbound) {
+            let grace = self.shared.config.reconnect_grace;
+            if let Some(generation) =
+                self.shared
+                    .sessions
+                    .detach_with_grace(session.id(), &outbound, grace)
+            {
                 // The player may come back within the grace window and resume; otherwise the
                 // session (and its bindings) is closed, so departed players leave nothing behind.
                 let sessions = self.shared.sessions.clone();
                 let closed = self.shared.on_session_closed.clone();
-                let grace = self.shared.config.reconnect_grace;
                 actix_rt::spawn(async move {
                     tokio::time::sleep(grace).await;
                     if let Some(session) = sessions.close_if_detached(session.id(), generation) {

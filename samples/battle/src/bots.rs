@@ -453,7 +453,11 @@ impl Bot {
                 frame: stamp,
                 buttons,
             },
-            FrameMeta { seq: stamp, trace },
+            FrameMeta {
+                seq: stamp,
+                trace,
+                reply: false,
+            },
         )?;
         self.sent.insert(stamp, (Instant::now(), buttons));
         self.report.inputs_sent += 1;
