@@ -61,8 +61,8 @@ struct Inner<E: Entity> {
     sweeper: OnceLock<()>,
     /// The runtime entities run on (see `concurrency`): activations start there whoever sends.
     runtime: Option<tokio::runtime::Handle>,
-    /// Timer ticks skipped because a mailbox was full (see `timer`).
-    timer_ticks_skipped: Arc<AtomicU64>,
+    /// The kind's timer counters (see `timer`).
+    timers: Arc<crate::timer::TimerCounters>,
 }
 
 /// All entities of kind `E`: the registry, and the handle to send them messages.
@@ -130,7 +130,7 @@ impl<E: Entity> Entities<E> {
                 activations: AtomicU64::new(0),
                 sweeper: OnceLock::new(),
                 runtime: crate::concurrency::current(),
-                timer_ticks_skipped: Arc::new(AtomicU64::new(0)),
+                timers: Arc::default(),
             }),
         })
     }
@@ -338,9 +338,7 @@ impl<E: Entity> Entities<E> {
     fn evicted(&self, key: &E::Key, sent: Sent<Envelope<E>>) {
         if let Sent::Evicted(envelope) = sent {
             if matches!(envelope, Envelope::Tick { .. }) {
-                self.inner
-                    .timer_ticks_skipped
-                    .fetch_add(1, Ordering::Relaxed);
+                self.inner.timers.skipped.fetch_add(1, Ordering::Relaxed);
                 return;
             }
             if let Some(letter) = envelope.dead_letter(
@@ -546,7 +544,18 @@ impl<E: Entity> Entities<E> {
     /// Timer ticks of this kind's entities that were skipped because the entity's mailbox was
     /// full (or evicted from a `DropOldest` mailbox); see `docs/runtime-semantics.md`, "Timers".
     pub fn timer_ticks_skipped(&self) -> u64 {
-        self.inner.timer_ticks_skipped.load(Ordering::Relaxed)
+        self.inner.timers.skipped.load(Ordering::Relaxed)
+    }
+
+    /// Timer ticks of this kind's entities delivered more than one period after they were due
+    /// (the runtime was busy).
+    pub fn timer_ticks_late(&self) -> u64 {
+        self.inner.timers.late.load(Ordering::Relaxed)
+    }
+
+    /// Timers armed now over all this kind's entities.
+    pub fn timers_armed(&self) -> u64 {
+        self.inner.timers.armed.load(Ordering::Relaxed)
     }
 
     /// Messages waiting in entity `key`'s mailbox (0 when it is not active).
@@ -578,7 +587,7 @@ impl<E: Entity> KindHost<E> for Inner<E> {
     fn timer_sink(&self) -> crate::timer::TimerSink {
         crate::timer::TimerSink {
             dead_letters: self.dead_letters.clone(),
-            skipped: self.timer_ticks_skipped.clone(),
+            counters: self.timers.clone(),
         }
     }
 

@@ -10,6 +10,8 @@
 //! - a periodic timer armed with [`Timer::surviving_restart`] is re-armed (same id, same
 //!   period) when the entity restarts after a crash; nothing is re-armed after a passivation;
 //! - at most [`KindConfig::max_timers`](crate::KindConfig::max_timers) are armed per entity;
+//! - a periodic timer keeps its period from the last tick when ticks come late, or its absolute
+//!   schedule with [`Timer::catching_up`] (missed ticks delivered back to back);
 //! - a tick that finds the mailbox full is skipped (a periodic one waits for its next period, a
 //!   one-shot retries every 5 ms until it is queued or its entity is gone) and counted in
 //!   [`Entities::timer_ticks_skipped`](crate::Entities::timer_ticks_skipped); a queued tick
@@ -70,6 +72,7 @@ pub struct Timer<M> {
     period: Option<Duration>,
     payload: Payload<M>,
     surviving_restart: bool,
+    catching_up: bool,
 }
 
 impl<M> fmt::Debug for Timer<M> {
@@ -78,6 +81,7 @@ impl<M> fmt::Debug for Timer<M> {
             .field("delay", &self.delay)
             .field("period", &self.period)
             .field("surviving_restart", &self.surviving_restart)
+            .field("catching_up", &self.catching_up)
             .finish()
     }
 }
@@ -90,18 +94,29 @@ impl<M: Send + 'static> Timer<M> {
             period: None,
             payload: Payload::Once(Some(message)),
             surviving_restart: false,
+            catching_up: false,
         }
     }
 
     /// Delivers `make()` every `period`, the first one `period` from now. A tick that comes
-    /// late (a busy entity) is not made up for: the next one is a period after it.
+    /// late (a busy runtime) is not made up for: the next one is a period after it (unless
+    /// [`Timer::catching_up`]).
     pub fn every(period: Duration, make: impl Fn() -> M + Send + Sync + 'static) -> Self {
         Timer {
             delay: period,
             period: Some(period),
             payload: Payload::Every(Arc::new(make)),
             surviving_restart: false,
+            catching_up: false,
         }
+    }
+
+    /// Keeps this periodic timer on its absolute schedule: ticks missed while the runtime was
+    /// busy are delivered at once, back to back, so the count of ticks matches the time elapsed
+    /// (a lockstep room's frames: none is ever skipped).
+    pub fn catching_up(mut self) -> Self {
+        self.catching_up = true;
+        self
     }
 
     /// Re-arms this periodic timer, with the same id, when its entity restarts after a crash (a
@@ -117,6 +132,7 @@ struct Kept<M> {
     id: TimerId,
     period: Duration,
     make: Make<M>,
+    catching_up: bool,
 }
 
 /// Shared by the incarnations of one activation: the id counter and the timers to re-arm.
@@ -135,11 +151,22 @@ impl<E: Entity> Default for TimerShared<E> {
 }
 
 /// Where a timer task reports: the kind's dead letters (for a message its tick evicted) and its
-/// count of skipped ticks.
+/// counts of skipped and late ticks and of timers armed.
 #[derive(Clone)]
 pub(crate) struct TimerSink {
     pub(crate) dead_letters: Arc<DeadLetters>,
-    pub(crate) skipped: Arc<AtomicU64>,
+    pub(crate) counters: Arc<TimerCounters>,
+}
+
+/// A kind's timer counters.
+#[derive(Debug, Default)]
+pub(crate) struct TimerCounters {
+    /// Ticks dropped for a full mailbox (or evicted from a `DropOldest` one).
+    pub(crate) skipped: AtomicU64,
+    /// Ticks delivered more than one period after they were due.
+    pub(crate) late: AtomicU64,
+    /// Timers armed now, over all the kind's entities.
+    pub(crate) armed: AtomicU64,
 }
 
 struct Armed<M> {
@@ -168,6 +195,10 @@ impl<E: Entity> Drop for Timers<E> {
         for armed in &self.armed {
             armed.task.abort();
         }
+        self.sink
+            .counters
+            .armed
+            .fetch_sub(self.armed.len() as u64, Ordering::Relaxed);
     }
 }
 
@@ -190,16 +221,17 @@ impl<E: Entity> Timers<E> {
 
     /// Re-arms the timers an earlier incarnation kept across a crash.
     pub(crate) fn rearm_kept(&mut self, key: &E::Key) {
-        let kept: Vec<(TimerId, Duration, Make<E::Message>)> = self
+        let kept: Vec<(TimerId, Duration, Make<E::Message>, bool)> = self
             .shared
             .kept
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
             .iter()
-            .map(|kept| (kept.id, kept.period, kept.make.clone()))
+            .map(|kept| (kept.id, kept.period, kept.make.clone(), kept.catching_up))
             .collect();
-        for (id, period, make) in kept {
-            let task = self.spawn(key, id, period, Some(period));
+        for (id, period, make, catching_up) in kept {
+            let task = self.spawn(key, id, period, Some(period), catching_up);
+            self.sink.counters.armed.fetch_add(1, Ordering::Relaxed);
             self.armed.push(Armed {
                 id,
                 payload: Payload::Every(make),
@@ -234,9 +266,11 @@ impl<E: Entity> Timers<E> {
                     id,
                     period,
                     make: make.clone(),
+                    catching_up: timer.catching_up,
                 });
         }
-        let task = self.spawn(key, id, timer.delay, timer.period);
+        let task = self.spawn(key, id, timer.delay, timer.period, timer.catching_up);
+        self.sink.counters.armed.fetch_add(1, Ordering::Relaxed);
         self.armed.push(Armed {
             id,
             payload: timer.payload,
@@ -256,6 +290,7 @@ impl<E: Entity> Timers<E> {
             return false;
         };
         self.armed.swap_remove(at).task.abort();
+        self.sink.counters.armed.fetch_sub(1, Ordering::Relaxed);
         true
     }
 
@@ -276,6 +311,7 @@ impl<E: Entity> Timers<E> {
             Payload::Once(message) => {
                 let message = message.take();
                 self.armed.swap_remove(at);
+                self.sink.counters.armed.fetch_sub(1, Ordering::Relaxed);
                 message
             }
         }
@@ -287,6 +323,7 @@ impl<E: Entity> Timers<E> {
         id: TimerId,
         delay: Duration,
         period: Option<Duration>,
+        catching_up: bool,
     ) -> tokio::task::AbortHandle {
         let mailbox = self.mailbox.clone();
         let sink = self.sink.clone();
@@ -294,10 +331,18 @@ impl<E: Entity> Timers<E> {
         let key = key.to_string();
         tokio::spawn(async move {
             let start = tokio::time::Instant::now() + delay;
-            let mut ticks = tokio::time::interval_at(start, period.unwrap_or(delay.max(RETRY)));
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let every = period.unwrap_or(delay.max(RETRY));
+            let mut ticks = tokio::time::interval_at(start, every);
+            ticks.set_missed_tick_behavior(if catching_up {
+                tokio::time::MissedTickBehavior::Burst
+            } else {
+                tokio::time::MissedTickBehavior::Delay
+            });
             loop {
-                ticks.tick().await;
+                let due = ticks.tick().await;
+                if tokio::time::Instant::now().saturating_duration_since(due) > every {
+                    sink.counters.late.fetch_add(1, Ordering::Relaxed);
+                }
                 match mailbox.send(Envelope::Tick { generation, id }) {
                     Ok(sent) => {
                         if let Sent::Evicted(envelope) = sent {
@@ -308,7 +353,7 @@ impl<E: Entity> Timers<E> {
                         }
                     }
                     Err(SendError::Full(_)) => {
-                        sink.skipped.fetch_add(1, Ordering::Relaxed);
+                        sink.counters.skipped.fetch_add(1, Ordering::Relaxed);
                         if period.is_none() {
                             // A one-shot is owed: try again shortly.
                             ticks = tokio::time::interval_at(
@@ -332,7 +377,7 @@ const RETRY: Duration = Duration::from_millis(5);
 /// What a tick's `DropOldest` push evicted: a message becomes a dead letter, a tick is counted.
 fn evicted<E: Entity>(sink: &TimerSink, key: &str, envelope: Envelope<E>) {
     if matches!(envelope, Envelope::Tick { .. }) {
-        sink.skipped.fetch_add(1, Ordering::Relaxed);
+        sink.counters.skipped.fetch_add(1, Ordering::Relaxed);
         return;
     }
     let reason =

@@ -82,8 +82,15 @@ fn every_shape_round_trips_with_its_header() {
         assert_eq!(frame.kind(), expected.kind());
         assert_eq!(frame.header().seq, seq as u32);
         assert_eq!(frame.header().trace, (seq % 2 == 0).then_some(trace));
-        assert_eq!(frame.header().reply, seq % 4 < 2, "the reply flag of frame {seq}");
-        assert_eq!(frame.wire()[5] & garrison_protocol::FLAG_REPLY != 0, seq % 4 < 2);
+        assert_eq!(
+            frame.header().reply,
+            seq % 4 < 2,
+            "the reply flag of frame {seq}"
+        );
+        assert_eq!(
+            frame.wire()[5] & garrison_protocol::FLAG_REPLY != 0,
+            seq % 4 < 2
+        );
         let message = TestMessage::validate(frame).expect("validate");
         assert_eq!(&Owned::try_from(&message).expect("read"), expected);
     }

@@ -307,6 +307,7 @@ async fn timers_fire_once_or_every_period_until_cancelled_and_are_bounded() {
     .await;
     // The one-shot is gone once fired; the periodic timer stays armed.
     assert_eq!(clocks.call(&1, Msg::Timers, SECOND).await, Ok(1));
+    assert_eq!(clocks.timers_armed(), 1, "the kind's gauge");
 
     // Bounded: one periodic and two one-shots pending make three; a fourth is refused.
     assert!(clocks.send(&1, Msg::After(LIMIT * 6, 100)).is_ok());
@@ -336,6 +337,7 @@ async fn timers_fire_once_or_every_period_until_cancelled_and_are_bounded() {
     assert!(clocks.send(&1, Msg::CancelAll).is_ok());
     let at_cancel = read(&clocks, 1).await.ticks[0];
     assert_eq!(clocks.call(&1, Msg::Timers, SECOND).await, Ok(0));
+    assert_eq!(clocks.timers_armed(), 0);
     barrier(&clocks, 1, Duration::from_millis(60), 8).await;
     assert_eq!(read(&clocks, 1).await.ticks[0], at_cancel);
     assert_eq!(clocks.timer_ticks_skipped(), 0);
@@ -358,6 +360,7 @@ async fn a_crash_cancels_the_incarnations_timers_and_re_arms_the_kept_ones() {
     assert!(clocks.send(&1, Msg::Crash).is_ok());
     // The restarted incarnation has the kept timer only.
     assert_eq!(clocks.call(&1, Msg::Timers, SECOND).await, Ok(1));
+    assert_eq!(clocks.timers_armed(), 1);
     let after_crash = read(&clocks, 1).await;
     barrier(&clocks, 1, Duration::from_millis(80), 9).await;
     let later = read(&clocks, 1).await;
@@ -386,6 +389,12 @@ async fn ticks_do_not_keep_an_entity_from_passivating_and_passivation_ends_its_t
     })
     .await;
     // Reactivated by a message: its state came back, its timers did not.
+    // The passivated incarnation's state (its timers with it) is dropped as it stops.
+    eventually("passivation dropped the timer", LIMIT, || {
+        let armed = clocks.timers_armed();
+        async move { armed == 0 }
+    })
+    .await;
     let dial = read(&clocks, 1).await;
     assert!(dial.ticks[0] > 0, "the ticks were handled: {dial:?}");
     assert_eq!(clocks.call(&1, Msg::Timers, SECOND).await, Ok(0));

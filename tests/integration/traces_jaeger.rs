@@ -89,7 +89,7 @@ fn jaeger_child() {
         .await;
         let stats = server.stats.clone();
         server.stop().await;
-        // Read after the stop: ticks still queued when the tickers stopped ran (and were traced)
+        // Read after the stop: ticks still queued when the rooms stopped ran (and were traced)
         // or were dropped with the room (and were not), and count alike.
         let frames = stats.frames.load(Ordering::Relaxed);
         let restarts = stats.restarts.load(Ordering::Relaxed);

@@ -3,10 +3,7 @@
 //! a reconnecting player; the match's end; release when its players are gone.
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
@@ -14,6 +11,7 @@ use dashmap::DashMap;
 use garrison_protocol::{FrameMeta, Snapshot};
 use garrison_runtime::{
     Activation, Entities, Entity, EntityContext, EntityMessage, HandlerError, SessionId, Sessions,
+    Timer,
 };
 use rkyv::{Archive, Deserialize, Serialize};
 
@@ -109,21 +107,11 @@ pub struct Room {
     pub sessions: Arc<Sessions>,
     /// The players, told when their match ends.
     pub players: Entities<Player>,
-    /// The rooms themselves, which their tickers address by key.
-    pub rooms: Entities<Room>,
-    /// The running rooms' tickers, by room: a room stops its own when it ends; the server stops
-    /// the rest before the tree, so none ticks a stopped room.
-    pub tickers: Arc<DashMap<u64, tokio::task::JoinHandle<()>>>,
-    /// Cleared when the server stops.
-    pub running: Arc<AtomicBool>,
+    /// The rooms playing now (started, not yet released), for fault injection.
+    pub playing: Arc<DashMap<u64, ()>>,
     /// Counters.
     pub stats: Arc<ServerStats>,
 }
-
-/// Most frames a late ticker runs per wake-up. A bigger deficit is caught up over the next
-/// wake-ups, a few frames at a time, so one late room never runs a long burst that stalls the
-/// others; no frame is ever skipped.
-const MAX_CATCH_UP: u32 = 3;
 
 /// The slots of a room of `players` as bits.
 fn every_slot(players: usize) -> u64 {
@@ -138,43 +126,11 @@ fn slot_bit(slot: usize) -> u64 {
 }
 
 impl Room {
-    /// Ticks room `room` at the frame rate against absolute deadlines. The ticker addresses the
-    /// room by key, so it serves every incarnation: a room restarted after a crash keeps it.
-    fn start_ticker(&self, room: u64) {
-        let rooms = self.rooms.clone();
-        let running = self.running.clone();
-        let stats = self.stats.clone();
-        let period = self.settings.tick;
-        let ticker = tokio::spawn(async move {
-            let mut deadline = tokio::time::Instant::now() + period;
-            while running.load(Ordering::Acquire) {
-                tokio::time::sleep_until(deadline).await;
-                // Frames due now: this one, plus any the ticker fell behind by.
-                let late = tokio::time::Instant::now().saturating_duration_since(deadline);
-                let due = 1 + (late.as_nanos() / period.as_nanos().max(1)) as u32;
-                let run = due.min(MAX_CATCH_UP);
-                // Each frame run late is counted once, when it is caught up.
-                stats
-                    .overruns
-                    .fetch_add(u64::from(run - 1), Ordering::Relaxed);
-                for _ in 0..run {
-                    // A full mailbox means the room is behind: the next wake catches up.
-                    let _ = rooms.send(&room, RoomMsg::Tick);
-                }
-                // Only the frames run are consumed: the rest of a deficit stays due.
-                deadline += period * run;
-            }
-        });
-        self.tickers.insert(room, ticker);
-    }
-
-    /// Releases room `room` for good: its ticker stops and the entity ends once its mailbox is
-    /// empty (ticks already queued find no engine and do nothing).
+    /// Releases room `room` for good: the entity ends once its mailbox is empty, and its clock
+    /// with it (ticks already queued find no engine and do nothing).
     fn release(&self, room: u64, state: &mut RoomState, context: &mut EntityContext<'_, Self>) {
         state.engine = None;
-        if let Some((_, ticker)) = self.tickers.remove(&room) {
-            ticker.abort();
-        }
+        self.playing.remove(&room);
         context.checkpoint();
         context.stop();
     }
@@ -239,8 +195,7 @@ impl Entity for Room {
         recovered: Activation<RoomState>,
     ) -> Result<RoomState, HandlerError> {
         // After a crash the engine is back at its last checkpoint (every accepted input and every
-        // frame is checkpointed), and the room's ticker, which addresses the key and not the
-        // incarnation, simply goes on ticking it.
+        // frame is checkpointed), and the room's clock, armed to survive a restart, goes on.
         if matches!(&recovered, Activation::Restarted(Some(state)) if state.engine.is_some()) {
             self.stats.restarts.fetch_add(1, Ordering::Relaxed);
         }
@@ -255,8 +210,8 @@ impl Entity for Room {
     ) -> Result<(), HandlerError> {
         let room = *context.key();
         if state.players.is_empty() && !matches!(message, RoomMsg::Start { .. }) {
-            // A message for a room that ended (a tick its ticker sent as it stopped, a late
-            // input) activated it again: there is nothing to play, so it ends at once.
+            // A message for a room that ended (a late input) activated it again: there is nothing
+            // to play, so it ends at once.
             context.stop();
             return Ok(());
         }
@@ -287,7 +242,13 @@ impl Entity for Room {
                 state.players = players;
                 self.stats.rooms.fetch_add(1, Ordering::Relaxed);
                 context.checkpoint();
-                self.start_ticker(room);
+                // The frame clock: 60 Hz on an absolute schedule (a late frame is caught up, none
+                // is skipped), kept across a crash, gone with the room.
+                let clock = Timer::every(self.settings.tick, || RoomMsg::Tick)
+                    .catching_up()
+                    .surviving_restart();
+                context.timer(clock)?;
+                self.playing.insert(room, ());
             }
             RoomMsg::Input {
                 slot,

@@ -9,7 +9,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -55,8 +55,6 @@ pub struct ServerStats {
     pub frames: AtomicU64,
     /// Rooms started.
     pub rooms: AtomicU64,
-    /// Frames a room's ticker ran late, in catch-up (each counted once).
-    pub overruns: AtomicU64,
     /// Rooms restarted from their checkpoint after a crash.
     pub restarts: AtomicU64,
     /// Reconnected players caught up (from the log or a snapshot).
@@ -76,7 +74,7 @@ pub struct ServerStats {
 pub struct Census {
     /// Room entities in the registry.
     pub rooms: usize,
-    /// Room tickers running.
+    /// Room clocks armed (entity timers; one per playing room).
     pub tickers: usize,
     /// Player entities in the registry.
     pub players: usize,
@@ -97,8 +95,7 @@ pub struct BattleServer {
     sessions: Arc<Sessions>,
     players: Entities<Player>,
     rooms: Entities<Room>,
-    tickers: Arc<DashMap<u64, tokio::task::JoinHandle<()>>>,
-    running: Arc<AtomicBool>,
+    playing: Arc<DashMap<u64, ()>>,
 }
 
 impl BattleServer {
@@ -111,8 +108,7 @@ impl BattleServer {
     ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         let stats = Arc::new(ServerStats::default());
         let sessions = Arc::new(Sessions::new());
-        let tickers = Arc::new(DashMap::new());
-        let running = Arc::new(AtomicBool::new(true));
+        let playing = Arc::new(DashMap::new());
         let zone = Some(config.zone.clone());
         let players = Entities::<Player>::declare(KindConfig {
             checkpoint: Checkpoint::OnDemand,
@@ -153,9 +149,7 @@ impl BattleServer {
             },
             sessions: sessions.clone(),
             players: players.clone(),
-            rooms: rooms.clone(),
-            tickers: tickers.clone(),
-            running: running.clone(),
+            playing: playing.clone(),
             stats: stats.clone(),
         })?;
         // The whole node: players' sessions, the matchmaker, the rooms. Each kind is a dynamic
@@ -215,8 +209,7 @@ impl BattleServer {
             sessions,
             players,
             rooms,
-            tickers,
-            running,
+            playing,
         })
     }
 
@@ -226,7 +219,7 @@ impl BattleServer {
         let span = tracing::info_span!("battle.chaos.crash_rooms");
         let _entered = span.enter();
         // Only the rooms playing now: a message to an ended room would activate it again.
-        let playing: Vec<u64> = self.tickers.iter().map(|room| *room.key()).collect();
+        let playing: Vec<u64> = self.playing.iter().map(|room| *room.key()).collect();
         for room in playing {
             let _ = self.rooms.send(&room, RoomMsg::Crash);
         }
@@ -236,28 +229,15 @@ impl BattleServer {
     pub fn census(&self) -> Census {
         Census {
             rooms: self.rooms.len(),
-            tickers: self.tickers.len(),
+            tickers: self.rooms.timers_armed() as usize,
             players: self.players.len(),
             sessions: self.sessions.len(),
             waiting: self.stats.waiting.load(Ordering::Relaxed),
         }
     }
 
-    /// Stops ticking, then the gateway and the tree.
+    /// Stops the gateway, then the tree (the rooms' clocks end with them).
     pub async fn stop(self) {
-        self.running.store(false, Ordering::Release);
-        let rooms: Vec<u64> = self.tickers.iter().map(|room| *room.key()).collect();
-        let tickers: Vec<_> = rooms
-            .into_iter()
-            .filter_map(|room| self.tickers.remove(&room))
-            .map(|(_, ticker)| ticker)
-            .collect();
-        for ticker in &tickers {
-            ticker.abort();
-        }
-        for ticker in tickers {
-            let _ = ticker.await;
-        }
         self.gateway.shutdown().await;
         let _ = self.tree.stop().await;
     }
