@@ -77,6 +77,8 @@ mod kind;
 mod message;
 pub mod snapshot;
 mod strict;
+#[cfg(feature = "ticket")]
+pub mod ticket;
 
 pub use archive::{PayloadWriter, RkyvError, WireSerializer};
 pub use codec::{FrameCodec, FrameMeta, Outbound, encode_frame};

@@ -34,6 +34,18 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A gateway was started to route to a kind whose registry is not running in a tree (or
+    /// not served).
+    #[error(
+        "entity kind {kind} is routed to but {why}: add `entities \"{kind}\" => registry.start();` \
+         to the `supervisor!` tree (and serve the kind) and start the tree before the gateway"
+    )]
+    KindNotRunning {
+        /// The kind.
+        kind: &'static str,
+        /// "not served" or "not running".
+        why: &'static str,
+    },
     /// The gateway could not start.
     #[error("gateway: {reason}")]
     Gateway {

@@ -16,7 +16,8 @@ mod close;
 mod connection;
 mod limits;
 mod outbound;
-pub mod ticket;
+/// Tickets, as the wire crate mints and checks them (`garrison_protocol::ticket`).
+pub use garrison_protocol::ticket;
 
 use std::{
     net::{SocketAddr, TcpListener as StdListener},
@@ -35,7 +36,7 @@ pub use close::CloseCode;
 pub use garrison_protocol::control::RefusalCode;
 pub use outbound::Delivery;
 
-use crate::{Error, Refusal, Session, Sessions};
+use crate::{Entities, Entity, Error, Refusal, Session, Sessions};
 
 /// Gateway settings. Every limit has a default meant for a real game server.
 #[derive(Debug, Clone)]
@@ -220,6 +221,34 @@ pub struct GatewayBuilder<P: Protocol> {
     router: Arc<Router<P>>,
     on_session: Arc<SessionHook>,
     on_session_closed: Arc<ClosedHook>,
+    /// Bindings made for every session before the `on_session` hook runs.
+    binders: Vec<Arc<dyn Fn(&Session) + Send + Sync>>,
+    /// Kinds the routes need running: checked by `start`.
+    required: Vec<Required>,
+}
+
+/// A kind a gateway's routes need: its name, and whether it is served and running.
+struct Required {
+    kind: &'static str,
+    state: Box<dyn Fn() -> Option<&'static str> + Send + Sync>,
+}
+
+impl Required {
+    fn of<E: Entity>(entities: &Entities<E>) -> Self {
+        let entities = entities.clone();
+        Required {
+            kind: E::KIND,
+            state: Box::new(move || {
+                if !entities.is_served() {
+                    Some("not served")
+                } else if !entities.supervisor().is_running() {
+                    Some("not running")
+                } else {
+                    None
+                }
+            }),
+        }
+    }
 }
 
 impl<P: Protocol> GatewayBuilder<P> {
@@ -238,7 +267,43 @@ impl<P: Protocol> GatewayBuilder<P> {
             router: Arc::new(router),
             on_session: Arc::new(|_| Ok(())),
             on_session_closed: Arc::new(|_| {}),
+            binders: Vec::new(),
+            required: Vec::new(),
         }
+    }
+
+    /// The whole wiring of a game whose client talks to one entity: every session is bound at
+    /// its handshake to entity `key_of(session)` of `entities`' kind (its player, its table), and
+    /// each message it sends goes there as `wrap(message)`, on the session's behalf (the handler
+    /// sees [`EntityContext::session`](crate::EntityContext::session), and can
+    /// [`reply`](crate::EntityContext::reply)). [`GatewayBuilder::start`] fails unless the kind
+    /// is served and running. More bindings and checks go in [`GatewayBuilder::on_session`],
+    /// which runs after this binding.
+    pub fn to_entity<E: Entity>(
+        config: GatewayConfig,
+        sessions: Arc<Sessions>,
+        entities: &Entities<E>,
+        key_of: impl Fn(&Session) -> E::Key + Send + Sync + 'static,
+        wrap: impl Fn(P) -> E::Message + Send + Sync + 'static,
+    ) -> Self {
+        let mut builder = GatewayBuilder::new(config, sessions, move |session, message| {
+            session
+                .send::<E>(wrap(message))
+                .map_err(|refused| refused.reason)
+        });
+        let bound = entities.clone();
+        builder.binders.push(Arc::new(move |session: &Session| {
+            session.bind(&bound, key_of(session));
+        }));
+        builder.required.push(Required::of(entities));
+        builder
+    }
+
+    /// Makes [`GatewayBuilder::start`] fail unless `entities`' kind is served and running in a
+    /// started tree: for the kinds a hand-written router sends to.
+    pub fn requires<E: Entity>(mut self, entities: &Entities<E>) -> Self {
+        self.required.push(Required::of(entities));
+        self
     }
 
     /// Sets the hook run on each good handshake, with whether the session is resumed, before the
@@ -266,7 +331,25 @@ impl<P: Protocol> GatewayBuilder<P> {
     ///
     /// # Errors
     /// [`Error::Gateway`] when a listener cannot be bound or the event loops cannot start.
-    pub fn start(self) -> Result<Gateway<P>, Error> {
+    pub fn start(mut self) -> Result<Gateway<P>, Error> {
+        for required in &self.required {
+            if let Some(why) = (required.state)() {
+                return Err(Error::KindNotRunning {
+                    kind: required.kind,
+                    why,
+                });
+            }
+        }
+        if !self.binders.is_empty() {
+            let binders = std::mem::take(&mut self.binders);
+            let hook = self.on_session.clone();
+            self.on_session = Arc::new(move |start: &SessionStart| {
+                for bind in &binders {
+                    bind(&start.session);
+                }
+                hook(start)
+            });
+        }
         let router = self.router;
         let bind = |address: Option<SocketAddr>| -> Result<Option<StdListener>, Error> {
             address

@@ -1,5 +1,7 @@
-//! Authentication tickets: HMAC-SHA256 over (player id, expiry), minted for a player and checked
-//! in constant time at the handshake.
+//! Authentication tickets: HMAC-SHA256 over (player id, expiry), minted for a player (by a login
+//! service, or a test's bots) and checked in constant time at the gateway's handshake. Here, in
+//! the wire crate, so a client or a login service mints tickets without linking the server
+//! (feature `ticket`, on by default).
 //!
 //! A ticket is a bearer token: whoever holds it is that player until it expires. A second
 //! connection with the same ticket takes the session over (the first is closed with `Replaced`),
@@ -7,7 +9,7 @@
 //! (the gateway refuses any that expires later than `GatewayConfig::max_ticket_lifetime` from
 //! now) and send them only over a channel you trust.
 
-use garrison_protocol::control::{ArchivedTicket, Ticket};
+use crate::control::{ArchivedTicket, Ticket};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
