@@ -38,6 +38,26 @@ pub trait Snapshot:
     const VERSION: u16;
 }
 
+/// Declares a state type's [`Snapshot`] schema and version in one line:
+/// `snapshot!(Inventory, "player.inventory", 1);`.
+///
+/// ```
+/// use garrison_protocol::snapshot;
+/// #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+/// struct Inventory { items: Vec<u32> }
+/// snapshot!(Inventory, "player.inventory", 1);
+/// assert_eq!(<Inventory as garrison_protocol::Snapshot>::VERSION, 1);
+/// ```
+#[macro_export]
+macro_rules! snapshot {
+    ($state:ty, $schema:literal, $version:literal) => {
+        impl $crate::Snapshot for $state {
+            const SCHEMA: &'static str = $schema;
+            const VERSION: u16 = $version;
+        }
+    };
+}
+
 /// FNV-1a, 64-bit: a stable fingerprint of a schema name (not a security measure; it only tells
 /// one state type from another).
 const fn fingerprint(name: &str) -> u64 {

@@ -62,6 +62,81 @@ pub trait EntityMessage: Send + 'static {
     }
 }
 
+/// Declares an entity's message enum and its [`EntityMessage`] impl together: each variant names
+/// its `game.event.type`, or takes it from the protocol message it wraps (`=> inner`); an
+/// optional `session_event = Variant;` routes [`SessionEvent`](crate::SessionEvent)s to a
+/// `Variant(SessionId, SessionEvent)`.
+///
+/// ```
+/// use garrison_runtime::{entity_messages, SessionId, SessionEvent};
+/// entity_messages! {
+///     /// What a room handles.
+///     pub enum RoomMsg {
+///         /// A player joins.
+///         Join(u64) => "join",
+///         /// The clock.
+///         Tick => "tick",
+///         /// A seated player's session changed.
+///         Session(SessionId, SessionEvent) => "session",
+///     }
+///     session_event = Session;
+/// }
+/// use garrison_runtime::EntityMessage;
+/// assert_eq!(RoomMsg::Tick.event_type(), "tick");
+/// assert!(RoomMsg::session_event(SessionId(1), SessionEvent::Closed).is_some());
+/// ```
+#[macro_export]
+macro_rules! entity_messages {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident $( ( $($field:ty),* $(,)? ) )? => $label:tt ),* $(,)?
+        }
+        $( session_event = $session:ident; )?
+    ) => {
+        $(#[$meta])*
+        $vis enum $name {
+            $( $(#[$vmeta])* $variant $( ( $($field),* ) )? ),*
+        }
+
+        impl $crate::EntityMessage for $name {
+            fn event_type(&self) -> &'static str {
+                match self {
+                    $( $crate::entity_messages!(@pattern message $name $variant $( ( $($field),* ) )? ; $label) =>
+                        $crate::entity_messages!(@label message $label), )*
+                }
+            }
+
+            fn trace_context(&self) -> ::core::option::Option<$crate::protocol::TraceContext> {
+                match self {
+                    $( $crate::entity_messages!(@pattern message $name $variant $( ( $($field),* ) )? ; $label) =>
+                        $crate::entity_messages!(@trace message $label), )*
+                }
+            }
+
+            $(
+                fn session_event(
+                    session: $crate::SessionId,
+                    event: $crate::SessionEvent,
+                ) -> ::core::option::Option<Self> {
+                    ::core::option::Option::Some($name::$session(session, event))
+                }
+            )?
+        }
+    };
+    // A variant wrapping a protocol message takes its name (and trace context) from it.
+    (@pattern $bound:ident $name:ident $variant:ident ( $field:ty ) ; inner) => {
+        $name::$variant($bound)
+    };
+    (@pattern $bound:ident $name:ident $variant:ident $( ( $($field:ty),* ) )? ; $label:literal) => {
+        $name::$variant { .. }
+    };
+    (@label $inner:ident inner) => { $crate::EntityMessage::event_type($inner) };
+    (@label $inner:ident $label:literal) => { $label };
+    (@trace $inner:ident inner) => { $crate::EntityMessage::trace_context($inner) };
+    (@trace $inner:ident $label:literal) => { ::core::option::Option::None };
+}
+
 /// A protocol declared with `garrison_protocol::messages!` is an entity message as it stands:
 /// validated frames go from the edge to the entity without a copy; the event type is the
 /// declared message name and the trace context is the frame's.
@@ -289,6 +364,25 @@ impl<E: Entity> EntityContext<'_, E> {
             full.clone()
         })?;
         origin.connection.push(frame).map_err(|_| full)
+    }
+
+    /// Refuses the client request that caused this message: the client gets a `Refused` with
+    /// the request's `seq`, `code` and `reason` (an illegal move, a full table), as it would for
+    /// a refusal at the gateway. The entity runs on; nothing is dead-lettered.
+    ///
+    /// # Errors
+    /// As [`EntityContext::reply`].
+    pub fn refuse(
+        &mut self,
+        code: garrison_protocol::control::RefusalCode,
+        reason: impl Into<String>,
+    ) -> Result<(), Refusal> {
+        let seq = self.origin.map_or(0, |origin| origin.seq);
+        self.reply(&garrison_protocol::control::Refused {
+            seq,
+            code: code.code(),
+            reason: reason.into(),
+        })
     }
 
     /// Whether this message was caused by a client frame that [`EntityContext::reply`] can

@@ -222,10 +222,13 @@ pub struct GatewayBuilder<P: Protocol> {
     on_session: Arc<SessionHook>,
     on_session_closed: Arc<ClosedHook>,
     /// Bindings made for every session before the `on_session` hook runs.
-    binders: Vec<Arc<dyn Fn(&Session) + Send + Sync>>,
+    binders: Vec<Arc<Binder>>,
     /// Kinds the routes need running: checked by `start`.
     required: Vec<Required>,
 }
+
+/// Binds a session at its handshake (see [`GatewayBuilder::to_entity`]).
+type Binder = dyn Fn(&Session) + Send + Sync;
 
 /// A kind a gateway's routes need: its name, and whether it is served and running.
 struct Required {

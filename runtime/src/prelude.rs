@@ -10,6 +10,7 @@
 
 pub use garrison_protocol::{
     Frame, FrameMeta, Message, Protocol, Snapshot, Validated, control::RefusalCode, messages,
+    snapshot,
 };
 pub use garrison_supervisor::{
     ChildSpec, Overflow, Restart, Start, SupervisorBuilder, SupervisorRef, supervisor,
@@ -21,5 +22,5 @@ pub use crate::gateway::{Gateway, GatewayBuilder, GatewayConfig, SessionStart};
 pub use crate::{
     Activation, CallError, Checkpoint, Entities, Entity, EntityContext, EntityMessage, EntityRef,
     Group, HandlerError, KindConfig, Refusal, Refused, Reply, Session, SessionEvent, SessionId,
-    Sessions, Timer, TimerError, TimerId,
+    Sessions, Timer, TimerError, TimerId, entity_messages,
 };

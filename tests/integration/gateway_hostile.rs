@@ -743,3 +743,52 @@ async fn a_departed_players_session_is_closed_after_the_grace_window() {
     later.exchange(41, 3, 3).await;
     world.gateway.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_routing_to_a_kind_not_running_or_not_served_fails_to_start_and_says_how() {
+    let sessions = Arc::new(Sessions::new());
+    let mut settings = GatewayConfig::new(KEY);
+    settings.tcp = Some("127.0.0.1:0".parse().unwrap());
+    // Served, but missing from any running tree.
+    let pilots = Entities::new(
+        Pilot {
+            sessions: sessions.clone(),
+        },
+        KindConfig::default(),
+    )
+    .unwrap();
+    let started = GatewayBuilder::to_entity(
+        settings.clone(),
+        sessions.clone(),
+        &pilots,
+        |session| session.player(),
+        |message: TestMessage| message,
+    )
+    .start();
+    let error = started.err().expect("refused at start");
+    assert_eq!(
+        error,
+        garrison_runtime::Error::KindNotRunning {
+            kind: "pilot",
+            why: "not running"
+        }
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("add `entities \"pilot\" => registry.start();` to the `supervisor!` tree"),
+        "{error}"
+    );
+    // Declared, never served.
+    let declared = Entities::<Pilot>::declare(KindConfig::default()).unwrap();
+    let started = GatewayBuilder::<TestMessage>::new(settings, sessions, |_, _| Ok(()))
+        .requires(&declared)
+        .start();
+    assert_eq!(
+        started.err(),
+        Some(garrison_runtime::Error::KindNotRunning {
+            kind: "pilot",
+            why: "not served"
+        })
+    );
+}

@@ -25,4 +25,5 @@ mod supervisor_introspection;
 mod supervisor_shutdown;
 mod supervisor_stable_address;
 mod supervisor_strategies;
+mod tictactoe;
 mod traces_jaeger;

@@ -400,9 +400,10 @@ impl Link {
                 }
             }
             Transport::WebSocket => {
-                let (socket, _) = tokio_tungstenite::client_async(format!("ws://{address}/"), stream)
-                    .await
-                    .map_err(|error| ClientError::WebSocket(error.to_string()))?;
+                let (socket, _) =
+                    tokio_tungstenite::client_async(format!("ws://{address}/"), stream)
+                        .await
+                        .map_err(|error| ClientError::WebSocket(error.to_string()))?;
                 Link::WebSocket(Box::new(socket))
             }
         };
