@@ -765,7 +765,7 @@ async fn a_gateway_routing_to_a_kind_not_running_or_not_served_fails_to_start_an
         |message: TestMessage| message,
     )
     .start();
-    let error = started.err().expect("refused at start");
+    let error = started.expect_err("refused at start");
     assert_eq!(
         error,
         garrison_runtime::Error::KindNotRunning {
