@@ -6,7 +6,7 @@
 //! refusing an oversize frame before allocating for it. A protocol's `validate` then checks the
 //! payload once with bytecheck; the resulting [`Validated`] message owns the frame's bytes, can be
 //! sent to another thread, and dereferences to the archived message with no copy and no further
-//! check. The same archives serve as entity [`snapshot`]s.
+//! check. The same archives serve as entity [`snapshot`](mod@snapshot)s.
 //!
 //! The byte layout is in `docs/protocol.md`, so clients in other languages can be written from it.
 //!
