@@ -13,12 +13,18 @@ use tokio::{net::TcpListener, sync::Notify};
 const KEY: &[u8] = b"tictactoe-test-key";
 const LIMIT: Duration = Duration::from_secs(10);
 
-async fn server(turn: Duration) -> Server {
+/// A server whose players forfeit after `turn` without moving, and whose sessions wait `grace`
+/// for a reconnect.
+async fn server_with(turn: Duration, grace: Duration) -> Server {
     let mut config = GatewayConfig::new(KEY);
     config.tcp = Some("127.0.0.1:0".parse().unwrap());
     config.websocket = Some("127.0.0.1:0".parse().unwrap());
-    config.reconnect_grace = Duration::from_millis(300);
+    config.reconnect_grace = grace;
     Server::start(config, turn).await.unwrap()
+}
+
+async fn server(turn: Duration) -> Server {
+    server_with(turn, LIMIT).await
 }
 
 fn config(address: SocketAddr, player: u64) -> ClientConfig {
@@ -148,7 +154,8 @@ async fn a_dropped_connection_resumes_with_the_same_ticket_and_the_game_goes_on(
         loop {
             match x.next().await.expect("events until the board") {
                 Event::Disconnected { .. } => seen.push("disconnected"),
-                Event::Resumed => seen.push("resumed"),
+                Event::Reconnected { resumed: true } => seen.push("resumed"),
+                Event::Reconnected { resumed: false } => panic!("the session was lost"),
                 // The table tells a resumed player the board as it stands.
                 Event::Message(Ttt::Board(board)) if seen.contains(&"resumed") => {
                     break board.cells;
@@ -170,7 +177,7 @@ async fn a_dropped_connection_resumes_with_the_same_ticket_and_the_game_goes_on(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_player_who_leaves_for_good_forfeits_once_the_grace_window_ends() {
-    let server = server(LIMIT).await;
+    let server = server_with(LIMIT, Duration::from_millis(300)).await;
     let tcp = server.gateway.tcp_addr().unwrap();
     let x = Client::<Ttt>::connect(config(tcp, 7)).await.unwrap();
     let mut o = Client::<Ttt>::connect(config(tcp, 8)).await.unwrap();

@@ -4,7 +4,7 @@
 //! client whose [`Client::next`] yields the server's pushes as the game's validated protocol
 //! messages ([`Event::Message`]), [`Client::request`] sends a request and waits for the reply
 //! matched by its `seq` (the protocol's reply flag: no counters, no guessing), and a dropped
-//! connection is resumed with the same ticket ([`Event::Disconnected`], then [`Event::Resumed`]).
+//! connection is resumed with the same ticket ([`Event::Disconnected`], then [`Event::Reconnected`]).
 //! It links the wire crate and tokio only, never the server.
 //!
 //! ```no_run
@@ -211,8 +211,13 @@ pub enum Event<P> {
         /// What happened.
         reason: String,
     },
-    /// The client reconnected with its ticket and the server resumed the session.
-    Resumed,
+    /// The client reconnected with its ticket. `resumed`: the server still had the session
+    /// (the reconnect came within its grace window), so its bindings and its game carry on;
+    /// false: the server had closed it, and this is a new session.
+    Reconnected {
+        /// Whether the server resumed the session.
+        resumed: bool,
+    },
     /// The session ended: the server closed it (`code`), or resuming failed (`None`). The
     /// last event.
     Closed {
@@ -259,7 +264,7 @@ impl<P: Protocol> Client<P> {
     /// [`ClientError::Connect`], [`ClientError::WebSocket`], [`ClientError::Rejected`] (a bad
     /// or expired ticket, a full server: the server's `Close`), [`ClientError::HandshakeTimeout`].
     pub async fn connect(config: ClientConfig) -> Result<Self, ClientError> {
-        let (link, session) = Link::open(&config).await?;
+        let (link, welcomed) = Link::open(&config).await?;
         let (commands, outbox) = mpsc::channel(config.outbox_capacity.max(1));
         let (inbox, events) = mpsc::channel(config.inbox_capacity.max(1));
         let pending = Pending::default();
@@ -271,7 +276,7 @@ impl<P: Protocol> Client<P> {
             pending.clone(),
         ));
         Ok(Client {
-            session,
+            session: welcomed.session,
             commands,
             events,
             pending,
@@ -362,7 +367,7 @@ impl<P: Protocol> Client<P> {
             match self.events.recv().await? {
                 Event::Message(message) => return Some(message),
                 Event::Closed { .. } => return None,
-                Event::Disconnected { .. } | Event::Resumed => {}
+                Event::Disconnected { .. } | Event::Reconnected { .. } => {}
             }
         }
     }
@@ -370,6 +375,12 @@ impl<P: Protocol> Client<P> {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+/// What the server's `Welcome` said.
+struct Welcomed {
+    session: u64,
+    resumed: bool,
 }
 
 /// One connection to the server.
@@ -382,8 +393,8 @@ enum Link {
 }
 
 impl Link {
-    /// Connects and completes the handshake; returns the link and the session id.
-    async fn open(config: &ClientConfig) -> Result<(Link, u64), ClientError> {
+    /// Connects and completes the handshake; returns the link and what the `Welcome` said.
+    async fn open(config: &ClientConfig) -> Result<(Link, Welcomed), ClientError> {
         let address = config.address;
         let stream = TcpStream::connect(address)
             .await
@@ -428,7 +439,12 @@ impl Link {
                     }
                 };
                 match Control::validate(frame) {
-                    Ok(Control::Welcome(welcome)) => return Ok(welcome.session.to_native()),
+                    Ok(Control::Welcome(welcome)) => {
+                        return Ok(Welcomed {
+                            session: welcome.session.to_native(),
+                            resumed: welcome.resumed,
+                        });
+                    }
                     Ok(Control::Close(close)) => {
                         return Err(ClientError::Rejected {
                             code: close.code.to_native(),
@@ -533,9 +549,9 @@ async fn run<P: Protocol>(
                     return;
                 }
                 match resume(&config).await {
-                    Ok(resumed) => {
-                        link = resumed;
-                        if inbox.send(Event::Resumed).await.is_err() {
+                    Ok((resumed_link, resumed)) => {
+                        link = resumed_link;
+                        if inbox.send(Event::Reconnected { resumed }).await.is_err() {
                             return;
                         }
                     }
@@ -554,15 +570,16 @@ async fn run<P: Protocol>(
     }
 }
 
-/// Reconnects with the same ticket, backing off between attempts.
-async fn resume(config: &ClientConfig) -> Result<Link, ClientError> {
+/// Reconnects with the same ticket, backing off between attempts; says whether the server
+/// resumed the session.
+async fn resume(config: &ClientConfig) -> Result<(Link, bool), ClientError> {
     let policy = config.reconnect;
     let mut delay = policy.first_delay;
     let mut last = ClientError::Closed;
     for _ in 0..policy.attempts {
         tokio::time::sleep(delay).await;
         match Link::open(config).await {
-            Ok((link, _)) => return Ok(link),
+            Ok((link, welcome)) => return Ok((link, welcome.resumed)),
             // The server refused the ticket or the session: retrying cannot help.
             Err(error @ ClientError::Rejected { .. }) => return Err(error),
             Err(error) => last = error,
