@@ -640,10 +640,8 @@ impl<P: Protocol> Connection<P> {
             return self.close(CloseCode::SessionRefused, reason);
         }
         let SessionStart { session, resumed } = start;
-        // Atomic takeover: an older connection of this player is told it was replaced.
-        let outbound: Arc<dyn Outbound> = self.outbound.clone();
-        sessions.attach(id, outbound);
-        self.session = Some(session);
+        // The Welcome is queued first: once the session is attached, its entities may push at
+        // once (a resumed player's board), and nothing may reach the client before its Welcome.
         self.reply(
             &Welcome {
                 session: player,
@@ -651,6 +649,10 @@ impl<P: Protocol> Connection<P> {
             },
             seq,
         );
+        // Atomic takeover: an older connection of this player is told it was replaced.
+        let outbound: Arc<dyn Outbound> = self.outbound.clone();
+        sessions.attach(id, outbound);
+        self.session = Some(session);
     }
 
     fn route(&self, session: &Session, frame: Frame) {
