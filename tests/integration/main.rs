@@ -2,6 +2,7 @@
 //! invariant it checks.
 
 mod battle_lockstep;
+mod client;
 mod counter;
 mod gateway_edges;
 mod gateway_hostile;

@@ -38,7 +38,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -211,6 +211,16 @@ pub enum Event<P> {
         /// What happened.
         reason: String,
     },
+    /// The server refused a frame sent with [`Client::send`] (no request waits for it), by its
+    /// `seq`: an entity too busy for it, a frame its router refused, a handler that failed on it.
+    Refused {
+        /// The refused frame's seq.
+        seq: u32,
+        /// The refusal code (`docs/protocol.md`, "Refusal codes").
+        code: u16,
+        /// The server's reason.
+        reason: String,
+    },
     /// The client reconnected with its ticket. `resumed`: the server still had the session
     /// (the reconnect came within its grace window), so its bindings and its game carry on;
     /// false: the server had closed it, and this is a new session.
@@ -230,6 +240,21 @@ pub enum Event<P> {
 
 type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Result<Frame, ClientError>>>>>;
 
+/// Bytes a client moved, over all its connections, frames' length prefixes included.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Bytes of frames received.
+    pub bytes_in: u64,
+    /// Bytes of frames sent.
+    pub bytes_out: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
 /// A connected client speaking protocol `P` (the game's `messages!` enum). Dropping it closes
 /// the connection.
 pub struct Client<P: Protocol> {
@@ -240,6 +265,7 @@ pub struct Client<P: Protocol> {
     seq: AtomicU32,
     request_timeout: Duration,
     max_frame_len: usize,
+    counters: Arc<Counters>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -264,7 +290,8 @@ impl<P: Protocol> Client<P> {
     /// [`ClientError::Connect`], [`ClientError::WebSocket`], [`ClientError::Rejected`] (a bad
     /// or expired ticket, a full server: the server's `Close`), [`ClientError::HandshakeTimeout`].
     pub async fn connect(config: ClientConfig) -> Result<Self, ClientError> {
-        let (link, welcomed) = Link::open(&config).await?;
+        let counters = Arc::new(Counters::default());
+        let (link, welcomed) = Link::open(&config, &counters).await?;
         let (commands, outbox) = mpsc::channel(config.outbox_capacity.max(1));
         let (inbox, events) = mpsc::channel(config.inbox_capacity.max(1));
         let pending = Pending::default();
@@ -274,6 +301,7 @@ impl<P: Protocol> Client<P> {
             outbox,
             inbox,
             pending.clone(),
+            counters.clone(),
         ));
         Ok(Client {
             session: welcomed.session,
@@ -283,8 +311,17 @@ impl<P: Protocol> Client<P> {
             seq: AtomicU32::new(1),
             request_timeout: config.request_timeout,
             max_frame_len: config.max_frame_len,
+            counters,
             task,
         })
+    }
+
+    /// Bytes moved so far, over every connection of this client.
+    pub fn traffic(&self) -> Traffic {
+        Traffic {
+            bytes_in: self.counters.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.counters.bytes_out.load(Ordering::Relaxed),
+        }
     }
 
     /// The session id the server gave (the same across resumes).
@@ -302,12 +339,42 @@ impl<P: Protocol> Client<P> {
         }
     }
 
-    fn encode<M: Message>(&self, message: &M, seq: u32) -> Result<Bytes, ClientError> {
-        let mut codec =
-            FrameCodec::new(DecodeConfig::default().with_max_frame_len(self.max_frame_len));
-        let mut wire = BytesMut::new();
-        codec.encode_message(message, FrameMeta::seq(seq), &mut wire)?;
-        Ok(wire.freeze())
+    fn encode<M: Message>(&self, message: &M, meta: FrameMeta) -> Result<Bytes, ClientError> {
+        // The per-thread encoder: its scratch arena is reused, so a send allocates only its frame.
+        let frame = garrison_protocol::encode_frame(message, meta)?;
+        let length = frame.wire().len();
+        if length > self.max_frame_len {
+            return Err(garrison_protocol::Error::Oversize {
+                length: length as u64,
+                max: self.max_frame_len,
+            }
+            .into());
+        }
+        Ok(frame.wire().clone())
+    }
+
+    /// As [`Client::send`], with a W3C trace context in the frame, so the server's spans for it
+    /// join the caller's trace.
+    ///
+    /// # Errors
+    /// As [`Client::send`].
+    pub async fn send_traced<M: Message>(
+        &self,
+        message: &M,
+        trace: Option<garrison_protocol::TraceContext>,
+    ) -> Result<u32, ClientError> {
+        let seq = self.next_seq();
+        let meta = FrameMeta {
+            seq,
+            trace,
+            reply: false,
+        };
+        let wire = self.encode(message, meta)?;
+        self.commands
+            .send(wire)
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        Ok(seq)
     }
 
     /// Sends `message` without waiting for an answer; returns the seq it was stamped with. Waits
@@ -317,13 +384,7 @@ impl<P: Protocol> Client<P> {
     /// # Errors
     /// [`ClientError::Protocol`] when it cannot be encoded, [`ClientError::Closed`].
     pub async fn send<M: Message>(&self, message: &M) -> Result<u32, ClientError> {
-        let seq = self.next_seq();
-        let wire = self.encode(message, seq)?;
-        self.commands
-            .send(wire)
-            .await
-            .map_err(|_| ClientError::Closed)?;
-        Ok(seq)
+        self.send_traced(message, None).await
     }
 
     /// Sends `message` as a request and waits for the server's reply to it, validated as `P`.
@@ -335,7 +396,7 @@ impl<P: Protocol> Client<P> {
     /// [`ClientError::Closed`].
     pub async fn request<M: Message>(&self, message: &M) -> Result<P, ClientError> {
         let seq = self.next_seq();
-        let wire = self.encode(message, seq)?;
+        let wire = self.encode(message, FrameMeta::seq(seq))?;
         let (answer, answered) = oneshot::channel();
         lock(&self.pending).insert(seq, answer);
         if self.commands.send(wire).await.is_err() {
@@ -367,7 +428,7 @@ impl<P: Protocol> Client<P> {
             match self.events.recv().await? {
                 Event::Message(message) => return Some(message),
                 Event::Closed { .. } => return None,
-                Event::Disconnected { .. } | Event::Reconnected { .. } => {}
+                Event::Disconnected { .. } | Event::Reconnected { .. } | Event::Refused { .. } => {}
             }
         }
     }
@@ -384,7 +445,13 @@ struct Welcomed {
 }
 
 /// One connection to the server.
-enum Link {
+struct Link {
+    transport: Stream,
+    counters: Arc<Counters>,
+}
+
+/// The byte stream under a link.
+enum Stream {
     Tcp {
         read: FramedRead<OwnedReadHalf, FrameCodec>,
         write: OwnedWriteHalf,
@@ -394,7 +461,10 @@ enum Link {
 
 impl Link {
     /// Connects and completes the handshake; returns the link and what the `Welcome` said.
-    async fn open(config: &ClientConfig) -> Result<(Link, Welcomed), ClientError> {
+    async fn open(
+        config: &ClientConfig,
+        counters: &Arc<Counters>,
+    ) -> Result<(Link, Welcomed), ClientError> {
         let address = config.address;
         let stream = TcpStream::connect(address)
             .await
@@ -402,10 +472,10 @@ impl Link {
         // Game traffic is many small frames: no Nagle delay.
         stream.set_nodelay(true)?;
         let decode = DecodeConfig::default().with_max_frame_len(config.max_frame_len);
-        let mut link = match config.transport {
+        let stream = match config.transport {
             Transport::Tcp => {
                 let (read, write) = stream.into_split();
-                Link::Tcp {
+                Stream::Tcp {
                     read: FramedRead::new(read, FrameCodec::new(decode)),
                     write,
                 }
@@ -415,8 +485,12 @@ impl Link {
                     tokio_tungstenite::client_async(format!("ws://{address}/"), stream)
                         .await
                         .map_err(|error| ClientError::WebSocket(error.to_string()))?;
-                Link::WebSocket(Box::new(socket))
+                Stream::WebSocket(Box::new(socket))
             }
+        };
+        let mut link = Link {
+            transport: stream,
+            counters: counters.clone(),
         };
         let mut wire = BytesMut::new();
         FrameCodec::new(decode).encode_message(
@@ -462,9 +536,12 @@ impl Link {
     }
 
     async fn send(&mut self, wire: Bytes) -> Result<(), ClientError> {
-        match self {
-            Link::Tcp { write, .. } => Ok(write.write_all(&wire).await?),
-            Link::WebSocket(socket) => socket
+        self.counters
+            .bytes_out
+            .fetch_add(wire.len() as u64, Ordering::Relaxed);
+        match &mut self.transport {
+            Stream::Tcp { write, .. } => Ok(write.write_all(&wire).await?),
+            Stream::WebSocket(socket) => socket
                 .send(WsMessage::Binary(wire))
                 .await
                 .map_err(|error| ClientError::WebSocket(error.to_string())),
@@ -473,12 +550,22 @@ impl Link {
 
     /// The next frame; `None` when the server ended the connection.
     async fn recv(&mut self, decode: &DecodeConfig) -> Option<Result<Frame, ClientError>> {
-        match self {
-            Link::Tcp { read, .. } => read
+        let frame = self.read(decode).await;
+        if let Some(Ok(frame)) = &frame {
+            self.counters
+                .bytes_in
+                .fetch_add(frame.wire().len() as u64, Ordering::Relaxed);
+        }
+        frame
+    }
+
+    async fn read(&mut self, decode: &DecodeConfig) -> Option<Result<Frame, ClientError>> {
+        match &mut self.transport {
+            Stream::Tcp { read, .. } => read
                 .next()
                 .await
                 .map(|frame| frame.map_err(ClientError::from)),
-            Link::WebSocket(socket) => loop {
+            Stream::WebSocket(socket) => loop {
                 match socket.next().await? {
                     Ok(WsMessage::Binary(data)) => {
                         return Some(Frame::decode_exact(data, decode).map_err(ClientError::from));
@@ -498,11 +585,11 @@ impl Link {
     }
 
     async fn close(&mut self) {
-        match self {
-            Link::Tcp { write, .. } => {
+        match &mut self.transport {
+            Stream::Tcp { write, .. } => {
                 let _ = write.shutdown().await;
             }
-            Link::WebSocket(socket) => {
+            Stream::WebSocket(socket) => {
                 let _ = WebSocketStream::close(&mut **socket, None).await;
             }
         }
@@ -526,6 +613,7 @@ async fn run<P: Protocol>(
     mut outbox: mpsc::Receiver<Bytes>,
     inbox: mpsc::Sender<Event<P>>,
     pending: Pending,
+    counters: Arc<Counters>,
 ) {
     let decode = DecodeConfig::default().with_max_frame_len(config.max_frame_len);
     loop {
@@ -548,7 +636,7 @@ async fn run<P: Protocol>(
                 if inbox.send(Event::Disconnected { reason }).await.is_err() {
                     return;
                 }
-                match resume(&config).await {
+                match resume(&config, &counters).await {
                     Ok((resumed_link, resumed)) => {
                         link = resumed_link;
                         if inbox.send(Event::Reconnected { resumed }).await.is_err() {
@@ -572,13 +660,16 @@ async fn run<P: Protocol>(
 
 /// Reconnects with the same ticket, backing off between attempts; says whether the server
 /// resumed the session.
-async fn resume(config: &ClientConfig) -> Result<(Link, bool), ClientError> {
+async fn resume(
+    config: &ClientConfig,
+    counters: &Arc<Counters>,
+) -> Result<(Link, bool), ClientError> {
     let policy = config.reconnect;
     let mut delay = policy.first_delay;
     let mut last = ClientError::Closed;
     for _ in 0..policy.attempts {
         tokio::time::sleep(delay).await;
-        match Link::open(config).await {
+        match Link::open(config, counters).await {
             Ok((link, welcome)) => return Ok((link, welcome.resumed)),
             // The server refused the ticket or the session: retrying cannot help.
             Err(error @ ClientError::Rejected { .. }) => return Err(error),
@@ -611,7 +702,27 @@ async fn serve<P: Protocol>(
                     Some(Ok(frame)) => frame,
                 };
                 if frame.header().reply {
-                    answer(pending, frame);
+                    let unanswered = match answer(pending, frame) {
+                        None => continue,
+                        Some(Ok(refused)) => Event::Refused {
+                            seq: refused.0,
+                            code: refused.1,
+                            reason: refused.2,
+                        },
+                        // A reply to a frame sent without waiting: a message like any other.
+                        Some(Err(frame)) => match P::validate(frame) {
+                            Ok(message) => Event::Message(message),
+                            Err(error) => {
+                                return Ended::Closed {
+                                    code: None,
+                                    reason: format!("the server sent an invalid frame: {error}"),
+                                };
+                            }
+                        },
+                    };
+                    if inbox.send(unanswered).await.is_err() {
+                        return Ended::Client;
+                    }
                     continue;
                 }
                 if Control::knows(frame.kind()) {
@@ -649,20 +760,25 @@ async fn serve<P: Protocol>(
     }
 }
 
-/// Hands a reply to the request waiting for it (a reply nobody waits for any more, after a
-/// timeout, is dropped).
-fn answer(pending: &Pending, frame: Frame) {
+/// A refusal as (seq, code, reason).
+type RefusedFrame = (u32, u16, String);
+
+/// Hands a reply to the request waiting for it. A reply no request waits for (one to a frame
+/// sent with `send`) comes back: a refusal as its parts, anything else as the frame.
+fn answer(pending: &Pending, frame: Frame) -> Option<Result<RefusedFrame, Frame>> {
     let seq = frame.header().seq;
+    let refused = match Control::validate(frame.clone()) {
+        Ok(Control::Refused(refused)) => {
+            Some((seq, refused.code.to_native(), refused.reason.to_string()))
+        }
+        _ => None,
+    };
     let Some(waiting) = lock(pending).remove(&seq) else {
-        return;
+        return Some(refused.ok_or(frame));
     };
-    let answer = match Control::validate(frame.clone()) {
-        Ok(Control::Refused(refused)) => Err(ClientError::Refused {
-            seq,
-            code: refused.code.to_native(),
-            reason: refused.reason.to_string(),
-        }),
-        _ => Ok(frame),
-    };
-    let _ = waiting.send(answer);
+    let _ = waiting.send(match refused {
+        Some((seq, code, reason)) => Err(ClientError::Refused { seq, code, reason }),
+        None => Ok(frame),
+    });
+    None
 }

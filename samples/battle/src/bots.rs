@@ -1,4 +1,4 @@
-//! Bots: real clients over TCP. Each joins a match, sends one input per frame (or every
+//! Bots: real clients over TCP, on `garrison-client`. Each joins a match, sends one input per frame (or every
 //! `input_every` frames) stamped `frame + input_delay`, simulates every broadcast frame locally
 //! with a [`Mirror`] and checks the checksums, and measures input -> broadcast latency. A bot
 //! told to drop its connection goes away for a while, reconnects with the same ticket, sends
@@ -13,14 +13,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures_util::{SinkExt, StreamExt};
-use garrison_protocol::{
-    DecodeConfig, Frame, FrameCodec, FrameMeta, Protocol,
-    control::{Control, Hello},
-};
-use garrison_runtime::gateway::ticket;
-use tokio::{net::TcpStream, sync::Notify};
-use tokio_util::codec::Framed;
+use garrison_client::{Client, ClientConfig, ClientError, Event, Reconnect, Traffic};
+use garrison_protocol::ticket;
+use tokio::sync::Notify;
 use tracing::Instrument;
 
 use crate::{
@@ -104,13 +99,6 @@ impl Default for BotOptions {
     }
 }
 
-fn accept_all() -> DecodeConfig {
-    DecodeConfig {
-        known_kind: |_| true,
-        ..DecodeConfig::default()
-    }
-}
-
 /// Most live frames a resuming bot holds while it waits for its catch-up.
 const MAX_PENDING: usize = 4_096;
 
@@ -141,8 +129,11 @@ pub enum BotError {
         reason: String,
     },
     /// The server ended the connection without a `Close`.
-    #[error("the server ended the connection")]
-    Ended,
+    #[error("the server ended the connection: {0}")]
+    Ended(String),
+    /// The client failed (the handshake, a write).
+    #[error("client: {0}")]
+    Client(#[from] ClientError),
     /// A broadcast could not be applied to the bot's mirror.
     #[error("the room's broadcast did not follow: {0:?}")]
     Mirror(MirrorError),
@@ -167,8 +158,9 @@ struct Bot {
     key: Vec<u8>,
     player: u64,
     options: BotOptions,
-    codec: FrameCodec,
     report: BotReport,
+    /// Bytes moved by the clients this bot dropped (the live one counts its own).
+    dropped_traffic: Traffic,
     playing: Option<Playing>,
     /// Inputs sent and not yet executed: stamped frame -> (sent at, buttons).
     sent: BTreeMap<u32, (Instant, u8)>,
@@ -183,38 +175,38 @@ struct Bot {
     noise: u64,
 }
 
-type Connection = Framed<TcpStream, FrameCodec>;
+type Connection = Client<ServerMessage>;
 
 impl Bot {
-    /// Sends one frame, counting its bytes.
-    async fn send(&mut self, connection: &mut Connection, frame: Frame) -> Result<(), BotError> {
-        self.report.bytes_out += frame.wire().len() as u64;
-        connection.send(frame).await.map_err(protocol_error)
-    }
-
-    /// Connects and says hello; then joins, or resumes the match it was in.
+    /// Connects with its ticket; then joins, or resumes the match it was in.
     async fn connect(&mut self) -> Result<Connection, BotError> {
-        let stream = TcpStream::connect(self.address).await?;
-        let _ = stream.set_nodelay(true);
-        let mut connection = Framed::new(stream, FrameCodec::new(accept_all()));
         let ticket = ticket::mint(&self.key, self.player, ticket::unix_now() + 3600);
-        let hello = self.encode(&Hello { ticket })?;
-        self.send(&mut connection, hello).await?;
-        let next = match &self.playing {
+        let mut config = ClientConfig::new(self.address, ticket);
+        // The bot drops and resumes on its own schedule (the scenario); a connection lost
+        // otherwise is a failure to report, not to paper over.
+        config.reconnect = Reconnect {
+            attempts: 0,
+            ..Reconnect::default()
+        };
+        let connection = Client::connect(config).await?;
+        match &self.playing {
             Some(playing) => {
                 self.resuming = true;
-                self.encode(&Resume {
-                    frame: playing.mirror.world().frame,
-                })?
+                let frame = playing.mirror.world().frame;
+                connection.send(&Resume { frame }).await?;
             }
-            None => self.encode(&Join { mode: 0 })?,
-        };
-        self.send(&mut connection, next).await?;
+            None => {
+                connection.send(&Join { mode: 0 }).await?;
+            }
+        }
         Ok(connection)
     }
 
-    fn encode<M: garrison_protocol::Message>(&mut self, message: &M) -> Result<Frame, BotError> {
-        Ok(self.codec.encode_frame(message, FrameMeta::default())?)
+    /// The bytes moved so far, over all its connections, into the report.
+    fn count_traffic(&mut self, connection: &Connection) {
+        let live = connection.traffic();
+        self.report.bytes_in = self.dropped_traffic.bytes_in + live.bytes_in;
+        self.report.bytes_out = self.dropped_traffic.bytes_out + live.bytes_out;
     }
 
     /// Runs one frame on the mirror and checks this bot's input for it. `live`: it arrived
@@ -290,24 +282,25 @@ impl Bot {
         Ok(())
     }
 
-    /// Handles one frame from the server. `Ok(false)`: nothing to answer.
-    fn receive(&mut self, frame: Frame) -> Result<bool, BotError> {
-        self.report.bytes_in += frame.wire().len() as u64;
-        if Control::knows(frame.kind()) {
-            match Control::validate(frame) {
-                Ok(Control::Close(close)) => {
-                    return Err(BotError::Closed {
-                        code: close.code.to_native(),
-                        reason: close.reason.to_string(),
-                    });
-                }
-                // The matchmaker was too busy for the join: ask again.
-                Ok(Control::Refused(_)) if self.playing.is_none() => self.rejoin = true,
-                _ => {}
+    /// Handles one event from the client. `Ok(false)`: nothing to answer.
+    fn receive(&mut self, event: Event<ServerMessage>) -> Result<bool, BotError> {
+        let message = match event {
+            Event::Message(message) => message,
+            // The matchmaker was too busy for the join: ask again.
+            Event::Refused { .. } if self.playing.is_none() => {
+                self.rejoin = true;
+                return Ok(false);
             }
-            return Ok(false);
-        }
-        match ServerMessage::validate(frame)? {
+            Event::Refused { .. } => return Ok(false),
+            Event::Closed {
+                code: Some(code),
+                reason,
+            } => return Err(BotError::Closed { code, reason }),
+            Event::Closed { code: None, reason } => return Err(BotError::Ended(reason)),
+            // Never resumed by the client itself (`attempts: 0`): it closes instead.
+            Event::Disconnected { .. } | Event::Reconnected { .. } => return Ok(false),
+        };
+        match message {
             ServerMessage::MatchStart(start) => {
                 self.report.room = start.room.to_native();
                 self.playing = Some(Playing {
@@ -416,7 +409,7 @@ impl Bot {
     }
 
     /// Sends the input for the next frame due one, unless it was sent already.
-    async fn send_input(&mut self, connection: &mut Connection) -> Result<(), BotError> {
+    async fn send_input(&mut self, connection: &Connection) -> Result<(), BotError> {
         let Some(playing) = &self.playing else {
             return Ok(());
         };
@@ -448,23 +441,20 @@ impl Bot {
         } else {
             None
         };
-        let input = self.codec.encode_frame(
-            &PlayerInput {
-                frame: stamp,
-                buttons,
-            },
-            FrameMeta {
-                seq: stamp,
-                trace,
-                reply: false,
-            },
-        )?;
+        let input = PlayerInput {
+            frame: stamp,
+            buttons,
+        };
         self.sent.insert(stamp, (Instant::now(), buttons));
         self.report.inputs_sent += 1;
         if trace.is_some_and(|trace| trace.flags & 1 == 1) {
             self.report.inputs_traced += 1;
         }
-        self.send(connection, input).instrument(span).await
+        connection
+            .send_traced(&input, trace)
+            .instrument(span)
+            .await?;
+        Ok(())
     }
 }
 
@@ -494,8 +484,8 @@ pub async fn play(
         key,
         player,
         options,
-        codec: FrameCodec::default(),
         report: BotReport::default(),
+        dropped_traffic: Traffic::default(),
         playing: None,
         sent: BTreeMap::new(),
         pending: BTreeMap::new(),
@@ -511,31 +501,37 @@ pub async fn play(
         let matched = bot.playing.is_some();
         tokio::select! {
             next = tokio::time::timeout(remaining, connection.next()) => {
-                let frame = match next {
-                    Err(_) => return Ok(bot.report),
-                    Ok(Some(Ok(frame))) => frame,
-                    Ok(Some(Err(error))) => return Err(protocol_error(error)),
-                    Ok(None) => return Err(BotError::Ended),
+                let event = match next {
+                    Err(_) => {
+                        bot.count_traffic(&connection);
+                        return Ok(bot.report);
+                    }
+                    Ok(Some(event)) => event,
+                    Ok(None) => return Err(BotError::Ended("the client ended".to_owned())),
                 };
-                if bot.receive(frame)? {
-                    bot.send_input(&mut connection).await?;
+                if bot.receive(event)? {
+                    bot.send_input(&connection).await?;
                 }
                 if bot.options.matches.is_some_and(|matches| bot.report.matches_ended >= matches) {
+                    bot.count_traffic(&connection);
                     return Ok(bot.report);
                 }
                 if std::mem::take(&mut bot.join_again) {
-                    let join = bot.encode(&Join { mode: 0 })?;
-                    bot.send(&mut connection, join).await?;
+                    connection.send(&Join { mode: 0 }).await?;
                 }
                 if std::mem::take(&mut bot.rejoin) {
                     bot.joins += 1;
                     // Back off a little more each time, as a client of a busy lobby should.
                     tokio::time::sleep(Duration::from_millis(10 * u64::from(bot.joins.min(20)))).await;
-                    let join = bot.encode(&Join { mode: 0 })?;
-                    bot.send(&mut connection, join).await?;
+                    connection.send(&Join { mode: 0 }).await?;
                 }
             }
             () = dropped(order.as_ref().map(|(order, _)| order)), if matched => {
+                bot.count_traffic(&connection);
+                bot.dropped_traffic = Traffic {
+                    bytes_in: bot.report.bytes_in,
+                    bytes_out: bot.report.bytes_out,
+                };
                 drop(connection);
                 let away = order.as_ref().map_or(Duration::ZERO, |(_, away)| *away);
                 // Being away is the scenario itself, not a wait for an event.
@@ -549,13 +545,5 @@ pub async fn play(
                 connection = bot.connect().await?;
             }
         }
-    }
-}
-
-/// A codec error as the bot's: an I/O failure stays one.
-fn protocol_error(error: garrison_protocol::Error) -> BotError {
-    match error {
-        garrison_protocol::Error::Io(error) => BotError::Io(error),
-        other => BotError::Protocol(other),
     }
 }

@@ -269,7 +269,7 @@ mod tests {
             Ok(report(2, 100, 30)),
             // Never placed in a room: not a client of any room's bandwidth or deviation.
             Ok(BotReport::default()),
-            Err(BotError::Ended),
+            Err(BotError::Ended("gone".to_owned())),
         ];
         let summary = Summary::new(&reports, Some(300), Some(2), 1.0);
         assert_eq!(
