@@ -159,15 +159,18 @@ pub trait Entity: Send + Sync + Sized + 'static {
     const KIND: &'static str;
     /// The key that identifies one entity of this kind (player id, room id).
     type Key: Clone + Eq + Hash + Display + Send + Sync + 'static;
-    /// The state of one entity; checkpointed as an rkyv snapshot.
-    type State: State;
+    /// The state of one entity; checkpointed as an rkyv snapshot. A fresh entity starts from
+    /// `State::default()` unless its `activate` says otherwise.
+    type State: State + Default;
     /// The messages it handles (typed Rust messages, or validated protocol messages wrapped in
     /// them).
     type Message: EntityMessage;
 
     /// Builds the state of entity `key`. `activation` says why it runs and carries the state to
     /// recover: none for a fresh entity, the last checkpoint after a crash, the snapshot after a
-    /// passivation. Most entities return `Ok(activation.unwrap_or_default())`.
+    /// passivation. The default returns the recovered state, or `State::default()` for a fresh
+    /// entity (and one whose crash left no checkpoint); override it to count restarts, to build a
+    /// fresh state from the key, or to migrate an old state.
     ///
     /// A panic or error here abandons the activation (it is not retried): the messages waiting
     /// for it are dead-lettered with the reason, the snapshot it was given is quarantined
@@ -177,7 +180,10 @@ pub trait Entity: Send + Sync + Sized + 'static {
         &self,
         key: &Self::Key,
         activation: Activation<Self::State>,
-    ) -> impl Future<Output = Result<Self::State, HandlerError>> + Send;
+    ) -> impl Future<Output = Result<Self::State, HandlerError>> + Send {
+        let _ = key;
+        std::future::ready(Ok(activation.unwrap_or_default()))
+    }
 
     /// Handles one message. A panic or error crashes this incarnation: the message goes to the
     /// dead letters, and the entity restarts from its last checkpoint with the messages queued

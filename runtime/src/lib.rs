@@ -31,9 +31,7 @@
 //!     type Key = u64;
 //!     type State = Inventory;
 //!     type Message = PlayerMsg;
-//!     async fn activate(&self, _: &u64, recovered: Activation<Inventory>) -> Result<Inventory, HandlerError> {
-//!         Ok(recovered.unwrap_or_default())
-//!     }
+//!     // `activate` is left to its default: the recovered inventory, or an empty one.
 //!     async fn handle(&self, cx: &mut EntityContext<'_, Self>, msg: PlayerMsg, inv: &mut Inventory) -> Result<(), HandlerError> {
 //!         match msg {
 //!             PlayerMsg::Pick(item) => { inv.items.push((item, 1)); cx.checkpoint(); }

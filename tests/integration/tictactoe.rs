@@ -7,6 +7,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use garrison_client::{Client, ClientConfig, ClientError, Event};
 use garrison_runtime::{gateway::GatewayConfig, protocol::ticket};
+use garrison_tests::probe::eventually;
 use garrison_tictactoe::{Mark, Server, Sit, TableMsg, Ttt};
 use tokio::{net::TcpListener, sync::Notify};
 
@@ -94,6 +95,12 @@ async fn a_full_game_survives_a_crash_of_its_table_and_both_players_hear_the_res
             (Some(1), "three in a row".to_owned())
         );
     }
+    // The table stopped with its game: its clock is gone with it.
+    eventually("the clock cancelled", LIMIT, || {
+        let armed = server.tables.timers_armed();
+        async move { armed == 0 }
+    })
+    .await;
     // The crash is the one dead letter.
     let letters = server.tables.dead_letters().snapshot();
     assert_eq!(letters.len(), 1);

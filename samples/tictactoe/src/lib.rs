@@ -167,10 +167,6 @@ impl Entity for Table {
     type State = Game;
     type Message = TableMsg;
 
-    async fn activate(&self, _: &u64, recovered: Activation<Game>) -> Result<Game, HandlerError> {
-        Ok(recovered.unwrap_or_default())
-    }
-
     async fn handle(
         &self,
         cx: &mut Cx<'_>,
