@@ -9,7 +9,7 @@ use rkyv::{Deserialize, de::Pool, rancor::Strategy};
 use crate::{
     Refusal,
     origin::{Origin, SessionId},
-    timer::{Timer, TimerError, TimerId, Timers},
+    timer::{Timer, TimerError, TimerId, TimerShared, Timers},
 };
 
 /// A state that can be checkpointed and restored: an rkyv [`Snapshot`] that deserializes.
@@ -318,6 +318,7 @@ pub struct EntityContext<'a, E: Entity> {
     /// The client frame that caused this message, if one did.
     pub(crate) origin: Option<&'a Origin>,
     pub(crate) timers: &'a mut Timers<E>,
+    pub(crate) timer_shared: &'a TimerShared<E>,
 }
 
 impl<E: Entity> EntityContext<'_, E> {
@@ -349,8 +350,8 @@ impl<E: Entity> EntityContext<'_, E> {
     /// Answers the client request that caused this message: `message` goes to the connection
     /// that sent the frame, with the frame's `seq` and the reply flag, so the client matches it
     /// to its request (the protocol's "Requests and replies"). The request may have come
-    /// through other entities first (a player forwarding to its room): the origin travels with
-    /// every message sent while handling it.
+    /// through other entities first: one that passes it on with [`EntityContext::forward`]
+    /// lets the next answer it.
     ///
     /// # Errors
     /// [`Refusal::NoRequest`] when no client frame caused this message (a timer, another
@@ -389,6 +390,22 @@ impl<E: Entity> EntityContext<'_, E> {
             code: code.code(),
             reason: reason.into(),
         })
+    }
+
+    /// Passes the request being handled on to entity `key` of `entities`' kind, as `message`:
+    /// it goes on behalf of the same session, and carries the client frame's origin, so that
+    /// entity can [`reply`](EntityContext::reply) to the client (or the client is told if it
+    /// fails on it). A player entity forwarding a move to its room does this.
+    ///
+    /// # Errors
+    /// As [`Entities::send`](crate::Entities::send).
+    pub fn forward<T: Entity>(
+        &self,
+        entities: &crate::Entities<T>,
+        key: &T::Key,
+        message: T::Message,
+    ) -> Result<(), crate::Refused<T::Message>> {
+        entities.deliver_from(key, message, self.session, self.origin.cloned())
     }
 
     /// Whether this message was caused by a client frame that [`EntityContext::reply`] can
@@ -430,13 +447,13 @@ impl<E: Entity> EntityContext<'_, E> {
     /// # Errors
     /// As [`EntityContext::every`].
     pub fn timer(&mut self, timer: Timer<E::Message>) -> Result<TimerId, TimerError> {
-        self.timers.arm(self.key, timer)
+        self.timers.arm(self.timer_shared, self.key, timer)
     }
 
     /// Cancels timer `id`; returns whether it was armed. A tick it already queued is dropped,
     /// not delivered.
     pub fn cancel_timer(&mut self, id: TimerId) -> bool {
-        self.timers.cancel(id)
+        self.timers.cancel(self.timer_shared, id)
     }
 
     /// Timers this entity has armed now.

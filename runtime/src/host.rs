@@ -40,10 +40,12 @@ pub(crate) enum Recovery {
 }
 
 /// Shared by the incarnations of one activation: its last checkpoint and when it last worked.
-pub(crate) struct EntityCell {
+pub(crate) struct EntityCell<E: Entity> {
     pub(crate) checkpoint: Mutex<Option<Bytes>>,
     pub(crate) last_active: AtomicU64,
     pub(crate) recovery: Recovery,
+    /// Timer ids, and the timers kept across a crash (allocates nothing until one is kept).
+    pub(crate) timers: TimerShared<E>,
 }
 
 /// What an incarnation needs of its kind: the module serving it, its settings and logs, and the
@@ -67,9 +69,7 @@ pub(crate) trait KindHost<E: Entity>: Send + Sync + 'static {
 pub(crate) struct EntityWorker<E: Entity, K: KindHost<E>> {
     pub(crate) kind: Arc<K>,
     pub(crate) key: E::Key,
-    pub(crate) cell: Arc<EntityCell>,
-    /// Shared by the activation's incarnations: timer ids, and the timers kept across a crash.
-    pub(crate) timers: Arc<TimerShared<E>>,
+    pub(crate) cell: Arc<EntityCell<E>>,
 }
 
 impl<E: Entity, K: KindHost<E>> Clone for EntityWorker<E, K> {
@@ -78,7 +78,6 @@ impl<E: Entity, K: KindHost<E>> Clone for EntityWorker<E, K> {
             kind: self.kind.clone(),
             key: self.key.clone(),
             cell: self.cell.clone(),
-            timers: self.timers.clone(),
         }
     }
 }
@@ -284,13 +283,12 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
             }
         };
         let mut timers = Timers::new(
-            self.timers.clone(),
             context.handle(),
             self.kind.timer_sink(),
             self.kind.config().max_timers,
         );
         if recovery == Recovery::Crash {
-            timers.rearm_kept(&self.key);
+            timers.rearm_kept(&self.cell.timers, &self.key);
         }
         Ok(Running {
             state,
@@ -364,18 +362,16 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
             stop_requested: false,
             origin: origin.as_ref(),
             timers: &mut running.timers,
+            timer_shared: &self.cell.timers,
         };
         let Some(module) = self.kind.module() else {
             return Err("the kind is not served".into());
         };
-        let handled = AssertUnwindSafe(crate::origin::scoped(
-            origin.clone(),
-            crate::telemetry::in_sampling(
-                sampling,
-                module
-                    .handle(&mut entity_context, message, &mut running.state)
-                    .instrument(span),
-            ),
+        let handled = AssertUnwindSafe(crate::telemetry::in_sampling(
+            sampling,
+            module
+                .handle(&mut entity_context, message, &mut running.state)
+                .instrument(span),
         ))
         .catch_unwind()
         .await;

@@ -59,17 +59,10 @@ pub(crate) struct Origin {
 }
 
 tokio::task_local! {
-    /// The origin of the frame being routed, for the sends the router makes.
+    /// The origin of the frame being routed, for the sends the router makes. (An entity passes
+    /// its message's origin on explicitly, with `EntityContext::forward`: a task-local scope
+    /// around every handler would make each entity's task hold its handler's future twice.)
     static ORIGIN: Origin;
-}
-
-/// Runs `handle` with `origin` as the origin of every message it sends: an entity forwarding a
-/// client's request (a player to its room) passes it on, so the room can answer it.
-pub(crate) async fn scoped<F: std::future::Future>(origin: Option<Origin>, handle: F) -> F::Output {
-    match origin {
-        Some(origin) => ORIGIN.scope(origin, handle).await,
-        None => handle.await,
-    }
 }
 
 /// Runs `route` with `origin` as the origin of every message it sends.

@@ -42,7 +42,7 @@ use crate::{
 enum Slot<E: Entity> {
     Active {
         handle: ChildRef<Envelope<E>>,
-        cell: Arc<EntityCell>,
+        cell: Arc<EntityCell<E>>,
     },
     Passivated(Bytes),
 }
@@ -255,12 +255,24 @@ impl<E: Entity> Entities<E> {
         message: E::Message,
         session: Option<SessionId>,
     ) -> Result<(), Refused<E::Message>> {
+        self.deliver_from(key, message, session, current_origin())
+    }
+
+    /// Delivers with an explicit origin: an entity forwarding the request it is handling
+    /// (`EntityContext::forward`).
+    pub(crate) fn deliver_from(
+        &self,
+        key: &E::Key,
+        message: E::Message,
+        session: Option<SessionId>,
+        origin: Option<crate::origin::Origin>,
+    ) -> Result<(), Refused<E::Message>> {
         let envelope = Envelope::Message {
             message,
             parent: tracing::Span::current(),
             session,
             sampling: telemetry::current_sampling(),
-            origin: current_origin(),
+            origin,
         };
         self.push(key, envelope)
             .map_err(|(reason, envelope)| Refused::new(reason, envelope.into_message()))
@@ -382,13 +394,13 @@ impl<E: Entity> Entities<E> {
             checkpoint: Mutex::new(recovered),
             last_active: AtomicU64::new(clock::now_millis()),
             recovery,
+            timers: crate::timer::TimerShared::default(),
         });
         let activation = self.inner.activations.fetch_add(1, Ordering::Relaxed);
         let worker = EntityWorker {
             kind: self.inner.clone(),
             key: key.clone(),
             cell: cell.clone(),
-            timers: Arc::default(),
         };
         let start = Start::worker_with_mailbox(
             move || worker.clone(),

@@ -182,9 +182,9 @@ static GENERATIONS: AtomicU64 = AtomicU64::new(1);
 /// The timers of one incarnation. Dropping it (the incarnation ended: crash, passivation, stop)
 /// aborts every timer task.
 pub(crate) struct Timers<E: Entity> {
+    /// 0 until the first timer is armed (no tick can exist before).
     generation: u64,
     armed: Vec<Armed<E::Message>>,
-    shared: Arc<TimerShared<E>>,
     mailbox: ChildRef<Envelope<E>>,
     sink: TimerSink,
     limit: usize,
@@ -203,26 +203,27 @@ impl<E: Entity> Drop for Timers<E> {
 }
 
 impl<E: Entity> Timers<E> {
-    pub(crate) fn new(
-        shared: Arc<TimerShared<E>>,
-        mailbox: ChildRef<Envelope<E>>,
-        sink: TimerSink,
-        limit: usize,
-    ) -> Self {
+    pub(crate) fn new(mailbox: ChildRef<Envelope<E>>, sink: TimerSink, limit: usize) -> Self {
         Timers {
-            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
+            generation: 0,
             armed: Vec::new(),
-            shared,
             mailbox,
             sink,
             limit,
         }
     }
 
+    /// This incarnation's generation, drawn when its first timer is armed.
+    fn generation(&mut self) -> u64 {
+        if self.generation == 0 {
+            self.generation = GENERATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        self.generation
+    }
+
     /// Re-arms the timers an earlier incarnation kept across a crash.
-    pub(crate) fn rearm_kept(&mut self, key: &E::Key) {
-        let kept: Vec<(TimerId, Duration, Make<E::Message>, bool)> = self
-            .shared
+    pub(crate) fn rearm_kept(&mut self, shared: &TimerShared<E>, key: &E::Key) {
+        let kept: Vec<(TimerId, Duration, Make<E::Message>, bool)> = shared
             .kept
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
@@ -242,6 +243,7 @@ impl<E: Entity> Timers<E> {
 
     pub(crate) fn arm(
         &mut self,
+        shared: &TimerShared<E>,
         key: &E::Key,
         timer: Timer<E::Message>,
     ) -> Result<TimerId, TimerError> {
@@ -254,11 +256,11 @@ impl<E: Entity> Timers<E> {
         if timer.period == Some(Duration::ZERO) {
             return Err(TimerError::ZeroPeriod);
         }
-        let id = TimerId(self.shared.next_id.fetch_add(1, Ordering::Relaxed));
+        let id = TimerId(shared.next_id.fetch_add(1, Ordering::Relaxed));
         if let (true, Payload::Every(make), Some(period)) =
             (timer.surviving_restart, &timer.payload, timer.period)
         {
-            self.shared
+            shared
                 .kept
                 .lock()
                 .unwrap_or_else(|poison| poison.into_inner())
@@ -280,8 +282,8 @@ impl<E: Entity> Timers<E> {
     }
 
     /// Cancels timer `id`; returns whether it was armed. A tick it already queued is ignored.
-    pub(crate) fn cancel(&mut self, id: TimerId) -> bool {
-        self.shared
+    pub(crate) fn cancel(&mut self, shared: &TimerShared<E>, id: TimerId) -> bool {
+        shared
             .kept
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
@@ -302,7 +304,7 @@ impl<E: Entity> Timers<E> {
     /// The message a tick delivers, or none when the tick is stale (an earlier incarnation's, or
     /// of a timer cancelled since).
     pub(crate) fn fire(&mut self, generation: u64, id: TimerId) -> Option<E::Message> {
-        if generation != self.generation {
+        if generation == 0 || generation != self.generation {
             return None;
         }
         let at = self.armed.iter().position(|armed| armed.id == id)?;
@@ -318,16 +320,16 @@ impl<E: Entity> Timers<E> {
     }
 
     fn spawn(
-        &self,
+        &mut self,
         key: &E::Key,
         id: TimerId,
         delay: Duration,
         period: Option<Duration>,
         catching_up: bool,
     ) -> tokio::task::AbortHandle {
+        let generation = self.generation();
         let mailbox = self.mailbox.clone();
         let sink = self.sink.clone();
-        let generation = self.generation;
         let key = key.to_string();
         tokio::spawn(async move {
             let start = tokio::time::Instant::now() + delay;

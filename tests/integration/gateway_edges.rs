@@ -308,6 +308,19 @@ async fn a_request_is_answered_with_its_seq_and_the_reply_flag_and_a_push_is_not
             "answer 2",
             "{transport:?}: its second message"
         );
+        // A request one entity passes on with `forward` is answered by the next (pilot 0, at
+        // its first message).
+        client.send_raw(chat("relay", 43)).await;
+        let relayed = client.recv().await.expect("the relayed answer");
+        assert_eq!(
+            (relayed.header().seq, relayed.header().reply),
+            (43, true),
+            "{transport:?}"
+        );
+        let TestMessage::Chat(relayed) = TestMessage::validate(relayed).unwrap() else {
+            panic!("{transport:?}: expected the chat answer");
+        };
+        assert_eq!(relayed.text.as_str(), format!("answer {}", player - 80));
         // A refusal answers its request the same way.
         client.send_raw(chat("crash", 42)).await;
         let refused = client.recv().await.expect("the refusal");

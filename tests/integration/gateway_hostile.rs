@@ -37,9 +37,11 @@ impl Snapshot for Seen {
     const VERSION: u16 = 1;
 }
 
-/// Each player's entity echoes its inputs back to its session.
+/// Each player's entity echoes its inputs back to its session, answers "ask", and passes
+/// "relay" on to pilot 0 as an "ask" (which pilot 0 answers to the client).
 struct Pilot {
     sessions: Arc<Sessions>,
+    pilots: Option<Entities<Pilot>>,
 }
 
 impl Entity for Pilot {
@@ -61,6 +63,17 @@ impl Entity for Pilot {
         seen.0 += 1;
         if let TestMessage::Chat(chat) = &message {
             assert_ne!(chat.text.as_str(), "crash", "told to crash");
+            if let ("relay", Some(pilots)) = (chat.text.as_str(), &self.pilots) {
+                let ask = Chat {
+                    from: "relay".into(),
+                    text: "ask".into(),
+                };
+                let frame = garrison_protocol::encode_frame(&ask, FrameMeta::seq(0))?;
+                let ask = TestMessage::validate(frame)?;
+                context
+                    .forward(pilots, &0, ask)
+                    .map_err(|refused| refused.reason)?;
+            }
             if chat.text.as_str() == "ask" {
                 let answer = Chat {
                     from: "pilot".into(),
@@ -111,13 +124,13 @@ pub async fn world_with_hook(
     admit: impl Fn(&SessionStart) -> Result<(), String> + Send + Sync + 'static,
 ) -> World {
     let sessions = Arc::new(Sessions::new());
-    let pilots = Entities::new(
-        Pilot {
+    let pilots = Entities::declare(KindConfig::default()).unwrap();
+    pilots
+        .serve(Pilot {
             sessions: sessions.clone(),
-        },
-        KindConfig::default(),
-    )
-    .unwrap();
+            pilots: Some(pilots.clone()),
+        })
+        .unwrap();
     let tree = SupervisorBuilder::new("game")
         .child(ChildSpec::new("pilots", pilots.start()))
         .build()
@@ -753,6 +766,7 @@ async fn a_gateway_routing_to_a_kind_not_running_or_not_served_fails_to_start_an
     let pilots = Entities::new(
         Pilot {
             sessions: sessions.clone(),
+            pilots: None,
         },
         KindConfig::default(),
     )
