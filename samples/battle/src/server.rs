@@ -201,6 +201,11 @@ impl BattleServer {
         .on_session_closed(move |session| {
             let _ = leaving.send(&session.player(), PlayerMsg::Leave);
         })
+        // The router sends to players and rooms (and players to the matchmaker): a kind left out
+        // of the tree above fails here, naming the line to add, not at the first player.
+        .requires(&players)
+        .requires(&matchmakers)
+        .requires(&rooms)
         .start()?;
         Ok(BattleServer {
             gateway,
