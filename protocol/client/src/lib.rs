@@ -98,7 +98,8 @@ pub struct ClientConfig {
     pub address: SocketAddr,
     /// TCP or WebSocket.
     pub transport: Transport,
-    /// The ticket that admits the player.
+    /// The ticket that admits the player; resuming presents it again, so it must outlive the
+    /// session (an expired ticket is rejected, and the client closes).
     pub ticket: Ticket,
     /// How long the handshake may take.
     pub handshake_timeout: Duration,
