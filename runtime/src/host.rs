@@ -315,8 +315,14 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
             } => (message, parent, session, sampling, origin, false),
             Envelope::Tick { generation, id } => match running.timers.fire(generation, id) {
                 Some(message) => (message, tracing::Span::none(), None, None, None, true),
-                // An earlier incarnation's tick, or a cancelled timer's.
-                None => return Ok(()),
+                // An earlier incarnation's tick, or a cancelled timer's: nothing to handle, but
+                // an entity waiting to stop may stop now.
+                None => {
+                    if running.stopping {
+                        self.end(context);
+                    }
+                    return Ok(());
+                }
             },
             Envelope::Passivate if running.stopping => {
                 self.end(context);

@@ -258,6 +258,23 @@ impl<E: Entity> Entities<E> {
         self.deliver_from(key, message, session, current_origin())
     }
 
+    /// Delivers a session event to entity `key`. A player arriving (`activate`) is a reason to
+    /// run its entity; a player leaving reaches only an entity the registry knows (active or
+    /// passivated): one that ended (a finished match) is not activated again to hear it. No
+    /// frame caused the event, so it carries no origin.
+    pub(crate) fn send_event(
+        &self,
+        session: SessionId,
+        key: &E::Key,
+        message: E::Message,
+        activate: bool,
+    ) -> Result<(), Refused<E::Message>> {
+        if !activate && !self.inner.map.contains_key(key) {
+            return Ok(());
+        }
+        self.deliver_from(key, message, Some(session), None)
+    }
+
     /// Delivers with an explicit origin: an entity forwarding the request it is handling
     /// (`EntityContext::forward`).
     pub(crate) fn deliver_from(

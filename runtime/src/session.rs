@@ -66,7 +66,11 @@ fn notify<E: Entity>(target: &(dyn Any + Send + Sync), session: SessionId, event
     let Some(message) = E::Message::session_event(session, event) else {
         return;
     };
-    if let Err(refused) = target.entities.send_for(session, &target.key, message) {
+    let arriving = matches!(event, SessionEvent::Connected | SessionEvent::Resumed);
+    if let Err(refused) = target
+        .entities
+        .send_event(session, &target.key, message, arriving)
+    {
         tracing::warn!(
             game.session.id = session.0,
             game.entity.kind = E::KIND,

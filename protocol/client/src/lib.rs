@@ -389,6 +389,10 @@ impl<P: Protocol> Client<P> {
     }
 
     /// Sends `message` as a request and waits for the server's reply to it, validated as `P`.
+    /// Keep reading [`Client::next`] meanwhile (from another task, or in a `select!`) when the
+    /// server pushes a lot: pushes wait in the bounded inbox, and while it is full the client
+    /// reads nothing, replies included, until the request times out. A reply that comes after
+    /// the timeout arrives as an [`Event::Message`].
     ///
     /// # Errors
     /// [`ClientError::Refused`] (the server refused it, or its handler failed on it),
@@ -400,22 +404,26 @@ impl<P: Protocol> Client<P> {
         let wire = self.encode(message, FrameMeta::seq(seq))?;
         let (answer, answered) = oneshot::channel();
         lock(&self.pending).insert(seq, answer);
-        if self.commands.send(wire).await.is_err() {
-            lock(&self.pending).remove(&seq);
-            return Err(ClientError::Closed);
-        }
-        match tokio::time::timeout(self.request_timeout, answered).await {
-            Ok(Ok(Ok(frame))) => Ok(P::validate(frame)?),
-            Ok(Ok(Err(error))) => Err(error),
-            Ok(Err(_)) => Err(ClientError::Closed),
-            Err(_) => {
-                lock(&self.pending).remove(&seq);
-                Err(ClientError::Timeout {
-                    seq,
-                    timeout: self.request_timeout,
-                })
+        // The timeout covers the wait for room in the outbox too: a client whose game stopped
+        // reading events (the inbox full, the connection task waiting for it) gets its error.
+        let asked = tokio::time::timeout(self.request_timeout, async {
+            if self.commands.send(wire).await.is_err() {
+                return Err(ClientError::Closed);
             }
-        }
+            match answered.await {
+                Ok(Ok(frame)) => Ok(P::validate(frame)?),
+                Ok(Err(error)) => Err(error),
+                Err(_) => Err(ClientError::Closed),
+            }
+        })
+        .await;
+        asked.unwrap_or_else(|_| {
+            lock(&self.pending).remove(&seq);
+            Err(ClientError::Timeout {
+                seq,
+                timeout: self.request_timeout,
+            })
+        })
     }
 
     /// The next event; `None` once the session has ended and every event was read.

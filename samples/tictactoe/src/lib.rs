@@ -120,13 +120,16 @@ impl Table {
     fn mark(&self, game: &mut Game, cx: &mut Cx<'_>, cell: usize) -> Result<(), HandlerError> {
         let player = cx.session().map_or(0, |session| session.0);
         if game.board.next != player || cell > 8 || game.board.cells[cell] != 0 {
-            return Ok(cx.refuse(RefusalCode::Rejected, "not your turn, or not a free cell")?);
+            // A reply that cannot go out (the player's connection is closing) is the
+            // connection's business: never a reason to crash the table.
+            let _ = cx.refuse(RefusalCode::Rejected, "not your turn, or not a free cell");
+            return Ok(());
         }
         let mark = if player == game.players[0] { 1 } else { 2 };
         game.board.cells[cell] = mark;
         game.board.next = game.other(player).unwrap_or(0);
         game.deadline = self.deadline();
-        cx.reply(&game.board)?;
+        let _ = cx.reply(&game.board);
         let (sessions, cells) = (&self.sessions, game.board.cells);
         game.group
             .broadcast_except(sessions, SessionId(player), 0, &game.board);
@@ -157,7 +160,8 @@ impl Table {
             game.group
                 .broadcast_except(sessions, SessionId(player), 0, board);
         }
-        Ok(cx.reply(&game.board)?)
+        let _ = cx.reply(&game.board);
+        Ok(())
     }
 }
 
@@ -176,11 +180,15 @@ impl Entity for Table {
         let now = garrison_runtime::clock::now_millis();
         match msg {
             // Ending: what is still queued finds the game over (the next message starts anew).
-            TableMsg::Client(_) if game.over => cx.refuse(RefusalCode::Rejected, "game over")?,
+            TableMsg::Client(_) if game.over => {
+                let _ = cx.refuse(RefusalCode::Rejected, "game over");
+            }
             _ if game.over => {}
             TableMsg::Client(Ttt::Sit(_)) => self.sit(game, cx)?,
             TableMsg::Client(Ttt::Mark(mark)) => self.mark(game, cx, usize::from(mark.cell))?,
-            TableMsg::Client(_) => cx.refuse(RefusalCode::Rejected, "send Sit or Mark")?,
+            TableMsg::Client(_) => {
+                let _ = cx.refuse(RefusalCode::Rejected, "send Sit or Mark");
+            }
             TableMsg::Clock if game.board.next != 0 && now >= game.deadline => {
                 let late = game.board.next;
                 let why = format!("forfeit: player {late} ran out of time");
