@@ -177,7 +177,16 @@ async fn a_client_that_never_reads_is_bounded_by_the_outbound_queue_not_the_kern
         FrameMeta::default(),
     )
     .unwrap();
-    let mut pushed = 0usize;
+    // The Welcome is queued just before the session is attached: wait for the attach (the
+    // game's cue is the `Connected` event) before counting refusals as the close.
+    let sessions = world.sessions.clone();
+    let first = frame.clone();
+    eventually("the session attached", LIMIT, || {
+        let attached = sessions.push(SessionId(12), first.clone()).is_ok();
+        async move { attached }
+    })
+    .await;
+    let mut pushed = frame.wire().len();
     // A game pushing a frame every millisecond: the writer keeps up until the kernel's buffers
     // are full, then the queue fills and the connection is closed as a slow consumer.
     while world.sessions.push(SessionId(12), frame.clone()).is_ok() {
