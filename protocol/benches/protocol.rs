@@ -200,15 +200,7 @@ fn stream_buffers() -> (Bytes, Bytes, usize) {
     let body = bincode::serialize(&INPUT_SERDE).unwrap();
     while ours.len() < 1 << 20 {
         codec
-            .encode_message(
-                &INPUT,
-                FrameMeta {
-                    seq: frames as u32,
-                    trace: None,
-                    reply: false,
-                },
-                &mut ours,
-            )
+            .encode_message(&INPUT, FrameMeta::seq(frames as u32), &mut ours)
             .unwrap();
         theirs.extend_from_slice(&(body.len() as u32).to_be_bytes());
         theirs.extend_from_slice(&body);
@@ -297,15 +289,7 @@ fn encode_small(c: &mut Criterion) {
         b.iter(|| {
             buffer.clear();
             codec
-                .encode_message(
-                    black_box(&INPUT),
-                    FrameMeta {
-                        seq: 1,
-                        trace: None,
-                        reply: false,
-                    },
-                    &mut buffer,
-                )
+                .encode_message(black_box(&INPUT), FrameMeta::seq(1), &mut buffer)
                 .unwrap();
             buffer.len()
         })

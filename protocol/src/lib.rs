@@ -31,8 +31,8 @@
 //! // The client side encodes into a reused buffer...
 //! let mut codec = FrameCodec::new(DecodeConfig::for_protocol::<ClientMessage>());
 //! let mut wire = BytesMut::new();
-//! codec.encode_message(&Move { entity: 7, dx: -1, dy: 2 }, FrameMeta { seq: 1, trace: None , reply: false}, &mut wire)?;
-//! codec.encode_message(&Chat { text: "gg".into() }, FrameMeta { seq: 2, trace: None , reply: false}, &mut wire)?;
+//! codec.encode_message(&Move { entity: 7, dx: -1, dy: 2 }, FrameMeta::seq(1), &mut wire)?;
+//! codec.encode_message(&Chat { text: "gg".into() }, FrameMeta::seq(2), &mut wire)?;
 //!
 //! // ...the server decodes frames, validates each once, and reads it in place.
 //! let mut seen = Vec::new();

@@ -217,11 +217,7 @@ async fn round_trip(
                 seq,
                 tick: 0,
             },
-            FrameMeta {
-                seq,
-                trace: None,
-                reply: false,
-            },
+            FrameMeta::seq(seq),
         )
         .unwrap();
     framed.send(frame).await.unwrap();

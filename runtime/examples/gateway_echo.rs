@@ -118,11 +118,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         client
             .send(garrison_runtime::protocol::encode_frame(
                 &say,
-                FrameMeta {
-                    seq: seq as u32,
-                    trace: None,
-                    reply: false,
-                },
+                FrameMeta::seq(seq as u32),
             )?)
             .await?;
         let echo = client.next().await.ok_or("no echo")??;

@@ -362,15 +362,13 @@ impl<E: Entity> EntityContext<'_, E> {
         let Some(origin) = self.origin else {
             return Err(Refusal::NoRequest { kind: E::KIND });
         };
-        let full = Refusal::OutboundFull {
-            session: origin.session,
-        };
-        let meta = garrison_protocol::FrameMeta::reply_to(origin.seq);
-        let frame = garrison_protocol::encode_frame(message, meta).map_err(|error| {
-            tracing::warn!(message = M::NAME, %error, "cannot encode a reply");
-            full.clone()
-        })?;
-        origin.connection.push(frame).map_err(|_| full)
+        if origin.answer(message) {
+            Ok(())
+        } else {
+            Err(Refusal::OutboundFull {
+                session: origin.session,
+            })
+        }
     }
 
     /// Refuses the client request that caused this message: the client gets a `Refused` with

@@ -1,14 +1,13 @@
 //! What travels in an entity's mailbox, and what becomes of a message that is not handled: its
 //! dead letter, and the answer its client is owed.
 
-use garrison_protocol::{
-    FrameMeta,
-    control::{RefusalCode, Refused},
-};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use garrison_protocol::control::{RefusalCode, Refused};
 
 use crate::{
     Entity, EntityMessage,
-    dead_letter::DeadLetter,
+    dead_letter::{DeadLetter, DeadLetters},
     origin::{Origin, SessionId},
     telemetry::Sampling,
 };
@@ -83,9 +82,24 @@ pub(crate) fn refuse(origin: &Origin, kind: &'static str) {
             "the {kind} entity failed to handle this message; it was dead-lettered, not retried"
         ),
     };
-    let meta = FrameMeta::reply_to(origin.seq);
-    if let Ok(frame) = garrison_protocol::encode_frame(&refused, meta) {
-        // A full or closed connection is the connection's own business.
-        let _ = origin.connection.push(frame);
+    let _ = origin.answer(&refused);
+}
+
+/// What a `DropOldest` mailbox evicted to make room, from any pusher (a sender, a timer): a
+/// message becomes a dead letter with the reason; a timer's tick (no accepted message) is
+/// counted as skipped.
+pub(crate) fn evicted<E: Entity>(
+    envelope: Envelope<E>,
+    key: &dyn std::fmt::Display,
+    dead_letters: &DeadLetters,
+    ticks_skipped: &AtomicU64,
+) {
+    if matches!(envelope, Envelope::Tick { .. }) {
+        ticks_skipped.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let reason = "evicted: the mailbox was full and its kind's overflow policy is DropOldest";
+    if let Some(letter) = envelope.dead_letter(key.to_string(), reason.to_owned()) {
+        dead_letters.record(letter);
     }
 }

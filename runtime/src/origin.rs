@@ -58,6 +58,22 @@ pub(crate) struct Origin {
     pub(crate) session: SessionId,
 }
 
+impl Origin {
+    /// Sends `message` to the client as the answer to its frame: its `seq`, the reply flag.
+    /// Returns false when it cannot go (a message that does not encode, logged; or the
+    /// connection's queue refused it, which is the connection's own business).
+    pub(crate) fn answer<M: garrison_protocol::Message>(&self, message: &M) -> bool {
+        let meta = garrison_protocol::FrameMeta::reply_to(self.seq);
+        match garrison_protocol::encode_frame(message, meta) {
+            Ok(frame) => self.connection.push(frame).is_ok(),
+            Err(error) => {
+                tracing::warn!(message = M::NAME, %error, "cannot encode a reply");
+                false
+            }
+        }
+    }
+}
+
 tokio::task_local! {
     /// The origin of the frame being routed, for the sends the router makes. (An entity passes
     /// its message's origin on explicitly, with `EntityContext::forward`: a task-local scope

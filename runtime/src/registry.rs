@@ -366,17 +366,8 @@ impl<E: Entity> Entities<E> {
     /// tick is counted as skipped).
     fn evicted(&self, key: &E::Key, sent: Sent<Envelope<E>>) {
         if let Sent::Evicted(envelope) = sent {
-            if matches!(envelope, Envelope::Tick { .. }) {
-                self.inner.timers.skipped.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            if let Some(letter) = envelope.dead_letter(
-                key.to_string(),
-                "evicted: the mailbox was full and its kind's overflow policy is DropOldest"
-                    .to_owned(),
-            ) {
-                self.inner.dead_letters.record(letter);
-            }
+            let (letters, skipped) = (&self.inner.dead_letters, &self.inner.timers.skipped);
+            crate::envelope::evicted(envelope, key, letters, skipped);
         }
     }
 

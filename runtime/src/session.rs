@@ -573,14 +573,7 @@ impl Sessions {
         seq: u32,
         message: &M,
     ) -> usize {
-        let Ok(frame) = garrison_protocol::encode_frame(
-            message,
-            FrameMeta {
-                seq,
-                trace: None,
-                reply: false,
-            },
-        ) else {
+        let Ok(frame) = garrison_protocol::encode_frame(message, FrameMeta::seq(seq)) else {
             tracing::warn!(message = M::NAME, "cannot encode a broadcast");
             return 0;
         };

@@ -348,7 +348,8 @@ impl<E: Entity> Timers<E> {
                 match mailbox.send(Envelope::Tick { generation, id }) {
                     Ok(sent) => {
                         if let Sent::Evicted(envelope) = sent {
-                            evicted(&sink, &key, envelope);
+                            let (letters, skipped) = (&sink.dead_letters, &sink.counters.skipped);
+                            crate::envelope::evicted(envelope, &key, letters, skipped);
                         }
                         if period.is_none() {
                             return;
@@ -375,16 +376,3 @@ impl<E: Entity> Timers<E> {
 
 /// How soon a one-shot tick that found the mailbox full tries again.
 const RETRY: Duration = Duration::from_millis(5);
-
-/// What a tick's `DropOldest` push evicted: a message becomes a dead letter, a tick is counted.
-fn evicted<E: Entity>(sink: &TimerSink, key: &str, envelope: Envelope<E>) {
-    if matches!(envelope, Envelope::Tick { .. }) {
-        sink.counters.skipped.fetch_add(1, Ordering::Relaxed);
-        return;
-    }
-    let reason =
-        "evicted: the mailbox was full and its kind's overflow policy is DropOldest".to_owned();
-    if let Some(letter) = envelope.dead_letter(key.to_owned(), reason) {
-        sink.dead_letters.record(letter);
-    }
-}

@@ -90,14 +90,8 @@ impl Entity for Pilot {
                 seq: input.seq.to_native(),
                 tick: seen.0,
             };
-            let frame = garrison_protocol::encode_frame(
-                &echo,
-                FrameMeta {
-                    seq: input.seq.to_native(),
-                    trace: None,
-                    reply: false,
-                },
-            )?;
+            let frame =
+                garrison_protocol::encode_frame(&echo, FrameMeta::seq(input.seq.to_native()))?;
             // A full or detached outbound queue is the connection's business, not the pilot's.
             let _ = self.sessions.push(SessionId(*context.key()), frame);
         }
@@ -200,15 +194,7 @@ fn client_config() -> DecodeConfig {
 pub fn encode<M: Message>(message: &M, seq: u32) -> Vec<u8> {
     let mut wire = BytesMut::new();
     FrameCodec::default()
-        .encode_message(
-            message,
-            FrameMeta {
-                seq,
-                trace: None,
-                reply: false,
-            },
-            &mut wire,
-        )
+        .encode_message(message, FrameMeta::seq(seq), &mut wire)
         .unwrap();
     wire.to_vec()
 }

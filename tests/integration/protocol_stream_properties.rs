@@ -38,15 +38,7 @@ fn encode_all(messages: &[Owned]) -> Vec<u8> {
     let mut wire = BytesMut::new();
     for (seq, message) in messages.iter().enumerate() {
         message
-            .encode(
-                &mut codec,
-                FrameMeta {
-                    seq: seq as u32,
-                    trace: None,
-                    reply: false,
-                },
-                &mut wire,
-            )
+            .encode(&mut codec, FrameMeta::seq(seq as u32), &mut wire)
             .unwrap();
     }
     wire.to_vec()

@@ -26,15 +26,7 @@ fn handler_reads_the_codec_buffer_in_place() {
         text: "a message too long to be inlined".into(),
     };
     codec
-        .encode_message(
-            &chat,
-            FrameMeta {
-                seq: 2,
-                trace: None,
-                reply: false,
-            },
-            &mut wire,
-        )
+        .encode_message(&chat, FrameMeta::seq(2), &mut wire)
         .unwrap();
     let buffer_range = wire.as_ptr() as usize..wire.as_ptr() as usize + wire.len();
 

@@ -106,11 +106,7 @@ async fn validated_frames_go_straight_to_an_entity() {
                 from: "p1".into(),
                 text: "glhf".into(),
             },
-            FrameMeta {
-                seq: 2,
-                trace: None,
-                reply: false,
-            },
+            FrameMeta::seq(2),
             &mut wire,
         )
         .unwrap();

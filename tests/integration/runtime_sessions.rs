@@ -25,15 +25,7 @@ fn frame(seq: u32) -> Frame {
         tick: 0,
     };
     FrameCodec::default()
-        .encode_message(
-            &input,
-            FrameMeta {
-                seq,
-                trace: None,
-                reply: false,
-            },
-            &mut wire,
-        )
+        .encode_message(&input, FrameMeta::seq(seq), &mut wire)
         .unwrap();
     Frame::decode_exact(wire.freeze(), &DecodeConfig::default()).unwrap()
 }

@@ -110,15 +110,7 @@ fn inputs(first: u32, count: u32) -> Vec<u8> {
             tick: 0,
         };
         codec
-            .encode_message(
-                &input,
-                FrameMeta {
-                    seq,
-                    trace: None,
-                    reply: false,
-                },
-                &mut wire,
-            )
+            .encode_message(&input, FrameMeta::seq(seq), &mut wire)
             .expect("an input encodes");
     }
     wire.to_vec()
