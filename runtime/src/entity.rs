@@ -194,6 +194,45 @@ pub trait Entity: Send + Sync + Sized + 'static {
         message: Self::Message,
         state: &mut Self::State,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// Applies one entry this kind [logged](EntityContext::log) to a recovered state: after a
+    /// crash or a restart the state is its last snapshot with every entry logged since replayed
+    /// through here, in order, before [`Entity::activate`] sees it. It must do what handling
+    /// the logged message did to the state, and nothing else (no sends: replay is not a
+    /// rerun). The default refuses, for kinds that never log.
+    ///
+    /// # Errors
+    /// An entry it cannot apply (damaged, or from another version): the replay stops there,
+    /// the entity goes on from the state before it and checkpoints.
+    fn replay(
+        &self,
+        key: &Self::Key,
+        state: &mut Self::State,
+        entry: &[u8],
+    ) -> Result<(), HandlerError> {
+        let _ = (key, state, entry);
+        Err(format!(
+            "entity kind {} logs entries but does not implement replay",
+            Self::KIND
+        )
+        .into())
+    }
+
+    /// Runs once per incarnation after [`Entity::activate`], before the first message, with a
+    /// context: where an entity arms what it needs running, whatever woke it (a room recovered
+    /// from the store after a restart re-arms its clock here; a timer kept across a crash is
+    /// already armed, see [`EntityContext::timers`]).
+    ///
+    /// # Errors
+    /// As [`Entity::activate`]: the activation is abandoned.
+    fn started(
+        &self,
+        context: &mut EntityContext<'_, Self>,
+        state: &mut Self::State,
+    ) -> Result<(), HandlerError> {
+        let _ = (context, state);
+        Ok(())
+    }
 }
 
 /// Why an entity is activated, with the state it recovers.
@@ -211,6 +250,9 @@ pub enum Activation<S> {
     /// [`Entities::register_passivated`](crate::Entities::register_passivated)), from its
     /// snapshot.
     Reactivated(S),
+    /// Recovered from its kind's state store (after a process restart, or on another node):
+    /// its last stored snapshot with its log replayed.
+    Recovered(S),
 }
 
 impl<S> Activation<S> {
@@ -218,7 +260,9 @@ impl<S> Activation<S> {
     pub fn into_state(self) -> Option<S> {
         match self {
             Activation::Fresh | Activation::Restarted(None) => None,
-            Activation::Restarted(Some(state)) | Activation::Reactivated(state) => Some(state),
+            Activation::Restarted(Some(state))
+            | Activation::Reactivated(state)
+            | Activation::Recovered(state) => Some(state),
         }
     }
 
@@ -230,12 +274,13 @@ impl<S> Activation<S> {
         self.into_state().unwrap_or_default()
     }
 
-    /// A short label for logs and traces: `fresh`, `restart` or `reactivation`.
+    /// A short label for logs and traces: `fresh`, `restart`, `reactivation` or `recovery`.
     pub fn label(&self) -> &'static str {
         match self {
             Activation::Fresh => "fresh",
             Activation::Restarted(_) => "restart",
             Activation::Reactivated(_) => "reactivation",
+            Activation::Recovered(_) => "recovery",
         }
     }
 }
@@ -289,6 +334,60 @@ pub struct KindConfig {
     /// Most timers one entity may have armed at once ([`EntityContext::send_after`],
     /// [`EntityContext::every`]); arming one more is refused with [`TimerError::TooMany`].
     pub max_timers: usize,
+    /// Where checkpoints and logs go beyond the process (default: nowhere, [`Durability::Memory`]).
+    pub durability: Durability,
+    /// Most entries an entity's log holds; a handler that would log past it checkpoints
+    /// instead (the snapshot supersedes the log).
+    pub max_log_entries: usize,
+    /// Most entities waiting to be written to the store at once (the write-behind set; see
+    /// [`Durability`] for what a full set does).
+    pub max_pending_writes: usize,
+}
+
+/// Where a kind's checkpoints and logs are kept beyond the process's memory.
+///
+/// Write-behind and write-through share one writer per kind, which writes each waiting entity's
+/// newest state only (the set of waiting entities coalesces), in batches. When the set is full
+/// (`KindConfig::max_pending_writes`, only while the store is down or too slow), a change of an
+/// entity not already waiting is kept in memory only until that entity's next change; each is
+/// counted ([`DurabilityStats::dropped`](crate::DurabilityStats)) and logged. A failing store
+/// never stops an entity: writes are retried and the newest state written when it is back.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub enum Durability {
+    /// Memory only: a crash restarts from the last checkpoint, a killed process loses it.
+    #[default]
+    Memory,
+    /// Written in the background, at most about `max_lag` after the change while the store
+    /// keeps up: a killed process loses at most that window.
+    WriteBehind {
+        /// The store.
+        store: crate::store::Store,
+        /// The bound on the lag.
+        max_lag: Duration,
+    },
+    /// Each message's checkpoint or log entries are in the store before the entity handles its
+    /// next message (waiting at most two seconds, then left to the write-behind path and
+    /// counted): an inventory purchase.
+    WriteThrough {
+        /// The store.
+        store: crate::store::Store,
+    },
+}
+
+impl Durability {
+    /// Write-behind to `store` with a 100 ms bound on the lag.
+    pub fn write_behind(store: crate::store::Store) -> Self {
+        Durability::WriteBehind {
+            store,
+            max_lag: Duration::from_millis(100),
+        }
+    }
+
+    /// Write-through to `store`.
+    pub fn write_through(store: crate::store::Store) -> Self {
+        Durability::WriteThrough { store }
+    }
 }
 
 impl Default for KindConfig {
@@ -303,6 +402,9 @@ impl Default for KindConfig {
             restart_period: Duration::from_secs(5),
             max_active: 1_000_000,
             max_timers: 16,
+            durability: Durability::Memory,
+            max_log_entries: 4096,
+            max_pending_writes: 65_536,
         }
     }
 }
@@ -319,6 +421,8 @@ pub struct EntityContext<'a, E: Entity> {
     pub(crate) origin: Option<&'a Origin>,
     pub(crate) timers: &'a mut Timers<E>,
     pub(crate) timer_shared: &'a TimerShared<E>,
+    /// Entries logged by this message, committed only if it is handled.
+    pub(crate) logged: Vec<bytes::Bytes>,
 }
 
 impl<E: Entity> EntityContext<'_, E> {
@@ -340,6 +444,17 @@ impl<E: Entity> EntityContext<'_, E> {
     /// Checkpoints the state after this message.
     pub fn checkpoint(&mut self) {
         self.checkpoint_requested = true;
+    }
+
+    /// Appends `entry` to this entity's log, once this message is handled (a failed handler
+    /// logs nothing): a cheaper checkpoint for a large state that changes a little per message.
+    /// A crash or a restart recovers the last snapshot and replays every entry logged since
+    /// through [`Entity::replay`], in order. Checkpointing (a due [`Checkpoint`] or
+    /// [`EntityContext::checkpoint`]) starts the log afresh; so does logging past
+    /// [`KindConfig::max_log_entries`], or logging before any checkpoint. A lockstep room logs
+    /// each accepted input and each frame, and checkpoints every few seconds of frames.
+    pub fn log(&mut self, entry: impl Into<bytes::Bytes>) {
+        self.logged.push(entry.into());
     }
 
     /// Passivates the entity after this message, if no other message is waiting.

@@ -26,6 +26,8 @@ pub(crate) enum Envelope<E: Entity> {
     },
     /// The sweeper found the entity idle.
     Passivate,
+    /// Run, with nothing to handle (an entity recovered at start).
+    Wake,
     /// Timer `id` of the incarnation with timer generation `generation` is due.
     Tick {
         generation: u64,
@@ -38,8 +40,8 @@ impl<E: Entity> Envelope<E> {
     pub(crate) fn into_message(self) -> E::Message {
         match self {
             Envelope::Message { message, .. } => message,
-            Envelope::Passivate | Envelope::Tick { .. } => {
-                unreachable!("a refused passivation or tick is never handed back to a sender")
+            Envelope::Passivate | Envelope::Wake | Envelope::Tick { .. } => {
+                unreachable!("a refused passivation, wake or tick is never handed back to a sender")
             }
         }
     }

@@ -21,9 +21,11 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::{
     Activation, Checkpoint, Entity, EntityContext, EntityMessage, KindConfig, State, clock,
     dead_letter::{DeadLetter, DeadLetters},
+    durable::{Durable, Saved},
     envelope::{Envelope, refuse},
     origin::SessionId,
     quarantine::{Quarantine, Quarantined},
+    store::StoreError,
     telemetry::Sampling,
     timer::{TimerShared, TimerSink, Timers},
 };
@@ -39,9 +41,10 @@ pub(crate) enum Recovery {
     Crash,
 }
 
-/// Shared by the incarnations of one activation: its last checkpoint and when it last worked.
+/// Shared by the incarnations of one activation: what it saved (its last checkpoint and the log
+/// since) and when it last worked.
 pub(crate) struct EntityCell<E: Entity> {
-    pub(crate) checkpoint: Mutex<Option<Bytes>>,
+    pub(crate) saved: Mutex<Saved>,
     pub(crate) last_active: AtomicU64,
     pub(crate) recovery: Recovery,
     /// Timer ids, and the timers kept across a crash (allocates nothing until one is kept).
@@ -64,6 +67,10 @@ pub(crate) trait KindHost<E: Entity>: Send + Sync + 'static {
     fn passivate(&self, key: &E::Key, mine: &ChildRef<Envelope<E>>, snapshot: Bytes) -> bool;
     /// Removes the key's entry under the same conditions; returns whether it did.
     fn end(&self, key: &E::Key, mine: &ChildRef<Envelope<E>>) -> bool;
+    /// The kind's durability, when it writes to a store.
+    fn durable(&self) -> Option<&Arc<Durable<E>>>;
+    /// The runtime the kind's tasks run on.
+    fn runtime(&self) -> Option<&tokio::runtime::Handle>;
 }
 
 pub(crate) struct EntityWorker<E: Entity, K: KindHost<E>> {
@@ -141,12 +148,11 @@ impl<E: Entity, K: KindHost<E>> EntityWorker<E, K> {
     /// fresh), the failure is reported, and the supervisor does not retry it, so what is queued
     /// goes to the dead letters with the reason.
     fn abandon(&self, reason: String) -> HandlerError {
-        let snapshot: Option<Bytes> = self
-            .cell
-            .checkpoint
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .take();
+        let snapshot: Option<Bytes> = {
+            let mut saved = self.cell.saved();
+            saved.log.clear();
+            saved.snapshot.take()
+        };
         let span = tracing::warn_span!(
             "garrison.entity.activation_failed",
             // Always exported, whatever the sampling ratio.
@@ -173,18 +179,136 @@ impl<E: Entity, K: KindHost<E>> EntityWorker<E, K> {
         Box::new(Abandon(format!("activation failed: {reason}")))
     }
 
-    fn checkpoint(&self, running: &mut Running<E>) -> Result<(), HandlerError> {
+    /// Checkpoints the state (the log restarts after it); returns the cell's change count.
+    fn checkpoint(&self, running: &mut Running<E>) -> Result<u64, HandlerError> {
         // Exactly the snapshot's size, from a per-thread writer: an active entity holds its
         // checkpoint and no buffer or arena of its own.
         let bytes = garrison_protocol::snapshot::write_compact(&running.state)?;
-        *self
-            .cell
-            .checkpoint
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner()) = Some(bytes);
+        let changes = {
+            let mut saved = self.cell.saved();
+            saved.checkpoint(bytes);
+            saved.changes
+        };
         running.since_checkpoint = 0;
         running.last_checkpoint_ms = clock::now_millis();
-        Ok(())
+        self.changed();
+        Ok(changes)
+    }
+
+    /// Appends what a handler logged; returns the cell's change count.
+    fn append(&self, logged: Vec<Bytes>) -> u64 {
+        let changes = {
+            let mut saved = self.cell.saved();
+            saved.append(logged);
+            saved.changes
+        };
+        self.changed();
+        changes
+    }
+
+    /// Queues the cell for the store, if the kind has one.
+    fn changed(&self) {
+        if let Some(durable) = self.kind.durable() {
+            durable.mark_dirty(&self.key, &self.cell, self.kind.runtime());
+        }
+    }
+
+    /// A fresh activation of a durable kind looks for its state: first a newer one another
+    /// activation has not written yet, else the store. Returns whether the cell now holds
+    /// recovered state, and whether the store's record was damaged (the entity then
+    /// checkpoints what was good at once).
+    async fn load(&self, durable: &Durable<E>) -> Result<(bool, bool), HandlerError> {
+        if let Some(pending) = durable.pending_elsewhere(&self.key, &self.cell) {
+            if pending.ended || pending.snapshot.is_none() {
+                return Ok((false, false));
+            }
+            *self.cell.saved() = pending.carried();
+            return Ok((true, false));
+        }
+        let key = self.key.to_string();
+        let store = &durable.store;
+        let stored = match store.get(E::KIND, &key).await {
+            Ok(None) => return Ok((false, false)),
+            Ok(Some(stored)) => stored,
+            Err(StoreError::Corrupt { reason, .. }) => {
+                self.set_aside(durable, &key, &format!("record damaged: {reason}"), None)
+                    .await?;
+                return Ok((false, false));
+            }
+            Err(error) => {
+                return Err(self.abandon(format!(
+                    "its state could not be read ({error}); it was not started fresh, which                      would overwrite that state"
+                )));
+            }
+        };
+        let log = store
+            .read_log(E::KIND, &key, stored.log_from)
+            .await
+            .map_err(|error| self.abandon(format!("its log could not be read ({error})")))?;
+        let damaged = log
+            .damaged
+            .as_ref()
+            .map(|(seq, reason)| format!("log entry {seq}: {reason}"));
+        let entries: Vec<Bytes> = log.entries.into_iter().map(|entry| entry.bytes).collect();
+        let stored_entries = entries.len();
+        *self.cell.saved() = Saved {
+            snapshot: Some(stored.snapshot.clone()),
+            log: entries,
+            log_from: stored.log_from,
+            snapshot_stored: damaged.is_none(),
+            log_stored: stored_entries,
+            ..Saved::default()
+        };
+        durable.count_recovered();
+        if let Some(reason) = damaged {
+            // The good prefix is replayed; the whole record is kept aside, and the entity
+            // writes a new one at once.
+            self.set_aside(durable, &key, &reason, Some(stored.snapshot))
+                .await?;
+            return Ok((true, true));
+        }
+        Ok((true, false))
+    }
+
+    /// Sets entity `key`'s stored record aside (and, with `snapshot`, quarantines it here too),
+    /// loudly.
+    async fn set_aside(
+        &self,
+        durable: &Durable<E>,
+        key: &str,
+        reason: &str,
+        snapshot: Option<Bytes>,
+    ) -> Result<(), HandlerError> {
+        let span = tracing::error_span!(
+            "garrison.entity.record_set_aside",
+            garrison.sampled = true,
+            game.entity.kind = E::KIND,
+            game.entity.key = %key,
+            store = durable.store.name(),
+            reason = %reason,
+        );
+        let _entered = span.enter();
+        tracing::error!(
+            "stored entity state is damaged: the record is set aside for inspection and the              entity goes on from what was good"
+        );
+        durable.count_set_aside();
+        if let Some(snapshot) = snapshot {
+            self.kind.quarantine().keep(Quarantined {
+                kind: E::KIND,
+                key: key.to_owned(),
+                reason: reason.to_owned(),
+                snapshot,
+            });
+        }
+        durable
+            .store
+            .set_aside(E::KIND, key, reason)
+            .await
+            .map_err(|error| {
+                self.abandon(format!(
+                    "its damaged record could not be set aside ({error})"
+                ))
+            })
     }
 
     fn checkpoint_due(&self, running: &Running<E>) -> bool {
@@ -198,6 +322,28 @@ impl<E: Entity, K: KindHost<E>> EntityWorker<E, K> {
         }
     }
 
+    /// The context a handler (or `started`) sees.
+    fn context<'a>(
+        &'a self,
+        context: &WorkerContext<Envelope<E>>,
+        session: Option<SessionId>,
+        origin: Option<&'a crate::origin::Origin>,
+        timers: &'a mut Timers<E>,
+    ) -> EntityContext<'a, E> {
+        EntityContext {
+            key: &self.key,
+            incarnation: context.incarnation(),
+            session,
+            checkpoint_requested: false,
+            passivate_requested: false,
+            stop_requested: false,
+            origin,
+            timers,
+            timer_shared: &self.cell.timers,
+            logged: Vec::new(),
+        }
+    }
+
     /// Passivates if this incarnation still owns the key's entry and no message is waiting:
     /// the entry becomes the snapshot and the incarnation stops normally.
     fn passivate(
@@ -206,8 +352,13 @@ impl<E: Entity, K: KindHost<E>> EntityWorker<E, K> {
         running: &mut Running<E>,
     ) -> Result<(), HandlerError> {
         let bytes = garrison_protocol::snapshot::write_compact(&running.state)?;
-        if self.kind.passivate(&self.key, &context.handle(), bytes) {
+        if self
+            .kind
+            .passivate(&self.key, &context.handle(), bytes.clone())
+        {
             tracing::debug!(game.entity.kind = E::KIND, game.entity.key = %self.key, "passivated");
+            self.cell.saved().checkpoint(bytes);
+            self.changed();
             context.stop();
         }
         Ok(())
@@ -219,6 +370,8 @@ impl<E: Entity, K: KindHost<E>> EntityWorker<E, K> {
     fn end(&self, context: &WorkerContext<Envelope<E>>) {
         if self.kind.end(&self.key, &context.handle()) {
             tracing::debug!(game.entity.kind = E::KIND, game.entity.key = %self.key, "ended");
+            self.cell.saved().end();
+            self.changed();
             context.stop();
         }
     }
@@ -232,19 +385,6 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
         &self,
         context: &WorkerContext<Envelope<E>>,
     ) -> Result<Running<E>, HandlerError> {
-        let checkpoint = self
-            .cell
-            .checkpoint
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .clone();
-        let recovered = match checkpoint {
-            Some(bytes) => match E::State::restore(bytes) {
-                Ok(state) => Some(state),
-                Err(error) => return Err(self.abandon(format!("snapshot refused: {error}"))),
-            },
-            None => None,
-        };
         // A later incarnation of this activation is a restart after a crash; the first one
         // recovers whatever the activation was created from.
         let recovery = if context.incarnation() > 1 {
@@ -252,7 +392,56 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
         } else {
             self.cell.recovery
         };
+        let (mut from_store, mut must_checkpoint) = (false, false);
+        if recovery == Recovery::Nothing
+            && let Some(durable) = self.kind.durable()
+        {
+            (from_store, must_checkpoint) = self.load(durable).await?;
+        }
+        let Some(module) = self.kind.module() else {
+            return Err(self.abandon("the kind is not served".to_owned()));
+        };
+        let saved = self.cell.saved().clone();
+        let mut recovered = match saved.snapshot {
+            Some(bytes) => match E::State::restore(bytes.clone()) {
+                Ok(state) => Some(state),
+                Err(error) if from_store => {
+                    let reason = format!("stored snapshot refused: {error}");
+                    *self.cell.saved() = Saved::default();
+                    self.set_aside(
+                        self.kind.durable().expect("from the store"),
+                        &self.key.to_string(),
+                        &reason,
+                        Some(bytes),
+                    )
+                    .await?;
+                    (from_store, must_checkpoint) = (false, false);
+                    None
+                }
+                Err(error) => return Err(self.abandon(format!("snapshot refused: {error}"))),
+            },
+            None => None,
+        };
+        // The log since the snapshot, replayed in order; an entry the module refuses ends the
+        // replay there (the entity goes on from the state before it, and checkpoints it).
+        if let Some(state) = &mut recovered {
+            for (at, entry) in saved.log.iter().enumerate() {
+                if let Err(error) = module.replay(&self.key, state, entry) {
+                    tracing::error!(
+                        game.entity.kind = E::KIND,
+                        game.entity.key = %self.key,
+                        entry = saved.log_from + at as u64,
+                        %error,
+                        "log replay refused an entry: the entity goes on from the state before                          it, and the rest of the log is dropped"
+                    );
+                    self.cell.saved().log.truncate(at);
+                    must_checkpoint = true;
+                    break;
+                }
+            }
+        }
         let activation = match (recovery, recovered) {
+            (_, Some(state)) if from_store => Activation::Recovered(state),
             (Recovery::Crash, state) => Activation::Restarted(state),
             (Recovery::Passivation, Some(state)) => Activation::Reactivated(state),
             (_, _) => Activation::Fresh,
@@ -269,9 +458,6 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
                  or call context.checkpoint() after each change"
             );
         }
-        let Some(module) = self.kind.module() else {
-            return Err(self.abandon("the kind is not served".to_owned()));
-        };
         let activated = AssertUnwindSafe(module.activate(&self.key, activation))
             .catch_unwind()
             .await;
@@ -290,13 +476,30 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
         if recovery == Recovery::Crash {
             timers.rearm_kept(&self.cell.timers, &self.key);
         }
-        Ok(Running {
+        let mut running = Running {
             state,
             timers,
             since_checkpoint: 0,
             last_checkpoint_ms: clock::now_millis(),
             stopping: false,
-        })
+        };
+        let mut entity_context = self.context(context, None, None, &mut running.timers);
+        let started =
+            AssertUnwindSafe(async { module.started(&mut entity_context, &mut running.state) })
+                .catch_unwind()
+                .await;
+        match started {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(self.abandon(format!("started failed: {error}"))),
+            Err(panic) => {
+                return Err(self.abandon(format!("started panicked: {}", panic_text(&*panic))));
+            }
+        }
+        running.stopping |= entity_context.stop_requested;
+        if must_checkpoint || entity_context.checkpoint_requested {
+            self.checkpoint(&mut running)?;
+        }
+        Ok(running)
     }
 
     async fn handle(
@@ -324,6 +527,8 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
                     return Ok(());
                 }
             },
+            // It was only asked to run (recovered at start); `started` has run.
+            Envelope::Wake => return Ok(()),
             Envelope::Passivate if running.stopping => {
                 self.end(context);
                 return Ok(());
@@ -359,17 +564,8 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
         if traced {
             context.set_trace_parent(&span);
         }
-        let mut entity_context = EntityContext::<E> {
-            key: &self.key,
-            incarnation: context.incarnation(),
-            session,
-            checkpoint_requested: false,
-            passivate_requested: false,
-            stop_requested: false,
-            origin: origin.as_ref(),
-            timers: &mut running.timers,
-            timer_shared: &self.cell.timers,
-        };
+        let mut entity_context =
+            self.context(context, session, origin.as_ref(), &mut running.timers);
         let Some(module) = self.kind.module() else {
             return Err("the kind is not served".into());
         };
@@ -418,9 +614,30 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
             entity_context.stop_requested,
             entity_context.passivate_requested,
         );
+        let logged = std::mem::take(&mut entity_context.logged);
         running.since_checkpoint = running.since_checkpoint.saturating_add(1);
-        if checkpoint_requested || self.checkpoint_due(running) {
-            self.checkpoint(running)?;
+        // What was logged joins the log, unless a checkpoint supersedes it: one is due or
+        // asked for, there is no snapshot for the log to follow, or the log is at its bound.
+        let log_full = || {
+            let saved = self.cell.saved();
+            saved.snapshot.is_none()
+                || saved.log.len() + logged.len() > self.kind.config().max_log_entries
+        };
+        let changes = if checkpoint_requested
+            || self.checkpoint_due(running)
+            || (!logged.is_empty() && log_full())
+        {
+            Some(self.checkpoint(running)?)
+        } else if !logged.is_empty() {
+            Some(self.append(logged))
+        } else {
+            None
+        };
+        // Write-through: the next message waits until the store has this one's effect.
+        if let (Some(changes), Some(durable)) = (changes, self.kind.durable())
+            && durable.through
+        {
+            durable.wait_stored(&self.cell, changes).await;
         }
         running.stopping |= stop_requested;
         if running.stopping {

@@ -61,6 +61,7 @@ mod call;
 pub mod clock;
 pub mod concurrency;
 mod dead_letter;
+mod durable;
 mod entity;
 mod envelope;
 mod error;
@@ -74,12 +75,16 @@ mod quarantine;
 mod refusal;
 mod registry;
 mod session;
+pub mod store;
 pub mod telemetry;
 mod timer;
 
 pub use call::{CallError, Reply};
 pub use dead_letter::{DEAD_LETTER_CAPACITY, DeadLetter, DeadLetters};
-pub use entity::{Activation, Checkpoint, Entity, EntityContext, EntityMessage, KindConfig, State};
+pub use durable::DurabilityStats;
+pub use entity::{
+    Activation, Checkpoint, Durability, Entity, EntityContext, EntityMessage, KindConfig, State,
+};
 pub use error::Error;
 pub use garrison_supervisor::HandlerError;
 pub use group::Group;

@@ -28,13 +28,15 @@ use garrison_supervisor::{
 };
 
 use crate::{
-    Entity, EntityMessage, Error, KindConfig, clock,
+    Durability, DurabilityStats, Entity, EntityMessage, Error, KindConfig, clock,
     dead_letter::DeadLetters,
+    durable::{Durable, Saved},
     envelope::Envelope,
     host::{EntityCell, EntityWorker, KindHost, Recovery},
     origin::{SessionId, current_origin},
     quarantine::{Quarantine, Quarantined},
     refusal::{Refusal, Refused},
+    store::StoreError,
     telemetry,
 };
 
@@ -63,6 +65,8 @@ struct Inner<E: Entity> {
     runtime: Option<tokio::runtime::Handle>,
     /// The kind's timer counters (see `timer`).
     timers: Arc<crate::timer::TimerCounters>,
+    /// Where its state goes beyond memory, if anywhere.
+    durable: Option<Arc<Durable<E>>>,
 }
 
 /// All entities of kind `E`: the registry, and the handle to send them messages.
@@ -118,6 +122,19 @@ impl<E: Entity> Entities<E> {
                 reason: error.to_string(),
             })?;
         let supervisor = spec.handle();
+        let durable = match &config.durability {
+            Durability::Memory => None,
+            Durability::WriteBehind { store, max_lag } => Some((store, false, *max_lag)),
+            Durability::WriteThrough { store } => Some((store, true, Duration::ZERO)),
+        }
+        .map(|(store, through, max_lag)| {
+            Arc::new(Durable::new(
+                store.clone(),
+                through,
+                max_lag,
+                config.max_pending_writes,
+            ))
+        });
         Ok(Entities {
             inner: Arc::new(Inner {
                 module: OnceLock::new(),
@@ -131,6 +148,7 @@ impl<E: Entity> Entities<E> {
                 sweeper: OnceLock::new(),
                 runtime: crate::concurrency::current(),
                 timers: Arc::default(),
+                durable,
             }),
         })
     }
@@ -343,21 +361,21 @@ impl<E: Entity> Entities<E> {
                         return Err((Refusal::MailboxFull { kind: E::KIND }, envelope));
                     }
                     Err(SendError::Closed(envelope)) => {
-                        let checkpoint = cell
-                            .checkpoint
-                            .lock()
-                            .unwrap_or_else(|poison| poison.into_inner())
-                            .clone();
-                        let recovery = match checkpoint {
+                        let carried = cell.saved().carried();
+                        let recovery = match carried.snapshot {
                             Some(_) => Recovery::Crash,
                             None => Recovery::Nothing,
                         };
-                        (checkpoint, recovery, envelope)
+                        (carried, recovery, envelope)
                     }
                 },
-                Slot::Passivated(bytes) => (Some(bytes.clone()), Recovery::Passivation, envelope),
+                Slot::Passivated(bytes) => (
+                    Saved::from_snapshot(Some(bytes.clone())),
+                    Recovery::Passivation,
+                    envelope,
+                ),
             },
-            Entry::Vacant(_) => (None, Recovery::Nothing, envelope),
+            Entry::Vacant(_) => (Saved::default(), Recovery::Nothing, envelope),
         };
         self.replace(entry, key, recovered, recovery, envelope)
     }
@@ -377,7 +395,7 @@ impl<E: Entity> Entities<E> {
         &self,
         entry: Entry<'_, E::Key, Slot<E>>,
         key: &E::Key,
-        recovered: Option<Bytes>,
+        recovered: Saved,
         recovery: Recovery,
         envelope: Envelope<E>,
     ) -> Result<(), (Refusal, Envelope<E>)> {
@@ -399,7 +417,7 @@ impl<E: Entity> Entities<E> {
             return Err((not_running, envelope));
         }
         let cell = Arc::new(EntityCell {
-            checkpoint: Mutex::new(recovered),
+            saved: Mutex::new(recovered),
             last_active: AtomicU64::new(clock::now_millis()),
             recovery,
             timers: crate::timer::TimerShared::default(),
@@ -495,18 +513,81 @@ impl<E: Entity> Entities<E> {
                     };
                     let now = clock::now_millis();
                     for slot in inner.map.iter() {
-                        if let Slot::Active { handle, cell } = slot.value() {
-                            if now.saturating_sub(cell.last_active.load(Ordering::Relaxed))
+                        if let Slot::Active { handle, cell } = slot.value()
+                            && now.saturating_sub(cell.last_active.load(Ordering::Relaxed))
                                 >= timeout_ms
-                            {
-                                // A full mailbox means the entity is busy, not idle.
-                                let _ = handle.send(Envelope::Passivate);
-                            }
+                        {
+                            // A full mailbox means the entity is busy, not idle.
+                            let _ = handle.send(Envelope::Passivate);
                         }
                     }
                 }
             });
         });
+    }
+
+    /// Runs every entity of this kind that has a record in its store, without a message (each
+    /// recovers its state, replays its log, and runs [`Entity::started`]): for kinds that must
+    /// run after a restart whether or not a message comes (a room's clock). Entities already
+    /// running are left alone. Returns how many were asked to run; a stored key that does not
+    /// parse as this kind's key is logged and skipped.
+    ///
+    /// # Errors
+    /// The store's error when it cannot list the kind; a kind without a store has nothing to
+    /// recover (`Ok(0)`).
+    pub async fn recover_stored(&self) -> Result<usize, StoreError>
+    where
+        E::Key: std::str::FromStr,
+    {
+        let Some(durable) = &self.inner.durable else {
+            return Ok(0);
+        };
+        let keys = durable.store.list(E::KIND).await?;
+        let mut woken = 0;
+        for text in keys {
+            let Ok(key) = text.parse::<E::Key>() else {
+                tracing::warn!(
+                    game.entity.kind = E::KIND,
+                    key = %text,
+                    "a stored record's key does not parse as this kind's key: left in the store"
+                );
+                continue;
+            };
+            match self.push(&key, Envelope::Wake) {
+                Ok(()) => woken += 1,
+                Err((reason, _)) => tracing::warn!(
+                    game.entity.kind = E::KIND,
+                    game.entity.key = %key,
+                    %reason,
+                    "a stored entity could not be started"
+                ),
+            }
+        }
+        Ok(woken)
+    }
+
+    /// Waits until every checkpoint and log entry of this kind is in its store, at most
+    /// `timeout` (a graceful stop calls it last); returns whether everything got there. A kind
+    /// without a store is always flushed.
+    pub async fn flush(&self, timeout: Duration) -> bool {
+        match &self.inner.durable {
+            Some(durable) => durable.flush(timeout).await,
+            None => true,
+        }
+    }
+
+    /// What this kind's durability has done, when it has a store.
+    pub fn durability(&self) -> Option<DurabilityStats> {
+        self.inner.durable.as_ref().map(|durable| durable.stats())
+    }
+
+    /// Sets the generation (fencing token) this node's writes for the kind carry: a store
+    /// refuses a write whose generation is below the one it holds for the entity, so a node
+    /// that lost an entity to another cannot overwrite it. A single node leaves it at 0.
+    pub fn set_store_generation(&self, generation: u64) {
+        if let Some(durable) = &self.inner.durable {
+            durable.set_generation(generation);
+        }
     }
 
     /// Whether entity `key` has a live (or starting) incarnation.
@@ -622,6 +703,14 @@ impl<E: Entity> KindHost<E> for Inner<E> {
         }
         *entry = Slot::Passivated(snapshot);
         true
+    }
+
+    fn durable(&self) -> Option<&Arc<Durable<E>>> {
+        self.durable.as_ref()
+    }
+
+    fn runtime(&self) -> Option<&tokio::runtime::Handle> {
+        self.runtime.as_ref()
     }
 
     fn end(&self, key: &E::Key, mine: &ChildRef<Envelope<E>>) -> bool {

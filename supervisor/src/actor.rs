@@ -573,10 +573,10 @@ impl SupervisorState {
                 child: spec.id.to_string(),
             });
         }
-        if let Some(max) = self.spec.max_children {
-            if self.children.len() >= max {
-                return Err(Error::MaxChildren { supervisor, max });
-            }
+        if let Some(max) = self.spec.max_children
+            && self.children.len() >= max
+        {
+            return Err(Error::MaxChildren { supervisor, max });
         }
         let id = spec.id.clone();
         let index = self.children.push(ChildState::new(spec));

@@ -147,33 +147,34 @@ impl OutboundQueue {
             return Err(frame);
         }
         let mut wire = frame.wire().clone();
-        if items.writer_idle && items.frames.is_empty() {
-            if let Some(socket) = &items.direct {
-                // Under the lock: no other push and no writer write can come between.
-                match socket.try_write(&wire) {
-                    Ok(written) if written == wire.len() => {
-                        // Relaxed: statistics counters.
-                        self.counters.frames_out.fetch_add(1, Ordering::Relaxed);
-                        self.counters
-                            .bytes_out
-                            .fetch_add(written as u64, Ordering::Relaxed);
-                        return Ok(());
-                    }
-                    // The rest goes first to the writer, and must arrive whatever the policy.
-                    Ok(written) => {
-                        let _ = wire.split_to(written);
-                        items.frames.push_back((wire, Delivery::Reliable));
-                        // The frame is counted when the writer finishes it.
-                        self.counters
-                            .bytes_out
-                            .fetch_add(written as u64, Ordering::Relaxed);
-                        drop(items);
-                        self.ready.notify_one();
-                        return Ok(());
-                    }
-                    // A full socket, or a broken one the writer will find: queue it.
-                    Err(_) => {}
+        if items.writer_idle
+            && items.frames.is_empty()
+            && let Some(socket) = &items.direct
+        {
+            // Under the lock: no other push and no writer write can come between.
+            match socket.try_write(&wire) {
+                Ok(written) if written == wire.len() => {
+                    // Relaxed: statistics counters.
+                    self.counters.frames_out.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .bytes_out
+                        .fetch_add(written as u64, Ordering::Relaxed);
+                    return Ok(());
                 }
+                // The rest goes first to the writer, and must arrive whatever the policy.
+                Ok(written) => {
+                    let _ = wire.split_to(written);
+                    items.frames.push_back((wire, Delivery::Reliable));
+                    // The frame is counted when the writer finishes it.
+                    self.counters
+                        .bytes_out
+                        .fetch_add(written as u64, Ordering::Relaxed);
+                    drop(items);
+                    self.ready.notify_one();
+                    return Ok(());
+                }
+                // A full socket, or a broken one the writer will find: queue it.
+                Err(_) => {}
             }
         }
         if items.frames.len() >= self.capacity {

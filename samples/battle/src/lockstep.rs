@@ -234,14 +234,21 @@ impl Lockstep {
         let before = self.world.units.clone();
         self.world.step(&inputs);
         let delta = self.world.delta_from_units(&before);
-        let checksum = (self.world.frame % self.config.checksum_every.max(1) == 0)
+        let checksum = self
+            .world
+            .frame
+            .is_multiple_of(self.config.checksum_every.max(1))
             .then(|| self.world.checksum());
         let record = FrameRecord {
             frame,
             inputs,
             replaced,
         };
-        if self.world.frame % self.config.snapshot_every.max(1) == 0 {
+        if self
+            .world
+            .frame
+            .is_multiple_of(self.config.snapshot_every.max(1))
+        {
             self.snapshot = garrison_protocol::snapshot::write(&self.world)?.to_vec();
             self.log.clear();
         } else {
@@ -377,10 +384,10 @@ impl Mirror {
         }
         let before = delta.map(|_| self.world.units.clone());
         self.world.step(inputs);
-        if let (Some(before), Some(delta)) = (before, delta) {
-            if self.world.delta_from_units(&before) != delta {
-                self.delta_mismatches += 1;
-            }
+        if let (Some(before), Some(delta)) = (before, delta)
+            && self.world.delta_from_units(&before) != delta
+        {
+            self.delta_mismatches += 1;
         }
         if let Some(expected) = checksum {
             if self.world.checksum() == expected {

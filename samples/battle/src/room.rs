@@ -256,11 +256,11 @@ impl Entity for Room {
                 buttons,
             } => {
                 self.stats.inputs.fetch_add(1, Ordering::Relaxed);
-                if let Some(engine) = &mut state.engine {
-                    if engine.submit(usize::from(slot), frame, buttons) == InputOutcome::Accepted {
-                        // An accepted input survives a crash: it is in the next checkpoint.
-                        context.checkpoint();
-                    }
+                if let Some(engine) = &mut state.engine
+                    && engine.submit(usize::from(slot), frame, buttons) == InputOutcome::Accepted
+                {
+                    // An accepted input survives a crash: it is in the next checkpoint.
+                    context.checkpoint();
                 }
             }
             RoomMsg::Resume { slot, from } => {

@@ -167,7 +167,7 @@ impl World {
                 .filter(|(distance, _)| *distance <= RANGE_SQUARED)
                 .min();
             if let Some((_, target)) = target {
-                let critical = self.next_random() % 8 == 0;
+                let critical = self.next_random().is_multiple_of(8);
                 hits.push((slot, target, if critical { DAMAGE * 2 } else { DAMAGE }));
                 self.units[slot].cooldown = COOLDOWN;
             }

@@ -1,0 +1,605 @@
+//! Durable entity state: a kind's checkpoints and logs reach its store (write-behind,
+//! write-through), come back in a new registry on the same store (as after a killed process),
+//! with the log replayed; an ended entity's record goes; damaged records are set aside and the
+//! entity goes on from what was good; a fenced writer stops; a store outage degrades durability
+//! without stopping entities, and it catches up when the store is back.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use garrison_protocol::Snapshot;
+use garrison_runtime::{
+    Activation, Checkpoint, Durability, Entities, Entity, EntityContext, EntityMessage,
+    HandlerError, KindConfig, Reply,
+    store::{MemoryStore, RedbStore, RedisStore, StateStore, Store, Write},
+};
+use garrison_supervisor::{SupervisorBuilder, SupervisorRef};
+use garrison_tests::probe::eventually;
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::store_conformance::{TempDir, namespace, redis_url};
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// A ledger: every added amount, logged one entry per add, a snapshot every fifth add.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+struct Ledger {
+    amounts: Vec<u32>,
+    /// How the current incarnation was activated (`Activation::label`).
+    woke: String,
+}
+
+impl Snapshot for Ledger {
+    const SCHEMA: &'static str = "test.ledger";
+    const VERSION: u16 = 1;
+}
+
+enum Msg {
+    Add(u32),
+    Get(Reply<Ledger>),
+    End,
+}
+
+impl EntityMessage for Msg {
+    fn event_type(&self) -> &'static str {
+        match self {
+            Msg::Add(_) => "add",
+            Msg::Get(_) => "get",
+            Msg::End => "end",
+        }
+    }
+}
+
+struct Accounts {
+    replayed: Arc<AtomicU64>,
+    started: Arc<AtomicU64>,
+}
+
+impl Entity for Accounts {
+    const KIND: &'static str = "ledger";
+    type Key = u64;
+    type State = Ledger;
+    type Message = Msg;
+
+    async fn activate(
+        &self,
+        _: &u64,
+        activation: Activation<Ledger>,
+    ) -> Result<Ledger, HandlerError> {
+        let woke = activation.label().to_owned();
+        let mut ledger = activation.unwrap_or_default();
+        ledger.woke = woke;
+        Ok(ledger)
+    }
+
+    async fn handle(
+        &self,
+        context: &mut EntityContext<'_, Self>,
+        message: Msg,
+        ledger: &mut Ledger,
+    ) -> Result<(), HandlerError> {
+        match message {
+            Msg::Add(amount) => {
+                ledger.amounts.push(amount);
+                if amount == 666 {
+                    return Err("cursed amount".into());
+                }
+                if ledger.amounts.len().is_multiple_of(5) {
+                    context.checkpoint();
+                } else {
+                    context.log(Bytes::copy_from_slice(&amount.to_le_bytes()));
+                }
+            }
+            Msg::Get(reply) => {
+                reply.send(ledger.clone());
+            }
+            Msg::End => context.stop(),
+        }
+        Ok(())
+    }
+
+    fn replay(&self, _: &u64, ledger: &mut Ledger, entry: &[u8]) -> Result<(), HandlerError> {
+        let amount: [u8; 4] = entry.try_into().map_err(|_| "a ledger entry is 4 bytes")?;
+        ledger.amounts.push(u32::from_le_bytes(amount));
+        self.replayed.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn started(&self, _: &mut EntityContext<'_, Self>, _: &mut Ledger) -> Result<(), HandlerError> {
+        self.started.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// One "process": a registry on `store` in its own tree.
+struct Node {
+    ledgers: Entities<Accounts>,
+    replayed: Arc<AtomicU64>,
+    started: Arc<AtomicU64>,
+    tree: SupervisorRef,
+}
+
+async fn node(durability: Durability) -> Node {
+    let (replayed, started) = (Arc::default(), Arc::default());
+    let ledgers = Entities::new(
+        Accounts {
+            replayed: Arc::clone(&replayed),
+            started: Arc::clone(&started),
+        },
+        KindConfig {
+            checkpoint: Checkpoint::OnDemand,
+            durability,
+            ..KindConfig::default()
+        },
+    )
+    .unwrap();
+    let tree = SupervisorBuilder::new("game")
+        .child(garrison_supervisor::ChildSpec::new(
+            "ledgers",
+            ledgers.start(),
+        ))
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    Node {
+        ledgers,
+        replayed,
+        started,
+        tree,
+    }
+}
+
+async fn get(ledgers: &Entities<Accounts>, key: u64) -> Ledger {
+    ledgers
+        .call(&key, Msg::Get, LIMIT)
+        .await
+        .expect("the ledger answers")
+}
+
+fn amounts(range: std::ops::Range<u32>) -> Vec<u32> {
+    range.collect()
+}
+
+/// Writes, stops the "process" (its tree and registry dropped, as a killed one's would be gone),
+/// starts another on the same store: the state is back, snapshot plus log replayed.
+async fn survives_a_restart(store: Store) {
+    let first = node(Durability::write_behind(store.clone())).await;
+    for amount in 1..=7 {
+        first.ledgers.send(&1, Msg::Add(amount)).ok().unwrap();
+    }
+    assert_eq!(get(&first.ledgers, 1).await.amounts, amounts(1..8));
+    assert!(
+        first.ledgers.flush(LIMIT).await,
+        "everything reaches the store"
+    );
+    let stats = first.ledgers.durability().unwrap();
+    assert!(stats.writes >= 1 && stats.bytes > 0, "{stats:?}");
+    assert_eq!(stats.pending, 0);
+    // Stored: the snapshot at 5, and entries 6 and 7 after it.
+    let stored = store.get("ledger", "1").await.unwrap().expect("a record");
+    let log = store
+        .read_log("ledger", "1", stored.log_from)
+        .await
+        .unwrap();
+    assert_eq!(
+        log.entries.len(),
+        2,
+        "two entries after the fifth add's snapshot"
+    );
+    first.tree.stop().await.unwrap();
+    drop(first);
+
+    let second = node(Durability::write_behind(store.clone())).await;
+    let ledger = get(&second.ledgers, 1).await;
+    assert_eq!(
+        ledger.amounts,
+        amounts(1..8),
+        "the snapshot, then the log replayed"
+    );
+    assert_eq!(ledger.woke, "recovery");
+    assert_eq!(second.replayed.load(Ordering::Relaxed), 2);
+    assert_eq!(second.ledgers.durability().unwrap().recovered, 1);
+    // It goes on from there, and a fresh key is fresh.
+    second.ledgers.send(&1, Msg::Add(8)).ok().unwrap();
+    assert_eq!(get(&second.ledgers, 1).await.amounts, amounts(1..9));
+    assert_eq!(get(&second.ledgers, 2).await.woke, "fresh");
+    second.tree.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_survives_a_restart_on_the_memory_store() {
+    survives_a_restart(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_survives_a_restart_on_redb() {
+    let dir = TempDir::new("durable-redb");
+    survives_a_restart(Arc::new(RedbStore::open(&dir.0).unwrap())).await;
+    // And across the database being closed and opened again (once the last handle is gone: the
+    // kind's writer lets go of its store within a second of the kind being dropped).
+    let deadline = std::time::Instant::now() + LIMIT;
+    let store: Store = loop {
+        match RedbStore::open(&dir.0) {
+            Ok(store) => break Arc::new(store),
+            Err(error) => {
+                assert!(std::time::Instant::now() < deadline, "{error}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    let third = node(Durability::write_behind(store)).await;
+    assert_eq!(get(&third.ledgers, 1).await.amounts, amounts(1..9));
+    third.tree.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_survives_a_restart_on_redis() {
+    let Some(url) = redis_url() else { return };
+    let store = RedisStore::connect(&url, &namespace("durable"))
+        .await
+        .unwrap();
+    survives_a_restart(Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_restarts_from_the_snapshot_and_the_log_without_the_crashing_message() {
+    let store: Store = Arc::new(MemoryStore::new());
+    let node = node(Durability::write_behind(store)).await;
+    for amount in [1, 2, 3, 4, 5, 6, 7, 666, 8] {
+        node.ledgers.send(&1, Msg::Add(amount)).ok().unwrap();
+    }
+    let ledger = get(&node.ledgers, 1).await;
+    // 666 crashed it (and was pushed to the state before the crash): the restart replays the
+    // log after the fifth add, so only 666 is gone.
+    assert_eq!(ledger.amounts, [1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(ledger.woke, "restart");
+    assert_eq!(node.replayed.load(Ordering::Relaxed), 2, "entries 6 and 7");
+    assert_eq!(
+        node.started.load(Ordering::Relaxed),
+        2,
+        "once per incarnation"
+    );
+    assert_eq!(node.ledgers.dead_letters().len(), 1);
+    node.tree.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_through_stores_a_message_before_the_next_is_handled() {
+    let store: Arc<MemoryStore> = Arc::new(MemoryStore::new());
+    let node = node(Durability::write_through(store.clone())).await;
+    for amount in 1..=6 {
+        node.ledgers.send(&9, Msg::Add(amount)).ok().unwrap();
+        // The Get is handled after Add(amount) is stored: the store has it when it answers.
+        get(&node.ledgers, 9).await;
+        let stored = store.get("ledger", "9").await.unwrap();
+        let count = match stored {
+            None => 0,
+            Some(stored) => {
+                let log = store
+                    .read_log("ledger", "9", stored.log_from)
+                    .await
+                    .unwrap();
+                let snapshot: Ledger = garrison_protocol::snapshot::read(stored.snapshot).unwrap();
+                snapshot.amounts.len() + log.entries.len()
+            }
+        };
+        assert_eq!(count, amount as usize, "add {amount} is in the store");
+    }
+    node.tree.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_entity_leaves_no_record_and_recover_stored_runs_the_rest() {
+    let store: Store = Arc::new(MemoryStore::new());
+    let first = node(Durability::write_behind(store.clone())).await;
+    for key in 1..=3 {
+        first.ledgers.send(&key, Msg::Add(5)).ok().unwrap();
+        get(&first.ledgers, key).await;
+    }
+    first.ledgers.send(&2, Msg::End).ok().unwrap();
+    eventually("ledger 2 ended", LIMIT, || {
+        let ended = !first.ledgers.is_active(&2);
+        async move { ended }
+    })
+    .await;
+    assert!(first.ledgers.flush(LIMIT).await);
+    let mut keys = store.list("ledger").await.unwrap();
+    keys.sort();
+    assert_eq!(keys, ["1", "3"], "the ended ledger's record is deleted");
+    first.tree.stop().await.unwrap();
+
+    let second = node(Durability::write_behind(store)).await;
+    assert_eq!(second.ledgers.recover_stored().await.unwrap(), 2);
+    eventually("both stored ledgers running", LIMIT, || {
+        let running = second.ledgers.is_active(&1) && second.ledgers.is_active(&3);
+        let started = second.started.load(Ordering::Relaxed) == 2;
+        async move { running && started }
+    })
+    .await;
+    assert!(!second.ledgers.is_active(&2));
+    assert_eq!(get(&second.ledgers, 2).await.woke, "fresh");
+    second.tree.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_records_are_set_aside_and_the_entity_goes_on_from_what_was_good() {
+    let store = Arc::new(MemoryStore::new());
+    // 1: a truncated record. 2: another schema's snapshot. 3: a good snapshot, a good entry, a
+    // damaged entry.
+    store.put_raw_record("ledger", "1", Bytes::from_static(b"GRS1\x01"));
+    #[derive(Archive, Serialize, Deserialize, Default)]
+    struct Other {
+        x: u64,
+    }
+    impl Snapshot for Other {
+        const SCHEMA: &'static str = "test.other";
+        const VERSION: u16 = 1;
+    }
+    let other = garrison_protocol::snapshot::write(&Other { x: 3 }).unwrap();
+    let good = garrison_protocol::snapshot::write(&Ledger {
+        amounts: vec![1, 2, 3, 4, 5],
+        woke: String::new(),
+    })
+    .unwrap();
+    let put = |key: &str, snapshot: Bytes| Write::Put {
+        kind: "ledger".into(),
+        key: key.into(),
+        generation: 0,
+        log_from: 10,
+        snapshot,
+    };
+    store
+        .write(&[put("2", other), put("3", good)])
+        .await
+        .unwrap();
+    store
+        .write(&[Write::Append {
+            kind: "ledger".into(),
+            key: "3".into(),
+            generation: 0,
+            entries: vec![garrison_runtime::store::LogEntry {
+                seq: 10,
+                bytes: Bytes::copy_from_slice(&6u32.to_le_bytes()),
+            }],
+        }])
+        .await
+        .unwrap();
+    store.put_raw_entry("ledger", "3", 11, Bytes::from_static(b"GRL1 damaged"));
+
+    let node = node(Durability::write_behind(store.clone())).await;
+    assert_eq!(
+        get(&node.ledgers, 1).await,
+        Ledger {
+            amounts: vec![],
+            woke: "fresh".into()
+        }
+    );
+    assert_eq!(get(&node.ledgers, 2).await.woke, "fresh");
+    let three = get(&node.ledgers, 3).await;
+    assert_eq!(
+        three.amounts,
+        [1, 2, 3, 4, 5, 6],
+        "the snapshot and the good entry"
+    );
+    assert_eq!(three.woke, "recovery");
+
+    let aside = store.set_aside_records("ledger").await.unwrap();
+    let mut reasons: Vec<(&str, &str)> = aside
+        .iter()
+        .map(|record| (record.key.as_str(), record.reason.as_str()))
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(reasons[0].1.contains("record damaged"), "{reasons:?}");
+    assert!(
+        reasons[1].1.contains("stored snapshot refused"),
+        "{reasons:?}"
+    );
+    assert!(reasons[2].1.contains("log entry 11"), "{reasons:?}");
+    assert_eq!(node.ledgers.durability().unwrap().set_aside, 3);
+    assert_eq!(
+        node.ledgers.quarantined().len(),
+        2,
+        "the snapshots are kept here too"
+    );
+    // Ledger 3 wrote a new record at once: a restart finds the good state.
+    assert!(node.ledgers.flush(LIMIT).await);
+    let stored = store.get("ledger", "3").await.unwrap().expect("rewritten");
+    let rewritten: Ledger = garrison_protocol::snapshot::read(stored.snapshot).unwrap();
+    assert_eq!(rewritten.amounts, [1, 2, 3, 4, 5, 6]);
+    node.tree.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_writer_stops_writing_what_another_owner_holds() {
+    let store: Store = Arc::new(MemoryStore::new());
+    let node = node(Durability::write_behind(store.clone())).await;
+    node.ledgers.set_store_generation(1);
+    for amount in 1..=5 {
+        node.ledgers.send(&4, Msg::Add(amount)).ok().unwrap();
+    }
+    get(&node.ledgers, 4).await;
+    assert!(node.ledgers.flush(LIMIT).await);
+    // Another owner takes ledger 4 with a higher generation.
+    let theirs = garrison_protocol::snapshot::write(&Ledger::default()).unwrap();
+    let taken = store
+        .write(&[Write::Put {
+            kind: "ledger".into(),
+            key: "4".into(),
+            generation: 2,
+            log_from: 0,
+            snapshot: theirs.clone(),
+        }])
+        .await
+        .unwrap();
+    assert_eq!(taken, [garrison_runtime::store::Outcome::Written]);
+    for amount in 6..=10 {
+        node.ledgers.send(&4, Msg::Add(amount)).ok().unwrap();
+    }
+    get(&node.ledgers, 4).await;
+    assert!(node.ledgers.flush(LIMIT).await);
+    assert!(node.ledgers.durability().unwrap().fenced >= 1);
+    let stored = store.get("ledger", "4").await.unwrap().unwrap();
+    assert_eq!(
+        (stored.generation, stored.snapshot),
+        (2, theirs),
+        "the new owner's state stands"
+    );
+    node.tree.stop().await.unwrap();
+}
+
+/// A Redis server of the test's own, on a free loopback port, stopped by its pid.
+struct OwnRedis {
+    child: std::process::Child,
+    dir: Option<TempDir>,
+}
+
+impl OwnRedis {
+    fn binary() -> Option<String> {
+        let binary =
+            std::env::var("GARRISON_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let found = std::process::Command::new(&binary)
+            .arg("--version")
+            .output()
+            .is_ok_and(|output| output.status.success());
+        if found {
+            return Some(binary);
+        }
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI installs redis-server for the outage test (.ci/run)"
+        );
+        eprintln!("skipped: redis-server not found (set GARRISON_REDIS_SERVER)");
+        None
+    }
+
+    async fn start(binary: &str, port: u16, dir: TempDir) -> Self {
+        // Persistence on, as a production Redis has it: what was written before the outage is
+        // there after it.
+        let child = std::process::Command::new(binary)
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(&dir.0)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        let redis = OwnRedis {
+            child,
+            dir: Some(dir),
+        };
+        eventually("redis answering", LIMIT, || async move {
+            RedisStore::connect(&format!("redis://127.0.0.1:{port}"), "probe")
+                .await
+                .is_ok()
+        })
+        .await;
+        redis
+    }
+
+    /// Kills it (SIGKILL, by its pid), keeping its data directory.
+    fn kill(mut self) -> TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.dir.take().expect("the directory")
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_degrades_durability_and_it_catches_up_when_redis_is_back() {
+    let Some(binary) = OwnRedis::binary() else {
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .unwrap();
+    let redis = OwnRedis::start(&binary, port, TempDir::new("redis-outage")).await;
+    let store: Store = Arc::new(
+        RedisStore::connect(&format!("redis://127.0.0.1:{port}"), "outage")
+            .await
+            .unwrap(),
+    );
+    let node = node(Durability::write_behind(store.clone())).await;
+    const LEDGERS: u64 = 20;
+    for key in 0..LEDGERS {
+        node.ledgers.send(&key, Msg::Add(1)).ok().unwrap();
+        get(&node.ledgers, key).await;
+    }
+    assert!(node.ledgers.flush(LIMIT).await);
+
+    // Redis goes away for five seconds of traffic: every ledger keeps answering.
+    let dir = redis.kill();
+    let outage = std::time::Instant::now();
+    let mut sent = 0u64;
+    while outage.elapsed() < Duration::from_secs(5) {
+        let key = sent % LEDGERS;
+        node.ledgers.send(&key, Msg::Add(2)).ok().unwrap();
+        get(&node.ledgers, key).await;
+        sent += 1;
+        let stats = node.ledgers.durability().unwrap();
+        assert!(
+            stats.pending <= LEDGERS,
+            "one pending entry per entity at most: {stats:?}"
+        );
+    }
+    let during = node.ledgers.durability().unwrap();
+    assert!(
+        during.degraded && during.errors > 0,
+        "the outage is visible: {during:?}"
+    );
+    assert!(
+        sent > LEDGERS * 5,
+        "entities kept handling ({sent} messages)"
+    );
+
+    // Back on the same port with its data: the newest state of every ledger is written.
+    let _redis = OwnRedis::start(&binary, port, dir).await;
+    eventually("durability caught up", Duration::from_secs(20), || {
+        let stats = node.ledgers.durability().unwrap();
+        async move { !stats.degraded && stats.pending == 0 }
+    })
+    .await;
+    for key in 0..LEDGERS {
+        let live = get(&node.ledgers, key).await.amounts;
+        let stored = store
+            .get("ledger", &key.to_string())
+            .await
+            .unwrap()
+            .unwrap();
+        let log = store
+            .read_log("ledger", &key.to_string(), stored.log_from)
+            .await
+            .unwrap();
+        let snapshot: Ledger = garrison_protocol::snapshot::read(stored.snapshot).unwrap();
+        assert_eq!(log.damaged, None);
+        assert_eq!(
+            snapshot.amounts.len() + log.entries.len(),
+            live.len(),
+            "ledger {key}: the store has the newest state"
+        );
+    }
+    node.tree.stop().await.unwrap();
+}
