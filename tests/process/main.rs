@@ -7,6 +7,7 @@
 
 mod allocations;
 mod battle_idle;
+mod battle_restart;
 mod fd_limit;
 
 /// Every allocation in this process is counted (see `allocations`).
@@ -25,7 +26,11 @@ fn main() {
         fd_limit::child(&role);
         return;
     }
-    let tests: [Test; 4] = [
+    if let Ok(store) = std::env::var(battle_restart::CHILD_VAR) {
+        battle_restart::child(&store);
+        return;
+    }
+    let tests: [Test; 7] = [
         (
             "allocations::the_inbound_path_allocates_nothing_per_input",
             allocations::the_inbound_path_allocates_nothing_per_input,
@@ -41,6 +46,18 @@ fn main() {
         (
             "battle_idle::abandoned_rooms_are_released_and_the_server_goes_idle",
             battle_idle::abandoned_rooms_are_released_and_the_server_goes_idle,
+        ),
+        (
+            "battle_restart::a_killed_server_resumes_every_match_from_redb",
+            battle_restart::a_killed_server_resumes_every_match_from_redb,
+        ),
+        (
+            "battle_restart::a_gracefully_restarted_server_loses_no_accepted_input",
+            battle_restart::a_gracefully_restarted_server_loses_no_accepted_input,
+        ),
+        (
+            "battle_restart::a_killed_server_resumes_every_match_from_redis",
+            battle_restart::a_killed_server_resumes_every_match_from_redis,
         ),
     ];
     let filter: Vec<String> = std::env::args()

@@ -54,6 +54,13 @@ pub struct BotReport {
     pub mismatched: u32,
     /// Times the bot dropped its connection and came back.
     pub reconnects: u32,
+    /// Times the server went away (a restart: `Close 31`, or the connection lost without one)
+    /// and the bot came back to it (with [`BotOptions::server_restarts`]).
+    pub server_restarts: u32,
+    /// Frames the room ran again after a restart: it came back behind what the bot had already
+    /// simulated (the frames inside the store's write-behind lag), and a `Resync` set the bot
+    /// back to the room's frame.
+    pub rewound: u32,
     /// Frames caught up from the room's log after reconnecting.
     pub caught_up: u32,
     /// Times it was resynchronized from a snapshot instead (too far behind).
@@ -86,6 +93,10 @@ pub struct BotOptions {
     /// Leaves after this many matches have ended for it, before its deadline if it gets there
     /// first (none: plays on until the deadline).
     pub matches: Option<u32>,
+    /// When the server goes away (a graceful restart's `Close 31`, or a killed process), keep
+    /// reconnecting with the same ticket for this long, then resume the match (none: a lost
+    /// server is an error).
+    pub server_restarts: Option<Duration>,
 }
 
 impl Default for BotOptions {
@@ -95,6 +106,7 @@ impl Default for BotOptions {
             drop: None,
             trace: false,
             matches: None,
+            server_restarts: None,
         }
     }
 }
@@ -398,6 +410,8 @@ impl Bot {
                 mirror.delta_mismatches = playing.mirror.delta_mismatches;
                 playing.mirror = mirror;
                 let frame = resync.frame.to_native();
+                // A room restarted from its store can be behind what this bot simulated.
+                self.report.rewound += self.report.next_frame.saturating_sub(frame);
                 self.report.next_frame = frame;
                 self.pending.retain(|pending, _| *pending >= frame);
                 self.report.resyncs += 1;
@@ -458,6 +472,92 @@ impl Bot {
     }
 }
 
+impl BotError {
+    /// Whether the server went away (rather than refusing the bot or breaking the protocol):
+    /// what a bot that survives server restarts comes back from.
+    fn server_gone(&self) -> bool {
+        match self {
+            BotError::Closed { code, .. } => *code == SERVER_SHUTDOWN,
+            BotError::Ended(_) | BotError::Io(_) => true,
+            BotError::Client(error) => match error {
+                ClientError::Rejected { code, .. } => *code == SERVER_SHUTDOWN,
+                ClientError::Connect { .. }
+                | ClientError::Closed
+                | ClientError::Io(_)
+                | ClientError::HandshakeTimeout(_)
+                | ClientError::Protocol(garrison_protocol::Error::Io(_)) => true,
+                _ => false,
+            },
+            BotError::Protocol(garrison_protocol::Error::Io(_)) => true,
+            _ => false,
+        }
+    }
+}
+
+/// The close code of a server shutting down (`CloseCode::ServerShutdown`: reconnect shortly).
+const SERVER_SHUTDOWN: u16 = 31;
+
+/// Reconnects to a server that went away, for at most `window` (and not past `deadline`),
+/// backing off from 20 ms to 500 ms between attempts.
+async fn come_back(
+    bot: &mut Bot,
+    connection: &Connection,
+    window: Duration,
+    deadline: Instant,
+) -> Result<Connection, BotError> {
+    bot.count_traffic(connection);
+    bot.dropped_traffic = Traffic {
+        bytes_in: bot.report.bytes_in,
+        bytes_out: bot.report.bytes_out,
+    };
+    let until = (Instant::now() + window).min(deadline);
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match bot.connect().await {
+            Ok(connection) => {
+                bot.report.server_restarts += 1;
+                bot.report.verified_at_reconnect = bot.report.verified;
+                return Ok(connection);
+            }
+            Err(error) if error.server_gone() && Instant::now() + pause < until => {
+                // A reconnect policy's back-off, not a test's wait.
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Handles one event: answers it, and joins again when due. `Ok(true)`: the bot is done.
+async fn on_event(
+    bot: &mut Bot,
+    connection: &Connection,
+    event: Event<ServerMessage>,
+) -> Result<bool, BotError> {
+    if bot.receive(event)? {
+        bot.send_input(connection).await?;
+    }
+    if bot
+        .options
+        .matches
+        .is_some_and(|matches| bot.report.matches_ended >= matches)
+    {
+        bot.count_traffic(connection);
+        return Ok(true);
+    }
+    if std::mem::take(&mut bot.join_again) {
+        connection.send(&Join { mode: 0 }).await?;
+    }
+    if std::mem::take(&mut bot.rejoin) {
+        bot.joins += 1;
+        // Back off a little more each time, as a client of a busy lobby should.
+        tokio::time::sleep(Duration::from_millis(10 * u64::from(bot.joins.min(20)))).await;
+        connection.send(&Join { mode: 0 }).await?;
+    }
+    Ok(false)
+}
+
 /// Waits for a drop order, or forever without one.
 async fn dropped(order: Option<&Arc<Notify>>) {
     match order {
@@ -501,29 +601,21 @@ pub async fn play(
         let matched = bot.playing.is_some();
         tokio::select! {
             next = tokio::time::timeout(remaining, connection.next()) => {
-                let event = match next {
+                let outcome = match next {
                     Err(_) => {
                         bot.count_traffic(&connection);
                         return Ok(bot.report);
                     }
-                    Ok(Some(event)) => event,
-                    Ok(None) => return Err(BotError::Ended("the client ended".to_owned())),
+                    Ok(Some(event)) => on_event(&mut bot, &connection, event).await,
+                    Ok(None) => Err(BotError::Ended("the client ended".to_owned())),
                 };
-                if bot.receive(event)? {
-                    bot.send_input(&connection).await?;
-                }
-                if bot.options.matches.is_some_and(|matches| bot.report.matches_ended >= matches) {
-                    bot.count_traffic(&connection);
-                    return Ok(bot.report);
-                }
-                if std::mem::take(&mut bot.join_again) {
-                    connection.send(&Join { mode: 0 }).await?;
-                }
-                if std::mem::take(&mut bot.rejoin) {
-                    bot.joins += 1;
-                    // Back off a little more each time, as a client of a busy lobby should.
-                    tokio::time::sleep(Duration::from_millis(10 * u64::from(bot.joins.min(20)))).await;
-                    connection.send(&Join { mode: 0 }).await?;
+                match (outcome, bot.options.server_restarts) {
+                    (Ok(true), _) => return Ok(bot.report),
+                    (Ok(false), _) => {}
+                    (Err(error), Some(window)) if error.server_gone() => {
+                        connection = come_back(&mut bot, &connection, window, deadline).await?;
+                    }
+                    (Err(error), _) => return Err(error),
                 }
             }
             () = dropped(order.as_ref().map(|(order, _)| order)), if matched => {

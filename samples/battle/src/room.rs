@@ -1,6 +1,12 @@
-//! A battle room: [`Lockstep`] at 60 Hz on absolute deadlines, checkpointed after every frame
-//! and every accepted input, each frame's update encoded once for all its players; catch-up for
-//! a reconnecting player; the match's end; release when its players are gone.
+//! A battle room: [`Lockstep`] at 60 Hz on absolute deadlines, each frame's update encoded once
+//! for all its players; catch-up for a reconnecting player; the match's end; release when its
+//! players are gone.
+//!
+//! Durable form: a snapshot every [`SNAPSHOT_EVERY`] frames (and at the start and when a player
+//! leaves), and between snapshots the entity's log: one entry per accepted input and one per
+//! executed frame ([`RoomLog`]), so the durable cost of a frame is that frame's inputs, not the
+//! world. A crash, or a restart of the process on the same store, replays the log through the
+//! same engine calls: the room is back at the frame it stopped on, as if it had never stopped.
 
 use std::{
     sync::{Arc, atomic::Ordering},
@@ -71,8 +77,61 @@ impl EntityMessage for RoomMsg {
     }
 }
 
-/// A room's state: its players, its lockstep engine (checkpointed after every frame and every
-/// accepted input; `None` before the start and after the end), and which players left for good.
+/// Frames between two snapshots of a room (one second at 60 Hz); in between, its log.
+pub const SNAPSHOT_EVERY: u32 = 60;
+
+/// One entry of a room's log: what changed its engine, replayed in order after a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomLog {
+    /// An accepted input.
+    Input {
+        /// The player's slot.
+        slot: u8,
+        /// The frame it is stamped for.
+        frame: u32,
+        /// The buttons.
+        buttons: u8,
+    },
+    /// The next frame was executed.
+    Frame,
+}
+
+impl RoomLog {
+    /// The entry's bytes: `0, slot, frame (u32 LE), buttons` or `1`.
+    pub fn encode(self) -> bytes::Bytes {
+        match self {
+            RoomLog::Input {
+                slot,
+                frame,
+                buttons,
+            } => {
+                let frame = frame.to_le_bytes();
+                let bytes = [0, slot, frame[0], frame[1], frame[2], frame[3], buttons];
+                bytes::Bytes::copy_from_slice(&bytes)
+            }
+            RoomLog::Frame => bytes::Bytes::from_static(&[1]),
+        }
+    }
+
+    /// Reads an entry back.
+    ///
+    /// # Errors
+    /// An entry of another shape (damaged, or from another version).
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        match bytes {
+            [0, slot, f0, f1, f2, f3, buttons] => Ok(RoomLog::Input {
+                slot: *slot,
+                frame: u32::from_le_bytes([*f0, *f1, *f2, *f3]),
+                buttons: *buttons,
+            }),
+            [1] => Ok(RoomLog::Frame),
+            other => Err(format!("not a room log entry ({} bytes)", other.len())),
+        }
+    }
+}
+
+/// A room's state: its players, its lockstep engine (`None` before the start and after the
+/// end), and which players left for good.
 #[derive(Archive, Serialize, Deserialize, Debug, Default)]
 pub struct RoomState {
     players: Vec<u64>,
@@ -126,6 +185,14 @@ fn slot_bit(slot: usize) -> u64 {
 }
 
 impl Room {
+    /// The frame clock: 60 Hz on an absolute schedule (a late frame is caught up, none is
+    /// skipped), kept across a crash, gone with the room.
+    fn clock(settings: &RoomSettings) -> Timer<RoomMsg> {
+        Timer::every(settings.tick, || RoomMsg::Tick)
+            .catching_up()
+            .surviving_restart()
+    }
+
     /// Releases room `room` for good: the entity ends once its mailbox is empty, and its clock
     /// with it (ticks already queued find no engine and do nothing).
     fn release(&self, room: u64, state: &mut RoomState, context: &mut EntityContext<'_, Self>) {
@@ -169,8 +236,8 @@ impl Room {
             checksum: world.checksum(),
         };
         let present: Vec<u64> = Room::present(state).map(|(_, player)| player).collect();
-        self.sessions
-            .broadcast(present.iter().copied().map(SessionId), 0, &result);
+        // The player entities hear it first: a client that reads the result joins again at
+        // once, and its Join must find its player unseated (it queues behind MatchEnded).
         for player in &present {
             // A player entity too busy to hear it keeps a seat in a released room; its client
             // still has the result and joins again.
@@ -178,6 +245,8 @@ impl Room {
                 .players
                 .send(player, PlayerMsg::MatchEnded(result.clone()));
         }
+        self.sessions
+            .broadcast(present.iter().copied().map(SessionId), 0, &result);
         self.stats.matches_ended.fetch_add(1, Ordering::Relaxed);
         self.release(room, state, context);
     }
@@ -194,12 +263,50 @@ impl Entity for Room {
         _: &u64,
         recovered: Activation<RoomState>,
     ) -> Result<RoomState, HandlerError> {
-        // After a crash the engine is back at its last checkpoint (every accepted input and every
-        // frame is checkpointed), and the room's clock, armed to survive a restart, goes on.
-        if matches!(&recovered, Activation::Restarted(Some(state)) if state.engine.is_some()) {
+        // After a crash, or a restart of the process, the engine is back at the frame it
+        // stopped on (its snapshot, then its log replayed through `replay`).
+        if matches!(
+            &recovered,
+            Activation::Restarted(Some(state)) | Activation::Recovered(state)
+                if state.engine.is_some()
+        ) {
             self.stats.restarts.fetch_add(1, Ordering::Relaxed);
         }
         Ok(recovered.unwrap_or_default())
+    }
+
+    fn replay(&self, _: &u64, state: &mut RoomState, entry: &[u8]) -> Result<(), HandlerError> {
+        let engine = state
+            .engine
+            .as_mut()
+            .ok_or("a room log entry for a room that is not playing")?;
+        match RoomLog::decode(entry)? {
+            RoomLog::Input {
+                slot,
+                frame,
+                buttons,
+            } => {
+                engine.submit(usize::from(slot), frame, buttons);
+            }
+            RoomLog::Frame => {
+                engine.advance()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn started(
+        &self,
+        context: &mut EntityContext<'_, Self>,
+        state: &mut RoomState,
+    ) -> Result<(), HandlerError> {
+        // A playing room back from the store (a restarted process) has no clock yet; one back
+        // from a crash kept its own.
+        if state.engine.is_some() && context.timers() == 0 {
+            context.timer(Room::clock(&self.settings))?;
+            self.playing.insert(*context.key(), ());
+        }
+        Ok(())
     }
 
     async fn handle(
@@ -242,12 +349,7 @@ impl Entity for Room {
                 state.players = players;
                 self.stats.rooms.fetch_add(1, Ordering::Relaxed);
                 context.checkpoint();
-                // The frame clock: 60 Hz on an absolute schedule (a late frame is caught up, none
-                // is skipped), kept across a crash, gone with the room.
-                let clock = Timer::every(self.settings.tick, || RoomMsg::Tick)
-                    .catching_up()
-                    .surviving_restart();
-                context.timer(clock)?;
+                context.timer(Room::clock(&self.settings))?;
                 self.playing.insert(room, ());
             }
             RoomMsg::Input {
@@ -259,8 +361,15 @@ impl Entity for Room {
                 if let Some(engine) = &mut state.engine
                     && engine.submit(usize::from(slot), frame, buttons) == InputOutcome::Accepted
                 {
-                    // An accepted input survives a crash: it is in the next checkpoint.
-                    context.checkpoint();
+                    // An accepted input survives a crash: it is in the log.
+                    context.log(
+                        RoomLog::Input {
+                            slot,
+                            frame,
+                            buttons,
+                        }
+                        .encode(),
+                    );
                 }
             }
             RoomMsg::Resume { slot, from } => {
@@ -302,7 +411,11 @@ impl Entity for Room {
                 let players = state.players.iter().copied().map(SessionId);
                 self.sessions.broadcast(players, update.frame, &update);
                 self.stats.frames.fetch_add(1, Ordering::Relaxed);
-                context.checkpoint();
+                if (update.frame + 1).is_multiple_of(SNAPSHOT_EVERY) {
+                    context.checkpoint();
+                } else {
+                    context.log(RoomLog::Frame.encode());
+                }
                 if update.frame + 1 >= self.settings.match_frames {
                     self.finish(room, state, context);
                 }
@@ -375,6 +488,23 @@ mod tests {
             panic!("expected a snapshot");
         };
         assert_eq!(resync.frame.to_native(), 290);
+    }
+
+    #[test]
+    fn log_entries_round_trip_and_refuse_other_shapes() {
+        for entry in [
+            RoomLog::Frame,
+            RoomLog::Input {
+                slot: 7,
+                frame: 0x0102_0304,
+                buttons: 0b1010,
+            },
+        ] {
+            assert_eq!(RoomLog::decode(&entry.encode()), Ok(entry));
+        }
+        assert!(RoomLog::decode(&[]).is_err());
+        assert!(RoomLog::decode(&[0, 1, 2]).is_err());
+        assert!(RoomLog::decode(&[2]).is_err());
     }
 
     #[test]

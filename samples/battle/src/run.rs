@@ -77,6 +77,10 @@ pub struct BotArgs {
     /// The first player id (runs against one remote server need disjoint ids).
     #[arg(long, default_value_t = 1)]
     pub first_player: u64,
+    /// When the server goes away (restarted gracefully with `Close 31`, or killed), keep
+    /// reconnecting for this many seconds and resume the match; 0: a lost server is an error.
+    #[arg(long, default_value_t = 0)]
+    pub survive_restarts: u64,
     /// Seconds a match lasts on the in-process server; then its result is announced, the room
     /// released, and the bots join again.
     #[arg(long, default_value_t = 20)]
@@ -84,6 +88,91 @@ pub struct BotArgs {
 }
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// The server's settings (`garrison-battle serve`).
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// The TCP address players connect to.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub listen: SocketAddr,
+    /// Players per room.
+    #[arg(long, default_value_t = 8)]
+    pub room_size: usize,
+    /// The key tickets are signed with: from configuration, never made up per process, so the
+    /// tickets players hold stay valid across a restart.
+    #[arg(long, env = "GARRISON_TICKET_KEY", default_value = DEMO_KEY)]
+    pub key: String,
+    /// Seconds a match lasts.
+    #[arg(long, default_value_t = 180)]
+    pub match_seconds: u64,
+    /// Where matches and seats are kept (an embedded redb database in this directory), so a
+    /// restart resumes every match at the frame it stopped on.
+    #[arg(long, default_value = "garrison-data")]
+    pub data_dir: PathBuf,
+    /// Keep state in Redis instead (`redis://127.0.0.1:6379`), for a fleet of nodes.
+    #[arg(long)]
+    pub store: Option<String>,
+    /// The Redis key namespace (with `--store`).
+    #[arg(long, default_value = "garrison")]
+    pub store_namespace: String,
+    /// Keep nothing beyond the process (a killed server loses its matches).
+    #[arg(long)]
+    pub memory_only: bool,
+}
+
+/// Runs the server until SIGTERM or Ctrl-C, then stops gracefully: clients are told `Close 31`
+/// (reconnect shortly) and every checkpoint and log entry is written to the store before the
+/// process exits. Prints `listening on ADDRESS` once it accepts players.
+///
+/// # Errors
+/// When the store cannot be opened or the server cannot start.
+pub async fn serve(args: ServeArgs) -> Result<(), Error> {
+    let mut config = local_server(args.room_size, &args.key)?;
+    config.gateway.tcp = Some(args.listen);
+    config.match_frames = match_frames(args.match_seconds);
+    config.store = match (&args.store, args.memory_only) {
+        (_, true) => None,
+        (Some(url), false) => {
+            let store =
+                garrison_runtime::store::RedisStore::connect(url, &args.store_namespace).await?;
+            eprintln!("state store: redis {url}");
+            Some(Arc::new(store) as garrison_runtime::store::Store)
+        }
+        (None, false) => {
+            let store = garrison_runtime::store::RedbStore::open(&args.data_dir)?;
+            eprintln!("state store: redb in {}", args.data_dir.display());
+            Some(Arc::new(store) as garrison_runtime::store::Store)
+        }
+    };
+    let server = BattleServer::start(config).await?;
+    let address = server.gateway.tcp_addr().ok_or("no TCP listener")?;
+    println!("listening on {address}");
+    eprintln!("battle server on {address}; SIGTERM or Ctrl-C stops it gracefully");
+    stop_signal().await?;
+    eprintln!("stopping: closing sessions (Close 31) and flushing the store");
+    if server.stop().await {
+        eprintln!("stopped: every checkpoint is in the store");
+        Ok(())
+    } else {
+        Err("stopped, but the store did not take every checkpoint".into())
+    }
+}
+
+/// SIGTERM (a deploy, an orchestrator) or Ctrl-C.
+async fn stop_signal() -> Result<(), Error> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => Ok(()),
+            result = tokio::signal::ctrl_c() => Ok(result?),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(tokio::signal::ctrl_c().await?)
+    }
+}
 
 /// Frames per second of the battle's lockstep (its tick is 1/60 s).
 pub const FRAME_RATE: u32 = 60;
@@ -103,6 +192,7 @@ pub fn local_server(room_size: usize, key: &str) -> Result<ServerConfig, Error> 
         match_frames: 20 * FRAME_RATE,
         zone,
         gateway,
+        store: None,
     })
 }
 
@@ -158,6 +248,8 @@ pub async fn run_once(args: &BotArgs, clients: u64, progress: bool) -> Result<Su
                 drop: (args.drop_percent > 0).then(|| (order.clone(), away)),
                 trace: args.trace_inputs,
                 matches: None,
+                server_restarts: (args.survive_restarts > 0)
+                    .then(|| Duration::from_secs(args.survive_restarts)),
             };
             tokio::spawn(play(
                 address,
@@ -262,7 +354,9 @@ pub async fn run_once(args: &BotArgs, clients: u64, progress: bool) -> Result<Su
     summary.cpu_seconds = cpu_seconds;
     if let Some(server) = server {
         match Arc::try_unwrap(server) {
-            Ok(server) => server.stop().await,
+            Ok(server) => {
+                server.stop().await;
+            }
             Err(_) => return Err("the server is still shared".into()),
         }
     }

@@ -16,8 +16,9 @@ use std::{
 
 use dashmap::DashMap;
 use garrison_runtime::{
-    Checkpoint, Entities, KindConfig, Sessions,
+    Checkpoint, Durability, Entities, KindConfig, Sessions,
     gateway::{Gateway, GatewayBuilder, GatewayConfig},
+    store::Store,
 };
 use garrison_supervisor::{SupervisorRef, supervisor};
 
@@ -46,6 +47,10 @@ pub struct ServerConfig {
     pub zone: Arc<str>,
     /// The gateway's settings (listen address, ticket key, limits).
     pub gateway: GatewayConfig,
+    /// Where players' seats and rooms' matches are kept beyond the process (write-behind, a
+    /// 100 ms bound on the lag): a restarted server on the same store resumes every match at
+    /// the frame it stopped on. `None`: memory only (the demo).
+    pub store: Option<Store>,
 }
 
 /// Counters the demo reports.
@@ -110,9 +115,14 @@ impl BattleServer {
         let sessions = Arc::new(Sessions::new());
         let playing = Arc::new(DashMap::new());
         let zone = Some(config.zone.clone());
+        let durability = match &config.store {
+            Some(store) => Durability::write_behind(store.clone()),
+            None => Durability::Memory,
+        };
         let players = Entities::<Player>::declare(KindConfig {
             checkpoint: Checkpoint::OnDemand,
             zone: zone.clone(),
+            durability: durability.clone(),
             ..KindConfig::default()
         })?;
         let matchmakers = Entities::<Matchmaker>::declare(KindConfig {
@@ -124,8 +134,10 @@ impl BattleServer {
         })?;
         let rooms = Entities::<Room>::declare(KindConfig {
             mailbox_capacity: 1024,
+            // A snapshot every second of frames, the log in between (see `room`).
             checkpoint: Checkpoint::OnDemand,
             zone,
+            durability,
             ..KindConfig::default()
         })?;
         players.serve(Player {
@@ -207,6 +219,12 @@ impl BattleServer {
         .requires(&matchmakers)
         .requires(&rooms)
         .start()?;
+        // The matches a previous run of the server left in the store play on from the frame
+        // they stopped on, whether or not their players come back.
+        let recovered = rooms.recover_stored().await?;
+        if recovered > 0 {
+            tracing::info!(rooms = recovered, "matches recovered from the store");
+        }
         Ok(BattleServer {
             gateway,
             tree,
@@ -241,9 +259,23 @@ impl BattleServer {
         }
     }
 
-    /// Stops the gateway, then the tree (the rooms' clocks end with them).
-    pub async fn stop(self) {
+    /// Stops gracefully: the gateway stops accepting and tells every client `Close 31`
+    /// (reconnect shortly), the tree stops (the rooms' clocks end with them), and every
+    /// checkpoint and log entry still waiting is written to the store (at most 10 s). Returns
+    /// whether everything reached the store.
+    pub async fn stop(self) -> bool {
         self.gateway.shutdown().await;
         let _ = self.tree.stop().await;
+        let timeout = Duration::from_secs(10);
+        let flushed = self.rooms.flush(timeout).await & self.players.flush(timeout).await;
+        if !flushed {
+            tracing::error!("the store did not take every checkpoint within 10 s before the stop");
+        }
+        flushed
+    }
+
+    /// What the rooms' durability has done (when the server has a store).
+    pub fn room_durability(&self) -> Option<garrison_runtime::DurabilityStats> {
+        self.rooms.durability()
     }
 }
