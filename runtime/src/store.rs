@@ -344,6 +344,7 @@ pub(crate) fn read_entries(from: u64, raw: impl IntoIterator<Item = Bytes>) -> L
 }
 
 /// An aside entry's value: key, reason, then each raw part, each length-prefixed (u32 LE).
+#[cfg_attr(not(any(feature = "redb", feature = "redis")), allow(dead_code))]
 pub(crate) fn encode_aside(key: &str, reason: &str, raw: &[Bytes]) -> Vec<u8> {
     let mut out = Vec::new();
     for part in [key.as_bytes(), reason.as_bytes()]
@@ -356,6 +357,7 @@ pub(crate) fn encode_aside(key: &str, reason: &str, raw: &[Bytes]) -> Vec<u8> {
     out
 }
 
+#[cfg_attr(not(any(feature = "redb", feature = "redis")), allow(dead_code))]
 pub(crate) fn decode_aside(mut bytes: &[u8]) -> Option<SetAside> {
     let mut parts = Vec::new();
     while !bytes.is_empty() {
