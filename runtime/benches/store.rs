@@ -95,8 +95,16 @@ async fn main() {
                 {
                     let mut table = txn.open_table(RAW).expect("the table");
                     for write in &writes {
-                        if let Write::Put { kind, key, snapshot, .. } = write {
-                            table.insert((kind.as_str(), key.as_str()), &snapshot[..]).expect("insert");
+                        if let Write::Put {
+                            kind,
+                            key,
+                            snapshot,
+                            ..
+                        } = write
+                        {
+                            table
+                                .insert((kind.as_str(), key.as_str()), &snapshot[..])
+                                .expect("insert");
                         }
                     }
                 }
@@ -137,7 +145,9 @@ async fn main() {
                 }
             }
             let mut connection = connection.clone();
-            pipe.query_async::<()>(&mut connection).await.expect("the pipeline");
+            pipe.query_async::<()>(&mut connection)
+                .await
+                .expect("the pipeline");
         },
     )
     .await;
@@ -149,6 +159,9 @@ async fn main() {
         .await
         .unwrap_or_default();
     if !keys.is_empty() {
-        let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut connection).await;
+        let _: Result<(), _> = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut connection)
+            .await;
     }
 }

@@ -315,6 +315,29 @@ fn decode_framed(
     Ok((word, payload))
 }
 
+/// Splits entries stored back to back into each entry's bytes; what does not frame as an entry
+/// is returned whole as the last piece (it fails to decode, and the reader stops there).
+#[cfg_attr(not(feature = "redb"), allow(dead_code))]
+pub(crate) fn split_entries(mut bytes: Bytes) -> Vec<Bytes> {
+    let mut entries = Vec::new();
+    while !bytes.is_empty() {
+        let len = bytes
+            .get(12..16)
+            .and_then(|len| len.try_into().ok())
+            .map(|len: [u8; 4]| u32::from_le_bytes(len) as usize);
+        match len {
+            Some(len) if &bytes[..4] == ENTRY_MAGIC && bytes.len() >= ENTRY_HEADER + len => {
+                entries.push(bytes.split_to(ENTRY_HEADER + len));
+            }
+            _ => {
+                entries.push(bytes);
+                break;
+            }
+        }
+    }
+    entries
+}
+
 /// Decodes a stored log in order from `from`: stops at the first entry that does not decode or
 /// does not continue the sequence. Backends share it.
 pub(crate) fn read_entries(from: u64, raw: impl IntoIterator<Item = Bytes>) -> LogRead {
@@ -419,6 +442,27 @@ mod tests {
             bytes: Bytes::from_static(b"in"),
         };
         assert_eq!(decode_entry(&encode_entry(&entry)), Ok(entry));
+    }
+
+    #[test]
+    fn entries_stored_back_to_back_split_apart() {
+        let entry = |seq: u64| {
+            encode_entry(&LogEntry {
+                seq,
+                bytes: Bytes::from(vec![seq as u8; seq as usize]),
+            })
+        };
+        let mut chunk = BytesMut::new();
+        for seq in 0..4 {
+            chunk.put_slice(&entry(seq));
+        }
+        chunk.put_slice(b"GRL1 torn");
+        let parts = split_entries(chunk.freeze());
+        assert_eq!(parts.len(), 5);
+        assert_eq!(parts[3], entry(3));
+        let read = read_entries(0, parts);
+        assert_eq!(read.entries.len(), 4);
+        assert_eq!(read.damaged.map(|(seq, _)| seq), Some(4));
     }
 
     #[test]

@@ -10,12 +10,14 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
     LogRead, Outcome, SetAside, StateStore, StoreError, StoreFuture, Stored, Write, decode_aside,
-    decode_record, encode_aside, encode_entry, encode_record, fence, read_entries,
+    decode_record, encode_aside, encode_entry, encode_record, fence, read_entries, split_entries,
 };
 
 /// (kind, key) -> framed record.
 const RECORDS: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("records");
-/// (kind, key, seq) -> framed log entry.
+/// (kind, key, first seq) -> the framed log entries of one append, back to back: one row per
+/// append, not per entry (a room appends a frame's worth of entries at a time), so the B-tree
+/// takes one insert per entity per write.
 const LOGS: TableDefinition<'_, (&str, &str, u64), &[u8]> = TableDefinition::new("logs");
 /// (kind, key) -> generation.
 const GENERATIONS: TableDefinition<'_, (&str, &str), u64> = TableDefinition::new("generations");
@@ -140,10 +142,15 @@ fn apply(db: &Database, batch: &[Write]) -> Result<Vec<Outcome>, StoreError> {
                         .map_err(unavailable)?;
                 }
                 Write::Append { entries, .. } => {
+                    let Some(first) = entries.first() else {
+                        continue;
+                    };
+                    let mut chunk = Vec::new();
                     for entry in entries {
-                        logs.insert((kind, key, entry.seq), &encode_entry(entry)[..])
-                            .map_err(unavailable)?;
+                        chunk.extend_from_slice(&encode_entry(entry));
                     }
+                    logs.insert((kind, key, first.seq), &chunk[..])
+                        .map_err(unavailable)?;
                 }
                 Write::Delete { .. } => {
                     records.remove((kind, key)).map_err(unavailable)?;
@@ -224,14 +231,14 @@ impl StateStore for RedbStore {
             let txn = db.begin_read().map_err(unavailable)?;
             let logs = txn.open_table(LOGS).map_err(unavailable)?;
             let mut raw = Vec::new();
+            // A row holds entries from its key's seq on: every row of the entity is read (its
+            // log was truncated at its snapshot), and entries before `from` are skipped.
             for row in logs
-                .range(
-                    (kind.as_str(), key.as_str(), from)..=(kind.as_str(), key.as_str(), u64::MAX),
-                )
+                .range((kind.as_str(), key.as_str(), 0)..=(kind.as_str(), key.as_str(), u64::MAX))
                 .map_err(unavailable)?
             {
                 let (_, value) = row.map_err(unavailable)?;
-                raw.push(Bytes::copy_from_slice(value.value()));
+                raw.extend(split_entries(Bytes::copy_from_slice(value.value())));
             }
             Ok(read_entries(from, raw))
         })
@@ -262,7 +269,7 @@ impl StateStore for RedbStore {
                     .map_err(unavailable)?
                 {
                     let (_, value) = row.map_err(unavailable)?;
-                    raw.push(Bytes::copy_from_slice(value.value()));
+                    raw.extend(split_entries(Bytes::copy_from_slice(value.value())));
                 }
                 let next = aside
                     .range((kind, 0)..=(kind, u64::MAX))

@@ -59,6 +59,8 @@ pub struct Summary {
     pub restarts: Option<u64>,
     /// CPU seconds this process used during the run (server and bots when in-process; Linux).
     pub cpu_seconds: Option<f64>,
+    /// Snapshot and log bytes the rooms wrote to their store (an in-process server with a store).
+    pub store_bytes: Option<u64>,
 }
 
 impl Summary {
@@ -134,6 +136,7 @@ impl Summary {
             result_mismatches: ok.iter().map(|report| report.result_mismatches).sum(),
             restarts,
             cpu_seconds: None,
+            store_bytes: None,
         }
     }
 

@@ -77,7 +77,8 @@ impl EntityMessage for RoomMsg {
     }
 }
 
-/// Frames between two snapshots of a room (one second at 60 Hz); in between, its log.
+/// Frames between two snapshots of a room by default (one second at 60 Hz); in between, its
+/// log.
 pub const SNAPSHOT_EVERY: u32 = 60;
 
 /// One entry of a room's log: what changed its engine, replayed in order after a restart.
@@ -156,6 +157,8 @@ pub struct RoomSettings {
     pub resend_limit: u32,
     /// Frames a match lasts.
     pub match_frames: u32,
+    /// Frames between two snapshots (the log in between).
+    pub snapshot_every: u32,
 }
 
 /// The room kind.
@@ -411,7 +414,7 @@ impl Entity for Room {
                 let players = state.players.iter().copied().map(SessionId);
                 self.sessions.broadcast(players, update.frame, &update);
                 self.stats.frames.fetch_add(1, Ordering::Relaxed);
-                if (update.frame + 1).is_multiple_of(SNAPSHOT_EVERY) {
+                if (update.frame + 1).is_multiple_of(self.settings.snapshot_every) {
                     context.checkpoint();
                 } else {
                     context.log(RoomLog::Frame.encode());

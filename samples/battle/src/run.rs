@@ -77,6 +77,13 @@ pub struct BotArgs {
     /// The first player id (runs against one remote server need disjoint ids).
     #[arg(long, default_value_t = 1)]
     pub first_player: u64,
+    /// Keep the in-process server's matches in a redb store in this directory (by default it
+    /// keeps nothing beyond the process).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Frames between two snapshots of a room on the in-process server (the log in between).
+    #[arg(long, default_value_t = crate::room::SNAPSHOT_EVERY)]
+    pub snapshot_every: u32,
     /// When the server goes away (restarted gracefully with `Close 31`, or killed), keep
     /// reconnecting for this many seconds and resume the match; 0: a lost server is an error.
     #[arg(long, default_value_t = 0)]
@@ -193,6 +200,7 @@ pub fn local_server(room_size: usize, key: &str) -> Result<ServerConfig, Error> 
         zone,
         gateway,
         store: None,
+        snapshot_every: crate::room::SNAPSHOT_EVERY,
     })
 }
 
@@ -216,6 +224,10 @@ pub async fn run_once(args: &BotArgs, clients: u64, progress: bool) -> Result<Su
         None => {
             let mut config = local_server(args.room_size, &args.key)?;
             config.match_frames = match_frames(args.match_seconds);
+            config.snapshot_every = args.snapshot_every.max(1);
+            if let Some(dir) = &args.data_dir {
+                config.store = Some(Arc::new(garrison_runtime::store::RedbStore::open(dir)?));
+            }
             let server = BattleServer::start(config).await?;
             let address = server.gateway.tcp_addr().ok_or("no TCP listener")?;
             (Some(Arc::new(server)), address)
@@ -352,6 +364,10 @@ pub async fn run_once(args: &BotArgs, clients: u64, progress: bool) -> Result<Su
     };
     let mut summary = Summary::new(&reports, frames, restarts, seconds);
     summary.cpu_seconds = cpu_seconds;
+    summary.store_bytes = server
+        .as_ref()
+        .and_then(|server| server.room_durability())
+        .map(|stats| stats.bytes);
     if let Some(server) = server {
         match Arc::try_unwrap(server) {
             Ok(server) => {

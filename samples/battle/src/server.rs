@@ -51,6 +51,8 @@ pub struct ServerConfig {
     /// 100 ms bound on the lag): a restarted server on the same store resumes every match at
     /// the frame it stopped on. `None`: memory only (the demo).
     pub store: Option<Store>,
+    /// Frames between two snapshots of a room; the log of inputs and frames in between.
+    pub snapshot_every: u32,
 }
 
 /// Counters the demo reports.
@@ -158,6 +160,7 @@ impl BattleServer {
                 input_delay: config.input_delay,
                 resend_limit: config.resend_limit,
                 match_frames: config.match_frames,
+                snapshot_every: config.snapshot_every.max(1),
             },
             sessions: sessions.clone(),
             players: players.clone(),
