@@ -166,8 +166,9 @@ pub(crate) struct Durable<E: Entity> {
     max_lag: Duration,
     max_pending: usize,
     dirty: DashMap<E::Key, Arc<EntityCell<E>>>,
-    /// Wakes the writer (a permit is kept when it is busy).
-    wake: Notify,
+    /// Wakes the writer (a permit is kept when it is busy); shared with it, so an idle writer
+    /// holds no strong handle to the kind's durability (and its store).
+    wake: Arc<Notify>,
     /// Someone waits: write without the coalescing pause.
     urgent: AtomicBool,
     /// Told after every batch written.
@@ -198,7 +199,7 @@ impl<E: Entity> Durable<E> {
             max_lag,
             max_pending,
             dirty: DashMap::new(),
-            wake: Notify::new(),
+            wake: Arc::new(Notify::new()),
             urgent: AtomicBool::new(false),
             written: Notify::new(),
             generation: AtomicU64::new(0),
@@ -286,10 +287,10 @@ impl<E: Entity> Durable<E> {
                         return;
                     };
                     if strong.dirty.is_empty() {
-                        // Bounded, so a kind that was dropped is let go of within a second.
-                        let _ =
-                            tokio::time::timeout(Duration::from_secs(1), strong.wake.notified())
-                                .await;
+                        // Idle without holding the kind: dropping it wakes us to end.
+                        let wake = strong.wake.clone();
+                        drop(strong);
+                        wake.notified().await;
                         continue;
                     }
                     strong.round().await;
@@ -522,6 +523,13 @@ impl<E: Entity> Durable<E> {
                 return self.dirty.is_empty();
             }
         }
+    }
+}
+
+impl<E: Entity> Drop for Durable<E> {
+    fn drop(&mut self) {
+        // The writer, if idle, wakes, finds the kind gone and ends (letting go of the store).
+        self.wake.notify_one();
     }
 }
 

@@ -171,6 +171,8 @@ pub struct Room {
     pub players: Entities<Player>,
     /// The rooms playing now (started, not yet released), for fault injection.
     pub playing: Arc<DashMap<u64, ()>>,
+    /// Rooms recovered from the store that have not executed a frame yet.
+    pub first_frame: Arc<DashMap<u64, ()>>,
     /// Counters.
     pub stats: Arc<ServerStats>,
 }
@@ -263,9 +265,13 @@ impl Entity for Room {
 
     async fn activate(
         &self,
-        _: &u64,
+        room: &u64,
         recovered: Activation<RoomState>,
     ) -> Result<RoomState, HandlerError> {
+        if matches!(&recovered, Activation::Recovered(state) if state.engine.is_some()) {
+            self.stats.recovered.fetch_add(1, Ordering::Relaxed);
+            self.first_frame.insert(*room, ());
+        }
         // After a crash, or a restart of the process, the engine is back at the frame it
         // stopped on (its snapshot, then its log replayed through `replay`).
         if matches!(
@@ -403,6 +409,9 @@ impl Entity for Room {
                     return Ok(());
                 };
                 let broadcast = engine.advance()?;
+                if self.first_frame.remove(&room).is_some() {
+                    self.stats.recovered_ticking.fetch_add(1, Ordering::Relaxed);
+                }
                 let update = FrameUpdate {
                     frame: broadcast.record.frame,
                     inputs: broadcast.record.inputs,

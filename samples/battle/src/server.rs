@@ -64,6 +64,10 @@ pub struct ServerStats {
     pub rooms: AtomicU64,
     /// Rooms restarted from their checkpoint after a crash.
     pub restarts: AtomicU64,
+    /// Playing rooms recovered from the store (a restarted server).
+    pub recovered: AtomicU64,
+    /// Of those, the rooms that have executed a frame since.
+    pub recovered_ticking: AtomicU64,
     /// Reconnected players caught up (from the log or a snapshot).
     pub resumes: AtomicU64,
     /// Player inputs rooms handled (accepted or not).
@@ -165,6 +169,7 @@ impl BattleServer {
             sessions: sessions.clone(),
             players: players.clone(),
             playing: playing.clone(),
+            first_frame: Arc::default(),
             stats: stats.clone(),
         })?;
         // The whole node: players' sessions, the matchmaker, the rooms. Each kind is a dynamic
