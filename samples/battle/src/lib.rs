@@ -25,6 +25,7 @@ pub mod bots;
 pub mod lockstep;
 pub mod matchmaker;
 pub mod player;
+pub mod process;
 pub mod plot;
 pub mod proto;
 pub mod report;

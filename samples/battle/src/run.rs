@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 
 use crate::{
     bots::{BotError, BotOptions, play},
+    process::ServerProcess,
     report::Summary,
     server::{BattleServer, ServerConfig},
 };
@@ -77,6 +78,16 @@ pub struct BotArgs {
     /// The first player id (runs against one remote server need disjoint ids).
     #[arg(long, default_value_t = 1)]
     pub first_player: u64,
+    /// Run the server as a child process from this shell command (it must print `listening on
+    /// ADDRESS` once it accepts players, as `garrison-battle serve` does) and play against it.
+    #[arg(long)]
+    pub spawn_server: Option<String>,
+    /// Restart the spawned server every N seconds (0: never); the bots come back to it.
+    #[arg(long, default_value_t = 0)]
+    pub restart_server_every: u64,
+    /// How the spawned server is restarted: `kill` (SIGKILL) or `graceful` (SIGTERM).
+    #[arg(long, default_value = "kill", value_parser = ["kill", "graceful"])]
+    pub restart_mode: String,
     /// Keep the in-process server's matches in a redb store in this directory (by default it
     /// keeps nothing beyond the process).
     #[arg(long)]
@@ -165,6 +176,32 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
     }
 }
 
+/// Starts the server command in a shell.
+fn spawn_server(command: &str) -> Result<ServerProcess, String> {
+    ServerProcess::start(std::process::Command::new("sh").args(["-c", &format!("exec {command}")]))
+}
+
+/// Stops the spawned server (killed, or stopped gracefully) and starts it again; returns the new
+/// pid.
+fn restart_server(
+    child: &std::sync::Mutex<Option<ServerProcess>>,
+    command: &str,
+    graceful: bool,
+) -> Result<u32, String> {
+    let mut child = child.lock().map_err(|_| "the server handle is poisoned")?;
+    // None: the run is over and its server stopped; nothing to restart.
+    let running = child.take().ok_or("the run is over")?;
+    if graceful {
+        running.terminate(Duration::from_secs(20))?;
+    } else {
+        running.kill()?;
+    }
+    let started = spawn_server(command)?;
+    let pid = started.id();
+    *child = Some(started);
+    Ok(pid)
+}
+
 /// SIGTERM (a deploy, an orchestrator) or Ctrl-C.
 async fn stop_signal() -> Result<(), Error> {
     #[cfg(unix)]
@@ -216,10 +253,25 @@ pub fn match_frames(seconds: u64) -> u32 {
 /// # Errors
 /// When the server cannot start or the flags contradict each other.
 pub async fn run_once(args: &BotArgs, clients: u64, progress: bool) -> Result<Summary, Error> {
-    if args.server.is_some() && args.room_panic_every > 0 {
+    let remote = args.server.is_some() || args.spawn_server.is_some();
+    if remote && args.room_panic_every > 0 {
         return Err("--room-panic-every needs the in-process server (no --server)".into());
     }
-    let (server, address) = match args.server {
+    if args.server.is_some() && args.spawn_server.is_some() {
+        return Err("--server and --spawn-server both name the server: give one".into());
+    }
+    let spawned = match &args.spawn_server {
+        Some(command) => {
+            let command = command.clone();
+            let child = tokio::task::spawn_blocking(move || spawn_server(&command)).await??;
+            Some(Arc::new(std::sync::Mutex::new(Some(child))))
+        }
+        None => None,
+    };
+    let spawned_address = spawned
+        .as_ref()
+        .and_then(|child| child.lock().ok()?.as_ref().map(ServerProcess::address));
+    let (server, address) = match args.server.or(spawned_address) {
         Some(address) => (None, address),
         None => {
             let mut config = local_server(args.room_size, &args.key)?;
@@ -260,8 +312,12 @@ pub async fn run_once(args: &BotArgs, clients: u64, progress: bool) -> Result<Su
                 drop: (args.drop_percent > 0).then(|| (order.clone(), away)),
                 trace: args.trace_inputs,
                 matches: None,
-                server_restarts: (args.survive_restarts > 0)
-                    .then(|| Duration::from_secs(args.survive_restarts)),
+                server_restarts: match (args.survive_restarts, args.restart_server_every) {
+                    (0, 0) => None,
+                    // Restarted by this run: come back to it.
+                    (0, _) => Some(Duration::from_secs(30)),
+                    (window, _) => Some(Duration::from_secs(window)),
+                },
             };
             tokio::spawn(play(
                 address,
@@ -303,6 +359,29 @@ pub async fn run_once(args: &BotArgs, clients: u64, progress: bool) -> Result<Su
             loop {
                 ticker.tick().await;
                 server.crash_rooms();
+            }
+        }));
+    }
+    if let (Some(child), true) = (&spawned, args.restart_server_every > 0) {
+        let child = child.clone();
+        let every = Duration::from_secs(args.restart_server_every);
+        let graceful = args.restart_mode == "graceful";
+        let command = args.spawn_server.clone().unwrap_or_default();
+        background.push(tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(every);
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                let (child, command) = (child.clone(), command.clone());
+                let restarted = tokio::task::spawn_blocking(move || restart_server(&child, &command, graceful)).await;
+                match restarted {
+                    Ok(Ok(pid)) => eprintln!(
+                        "\nchaos: the server was {} and started again (pid {pid})",
+                        if graceful { "stopped gracefully" } else { "killed" }
+                    ),
+                    Ok(Err(error)) => eprintln!("\nchaos: the server restart failed: {error}"),
+                    Err(error) => eprintln!("\nchaos: the restart task failed: {error}"),
+                }
             }
         }));
     }
@@ -362,6 +441,17 @@ pub async fn run_once(args: &BotArgs, clients: u64, progress: bool) -> Result<Su
         ),
         None => (None, None),
     };
+    if let Some(child) = spawned {
+        // Stopped under its lock: a restart in flight finishes first, and none starts after.
+        tokio::task::spawn_blocking(move || {
+            let mut child = child.lock().map_err(|_| "the server handle is poisoned")?;
+            match child.take() {
+                Some(running) => running.terminate(Duration::from_secs(20)),
+                None => Ok(()),
+            }
+        })
+        .await??;
+    }
     let mut summary = Summary::new(&reports, frames, restarts, seconds);
     summary.cpu_seconds = cpu_seconds;
     summary.store_bytes = server

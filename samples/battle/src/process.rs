@@ -1,0 +1,115 @@
+//! A battle server run as a child process, for the bots' restart chaos (`battle-bots
+//! --spawn-server`) and the restart tests: started from a command that prints `listening on
+//! ADDRESS` once it accepts players, killed (SIGKILL) or terminated (SIGTERM, the graceful stop)
+//! by its pid.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// A server child process.
+#[derive(Debug)]
+pub struct ServerProcess {
+    child: Child,
+    address: SocketAddr,
+}
+
+impl ServerProcess {
+    /// Runs `command` (its stdout piped here) and waits for its `listening on ADDRESS` line.
+    ///
+    /// # Errors
+    /// When it cannot start, or exits (or closes its stdout) before it listens.
+    pub fn start(command: &mut Command) -> Result<Self, String> {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|error| format!("the server command did not start: {error}"))?;
+        let stdout = child.stdout.take().ok_or("the server's stdout is not piped")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let address = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(address) = line.strip_prefix("listening on ") {
+                        break address
+                            .trim()
+                            .parse()
+                            .map_err(|error| format!("a bad address in {line:?}: {error}"))?;
+                    }
+                }
+                _ => {
+                    let _ = child.kill();
+                    let status = child.wait().map_err(|error| error.to_string())?;
+                    return Err(format!("the server exited before listening ({status})"));
+                }
+            }
+        };
+        // The rest of its stdout is drained so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Ok(ServerProcess { child, address })
+    }
+
+    /// Where it listens.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Its pid.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, by its pid, and reaps it.
+    ///
+    /// # Errors
+    /// When the signal or the wait fails.
+    pub fn kill(mut self) -> Result<(), String> {
+        self.child.kill().map_err(|error| error.to_string())?;
+        self.child.wait().map_err(|error| error.to_string())?;
+        Ok(())
+    }
+
+    /// SIGTERM, by its pid (the graceful stop), and waits at most `limit` for it to exit with
+    /// success (then kills it).
+    ///
+    /// # Errors
+    /// When it exits with a failure or takes longer than `limit`.
+    pub fn terminate(mut self, limit: Duration) -> Result<(), String> {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .map_err(|error| error.to_string())?;
+        if !sent.success() {
+            return Err(format!("kill -TERM {pid} failed"));
+        }
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().map_err(|error| error.to_string())? {
+                return if status.success() {
+                    Ok(())
+                } else {
+                    Err(format!("the graceful stop exited with {status}"))
+                };
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return Err(format!("the graceful stop took longer than {limit:?}"));
+            }
+            // Polling a child's exit with a deadline: there is no event to wait on.
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
