@@ -36,8 +36,10 @@ use crate::{
     store::{LogEntry, Outcome, Store, StoreError, Write},
 };
 
-/// Most writes in one batch (one store transaction).
+/// Most entities in one batch (one store transaction), and most snapshot and log bytes (a
+/// batch past either is cut: a batch must fit a store's request timeout).
 const BATCH: usize = 256;
+const BATCH_BYTES: usize = 4 << 20;
 
 /// How long a write-through entity waits for the store before it goes on with its write left to
 /// the write-behind path (counted as `through_timeouts`).
@@ -63,6 +65,8 @@ pub(crate) struct Saved {
     /// Changes made, and changes the store has (write-through waits on these).
     pub(crate) changes: u64,
     pub(crate) stored_changes: u64,
+    /// A change was not queued (the dirty set was full): the next change, or a flush, queues it.
+    pub(crate) unqueued: bool,
 }
 
 impl Saved {
@@ -88,7 +92,7 @@ impl Saved {
 
     /// Replaces the snapshot; the log restarts after it.
     pub(crate) fn checkpoint(&mut self, snapshot: Bytes) {
-        self.log_from += self.log.len() as u64;
+        self.log_from = self.log_from.saturating_add(self.log.len() as u64);
         self.log.clear();
         self.snapshot = Some(snapshot);
         self.snapshots += 1;
@@ -107,6 +111,24 @@ impl Saved {
     pub(crate) fn end(&mut self) {
         self.ended = true;
         self.changes += 1;
+    }
+
+    /// Snapshot and log bytes the store does not have yet.
+    fn unstored_bytes(&self) -> usize {
+        let snapshot = match (&self.snapshot, self.snapshot_stored) {
+            (Some(snapshot), false) => snapshot.len(),
+            _ => 0,
+        };
+        let from = if self.snapshot_stored {
+            self.log_stored
+        } else {
+            0
+        };
+        snapshot
+            + self
+                .log
+                .get(from..)
+                .map_or(0, |log| log.iter().map(Bytes::len).sum())
     }
 
     fn clean(&self) -> bool {
@@ -175,6 +197,8 @@ pub(crate) struct Durable<E: Entity> {
     written: Notify,
     /// The fencing token every write carries.
     generation: AtomicU64,
+    /// The pause after the last failed write (0: the last write worked), doubling to 2 s.
+    backoff_ms: AtomicU64,
     counters: Counters,
     writer: OnceLock<()>,
 }
@@ -203,6 +227,7 @@ impl<E: Entity> Durable<E> {
             urgent: AtomicBool::new(false),
             written: Notify::new(),
             generation: AtomicU64::new(0),
+            backoff_ms: AtomicU64::new(0),
             counters: Counters::default(),
             writer: OnceLock::new(),
         }
@@ -253,13 +278,18 @@ impl<E: Entity> Durable<E> {
     }
 
     /// Queues `cell`'s entity for writing, and starts the writer on `runtime` the first time.
+    /// `force`: queued even when the set is full (an activation's last change, its passivation
+    /// or its end, for which no next change will come; or a flush). Each entity holds at most
+    /// one entry, so forcing never grows the set past the number of entities.
     pub(crate) fn mark_dirty(
         self: &Arc<Self>,
         key: &E::Key,
         cell: &Arc<EntityCell<E>>,
         runtime: Option<&tokio::runtime::Handle>,
+        force: bool,
     ) {
-        if self.dirty.len() >= self.max_pending && !self.dirty.contains_key(key) {
+        if !force && self.dirty.len() >= self.max_pending && !self.dirty.contains_key(key) {
+            cell.saved().unqueued = true;
             let dropped = self.counters.dropped.fetch_add(1, Ordering::Relaxed);
             if dropped.is_power_of_two() || dropped == 0 {
                 tracing::warn!(
@@ -273,6 +303,7 @@ impl<E: Entity> Durable<E> {
             }
             return;
         }
+        cell.saved().unqueued = false;
         self.dirty.insert(key.clone(), cell.clone());
         self.ensure_writer(runtime);
         self.wake.notify_one();
@@ -324,8 +355,19 @@ impl<E: Entity> Durable<E> {
             .iter()
             .map(|entry| (entry.key().clone(), entry.value().clone()))
             .collect();
-        for chunk in entries.chunks(BATCH) {
-            self.write_chunk(chunk).await;
+        let mut start = 0;
+        while start < entries.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < entries.len()
+                && end - start < BATCH
+                && (end == start || bytes < BATCH_BYTES)
+            {
+                bytes += entries[end].1.saved().unstored_bytes();
+                end += 1;
+            }
+            self.write_chunk(&entries[start..end]).await;
+            start = end;
         }
         self.written.notify_waiters();
     }
@@ -391,14 +433,17 @@ impl<E: Entity> Durable<E> {
                 writes: start..batch.len(),
             });
         }
-        let mut pause = Duration::from_millis(100);
-        let outcomes = loop {
-            if batch.is_empty() {
-                break Vec::new();
-            }
+        let outcomes = if batch.is_empty() {
+            Vec::new()
+        } else {
             match self.store.write(&batch).await {
-                Ok(outcomes) => break outcomes,
-                Err(error) => self.failed(&error, &mut pause).await,
+                Ok(outcomes) => {
+                    self.backoff_ms.store(0, Ordering::Relaxed);
+                    outcomes
+                }
+                // Everything stays dirty; after the pause the next round builds its batches
+                // again from the newest state.
+                Err(error) => return self.failed(&error).await,
             }
         };
         if batch.is_empty() {
@@ -460,7 +505,7 @@ impl<E: Entity> Durable<E> {
         }
     }
 
-    async fn failed(&self, error: &StoreError, pause: &mut Duration) {
+    async fn failed(&self, error: &StoreError) {
         self.counters.errors.fetch_add(1, Ordering::Relaxed);
         if !self.counters.degraded.swap(true, Ordering::Relaxed) {
             tracing::warn!(
@@ -472,8 +517,12 @@ impl<E: Entity> Durable<E> {
                  state is written when it is back"
             );
         }
-        tokio::time::sleep(*pause).await;
-        *pause = (*pause * 2).min(Duration::from_secs(2));
+        let pause = match self.backoff_ms.load(Ordering::Relaxed) {
+            0 => 100,
+            last => (last * 2).min(2_000),
+        };
+        self.backoff_ms.store(pause, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
     }
 
     /// Waits until the store has `cell`'s changes up to `changes` (write-through), at most

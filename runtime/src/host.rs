@@ -63,10 +63,19 @@ pub(crate) trait KindHost<E: Entity>: Send + Sync + 'static {
     /// Where this kind's timer tasks report.
     fn timer_sink(&self) -> TimerSink;
     /// Replaces the key's entry with `snapshot` if the activation behind `mine` still owns it
-    /// and no message waits in its mailbox; returns whether it did.
-    fn passivate(&self, key: &E::Key, mine: &ChildRef<Envelope<E>>, snapshot: Bytes) -> bool;
-    /// Removes the key's entry under the same conditions; returns whether it did.
-    fn end(&self, key: &E::Key, mine: &ChildRef<Envelope<E>>) -> bool;
+    /// and no message waits in its mailbox, running `then` while it still holds the entry (so
+    /// no next activation can start, and queue its own state for the store, before this one's
+    /// last state is queued); returns whether it did.
+    fn passivate(
+        &self,
+        key: &E::Key,
+        mine: &ChildRef<Envelope<E>>,
+        snapshot: Bytes,
+        then: impl FnOnce(),
+    ) -> bool;
+    /// Removes the key's entry under the same conditions, running `then` likewise; returns
+    /// whether it did.
+    fn end(&self, key: &E::Key, mine: &ChildRef<Envelope<E>>, then: impl FnOnce()) -> bool;
     /// The kind's durability, when it writes to a store.
     fn durable(&self) -> Option<&Arc<Durable<E>>>;
     /// The runtime the kind's tasks run on.
@@ -209,7 +218,15 @@ impl<E: Entity, K: KindHost<E>> EntityWorker<E, K> {
     /// Queues the cell for the store, if the kind has one.
     fn changed(&self) {
         if let Some(durable) = self.kind.durable() {
-            durable.mark_dirty(&self.key, &self.cell, self.kind.runtime());
+            durable.mark_dirty(&self.key, &self.cell, self.kind.runtime(), false);
+        }
+    }
+
+    /// Queues this activation's last change (its passivation or its end), however full the
+    /// set: no next change will come to queue it.
+    fn changed_last(&self) {
+        if let Some(durable) = self.kind.durable() {
+            durable.mark_dirty(&self.key, &self.cell, self.kind.runtime(), true);
         }
     }
 
@@ -268,6 +285,17 @@ impl<E: Entity, K: KindHost<E>> EntityWorker<E, K> {
             return Ok((true, true));
         }
         Ok((true, false))
+    }
+
+    /// Abandons an activation its module refused; state that came from the store is set aside
+    /// there too, so the next activation does not fail on it again (it starts fresh).
+    async fn refused(&self, from_store: bool, reason: String) -> HandlerError {
+        if from_store && let Some(durable) = self.kind.durable() {
+            let key = self.key.to_string();
+            // Failing to set it aside is reported by `set_aside`; the abandon below stands.
+            let _ = self.set_aside(durable, &key, &reason, None).await;
+        }
+        self.abandon(reason)
     }
 
     /// Sets entity `key`'s stored record aside (and, with `snapshot`, quarantines it here too),
@@ -352,13 +380,15 @@ impl<E: Entity, K: KindHost<E>> EntityWorker<E, K> {
         running: &mut Running<E>,
     ) -> Result<(), HandlerError> {
         let bytes = garrison_protocol::snapshot::write_compact(&running.state)?;
+        let last = || {
+            self.cell.saved().checkpoint(bytes.clone());
+            self.changed_last();
+        };
         if self
             .kind
-            .passivate(&self.key, &context.handle(), bytes.clone())
+            .passivate(&self.key, &context.handle(), bytes.clone(), last)
         {
             tracing::debug!(game.entity.kind = E::KIND, game.entity.key = %self.key, "passivated");
-            self.cell.saved().checkpoint(bytes);
-            self.changed();
             context.stop();
         }
         Ok(())
@@ -368,10 +398,12 @@ impl<E: Entity, K: KindHost<E>> EntityWorker<E, K> {
     /// is waiting: the entry is removed (with its checkpoint) and the incarnation stops
     /// normally. With messages waiting it stays, and tries again after the next one.
     fn end(&self, context: &WorkerContext<Envelope<E>>) {
-        if self.kind.end(&self.key, &context.handle()) {
-            tracing::debug!(game.entity.kind = E::KIND, game.entity.key = %self.key, "ended");
+        let last = || {
             self.cell.saved().end();
-            self.changed();
+            self.changed_last();
+        };
+        if self.kind.end(&self.key, &context.handle(), last) {
+            tracing::debug!(game.entity.kind = E::KIND, game.entity.key = %self.key, "ended");
             context.stop();
         }
     }
@@ -463,9 +495,14 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
             .await;
         let state = match activated {
             Ok(Ok(state)) => state,
-            Ok(Err(error)) => return Err(self.abandon(format!("activate failed: {error}"))),
+            Ok(Err(error)) => {
+                return Err(self
+                    .refused(from_store, format!("activate failed: {error}"))
+                    .await);
+            }
             Err(panic) => {
-                return Err(self.abandon(format!("activate panicked: {}", panic_text(&*panic))));
+                let reason = format!("activate panicked: {}", panic_text(&*panic));
+                return Err(self.refused(from_store, reason).await);
             }
         };
         let mut timers = Timers::new(
@@ -490,13 +527,20 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
                 .await;
         match started {
             Ok(Ok(())) => {}
-            Ok(Err(error)) => return Err(self.abandon(format!("started failed: {error}"))),
+            Ok(Err(error)) => {
+                return Err(self
+                    .refused(from_store, format!("started failed: {error}"))
+                    .await);
+            }
             Err(panic) => {
-                return Err(self.abandon(format!("started panicked: {}", panic_text(&*panic))));
+                let reason = format!("started panicked: {}", panic_text(&*panic));
+                return Err(self.refused(from_store, reason).await);
             }
         }
         running.stopping |= entity_context.stop_requested;
-        if must_checkpoint || entity_context.checkpoint_requested {
+        // What `started` logged is in the checkpoint (a snapshot supersedes a log).
+        let logged = !entity_context.logged.is_empty();
+        if must_checkpoint || entity_context.checkpoint_requested || logged {
             self.checkpoint(&mut running)?;
         }
         Ok(running)
@@ -527,8 +571,14 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
                     return Ok(());
                 }
             },
-            // It was only asked to run (recovered at start); `started` has run.
-            Envelope::Wake => return Ok(()),
+            // It was only asked to run (recovered at start); `started` has run, and may have
+            // asked it to stop.
+            Envelope::Wake => {
+                if running.stopping {
+                    self.end(context);
+                }
+                return Ok(());
+            }
             Envelope::Passivate if running.stopping => {
                 self.end(context);
                 return Ok(());

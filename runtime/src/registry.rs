@@ -570,10 +570,19 @@ impl<E: Entity> Entities<E> {
     /// `timeout` (a graceful stop calls it last); returns whether everything got there. A kind
     /// without a store is always flushed.
     pub async fn flush(&self, timeout: Duration) -> bool {
-        match &self.inner.durable {
-            Some(durable) => durable.flush(timeout).await,
-            None => true,
+        let Some(durable) = &self.inner.durable else {
+            return true;
+        };
+        // A change the full write-behind set did not take is queued now.
+        for slot in self.inner.map.iter() {
+            if let Slot::Active { cell, .. } = slot.value() {
+                let unqueued = cell.saved().unqueued;
+                if unqueued {
+                    durable.mark_dirty(slot.key(), cell, self.inner.runtime.as_ref(), true);
+                }
+            }
         }
+        durable.flush(timeout).await
     }
 
     /// What this kind's durability has done, when it has a store.
@@ -692,7 +701,13 @@ impl<E: Entity> KindHost<E> for Inner<E> {
         }
     }
 
-    fn passivate(&self, key: &E::Key, mine: &ChildRef<Envelope<E>>, snapshot: Bytes) -> bool {
+    fn passivate(
+        &self,
+        key: &E::Key,
+        mine: &ChildRef<Envelope<E>>,
+        snapshot: Bytes,
+        then: impl FnOnce(),
+    ) -> bool {
         let Some(mut entry) = self.map.get_mut(key) else {
             return false;
         };
@@ -702,6 +717,7 @@ impl<E: Entity> KindHost<E> for Inner<E> {
             return false;
         }
         *entry = Slot::Passivated(snapshot);
+        then();
         true
     }
 
@@ -713,12 +729,18 @@ impl<E: Entity> KindHost<E> for Inner<E> {
         self.runtime.as_ref()
     }
 
-    fn end(&self, key: &E::Key, mine: &ChildRef<Envelope<E>>) -> bool {
-        // Removing holds the entry for writing: no push is in flight, so the depth is exact.
+    fn end(&self, key: &E::Key, mine: &ChildRef<Envelope<E>>, then: impl FnOnce()) -> bool {
+        // Removing holds the entry for writing: no push is in flight, so the depth is exact,
+        // and `then` runs before any next activation can take the key.
+        let mut then = Some(then);
         self.map
             .remove_if(key, |_, slot| {
-                matches!(slot, Slot::Active { handle, .. } if handle.same_child(mine))
-                    && mine.depth() == 0
+                let mine = matches!(slot, Slot::Active { handle, .. } if handle.same_child(mine))
+                    && mine.depth() == 0;
+                if mine && let Some(then) = then.take() {
+                    then();
+                }
+                mine
             })
             .is_some()
     }

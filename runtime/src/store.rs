@@ -346,8 +346,12 @@ pub(crate) fn read_entries(from: u64, raw: impl IntoIterator<Item = Bytes>) -> L
     for bytes in raw {
         match decode_entry(&bytes) {
             Ok(entry) if entry.seq == next => {
-                next += 1;
                 read.entries.push(entry);
+                let Some(after) = next.checked_add(1) else {
+                    // A hostile sequence number at the very end of the range: nothing follows.
+                    break;
+                };
+                next = after;
             }
             Ok(entry) if entry.seq < next => {}
             Ok(entry) => {

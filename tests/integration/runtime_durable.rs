@@ -74,6 +74,9 @@ impl Entity for Accounts {
     ) -> Result<Ledger, HandlerError> {
         let woke = activation.label().to_owned();
         let mut ledger = activation.unwrap_or_default();
+        if ledger.amounts.contains(&13) {
+            return Err("an unlucky ledger".into());
+        }
         ledger.woke = woke;
         Ok(ledger)
     }
@@ -126,6 +129,10 @@ struct Node {
 }
 
 async fn node(durability: Durability) -> Node {
+    node_with(durability, KindConfig::default()).await
+}
+
+async fn node_with(durability: Durability, config: KindConfig) -> Node {
     let (replayed, started) = (Arc::default(), Arc::default());
     let ledgers = Entities::new(
         Accounts {
@@ -135,7 +142,7 @@ async fn node(durability: Durability) -> Node {
         KindConfig {
             checkpoint: Checkpoint::OnDemand,
             durability,
-            ..KindConfig::default()
+            ..config
         },
     )
     .unwrap();
@@ -601,5 +608,75 @@ async fn a_redis_outage_degrades_durability_and_it_catches_up_when_redis_is_back
             "ledger {key}: the store has the newest state"
         );
     }
+    node.tree.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_state_its_module_refuses_is_set_aside_and_the_next_activation_is_fresh() {
+    let store = Arc::new(MemoryStore::new());
+    let unlucky = garrison_protocol::snapshot::write(&Ledger {
+        amounts: vec![13],
+        woke: String::new(),
+    })
+    .unwrap();
+    store
+        .write(&[Write::Put {
+            kind: "ledger".into(),
+            key: "5".into(),
+            generation: 0,
+            log_from: 0,
+            snapshot: unlucky,
+        }])
+        .await
+        .unwrap();
+    let node = node(Durability::write_behind(store.clone())).await;
+    // The first activation fails on the stored state: the request is dead-lettered.
+    let first = node.ledgers.call(&5, Msg::Get, LIMIT).await;
+    assert!(first.is_err(), "{first:?}");
+    // The record went aside, so the next one does not fail the same way.
+    assert_eq!(get(&node.ledgers, 5).await.woke, "fresh");
+    let aside = store.set_aside_records("ledger").await.unwrap();
+    assert_eq!(aside.len(), 1);
+    assert!(aside[0].reason.contains("an unlucky ledger"), "{aside:?}");
+    node.tree.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_write_behind_set_drops_changes_until_a_flush_or_an_end_queues_them() {
+    let store: Store = Arc::new(MemoryStore::new());
+    // One entity waiting at most, and a lag long enough that nothing is written unasked.
+    let durability = Durability::WriteBehind {
+        store: store.clone(),
+        max_lag: Duration::from_secs(120),
+    };
+    let config = KindConfig {
+        max_pending_writes: 1,
+        ..KindConfig::default()
+    };
+    let node = node_with(durability, config).await;
+    for key in 1..=3 {
+        node.ledgers.send(&key, Msg::Add(7)).ok().unwrap();
+        get(&node.ledgers, key).await;
+    }
+    let stats = node.ledgers.durability().unwrap();
+    assert_eq!((stats.pending, stats.dropped), (1, 2), "{stats:?}");
+    // An end is an activation's last change: queued however full the set is.
+    node.ledgers.send(&4, Msg::Add(1)).ok().unwrap();
+    node.ledgers.send(&4, Msg::End).ok().unwrap();
+    eventually("ledger 4 ended", LIMIT, || {
+        let ended = !node.ledgers.is_active(&4);
+        async move { ended }
+    })
+    .await;
+    assert_eq!(node.ledgers.durability().unwrap().pending, 2);
+    // A flush queues what the full set did not take, and writes it all.
+    assert!(node.ledgers.flush(LIMIT).await);
+    let mut keys = store.list("ledger").await.unwrap();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["1", "2", "3"],
+        "every change is stored, and the ended ledger is gone"
+    );
     node.tree.stop().await.unwrap();
 }

@@ -9,15 +9,15 @@
 //! same `serve` function as `garrison-battle serve`, and is stopped by its pid.
 
 use std::{
-    io::{BufRead, BufReader},
     net::SocketAddr,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use garrison_battle::{
     bots::{BotOptions, BotReport, play},
+    process::ServerProcess,
     run::{ServeArgs, serve},
 };
 
@@ -65,79 +65,15 @@ pub fn child(store: &str) {
     }
 }
 
-/// A running server child.
-struct Server {
-    child: Child,
-}
-
-impl Server {
-    /// Starts the child and waits for its `listening on` line.
-    fn start(store: &str, listen: SocketAddr) -> Result<Self, String> {
-        let exe = std::env::current_exe().map_err(|error| error.to_string())?;
-        let mut child = Command::new(exe)
+/// Starts a `serve` child of this binary on `store` and `listen`.
+fn start_server(store: &str, listen: SocketAddr) -> Result<ServerProcess, String> {
+    let exe = std::env::current_exe().map_err(|error| error.to_string())?;
+    ServerProcess::start(
+        Command::new(exe)
             .env(CHILD_VAR, store)
             .env(LISTEN_VAR, listen.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|error| error.to_string())?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        // The child prints the line once it accepts players, or exits.
-        loop {
-            match lines.next() {
-                Some(Ok(line)) if line.starts_with("listening on") => break,
-                Some(Ok(_)) => {}
-                _ => {
-                    let _ = child.kill();
-                    let status = child.wait().map_err(|error| error.to_string())?;
-                    return Err(format!("the server exited before listening: {status}"));
-                }
-            }
-        }
-        Ok(Server { child })
-    }
-
-    /// SIGKILL, by its pid.
-    fn kill(mut self) -> Result<(), String> {
-        self.child.kill().map_err(|error| error.to_string())?;
-        self.child.wait().map_err(|error| error.to_string())?;
-        Ok(())
-    }
-
-    /// SIGTERM, by its pid: the graceful stop, which must exit 0 with everything flushed.
-    fn terminate(mut self) -> Result<(), String> {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .map_err(|error| error.to_string())?;
-        if !sent.success() {
-            return Err(format!("kill -TERM {pid} failed"));
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().map_err(|error| error.to_string())? {
-                return if status.success() {
-                    Ok(())
-                } else {
-                    Err(format!("the graceful stop exited with {status}"))
-                };
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                return Err("the graceful stop took longer than 20 s".into());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+            .stderr(Stdio::inherit()),
+    )
 }
 
 /// How the server goes away mid-match.
@@ -160,7 +96,7 @@ fn restart(store: &str, stop: Stop) -> Result<Vec<BotReport>, String> {
         .enable_all()
         .build()
         .map_err(|error| error.to_string())?;
-    let first = Server::start(store, listen)?;
+    let first = start_server(store, listen)?;
     // Two rooms of 8 play for 1.5 to 3 s before the stop (a random frame), 3 s after it.
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -186,9 +122,9 @@ fn restart(store: &str, stop: Stop) -> Result<Vec<BotReport>, String> {
     std::thread::sleep(before);
     match stop {
         Stop::Kill => first.kill()?,
-        Stop::Graceful => first.terminate()?,
+        Stop::Graceful => first.terminate(Duration::from_secs(20))?,
     }
-    let second = Server::start(store, listen)?;
+    let second = start_server(store, listen)?;
     let reports = runtime.block_on(async {
         let mut reports = Vec::new();
         for bot in bots {
@@ -200,7 +136,7 @@ fn restart(store: &str, stop: Stop) -> Result<Vec<BotReport>, String> {
         }
         Ok(reports)
     })?;
-    second.terminate()?;
+    second.terminate(Duration::from_secs(20))?;
     Ok(reports)
 }
 

@@ -111,24 +111,30 @@ for op, o in ipairs(ops) do
         flush_puts()
         put_kind = o.kind
       end
-      redis.call('RENAME', o.staged, ns .. ':record:' .. id(o.kind, o.key))
+      local record = ns .. ':record:' .. id(o.kind, o.key)
+      redis.call('RENAME', o.staged, record)
+      -- Staged keys expire (a batch that failed halfway leaves none for long); records do not.
+      redis.call('PERSIST', record)
       put_keys[#put_keys + 1] = o.key
       put_logs[#put_logs + 1] = log
     else
       flush_puts()
       if o.kind_type == 'append' and o.entries > 0 then
-        local low, high, zadd = nil, nil, {}
-        for j = 0, o.entries - 1 do
-          local seq = ARGV[o.first + 2 * j]
-          local number = tonumber(seq)
-          if not low or number < low then low = number end
-          if not high or number > high then high = number end
-          zadd[#zadd + 1] = seq
-          zadd[#zadd + 1] = ARGV[o.first + 2 * j + 1]
+        -- In slices: Lua unpacks at most a few thousand values at once.
+        for start = 0, o.entries - 1, 1000 do
+          local low, high, zadd = nil, nil, {}
+          for j = start, math.min(start + 999, o.entries - 1) do
+            local seq = ARGV[o.first + 2 * j]
+            local number = tonumber(seq)
+            if not low or number < low then low = number end
+            if not high or number > high then high = number end
+            zadd[#zadd + 1] = seq
+            zadd[#zadd + 1] = ARGV[o.first + 2 * j + 1]
+          end
+          -- An entry appended again replaces the one stored under its number.
+          redis.call('ZREMRANGEBYSCORE', log, low, high)
+          redis.call('ZADD', log, unpack(zadd))
         end
-        -- An entry appended again replaces the one stored under its number.
-        redis.call('ZREMRANGEBYSCORE', log, low, high)
-        redis.call('ZADD', log, unpack(zadd))
       elseif o.kind_type == 'delete' then
         redis.call('DEL', ns .. ':record:' .. id(o.kind, o.key), log)
         redis.call('SREM', ns .. ':index:' .. o.kind, o.key)
@@ -148,6 +154,9 @@ end
 return out
 ";
 
+/// How long a staged snapshot lives if its batch's script never moves it into place.
+const STAGED_TTL_MS: i64 = 60_000;
+
 /// A [`StateStore`] on a Redis server.
 #[derive(Clone)]
 pub struct RedisStore {
@@ -161,8 +170,11 @@ pub struct RedisStore {
 
 impl RedisStore {
     /// Connects to `url` (`redis://127.0.0.1:6379`), keeping every key under `namespace`. A
-    /// request waits at most a second for its answer; the connection is re-established in the
-    /// background when it drops.
+    /// request waits at most five seconds for its answer (a batch is at most 256 writes and
+    /// 4 MiB); the connection is re-established in the background when it drops.
+    ///
+    /// Generations are compared as Lua numbers (doubles): keep them below 2^53 (etcd revisions
+    /// and lease ids are).
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when the URL is invalid or the server cannot be reached.
@@ -170,7 +182,7 @@ impl RedisStore {
         let client = redis::Client::open(url).map_err(unavailable)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(5)))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         let connection = client
@@ -360,6 +372,9 @@ impl StateStore for RedisStore {
                     .map(|(name, record)| (name.as_str(), &record[..]))
                     .collect();
                 pipe.mset(&pairs).ignore();
+                for (name, _) in &staged {
+                    pipe.pexpire(name, STAGED_TTL_MS).ignore();
+                }
             }
             pipe.add_command(script);
             let mut connection = self.connection.clone();

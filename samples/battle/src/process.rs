@@ -27,7 +27,10 @@ impl ServerProcess {
             .stdout(Stdio::piped())
             .spawn()
             .map_err(|error| format!("the server command did not start: {error}"))?;
-        let stdout = child.stdout.take().ok_or("the server's stdout is not piped")?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or("the server's stdout is not piped")?;
         let mut lines = BufReader::new(stdout).lines();
         let address = loop {
             match lines.next() {

@@ -202,6 +202,7 @@ impl Room {
     /// with it (ticks already queued find no engine and do nothing).
     fn release(&self, room: u64, state: &mut RoomState, context: &mut EntityContext<'_, Self>) {
         state.engine = None;
+        state.players.clear();
         self.playing.remove(&room);
         context.checkpoint();
         context.stop();
@@ -309,6 +310,11 @@ impl Entity for Room {
         context: &mut EntityContext<'_, Self>,
         state: &mut RoomState,
     ) -> Result<(), HandlerError> {
+        // A released room whose end the store had not taken yet (a process killed meanwhile)
+        // has nothing to play: it ends again.
+        if state.engine.is_none() && !state.players.is_empty() {
+            context.stop();
+        }
         // A playing room back from the store (a restarted process) has no clock yet; one back
         // from a crash kept its own.
         if state.engine.is_some() && context.timers() == 0 {

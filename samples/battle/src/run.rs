@@ -373,11 +373,17 @@ pub async fn run_once(args: &BotArgs, clients: u64, progress: bool) -> Result<Su
             loop {
                 ticker.tick().await;
                 let (child, command) = (child.clone(), command.clone());
-                let restarted = tokio::task::spawn_blocking(move || restart_server(&child, &command, graceful)).await;
+                let restarted =
+                    tokio::task::spawn_blocking(move || restart_server(&child, &command, graceful))
+                        .await;
                 match restarted {
                     Ok(Ok(pid)) => eprintln!(
                         "\nchaos: the server was {} and started again (pid {pid})",
-                        if graceful { "stopped gracefully" } else { "killed" }
+                        if graceful {
+                            "stopped gracefully"
+                        } else {
+                            "killed"
+                        }
                     ),
                     Ok(Err(error)) => eprintln!("\nchaos: the server restart failed: {error}"),
                     Err(error) => eprintln!("\nchaos: the restart task failed: {error}"),

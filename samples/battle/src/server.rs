@@ -273,9 +273,24 @@ impl BattleServer {
     /// whether everything reached the store.
     pub async fn stop(self) -> bool {
         self.gateway.shutdown().await;
+        // No input arrives any more: the rooms handle (and log) the ones already queued before
+        // the tree stops (whatever is still queued then is dead-lettered), at most 2 s.
+        let drained = tokio::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            let queued: usize = self
+                .playing
+                .iter()
+                .map(|room| self.rooms.mailbox_depth(room.key()))
+                .sum();
+            if queued == 0 || tokio::time::Instant::now() >= drained {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         let _ = self.tree.stop().await;
         let timeout = Duration::from_secs(10);
-        let flushed = self.rooms.flush(timeout).await & self.players.flush(timeout).await;
+        let (rooms, players) = tokio::join!(self.rooms.flush(timeout), self.players.flush(timeout));
+        let flushed = rooms && players;
         if !flushed {
             tracing::error!("the store did not take every checkpoint within 10 s before the stop");
         }
