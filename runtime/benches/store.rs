@@ -151,7 +151,7 @@ async fn main() {
         },
     )
     .await;
-    report("redis (one Lua batch vs pipeline)", rounds, timings);
+    report("redis (watched MULTI vs pipeline)", rounds, timings);
     let mut connection = connection.clone();
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{namespace}:*"))

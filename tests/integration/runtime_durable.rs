@@ -680,3 +680,103 @@ async fn a_full_write_behind_set_drops_changes_until_a_flush_or_an_end_queues_th
     );
     node.tree.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn battle_rooms_play_through_a_redis_outage_and_their_state_catches_up() {
+    use garrison_battle::{
+        bots::{BotOptions, play},
+        run::{local_server, match_frames},
+        server::BattleServer,
+    };
+    let Some(binary) = OwnRedis::binary() else {
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .unwrap();
+    let redis = OwnRedis::start(&binary, port, TempDir::new("battle-outage")).await;
+    let store: Store = Arc::new(
+        RedisStore::connect(&format!("redis://127.0.0.1:{port}"), "battle-outage")
+            .await
+            .unwrap(),
+    );
+    const KEY: &str = "outage key";
+    let mut config = local_server(8, KEY).unwrap();
+    config.match_frames = match_frames(600);
+    config.store = Some(store.clone());
+    let server = BattleServer::start(config).await.unwrap();
+    let address = server.gateway.tcp_addr().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(14);
+    let bots: Vec<_> = (1..=16)
+        .map(|player| {
+            tokio::spawn(play(
+                address,
+                KEY.as_bytes().to_vec(),
+                player,
+                deadline,
+                BotOptions::default(),
+            ))
+        })
+        .collect();
+    let frames = || {
+        server
+            .stats
+            .frames
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    eventually("both rooms playing", LIMIT, || {
+        let playing = frames() >= 120;
+        async move { playing }
+    })
+    .await;
+
+    // Redis goes away for five seconds of play (600 frames of two rooms at 60 Hz).
+    let dir = redis.kill();
+    let before = frames();
+    eventually(
+        "five seconds of frames without Redis",
+        Duration::from_secs(30),
+        || {
+            let played = frames() >= before + 600;
+            async move { played }
+        },
+    )
+    .await;
+    let during = server.room_durability().unwrap();
+    assert!(
+        during.degraded && during.errors > 0,
+        "the outage is visible: {during:?}"
+    );
+    assert!(
+        during.pending <= 2,
+        "one pending entry per room at most: {during:?}"
+    );
+
+    let _redis = OwnRedis::start(&binary, port, dir).await;
+    eventually(
+        "the rooms' state written again",
+        Duration::from_secs(20),
+        || {
+            let stats = server.room_durability().unwrap();
+            async move { !stats.degraded && stats.pending == 0 && stats.batches > during.batches }
+        },
+    )
+    .await;
+    for bot in bots {
+        let report = bot
+            .await
+            .unwrap()
+            .expect("every bot played through the outage");
+        assert_eq!((report.desyncs, report.mismatched), (0, 0), "{report:?}");
+        assert!(report.frames > 600, "{report:?}");
+    }
+    let mut rooms = store.list("room").await.unwrap();
+    rooms.sort();
+    assert_eq!(
+        rooms.len(),
+        2,
+        "both rooms are in the store again: {rooms:?}"
+    );
+    server.stop().await;
+}

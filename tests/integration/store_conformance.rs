@@ -358,3 +358,47 @@ async fn an_unreachable_redis_is_a_typed_error() {
         Ok(_) => panic!("connected to nothing"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_redis_writers_racing_for_an_entity_leave_the_higher_generation_standing() {
+    let Some(url) = redis_url() else { return };
+    let namespace = namespace("race");
+    let (old, new) = (
+        RedisStore::connect(&url, &namespace).await.unwrap(),
+        RedisStore::connect(&url, &namespace).await.unwrap(),
+    );
+    let writer = |store: RedisStore, generation: u64, label: &'static str| {
+        tokio::spawn(async move {
+            let mut fenced = 0;
+            for round in 0..100u64 {
+                let snapshot = Bytes::from(format!("{label}{round}"));
+                let write = Write::Put {
+                    kind: "room".into(),
+                    key: "contested".into(),
+                    generation,
+                    log_from: round,
+                    snapshot,
+                };
+                let outcomes = store.write(&[write]).await.expect("the store is up");
+                fenced += usize::from(outcomes[0] != Outcome::Written);
+            }
+            fenced
+        })
+    };
+    let (stale, owner) = (writer(old, 1, "old"), writer(new, 2, "new"));
+    let (stale, owner) = (stale.await.unwrap(), owner.await.unwrap());
+    assert_eq!(owner, 0, "the higher generation is never fenced");
+    let stored = RedisStore::connect(&url, &namespace)
+        .await
+        .unwrap()
+        .get("room", "contested")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.generation, 2);
+    assert_eq!(
+        &stored.snapshot[..],
+        b"new99",
+        "the owner's last write stands (old fenced {stale} times)"
+    );
+}

@@ -158,7 +158,8 @@ fn check(label: &str, reports: &[BotReport]) -> Result<u32, String> {
         rewound = rewound.max(report.rewound);
     }
     println!(
-        "  {label}: {} bots resumed, 0 desyncs; frames run again after the restart: {rewound} \
+        "  {label}: {} bots resumed, 0 desyncs; frames run again after the restart: {rewound}, \
+         their inputs lost \
          (the write-behind lag is 100 ms = 6 frames)",
         reports.len()
     );

@@ -1,13 +1,15 @@
 //! The Redis store, for a fleet of nodes sharing state: the `redis` crate's connection manager
-//! (one multiplexed connection, reconnected in the background).
+//! for reads (one multiplexed connection, reconnected in the background), and a connection of
+//! the store's own for batches.
 //!
-//! A batch is one `MULTI`/`EXEC` transaction of two commands: an `MSET` that stages the batch's
-//! snapshots under keys of this batch alone, then one Lua script with only the small arguments
-//! (kinds, keys, generations, log entries), which checks every write's generation and moves each
-//! staged snapshot into place with `RENAME` (no copy), or drops it when the write is fenced. So
-//! the snapshot bytes never pass through Lua, a batch costs about what a plain pipeline of the
-//! same writes does, and a connection lost before `EXEC` applies nothing (no staged key is left
-//! behind).
+//! A batch is an optimistic transaction, two round trips: `WATCH` the generations of the kinds
+//! it writes and read them (`HMGET`), decide each write's fencing here, then `MULTI`, the writes
+//! grouped into few commands (one `MSET` for every snapshot, one `DEL` for their logs, one
+//! `SADD` per kind, a `ZADD` per append, one `HSET` per kind for changed generations), `EXEC`.
+//! When another writer changed a watched generation meanwhile (another node took an entity),
+//! `EXEC` applies nothing and the batch is decided again. Generations only change when an
+//! entity changes owner, so on a steady fleet a batch is never retried. A connection lost
+//! before `EXEC` applies nothing.
 //!
 //! Layout, under a namespace (`garrison` unless configured), `{id}` being `len(kind):kind:key`:
 //! `{ns}:record:{id}` holds a record; `{ns}:index:{kind}` is the set of keys with a record;
@@ -16,156 +18,35 @@
 //! primary with replicas), not Redis Cluster: a batch touches keys of many slots.
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    collections::{HashMap, HashSet},
+    sync::Arc,
     time::Duration,
 };
 
 use bytes::Bytes;
-use redis::{AsyncCommands, Script, aio::ConnectionManager};
+use redis::{
+    AsyncCommands,
+    aio::{ConnectionManager, MultiplexedConnection},
+};
 
 use super::{
     LogRead, Outcome, SetAside, StateStore, StoreError, StoreFuture, Stored, Write, decode_aside,
-    decode_record, encode_aside, encode_entry, encode_record, read_entries,
+    decode_record, encode_aside, encode_entry, encode_record, fence, read_entries,
 };
 
-/// Applies a batch whose snapshots are staged: ARGV = namespace, count, then per write its
-/// type, kind, key, generation and its fields (a put: its staged key; an append: n, then n
-/// sequence numbers and entries). Returns per write -1 (written) or the stored generation that
-/// fenced it.
-///
-/// Few commands per batch: the generations are read with one `HMGET` per kind, each put is one
-/// `RENAME` (and the logs of consecutive puts one `DEL`, their keys one `SADD`), an append's
-/// entries one `ZADD`, and the changed generations one `HSET` per kind.
-const BATCH: &str = r"
-local ns = ARGV[1]
-local count = tonumber(ARGV[2])
-local ops, i = {}, 3
-for op = 1, count do
-  local o = { kind_type = ARGV[i], kind = ARGV[i + 1], key = ARGV[i + 2], generation = ARGV[i + 3] }
-  i = i + 4
-  if o.kind_type == 'put' then
-    o.staged = ARGV[i]
-    i = i + 1
-  elseif o.kind_type == 'append' then
-    o.entries = tonumber(ARGV[i])
-    o.first = i + 1
-    i = i + 1 + 2 * o.entries
-  end
-  ops[op] = o
-end
-local function id(kind, key)
-  return string.len(kind) .. ':' .. kind .. ':' .. key
-end
--- Every generation the batch checks, one HMGET per kind.
-local keys_of, generations = {}, {}
-for _, o in ipairs(ops) do
-  local keys = keys_of[o.kind]
-  if not keys then
-    keys = {}
-    keys_of[o.kind] = keys
-  end
-  keys[#keys + 1] = o.key
-end
-for kind, keys in pairs(keys_of) do
-  local stored = redis.call('HMGET', ns .. ':generations:' .. kind, unpack(keys))
-  for j, key in ipairs(keys) do
-    generations[kind .. '\0' .. key] = tonumber(stored[j] or '0') or 0
-  end
-end
-local changed = {}
-local put_kind, put_keys, put_logs = nil, {}, {}
-local function flush_puts()
-  if put_kind then
-    redis.call('SADD', ns .. ':index:' .. put_kind, unpack(put_keys))
-    redis.call('DEL', unpack(put_logs))
-  end
-  put_kind, put_keys, put_logs = nil, {}, {}
-end
-local out = {}
-for op, o in ipairs(ops) do
-  local entity = o.kind .. '\0' .. o.key
-  local stored = generations[entity]
-  local generation = tonumber(o.generation)
-  if stored > generation then
-    out[op] = stored
-    if o.staged then
-      redis.call('DEL', o.staged)
-    end
-  else
-    out[op] = -1
-    if stored ~= generation then
-      generations[entity] = generation
-      local kind_changes = changed[o.kind]
-      if not kind_changes then
-        kind_changes = {}
-        changed[o.kind] = kind_changes
-      end
-      kind_changes[o.key] = o.generation
-    end
-    local log = ns .. ':log:' .. id(o.kind, o.key)
-    if o.kind_type == 'put' then
-      if put_kind ~= o.kind then
-        flush_puts()
-        put_kind = o.kind
-      end
-      local record = ns .. ':record:' .. id(o.kind, o.key)
-      redis.call('RENAME', o.staged, record)
-      -- Staged keys expire (a batch that failed halfway leaves none for long); records do not.
-      redis.call('PERSIST', record)
-      put_keys[#put_keys + 1] = o.key
-      put_logs[#put_logs + 1] = log
-    else
-      flush_puts()
-      if o.kind_type == 'append' and o.entries > 0 then
-        -- In slices: Lua unpacks at most a few thousand values at once.
-        for start = 0, o.entries - 1, 1000 do
-          local low, high, zadd = nil, nil, {}
-          for j = start, math.min(start + 999, o.entries - 1) do
-            local seq = ARGV[o.first + 2 * j]
-            local number = tonumber(seq)
-            if not low or number < low then low = number end
-            if not high or number > high then high = number end
-            zadd[#zadd + 1] = seq
-            zadd[#zadd + 1] = ARGV[o.first + 2 * j + 1]
-          end
-          -- An entry appended again replaces the one stored under its number.
-          redis.call('ZREMRANGEBYSCORE', log, low, high)
-          redis.call('ZADD', log, unpack(zadd))
-        end
-      elseif o.kind_type == 'delete' then
-        redis.call('DEL', ns .. ':record:' .. id(o.kind, o.key), log)
-        redis.call('SREM', ns .. ':index:' .. o.kind, o.key)
-      end
-    end
-  end
-end
-flush_puts()
-for kind, kind_changes in pairs(changed) do
-  local args = {}
-  for key, generation in pairs(kind_changes) do
-    args[#args + 1] = key
-    args[#args + 1] = generation
-  end
-  redis.call('HSET', ns .. ':generations:' .. kind, unpack(args))
-end
-return out
-";
-
-/// How long a staged snapshot lives if its batch's script never moves it into place.
-const STAGED_TTL_MS: i64 = 60_000;
+/// How often a batch is decided again when another writer changed a generation it watched.
+const ATTEMPTS: usize = 16;
 
 /// A [`StateStore`] on a Redis server.
 #[derive(Clone)]
 pub struct RedisStore {
     connection: ConnectionManager,
     namespace: String,
-    batch: Script,
-    /// Names this store's staged snapshots apart from other nodes' (pid and start time).
-    instance: Arc<str>,
-    batches: Arc<AtomicU64>,
+    client: redis::Client,
+    /// The batches' connection: `WATCH` and `MULTI` belong to a connection, so no other
+    /// request may share it; one batch at a time (a kind has one writer anyway). `None` until
+    /// first used, and again after it failed.
+    writer: Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>>,
 }
 
 impl RedisStore {
@@ -189,22 +70,11 @@ impl RedisStore {
             .get_connection_manager_with_config(config)
             .await
             .map_err(unavailable)?;
-        let batch = Script::new(BATCH);
-        let mut loading = connection.clone();
-        batch
-            .prepare_invoke()
-            .load_async(&mut loading)
-            .await
-            .map_err(unavailable)?;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| since.as_nanos());
         Ok(RedisStore {
             connection,
             namespace: namespace.to_owned(),
-            batch,
-            instance: format!("{}-{nanos}", std::process::id()).into(),
-            batches: Arc::default(),
+            client,
+            writer: Arc::default(),
         })
     }
 
@@ -245,6 +115,208 @@ impl RedisStore {
             .zadd::<_, _, _, ()>(self.log(kind, key), raw, seq)
             .await
             .map_err(unavailable)
+    }
+
+    /// The batches' connection, connected if it is not.
+    async fn writer_connection<'c>(
+        &self,
+        writer: &'c mut Option<MultiplexedConnection>,
+    ) -> Result<&'c mut MultiplexedConnection, StoreError> {
+        if writer.is_none() {
+            let config = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(1)))
+                .set_response_timeout(Some(Duration::from_secs(5)));
+            let connection = self
+                .client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+                .map_err(unavailable)?;
+            *writer = Some(connection);
+        }
+        writer
+            .as_mut()
+            .ok_or_else(|| unavailable("no connection for the batch"))
+    }
+
+    /// One batch as an optimistic transaction (see the module's documentation).
+    async fn write_watched(
+        &self,
+        writer: &mut Option<MultiplexedConnection>,
+        batch: &[Write],
+    ) -> Result<Vec<Outcome>, StoreError> {
+        let connection = self.writer_connection(writer).await?;
+        let mut kinds: Vec<&str> = batch.iter().map(|write| write.target().0).collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        for _ in 0..ATTEMPTS {
+            // 1. Watch and read the generations.
+            let mut read = redis::pipe();
+            read.cmd("WATCH")
+                .arg(
+                    kinds
+                        .iter()
+                        .map(|kind| self.generations(kind))
+                        .collect::<Vec<_>>(),
+                )
+                .ignore();
+            let mut asked: Vec<Vec<&str>> = Vec::with_capacity(kinds.len());
+            for kind in &kinds {
+                let keys: Vec<&str> = batch
+                    .iter()
+                    .map(Write::target)
+                    .filter(|(of, _)| of == kind)
+                    .map(|(_, key)| key)
+                    .collect();
+                read.cmd("HMGET").arg(self.generations(kind)).arg(&keys);
+                asked.push(keys);
+            }
+            let answers: Vec<Vec<Option<u64>>> =
+                read.query_async(connection).await.map_err(unavailable)?;
+            let mut stored: HashMap<(&str, &str), u64> = HashMap::new();
+            for ((kind, keys), answer) in kinds.iter().zip(&asked).zip(answers) {
+                for (key, generation) in keys.iter().zip(answer) {
+                    stored.insert((kind, key), generation.unwrap_or(0));
+                }
+            }
+            // 2. Decide each write, in order, as the store would.
+            let mut outcomes = Vec::with_capacity(batch.len());
+            let mut changed: HashMap<&str, Vec<(&str, u64)>> = HashMap::new();
+            for write in batch {
+                let (kind, key) = write.target();
+                let held = stored.get(&(kind, key)).copied().unwrap_or(0);
+                let outcome = fence(held, write.generation());
+                if outcome == Outcome::Written && held != write.generation() {
+                    stored.insert((kind, key), write.generation());
+                    changed
+                        .entry(kind)
+                        .or_default()
+                        .push((key, write.generation()));
+                }
+                outcomes.push(outcome);
+            }
+            // 3. The writes, grouped, in one transaction.
+            let mut apply = redis::pipe();
+            apply.atomic();
+            self.queue_writes(&mut apply, batch, &outcomes);
+            for (kind, generations) in &changed {
+                apply.hset_multiple(self.generations(kind), generations);
+            }
+            // Never empty: an answer, or `Nil` when a watched generation changed.
+            apply.cmd("PING");
+            let done: redis::Value = apply.query_async(connection).await.map_err(unavailable)?;
+            if done != redis::Value::Nil {
+                return Ok(outcomes);
+            }
+        }
+        Err(unavailable(format!(
+            "the batch was contended {ATTEMPTS} times (other writers keep changing generations)"
+        )))
+    }
+
+    /// Queues the written (not fenced) writes of `batch` into `pipe`: grouped by what they do
+    /// (every snapshot in one `MSET`, their logs cleared by one `DEL`, ...), which keeps a
+    /// key's order because a batch that deletes a key does nothing else to it; otherwise in
+    /// order, one write at a time.
+    fn queue_writes(&self, pipe: &mut redis::Pipeline, batch: &[Write], outcomes: &[Outcome]) {
+        let written = batch
+            .iter()
+            .zip(outcomes)
+            .filter(|(_, outcome)| **outcome == Outcome::Written)
+            .map(|(write, _)| write);
+        let deleted: HashSet<(&str, &str)> = batch
+            .iter()
+            .filter(|write| matches!(write, Write::Delete { .. }))
+            .map(Write::target)
+            .collect();
+        let mixed = batch.iter().any(|write| {
+            !matches!(write, Write::Delete { .. }) && deleted.contains(&write.target())
+        });
+        if mixed {
+            for write in written {
+                self.queue_one(pipe, write);
+            }
+            return;
+        }
+        let mut records: Vec<(String, Bytes)> = Vec::new();
+        let mut cleared: Vec<String> = Vec::new();
+        let mut indexed: HashMap<&str, Vec<&str>> = HashMap::new();
+        let mut appends = Vec::new();
+        let mut removed: Vec<String> = Vec::new();
+        let mut unindexed: HashMap<&str, Vec<&str>> = HashMap::new();
+        for write in written {
+            let (kind, key) = write.target();
+            match write {
+                Write::Put {
+                    log_from, snapshot, ..
+                } => {
+                    records.push((self.record(kind, key), encode_record(*log_from, snapshot)));
+                    cleared.push(self.log(kind, key));
+                    indexed.entry(kind).or_default().push(key);
+                }
+                Write::Append { .. } => appends.push(write),
+                Write::Delete { .. } => {
+                    removed.push(self.record(kind, key));
+                    removed.push(self.log(kind, key));
+                    unindexed.entry(kind).or_default().push(key);
+                }
+            }
+        }
+        if !records.is_empty() {
+            let pairs: Vec<(&str, &[u8])> = records
+                .iter()
+                .map(|(name, record)| (name.as_str(), &record[..]))
+                .collect();
+            pipe.mset(&pairs).del(&cleared);
+            for (kind, keys) in &indexed {
+                pipe.sadd(self.index(kind), keys);
+            }
+        }
+        for write in appends {
+            self.queue_one(pipe, write);
+        }
+        if !removed.is_empty() {
+            pipe.del(&removed);
+            for (kind, keys) in &unindexed {
+                pipe.srem(self.index(kind), keys);
+            }
+        }
+    }
+
+    /// Queues one write.
+    fn queue_one(&self, pipe: &mut redis::Pipeline, write: &Write) {
+        let (kind, key) = write.target();
+        let log = self.log(kind, key);
+        match write {
+            Write::Put {
+                log_from, snapshot, ..
+            } => {
+                pipe.set(
+                    self.record(kind, key),
+                    &encode_record(*log_from, snapshot)[..],
+                )
+                .del(&log)
+                .sadd(self.index(kind), key);
+            }
+            Write::Append { entries, .. } => {
+                let (Some(low), Some(high)) = (
+                    entries.iter().map(|entry| entry.seq).min(),
+                    entries.iter().map(|entry| entry.seq).max(),
+                ) else {
+                    return;
+                };
+                // An entry appended again replaces the one stored under its number.
+                let members: Vec<(u64, Vec<u8>)> = entries
+                    .iter()
+                    .map(|entry| (entry.seq, encode_entry(entry).to_vec()))
+                    .collect();
+                pipe.zrembyscore(&log, low, high)
+                    .zadd_multiple(&log, &members);
+            }
+            Write::Delete { .. } => {
+                pipe.del(&[self.record(kind, key), log])
+                    .srem(self.index(kind), key);
+            }
+        }
     }
 
     fn record(&self, kind: &str, key: &str) -> String {
@@ -289,13 +361,25 @@ fn unavailable(error: impl std::fmt::Display) -> StoreError {
     }
 }
 
+/// Runs a read again once when it failed: the connection manager reconnects after a failed
+/// request, so the first read after an outage fails even when Redis is back.
+async fn retry_once<T, Fut>(read: impl Fn() -> Fut) -> Result<T, StoreError>
+where
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    match read().await {
+        Err(StoreError::Unavailable { .. }) => read().await,
+        done => done,
+    }
+}
+
 impl StateStore for RedisStore {
     fn name(&self) -> &'static str {
         "redis"
     }
 
     fn get<'a>(&'a self, kind: &'a str, key: &'a str) -> StoreFuture<'a, Option<Stored>> {
-        Box::pin(async move {
+        Box::pin(retry_once(move || async move {
             let mut connection = self.connection.clone();
             let (raw, generation): (Option<Vec<u8>>, Option<u64>) = redis::pipe()
                 .get(self.record(kind, key))
@@ -318,7 +402,7 @@ impl StateStore for RedisStore {
                 log_from,
                 snapshot,
             }))
-        })
+        }))
     }
 
     fn write<'a>(&'a self, batch: &'a [Write]) -> StoreFuture<'a, Vec<Outcome>> {
@@ -326,107 +410,33 @@ impl StateStore for RedisStore {
             if batch.is_empty() {
                 return Ok(Vec::new());
             }
-            let number = self.batches.fetch_add(1, Ordering::Relaxed);
-            let mut staged: Vec<(String, Bytes)> = Vec::new();
-            let mut script = redis::cmd("EVALSHA");
-            script
-                .arg(self.batch.get_hash())
-                .arg(0)
-                .arg(&self.namespace)
-                .arg(batch.len());
-            for write in batch {
-                let (kind, key) = write.target();
-                let name = match write {
-                    Write::Put { .. } => "put",
-                    Write::Append { .. } => "append",
-                    Write::Delete { .. } => "delete",
-                };
-                script.arg(name).arg(kind).arg(key).arg(write.generation());
-                match write {
-                    Write::Put {
-                        log_from, snapshot, ..
-                    } => {
-                        let name = format!(
-                            "{}:staging:{}:{number}:{}",
-                            self.namespace,
-                            self.instance,
-                            staged.len()
-                        );
-                        script.arg(&name);
-                        staged.push((name, encode_record(*log_from, snapshot)));
-                    }
-                    Write::Append { entries, .. } => {
-                        script.arg(entries.len());
-                        for entry in entries {
-                            script.arg(entry.seq).arg(&encode_entry(entry)[..]);
-                        }
-                    }
-                    Write::Delete { .. } => {}
-                }
+            let mut writer = self.writer.lock().await;
+            let result = self.write_watched(&mut writer, batch).await;
+            if result.is_err() {
+                // Reconnect for the next batch (and forget any WATCH left on this one).
+                *writer = None;
             }
-            let mut pipe = redis::pipe();
-            pipe.atomic();
-            if !staged.is_empty() {
-                let pairs: Vec<(&str, &[u8])> = staged
-                    .iter()
-                    .map(|(name, record)| (name.as_str(), &record[..]))
-                    .collect();
-                pipe.mset(&pairs).ignore();
-                for (name, _) in &staged {
-                    pipe.pexpire(name, STAGED_TTL_MS).ignore();
-                }
-            }
-            pipe.add_command(script);
-            let mut connection = self.connection.clone();
-            let answered: Result<(Vec<i64>,), _> = pipe.query_async(&mut connection).await;
-            let (results,) = match answered {
-                // Redis restarted and forgot the script: load it again, and retry once.
-                Err(error) if error.to_string().contains("NOSCRIPT") => {
-                    self.batch
-                        .prepare_invoke()
-                        .load_async(&mut connection)
-                        .await
-                        .map_err(unavailable)?;
-                    pipe.query_async(&mut connection)
-                        .await
-                        .map_err(unavailable)?
-                }
-                other => other.map_err(unavailable)?,
-            };
-            if results.len() != batch.len() {
-                return Err(unavailable(format!(
-                    "the batch script answered {} outcomes for {} writes",
-                    results.len(),
-                    batch.len()
-                )));
-            }
-            Ok(results
-                .into_iter()
-                .map(|result| match u64::try_from(result) {
-                    Ok(stored) => Outcome::Fenced { stored },
-                    Err(_) => Outcome::Written,
-                })
-                .collect())
+            result
         })
     }
 
     fn list<'a>(&'a self, kind: &'a str) -> StoreFuture<'a, Vec<String>> {
-        Box::pin(async move {
+        Box::pin(retry_once(move || async move {
             let mut connection = self.connection.clone();
             connection
                 .smembers(self.index(kind))
                 .await
                 .map_err(unavailable)
-        })
+        }))
     }
 
     fn read_log<'a>(&'a self, kind: &'a str, key: &'a str, from: u64) -> StoreFuture<'a, LogRead> {
-        Box::pin(async move {
+        Box::pin(retry_once(move || async move {
             Ok(read_entries(
                 from,
                 self.read_log_raw(kind, key, from).await?,
             ))
-        })
+        }))
     }
 
     fn set_aside<'a>(
@@ -456,13 +466,13 @@ impl StateStore for RedisStore {
     }
 
     fn set_aside_records<'a>(&'a self, kind: &'a str) -> StoreFuture<'a, Vec<SetAside>> {
-        Box::pin(async move {
+        Box::pin(retry_once(move || async move {
             let mut connection = self.connection.clone();
             let raw: Vec<Vec<u8>> = connection
                 .lrange(self.aside(kind), 0, -1)
                 .await
                 .map_err(unavailable)?;
             Ok(raw.iter().filter_map(|raw| decode_aside(raw)).collect())
-        })
+        }))
     }
 }
