@@ -428,7 +428,9 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
         if recovery == Recovery::Nothing
             && let Some(durable) = self.kind.durable()
         {
-            (from_store, must_checkpoint) = self.load(durable).await?;
+            // Boxed, as every rare path here: an entity's task is as large as the largest future
+            // it may await.
+            (from_store, must_checkpoint) = Box::pin(self.load(durable)).await?;
         }
         let Some(module) = self.kind.module() else {
             return Err(self.abandon("the kind is not served".to_owned()));
@@ -440,13 +442,10 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
                 Err(error) if from_store => {
                     let reason = format!("stored snapshot refused: {error}");
                     *self.cell.saved() = Saved::default();
-                    self.set_aside(
-                        self.kind.durable().expect("from the store"),
-                        &self.key.to_string(),
-                        &reason,
-                        Some(bytes),
-                    )
-                    .await?;
+                    if let Some(durable) = self.kind.durable() {
+                        let key = self.key.to_string();
+                        Box::pin(self.set_aside(durable, &key, &reason, Some(bytes))).await?;
+                    }
                     (from_store, must_checkpoint) = (false, false);
                     None
                 }
@@ -502,7 +501,7 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
             }
             Err(panic) => {
                 let reason = format!("activate panicked: {}", panic_text(&*panic));
-                return Err(self.refused(from_store, reason).await);
+                return Err(Box::pin(self.refused(from_store, reason)).await);
             }
         };
         let mut timers = Timers::new(
@@ -534,7 +533,7 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
             }
             Err(panic) => {
                 let reason = format!("started panicked: {}", panic_text(&*panic));
-                return Err(self.refused(from_store, reason).await);
+                return Err(Box::pin(self.refused(from_store, reason)).await);
             }
         }
         running.stopping |= entity_context.stop_requested;
@@ -687,7 +686,7 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
         if let (Some(changes), Some(durable)) = (changes, self.kind.durable())
             && durable.through
         {
-            durable.wait_stored(&self.cell, changes).await;
+            Box::pin(durable.wait_stored(&self.cell, changes)).await;
         }
         running.stopping |= stop_requested;
         if running.stopping {
