@@ -54,9 +54,6 @@ impl RedisStore {
     /// request waits at most five seconds for its answer (a batch is at most 256 writes and
     /// 4 MiB); the connection is re-established in the background when it drops.
     ///
-    /// Generations are compared as Lua numbers (doubles): keep them below 2^53 (etcd revisions
-    /// and lease ids are).
-    ///
     /// # Errors
     /// [`StoreError::Unavailable`] when the URL is invalid or the server cannot be reached.
     pub async fn connect(url: &str, namespace: &str) -> Result<Self, StoreError> {
