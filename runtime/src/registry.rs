@@ -585,6 +585,29 @@ impl<E: Entity> Entities<E> {
         durable.flush(timeout).await
     }
 
+    /// Waits until no message waits in any active entity's mailbox, at most `timeout`; returns
+    /// whether it got there. A graceful stop calls it once nothing sends any more (the gateway
+    /// is shut), so the messages already accepted are handled rather than dead-lettered when
+    /// the tree stops. A clock's ticks count too: an entity with a timer is drained between two
+    /// of them.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let queued = self.inner.map.iter().any(|slot| match slot.value() {
+                Slot::Active { handle, .. } => handle.depth() > 0,
+                Slot::Passivated(_) => false,
+            });
+            if !queued {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            // Mailboxes have no "empty" signal to wait on; polled with a deadline.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     /// What this kind's durability has done, when it has a store.
     pub fn durability(&self) -> Option<DurabilityStats> {
         self.inner.durable.as_ref().map(|durable| durable.stats())

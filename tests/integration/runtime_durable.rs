@@ -519,6 +519,21 @@ impl OwnRedis {
         redis
     }
 
+    /// A Redis of its own on a free loopback port, and a store on it under `namespace`.
+    async fn fresh(binary: &str, label: &str, namespace: &str) -> (Self, u16, Store) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map(|address| address.port())
+            .unwrap();
+        let redis = OwnRedis::start(binary, port, TempDir::new(label)).await;
+        let store: Store = Arc::new(
+            RedisStore::connect(&format!("redis://127.0.0.1:{port}"), namespace)
+                .await
+                .unwrap(),
+        );
+        (redis, port, store)
+    }
+
     /// Kills it (SIGKILL, by its pid), keeping its data directory.
     fn kill(mut self) -> TempDir {
         let _ = self.child.kill();
@@ -539,16 +554,7 @@ async fn a_redis_outage_degrades_durability_and_it_catches_up_when_redis_is_back
     let Some(binary) = OwnRedis::binary() else {
         return;
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .unwrap();
-    let redis = OwnRedis::start(&binary, port, TempDir::new("redis-outage")).await;
-    let store: Store = Arc::new(
-        RedisStore::connect(&format!("redis://127.0.0.1:{port}"), "outage")
-            .await
-            .unwrap(),
-    );
+    let (redis, port, store) = OwnRedis::fresh(&binary, "redis-outage", "outage").await;
     let node = node(Durability::write_behind(store.clone())).await;
     const LEDGERS: u64 = 20;
     for key in 0..LEDGERS {
@@ -691,16 +697,7 @@ async fn battle_rooms_play_through_a_redis_outage_and_their_state_catches_up() {
     let Some(binary) = OwnRedis::binary() else {
         return;
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .unwrap();
-    let redis = OwnRedis::start(&binary, port, TempDir::new("battle-outage")).await;
-    let store: Store = Arc::new(
-        RedisStore::connect(&format!("redis://127.0.0.1:{port}"), "battle-outage")
-            .await
-            .unwrap(),
-    );
+    let (redis, port, store) = OwnRedis::fresh(&binary, "battle-outage", "battle-outage").await;
     const KEY: &str = "outage key";
     let mut config = local_server(8, KEY).unwrap();
     config.match_frames = match_frames(600);

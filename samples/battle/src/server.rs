@@ -275,18 +275,7 @@ impl BattleServer {
         self.gateway.shutdown().await;
         // No input arrives any more: the rooms handle (and log) the ones already queued before
         // the tree stops (whatever is still queued then is dead-lettered), at most 2 s.
-        let drained = tokio::time::Instant::now() + Duration::from_secs(2);
-        loop {
-            let queued: usize = self
-                .playing
-                .iter()
-                .map(|room| self.rooms.mailbox_depth(room.key()))
-                .sum();
-            if queued == 0 || tokio::time::Instant::now() >= drained {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        self.rooms.drain(Duration::from_secs(2)).await;
         let _ = self.tree.stop().await;
         let timeout = Duration::from_secs(10);
         let (rooms, players) = tokio::join!(self.rooms.flush(timeout), self.players.flush(timeout));
