@@ -498,6 +498,7 @@ impl<E: Entity> EntityContext<'_, E> {
         reason: impl Into<String>,
     ) -> Result<(), Refusal> {
         let seq = self.origin.map_or(0, |origin| origin.seq);
+        crate::stats::refusal_sent(code.code());
         self.reply(&garrison_protocol::control::Refused {
             seq,
             code: code.code(),

@@ -23,6 +23,8 @@ pub(crate) enum Envelope<E: Entity> {
         sampling: Option<Sampling>,
         /// The client frame that caused it, if any: told when handling it fails.
         origin: Option<Origin>,
+        /// When it was queued, while the kind's mailbox wait is measured.
+        queued: Option<std::time::Instant>,
     },
     /// The sweeper found the entity idle.
     Passivate,
@@ -84,6 +86,7 @@ pub(crate) fn refuse(origin: &Origin, kind: &'static str) {
             "the {kind} entity failed to handle this message; it was dead-lettered, not retried"
         ),
     };
+    crate::stats::refusal_sent(refused.code);
     let _ = origin.answer(&refused);
 }
 

@@ -184,6 +184,25 @@ pub struct GatewayMetrics {
 }
 
 impl GatewayMetrics {
+    pub(crate) fn read(counters: &Counters) -> GatewayMetrics {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        GatewayMetrics {
+            accepted: load(&counters.accepted),
+            active: counters.active.load(Ordering::Relaxed),
+            frames_in: load(&counters.frames_in),
+            frames_out: load(&counters.frames_out),
+            bytes_in: load(&counters.bytes_in),
+            bytes_out: load(&counters.bytes_out),
+            peer_closed: load(&counters.peer_closed),
+            closed: CloseCode::ALL
+                .iter()
+                .zip(&counters.closed)
+                .map(|(code, count)| (*code, load(count)))
+                .filter(|(_, count)| *count > 0)
+                .collect(),
+        }
+    }
+
     /// How many connections were closed with `code`.
     pub fn closed_with(&self, code: CloseCode) -> u64 {
         self.closed
@@ -473,23 +492,13 @@ impl<P: Protocol> Gateway<P> {
 
     /// The counters now.
     pub fn metrics(&self) -> GatewayMetrics {
-        let counters = &self.shared.counters;
-        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        GatewayMetrics {
-            accepted: load(&counters.accepted),
-            active: counters.active.load(Ordering::Relaxed),
-            frames_in: load(&counters.frames_in),
-            frames_out: load(&counters.frames_out),
-            bytes_in: load(&counters.bytes_in),
-            bytes_out: load(&counters.bytes_out),
-            peer_closed: load(&counters.peer_closed),
-            closed: CloseCode::ALL
-                .iter()
-                .zip(&counters.closed)
-                .map(|(code, count)| (*code, load(count)))
-                .filter(|(_, count)| *count > 0)
-                .collect(),
-        }
+        GatewayMetrics::read(&self.shared.counters)
+    }
+
+    /// What the metrics registry reads at each scrape.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn metric_sources(&self) -> (Arc<Counters>, Arc<Sessions>) {
+        (self.shared.counters.clone(), self.shared.sessions.clone())
     }
 
     /// Stops gracefully: stops accepting, tells every client `ServerShutdown` after what is

@@ -80,6 +80,8 @@ pub(crate) trait KindHost<E: Entity>: Send + Sync + 'static {
     fn durable(&self) -> Option<&Arc<Durable<E>>>;
     /// The runtime the kind's tasks run on.
     fn runtime(&self) -> Option<&tokio::runtime::Handle>;
+    /// What the kind measures (see `stats`).
+    fn stats(&self) -> &crate::stats::KindStats;
 }
 
 pub(crate) struct EntityWorker<E: Entity, K: KindHost<E>> {
@@ -177,6 +179,9 @@ impl<E: Entity, K: KindHost<E>> EntityWorker<E, K> {
             "entity activation failed: its queued messages are dead-lettered, its snapshot \
              quarantined, and its next message activates it fresh"
         );
+        self.kind
+            .stats()
+            .crashed("activation", crate::stats::fingerprint(&reason), None);
         if let Some(snapshot) = snapshot {
             self.kind.quarantine().keep(Quarantined {
                 kind: E::KIND,
@@ -190,6 +195,7 @@ impl<E: Entity, K: KindHost<E>> EntityWorker<E, K> {
 
     /// Checkpoints the state (the log restarts after it); returns the cell's change count.
     fn checkpoint(&self, running: &mut Running<E>) -> Result<u64, HandlerError> {
+        self.kind.stats().checkpointed();
         // Exactly the snapshot's size, from a per-thread writer: an active entity holds its
         // checkpoint and no buffer or arena of its own.
         let bytes = garrison_protocol::snapshot::write_compact(&running.state)?;
@@ -558,7 +564,13 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
                 session,
                 sampling,
                 origin,
-            } => (message, parent, session, sampling, origin, false),
+                queued,
+            } => {
+                if let Some(queued) = queued {
+                    self.kind.stats().mailbox_wait.observe(queued.elapsed());
+                }
+                (message, parent, session, sampling, origin, false)
+            }
             Envelope::Tick { generation, id } => match running.timers.fire(generation, id) {
                 Some(message) => (message, tracing::Span::none(), None, None, None, true),
                 // An earlier incarnation's tick, or a cancelled timer's: nothing to handle, but
@@ -618,6 +630,7 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
         let Some(module) = self.kind.module() else {
             return Err("the kind is not served".into());
         };
+        let timed = self.kind.stats().timed().then(std::time::Instant::now);
         let handled = AssertUnwindSafe(crate::telemetry::in_sampling(
             sampling,
             module
@@ -626,12 +639,21 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
         ))
         .catch_unwind()
         .await;
+        if let Some(started) = timed {
+            self.kind.stats().handled(event_type, started.elapsed());
+        }
         let failure = match &handled {
             Ok(Ok(())) => None,
-            Ok(Err(error)) => Some(error.to_string()),
-            Err(panic) => Some(panic_text(&**panic)),
+            Ok(Err(error)) => Some(("error", error.to_string())),
+            Err(panic) => Some(("panic", panic_text(&**panic))),
         };
-        if let Some(reason) = failure {
+        if let Some((exit, reason)) = failure {
+            let cause = match exit {
+                "panic" => crate::stats::take_panic_location()
+                    .unwrap_or_else(|| crate::stats::fingerprint(&reason)),
+                _ => crate::stats::fingerprint(&reason),
+            };
+            self.kind.stats().crashed(exit, cause, trace);
             if let Some(origin) = &origin {
                 refuse(origin, E::KIND);
             }

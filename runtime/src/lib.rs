@@ -69,12 +69,15 @@ mod error;
 pub mod gateway;
 mod group;
 mod host;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 mod origin;
 pub mod prelude;
 mod quarantine;
 mod refusal;
 mod registry;
 mod session;
+mod stats;
 pub mod store;
 pub mod telemetry;
 mod timer;
@@ -93,6 +96,7 @@ pub use quarantine::{QUARANTINE_CAPACITY, Quarantined};
 pub use refusal::{Refusal, Refused};
 pub use registry::{Entities, EntityRef};
 pub use session::{Session, SessionEvent, Sessions};
+pub use stats::{CrashCause, HistogramSnapshot, LATENCY_BUCKETS, MAX_CAUSES, refusals_sent};
 pub use timer::{Timer, TimerError, TimerId};
 
 /// The wire protocol crate, whole (frames, codecs, control messages, snapshots).

@@ -67,11 +67,22 @@ struct Inner<E: Entity> {
     timers: Arc<crate::timer::TimerCounters>,
     /// Where its state goes beyond memory, if anywhere.
     durable: Option<Arc<Durable<E>>>,
+    /// What it measures for operators (see `stats`).
+    stats: crate::stats::KindStats,
 }
 
 /// All entities of kind `E`: the registry, and the handle to send them messages.
 pub struct Entities<E: Entity> {
     inner: Arc<Inner<E>>,
+}
+
+/// A kind's registry without keeping it alive (the metrics read kinds through it).
+pub(crate) struct WeakEntities<E: Entity>(Weak<Inner<E>>);
+
+impl<E: Entity> WeakEntities<E> {
+    pub(crate) fn upgrade(&self) -> Option<Entities<E>> {
+        self.0.upgrade().map(|inner| Entities { inner })
+    }
 }
 
 impl<E: Entity> Clone for Entities<E> {
@@ -113,6 +124,7 @@ impl<E: Entity> Entities<E> {
     /// [`Error::InvalidKindConfig`] when the configuration cannot make a supervisor (a zero
     /// restart period).
     pub fn declare(config: KindConfig) -> Result<Self, Error> {
+        crate::stats::install_panic_hook();
         let spec = SupervisorBuilder::dynamic(E::KIND, config.max_active)
             .intensity(config.max_restarts, config.restart_period)
             .crash_loop(CrashLoop::RemoveChild)
@@ -149,6 +161,7 @@ impl<E: Entity> Entities<E> {
                 runtime: crate::concurrency::current(),
                 timers: Arc::default(),
                 durable,
+                stats: crate::stats::KindStats::default(),
             }),
         })
     }
@@ -308,6 +321,7 @@ impl<E: Entity> Entities<E> {
             session,
             sampling: telemetry::current_sampling(),
             origin,
+            queued: self.inner.stats.timed().then(std::time::Instant::now),
         };
         self.push(key, envelope)
             .map_err(|(reason, envelope)| Refused::new(reason, envelope.into_message()))
@@ -691,6 +705,43 @@ impl<E: Entity> Entities<E> {
         self.inner.timers.armed.load(Ordering::Relaxed)
     }
 
+    /// What this kind's entities crashed of so far, most frequent first: one line per
+    /// fingerprint (see [`CrashCause`](crate::CrashCause)), each followed by a restart (or, for a
+    /// crash loop, a fresh activation on the next message).
+    pub fn crash_causes(&self) -> Vec<crate::CrashCause> {
+        self.inner.stats.causes()
+    }
+
+    /// This registry, without keeping it alive.
+    pub(crate) fn downgrade(&self) -> WeakEntities<E> {
+        WeakEntities(Arc::downgrade(&self.inner))
+    }
+
+    /// The kind's measurements, for the metrics registry.
+    pub(crate) fn stats(&self) -> &crate::stats::KindStats {
+        &self.inner.stats
+    }
+
+    /// Active entities and the messages waiting in their mailboxes, counted now.
+    pub(crate) fn census(&self) -> (usize, usize, usize) {
+        let (mut active, mut passivated, mut queued) = (0, 0, 0);
+        for slot in self.inner.map.iter() {
+            match slot.value() {
+                Slot::Active { handle, .. } => {
+                    active += 1;
+                    queued += handle.depth();
+                }
+                Slot::Passivated(_) => passivated += 1,
+            }
+        }
+        (active, passivated, queued)
+    }
+
+    /// How many entities of the kind were activated so far.
+    pub(crate) fn activations(&self) -> u64 {
+        self.inner.activations.load(Ordering::Relaxed)
+    }
+
     /// Messages waiting in entity `key`'s mailbox (0 when it is not active).
     pub fn mailbox_depth(&self, key: &E::Key) -> usize {
         self.inner.map.get(key).map_or(0, |slot| match &*slot {
@@ -750,6 +801,10 @@ impl<E: Entity> KindHost<E> for Inner<E> {
 
     fn runtime(&self) -> Option<&tokio::runtime::Handle> {
         self.runtime.as_ref()
+    }
+
+    fn stats(&self) -> &crate::stats::KindStats {
+        &self.stats
     }
 
     fn end(&self, key: &E::Key, mine: &ChildRef<Envelope<E>>, then: impl FnOnce()) -> bool {

@@ -360,6 +360,7 @@ impl Session {
             code: code.code(),
             reason: reason.into(),
         };
+        crate::stats::refusal_sent(refused.code);
         let frame = encode(&refused, FrameMeta::reply_to(seq), self.inner.id)?;
         self.push(frame).map_err(|refused| refused.reason)
     }

@@ -44,6 +44,8 @@ pub fn child(store: &str) {
         store: None,
         store_namespace: String::new(),
         memory_only: false,
+        metrics: None,
+        cause_summary_secs: 60,
     };
     match store.split_once(':') {
         Some(("redb", dir)) => args.data_dir = PathBuf::from(dir),

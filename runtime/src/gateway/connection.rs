@@ -702,6 +702,7 @@ impl<P: Protocol> Connection<P> {
         if let Err(refused) = routed {
             let code = refused.code().code();
             let reason = refused.to_string();
+            crate::stats::refusal_sent(code);
             self.reply(&Refused { seq, code, reason }, seq);
         }
     }

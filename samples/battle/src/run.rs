@@ -136,6 +136,14 @@ pub struct ServeArgs {
     /// Keep nothing beyond the process (a killed server loses its matches).
     #[arg(long)]
     pub memory_only: bool,
+    /// Serve Prometheus metrics (`/metrics`) and health probes (`/healthz`, `/readyz`) on this
+    /// address; off unless given.
+    #[arg(long)]
+    pub metrics: Option<SocketAddr>,
+    /// Seconds between summaries of the top crash causes in the log (only when a crash
+    /// happened since the last one).
+    #[arg(long, default_value_t = 60)]
+    pub cause_summary_secs: u64,
 }
 
 /// Runs the server until SIGTERM or Ctrl-C, then stops gracefully: clients are told `Close 31`
@@ -164,16 +172,84 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
     };
     let server = BattleServer::start(config).await?;
     let address = server.gateway.tcp_addr().ok_or("no TCP listener")?;
+    let endpoint = match args.metrics {
+        Some(at) => {
+            let endpoint = server.metrics().serve(at).await?;
+            endpoint.health().set_ready(true);
+            eprintln!(
+                "metrics on http://{}/metrics (and /healthz, /readyz)",
+                endpoint.local_addr()
+            );
+            Some(endpoint)
+        }
+        None => None,
+    };
     println!("listening on {address}");
     eprintln!("battle server on {address}; SIGTERM or Ctrl-C stops it gracefully");
-    stop_signal().await?;
+    let summary = Duration::from_secs(args.cause_summary_secs.max(1));
+    let mut summaries = tokio::time::interval_at(tokio::time::Instant::now() + summary, summary);
+    let mut summarized = 0;
+    let stopping = stop_signal();
+    tokio::pin!(stopping);
+    loop {
+        tokio::select! {
+            stopped = &mut stopping => {
+                stopped?;
+                break;
+            }
+            _ = summaries.tick() => summarized = summarize_causes(&server, summarized),
+        }
+    }
+    if let Some(endpoint) = &endpoint {
+        // Draining: a load balancer stops sending players here.
+        endpoint.health().set_ready(false);
+    }
     eprintln!("stopping: closing sessions (Close 31) and flushing the store");
-    if server.stop().await {
+    let stopped = server.stop().await;
+    if let Some(endpoint) = endpoint {
+        endpoint.stop().await;
+    }
+    if stopped {
         eprintln!("stopped: every checkpoint is in the store");
         Ok(())
     } else {
         Err("stopped, but the store did not take every checkpoint".into())
     }
+}
+
+/// Logs the top crash causes when any crash happened since the summary that had seen
+/// `summarized` of them; returns how many it has seen now.
+fn summarize_causes(server: &BattleServer, summarized: u64) -> u64 {
+    let causes = server.crash_causes();
+    let total: u64 = causes.iter().map(|(_, cause)| cause.count).sum();
+    if total == summarized {
+        return total;
+    }
+    for (kind, cause) in causes.iter().take(5) {
+        let seen = |at: std::time::SystemTime| {
+            at.elapsed().map_or_else(
+                |_| "now".to_owned(),
+                |ago| format!("{}s ago", ago.as_secs()),
+            )
+        };
+        tracing::warn!(
+            game.entity.kind = kind,
+            exit = cause.exit,
+            cause = %cause.cause,
+            restarts = cause.count,
+            first_seen = %seen(cause.first_seen),
+            last_seen = %seen(cause.last_seen),
+            example_trace = cause
+                .example_trace
+                .map(|trace| trace.trace_id.iter().map(|byte| format!("{byte:02x}")).collect::<String>())
+                .as_deref(),
+            "top crash cause: {kind}: {} at {}, {} restarts",
+            cause.exit,
+            cause.cause,
+            cause.count
+        );
+    }
+    total
 }
 
 /// Starts the server command in a shell.

@@ -286,8 +286,88 @@ impl BattleServer {
         flushed
     }
 
+    /// A metrics registry reading this server: its gateway, its player and room kinds, and the
+    /// battle's own counters (`garrison_battle_*`).
+    pub fn metrics(&self) -> garrison_runtime::metrics::Metrics {
+        let mut metrics = garrison_runtime::metrics::Metrics::new();
+        metrics
+            .gateway(&self.gateway)
+            .kind(&self.players)
+            .kind(&self.rooms)
+            .register_collector(BattleCollector(self.stats.clone()));
+        metrics
+    }
+
+    /// What each kind's entities crashed of so far, most frequent first.
+    pub fn crash_causes(&self) -> Vec<(&'static str, garrison_runtime::CrashCause)> {
+        let players = self
+            .players
+            .crash_causes()
+            .into_iter()
+            .map(|c| ("player", c));
+        let rooms = self.rooms.crash_causes().into_iter().map(|c| ("room", c));
+        let mut causes: Vec<_> = players.chain(rooms).collect();
+        causes.sort_by_key(|(_, cause)| std::cmp::Reverse(cause.count));
+        causes
+    }
+
     /// What the rooms' durability has done (when the server has a store).
     pub fn room_durability(&self) -> Option<garrison_runtime::DurabilityStats> {
         self.rooms.durability()
+    }
+}
+
+/// The battle's own counters, read at each scrape.
+#[derive(Debug)]
+struct BattleCollector(Arc<ServerStats>);
+
+impl garrison_runtime::metrics::Collector for BattleCollector {
+    fn encode(
+        &self,
+        mut encoder: garrison_runtime::metrics::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use garrison_runtime::metrics::{MetricType, NoLabelSet};
+        let stats = &self.0;
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        for (name, help, value) in [
+            (
+                "battle_frames",
+                "Lockstep frames executed across all rooms",
+                load(&stats.frames),
+            ),
+            ("battle_rooms_started", "Rooms started", load(&stats.rooms)),
+            (
+                "battle_room_restarts",
+                "Rooms restarted from their checkpoint after a crash",
+                load(&stats.restarts),
+            ),
+            (
+                "battle_inputs",
+                "Player inputs rooms handled",
+                load(&stats.inputs),
+            ),
+            (
+                "battle_resumes",
+                "Reconnected players caught up",
+                load(&stats.resumes),
+            ),
+            (
+                "battle_matches_ended",
+                "Matches played to their end",
+                load(&stats.matches_ended),
+            ),
+        ] {
+            encoder
+                .encode_descriptor(name, help, None, MetricType::Counter)?
+                .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
+        }
+        encoder
+            .encode_descriptor(
+                "battle_players_waiting",
+                "Players waiting in the matchmaker's queue",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&load(&stats.waiting))
     }
 }
