@@ -649,7 +649,7 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
         };
         if let Some((exit, reason)) = failure {
             let cause = match exit {
-                "panic" => crate::stats::take_panic_location()
+                "panic" => crate::stats::take_panic_location(&reason)
                     .unwrap_or_else(|| crate::stats::fingerprint(&reason)),
                 _ => crate::stats::fingerprint(&reason),
             };

@@ -619,7 +619,12 @@ impl Metrics {
                     tokio::pin!(connection);
                     tokio::select! {
                         _ = connection.as_mut() => {}
-                        _ = stopped.changed() => connection.as_mut().graceful_shutdown(),
+                        _ = stopped.changed() => {
+                            // The response under way is finished (bounded: a client that does
+                            // not read it is dropped).
+                            connection.as_mut().graceful_shutdown();
+                            let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
+                        }
                     }
                 });
             }

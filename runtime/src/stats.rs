@@ -271,9 +271,10 @@ pub fn refusals_sent() -> Vec<(RefusalCode, u64)> {
 }
 
 thread_local! {
-    /// Where the last panic on this thread happened, set by the hook [`install_panic_hook`]
-    /// installs.
-    static LAST_PANIC: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+    /// Where the last panic on this thread happened and what it said, set by the hook
+    /// [`install_panic_hook`] installs.
+    static LAST_PANIC: std::cell::RefCell<Option<(String, String)>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// Installs (once per process) a panic hook that notes where each panic happened before
@@ -287,16 +288,26 @@ pub(crate) fn install_panic_hook() {
         std::panic::set_hook(Box::new(move |info| {
             if let Some(location) = info.location() {
                 let place = format!("{}:{}", location.file(), location.line());
-                LAST_PANIC.with(|last| *last.borrow_mut() = Some(place));
+                let payload = info.payload();
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|text| (*text).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                LAST_PANIC.with(|last| *last.borrow_mut() = Some((place, message)));
             }
             previous(info);
         }));
     });
 }
 
-/// Takes where the last panic on this thread happened, if the hook saw it.
-pub(crate) fn take_panic_location() -> Option<String> {
-    LAST_PANIC.with(|last| last.borrow_mut().take())
+/// Takes where the last panic on this thread happened, if the hook saw it and it said
+/// `message` (so a location noted for an earlier, unrelated panic is never taken).
+pub(crate) fn take_panic_location(message: &str) -> Option<String> {
+    LAST_PANIC.with(|last| {
+        let (place, said) = last.borrow_mut().take()?;
+        (said == message).then_some(place)
+    })
 }
 
 #[cfg(test)]
