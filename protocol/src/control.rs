@@ -59,6 +59,9 @@ pub enum RefusalCode {
     /// The entity failed (panicked or returned an error) while handling this very frame; the
     /// frame is in the server's dead letters and is not retried.
     Failed = 104,
+    /// The server is overloaded and sheds this kind of request (a join, matchmaking) to keep
+    /// running matches on time; retry after `retry_after_ms`.
+    Overloaded = 105,
 }
 
 impl RefusalCode {
@@ -69,6 +72,7 @@ impl RefusalCode {
         RefusalCode::Unavailable,
         RefusalCode::Rejected,
         RefusalCode::Failed,
+        RefusalCode::Overloaded,
     ];
 
     /// The wire value.
@@ -92,6 +96,7 @@ impl RefusalCode {
             RefusalCode::Unavailable => "unavailable",
             RefusalCode::Rejected => "rejected",
             RefusalCode::Failed => "failed",
+            RefusalCode::Overloaded => "overloaded",
         }
     }
 }
@@ -105,6 +110,9 @@ pub struct Refused {
     pub code: u16,
     /// A human-readable reason.
     pub reason: String,
+    /// When the client may try again, in milliseconds (0: no advice). Sent with code 105
+    /// (overloaded): the server sheds this kind of request for now.
+    pub retry_after_ms: u32,
 }
 
 messages! {

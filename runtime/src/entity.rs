@@ -503,6 +503,7 @@ impl<E: Entity> EntityContext<'_, E> {
             seq,
             code: code.code(),
             reason: reason.into(),
+            retry_after_ms: 0,
         })
     }
 

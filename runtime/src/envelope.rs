@@ -85,6 +85,7 @@ pub(crate) fn refuse(origin: &Origin, kind: &'static str) {
         reason: format!(
             "the {kind} entity failed to handle this message; it was dead-lettered, not retried"
         ),
+        retry_after_ms: 0,
     };
     crate::stats::refusal_sent(refused.code);
     let _ = origin.answer(&refused);

@@ -72,6 +72,7 @@ mod host;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 mod origin;
+pub mod overload;
 pub mod prelude;
 mod quarantine;
 mod refusal;

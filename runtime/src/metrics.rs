@@ -117,6 +117,7 @@ impl<E: Entity> KindSource for WeakKind<E> {
 #[derive(Default)]
 struct Sources {
     kinds: Mutex<Vec<Box<dyn KindSource>>>,
+    limits: Mutex<Vec<crate::overload::AdaptiveLimit>>,
     #[cfg(feature = "gateway")]
     gateways: Mutex<Vec<gateway::GatewaySource>>,
 }
@@ -289,6 +290,13 @@ impl Collector for Sources {
             }),
         )?;
         store_families(e, &readings)?;
+        overload_families(
+            e,
+            &self
+                .limits
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner()),
+        )?;
         family(
             e,
             "refusals",
@@ -308,6 +316,72 @@ impl Collector for Sources {
         )?;
         Ok(())
     }
+}
+
+fn overload_families(
+    e: &mut DescriptorEncoder<'_>,
+    limits: &[crate::overload::AdaptiveLimit],
+) -> Result<(), fmt::Error> {
+    use crate::overload::Priority;
+    let readings: Vec<_> = limits
+        .iter()
+        .map(|limit| (limit.name(), limit.stats()))
+        .collect();
+    family(
+        e,
+        "overload_limit",
+        "The adaptive overload limit now, by limiter",
+        MetricType::Gauge,
+        readings
+            .iter()
+            .map(|(name, s)| ([("limiter", *name)], s.limit as f64)),
+    )?;
+    family(
+        e,
+        "overload_in_use",
+        "What the limiter counts as in use now",
+        MetricType::Gauge,
+        readings
+            .iter()
+            .map(|(name, s)| ([("limiter", *name)], s.in_use as f64)),
+    )?;
+    family(
+        e,
+        "overload_signal_seconds",
+        "The limiter's last latency signal (watched kinds' mailbox wait P99 over a window; twice the target after a late tick)",
+        MetricType::Gauge,
+        readings
+            .iter()
+            .map(|(name, s)| ([("limiter", *name)], s.signal.as_secs_f64())),
+    )?;
+    for (metric, help, pick) in [
+        (
+            "overload_admitted",
+            "Requests the limiter admitted, by priority",
+            (|s: &crate::overload::OverloadStats| s.admitted) as fn(&_) -> [u64; 3],
+        ),
+        (
+            "overload_shed",
+            "Requests the limiter shed (refused with a retry-after), by priority",
+            |s: &crate::overload::OverloadStats| s.shed,
+        ),
+    ] {
+        family(
+            e,
+            metric,
+            help,
+            MetricType::Counter,
+            readings.iter().flat_map(|(name, s)| {
+                Priority::ALL.iter().zip(pick(s)).map(|(priority, count)| {
+                    (
+                        [("limiter", *name), ("priority", priority.label())],
+                        count as f64,
+                    )
+                })
+            }),
+        )?;
+    }
+    Ok(())
 }
 
 fn store_families(
@@ -539,6 +613,17 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
             .push(gateway::GatewaySource { counters, sessions });
+        self
+    }
+
+    /// Reads an adaptive overload limit at each scrape (its limit, what is in use, its signal,
+    /// admitted and shed requests by priority).
+    pub fn limit(&mut self, limit: &crate::overload::AdaptiveLimit) -> &mut Self {
+        self.sources
+            .limits
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .push(limit.clone());
         self
     }
 

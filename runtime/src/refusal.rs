@@ -52,6 +52,14 @@ pub enum Refusal {
         /// The kind.
         kind: &'static str,
     },
+    /// The server is overloaded and sheds this kind of request for now (see `overload`); the
+    /// client is told when to retry.
+    Overloaded {
+        /// What is shed (`joins`).
+        what: &'static str,
+        /// When to try again.
+        retry_after: std::time::Duration,
+    },
     /// [`EntityContext::reply`](crate::EntityContext::reply) was called while handling a
     /// message no client frame caused: there is no request to answer.
     NoRequest {
@@ -72,6 +80,15 @@ impl Refusal {
                 RefusalCode::Unavailable
             }
             Refusal::NoRequest { .. } => RefusalCode::Failed,
+            Refusal::Overloaded { .. } => RefusalCode::Overloaded,
+        }
+    }
+
+    /// When the client may try again, if the refusal says.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Refusal::Overloaded { retry_after, .. } => Some(*retry_after),
+            _ => None,
         }
     }
 }
@@ -111,6 +128,11 @@ impl fmt::Display for Refusal {
                 f,
                 "entity kind {kind} was declared but is not served: call `serve(module)` on its \
                  registry before sending"
+            ),
+            Refusal::Overloaded { what, retry_after } => write!(
+                f,
+                "the server is overloaded and sheds {what} for now; retry in {} ms",
+                retry_after.as_millis()
             ),
             Refusal::NoRequest { kind } => write!(
                 f,

@@ -359,6 +359,7 @@ impl Session {
             seq,
             code: code.code(),
             reason: reason.into(),
+            retry_after_ms: 0,
         };
         crate::stats::refusal_sent(refused.code);
         let frame = encode(&refused, FrameMeta::reply_to(seq), self.inner.id)?;

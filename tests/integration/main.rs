@@ -2,6 +2,7 @@
 //! invariant it checks.
 
 mod battle_lockstep;
+mod battle_overload;
 mod client;
 mod counter;
 mod gateway_edges;

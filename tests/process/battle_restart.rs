@@ -46,6 +46,8 @@ pub fn child(store: &str) {
         memory_only: false,
         metrics: None,
         cause_summary_secs: 60,
+        overload: "none".to_owned(),
+        breaker_base_qps: 30_000.0,
     };
     match store.split_once(':') {
         Some(("redb", dir)) => args.data_dir = PathBuf::from(dir),

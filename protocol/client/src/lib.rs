@@ -181,6 +181,8 @@ pub enum ClientError {
         code: u16,
         /// The server's reason.
         reason: String,
+        /// When to try again, if the server said (code 105, overloaded).
+        retry_after: Option<Duration>,
     },
     /// No reply within the request timeout.
     #[error("no reply to request {seq} within {timeout:?}")]
@@ -221,6 +223,8 @@ pub enum Event<P> {
         code: u16,
         /// The server's reason.
         reason: String,
+        /// When to try again, if the server said (code 105, overloaded).
+        retry_after: Option<Duration>,
     },
     /// The client reconnected with its ticket. `resumed`: the server still had the session
     /// (the reconnect came within its grace window), so its bindings and its game carry on;
@@ -714,9 +718,10 @@ async fn serve<P: Protocol>(
                     let unanswered = match answer(pending, frame) {
                         None => continue,
                         Some(Ok(refused)) => Event::Refused {
-                            seq: refused.0,
-                            code: refused.1,
-                            reason: refused.2,
+                            seq: refused.seq,
+                            code: refused.code,
+                            reason: refused.reason,
+                            retry_after: refused.retry_after,
                         },
                         // A reply to a frame sent without waiting: a message like any other.
                         Some(Err(frame)) => match P::validate(frame) {
@@ -770,23 +775,45 @@ async fn serve<P: Protocol>(
 }
 
 /// A refusal as (seq, code, reason).
-type RefusedFrame = (u32, u16, String);
+/// A `Refused` read from the wire.
+struct RefusedFrame {
+    seq: u32,
+    code: u16,
+    reason: String,
+    retry_after: Option<Duration>,
+}
 
 /// Hands a reply to the request waiting for it. A reply no request waits for (one to a frame
 /// sent with `send`) comes back: a refusal as its parts, anything else as the frame.
 fn answer(pending: &Pending, frame: Frame) -> Option<Result<RefusedFrame, Frame>> {
     let seq = frame.header().seq;
     let refused = match Control::validate(frame.clone()) {
-        Ok(Control::Refused(refused)) => {
-            Some((seq, refused.code.to_native(), refused.reason.to_string()))
-        }
+        Ok(Control::Refused(refused)) => Some(RefusedFrame {
+            seq,
+            code: refused.code.to_native(),
+            reason: refused.reason.to_string(),
+            retry_after: match refused.retry_after_ms.to_native() {
+                0 => None,
+                ms => Some(Duration::from_millis(u64::from(ms))),
+            },
+        }),
         _ => None,
     };
     let Some(waiting) = lock(pending).remove(&seq) else {
         return Some(refused.ok_or(frame));
     };
     let _ = waiting.send(match refused {
-        Some((seq, code, reason)) => Err(ClientError::Refused { seq, code, reason }),
+        Some(RefusedFrame {
+            seq,
+            code,
+            reason,
+            retry_after,
+        }) => Err(ClientError::Refused {
+            seq,
+            code,
+            reason,
+            retry_after,
+        }),
         None => Ok(frame),
     });
     None

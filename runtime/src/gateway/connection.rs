@@ -702,8 +702,19 @@ impl<P: Protocol> Connection<P> {
         if let Err(refused) = routed {
             let code = refused.code().code();
             let reason = refused.to_string();
+            let retry_after_ms = refused.retry_after().map_or(0, |after| {
+                u32::try_from(after.as_millis()).unwrap_or(u32::MAX)
+            });
             crate::stats::refusal_sent(code);
-            self.reply(&Refused { seq, code, reason }, seq);
+            self.reply(
+                &Refused {
+                    seq,
+                    code,
+                    reason,
+                    retry_after_ms,
+                },
+                seq,
+            );
         }
     }
 }

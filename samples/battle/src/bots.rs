@@ -14,7 +14,7 @@ use std::{
 };
 
 use garrison_client::{Client, ClientConfig, ClientError, Event, Reconnect, Traffic};
-use garrison_protocol::ticket;
+use garrison_protocol::{control::RefusalCode, ticket};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
@@ -38,6 +38,9 @@ pub struct BotReport {
     pub room: u64,
     /// Checksums verified.
     pub verified: u32,
+    /// Frames the server refused as overloaded (code 105: joins shed, or anything while a
+    /// breaker is open).
+    pub shed: u32,
     /// Checksums that disagreed.
     pub desyncs: u32,
     /// Frames whose broadcast delta differed from the local step's.
@@ -181,6 +184,8 @@ struct Bot {
     resuming: bool,
     /// A join was refused (busy); it is sent again after a pause.
     rejoin: bool,
+    /// How long the server asked it to wait before joining again.
+    retry_after: Option<Duration>,
     /// Its match ended: it joins the next one at once.
     join_again: bool,
     joins: u32,
@@ -299,11 +304,18 @@ impl Bot {
         let message = match event {
             Event::Message(message) => message,
             // The matchmaker was too busy for the join: ask again.
-            Event::Refused { .. } if self.playing.is_none() => {
+            Event::Refused {
+                code, retry_after, ..
+            } if self.playing.is_none() => {
+                self.report.shed += u32::from(code == RefusalCode::Overloaded.code());
                 self.rejoin = true;
+                self.retry_after = retry_after;
                 return Ok(false);
             }
-            Event::Refused { .. } => return Ok(false),
+            Event::Refused { code, .. } => {
+                self.report.shed += u32::from(code == RefusalCode::Overloaded.code());
+                return Ok(false);
+            }
             Event::Closed {
                 code: Some(code),
                 reason,
@@ -551,8 +563,10 @@ async fn on_event(
     }
     if std::mem::take(&mut bot.rejoin) {
         bot.joins += 1;
-        // Back off a little more each time, as a client of a busy lobby should.
-        tokio::time::sleep(Duration::from_millis(10 * u64::from(bot.joins.min(20)))).await;
+        // Back off a little more each time, as a client of a busy lobby should, and at least
+        // as long as the server asked.
+        let backoff = Duration::from_millis(10 * u64::from(bot.joins.min(20)));
+        tokio::time::sleep(backoff.max(bot.retry_after.take().unwrap_or_default())).await;
         connection.send(&Join { mode: 0 }).await?;
     }
     Ok(false)
@@ -591,6 +605,7 @@ pub async fn play(
         pending: BTreeMap::new(),
         resuming: false,
         rejoin: false,
+        retry_after: None,
         join_again: false,
         joins: 0,
         noise: player.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1,

@@ -61,6 +61,8 @@ pub struct Summary {
     pub cpu_seconds: Option<f64>,
     /// Snapshot and log bytes the rooms wrote to their store (an in-process server with a store).
     pub store_bytes: Option<u64>,
+    /// Frames the server refused as overloaded (code 105), as the bots saw them.
+    pub shed: u32,
 }
 
 impl Summary {
@@ -137,6 +139,7 @@ impl Summary {
             restarts,
             cpu_seconds: None,
             store_bytes: None,
+            shed: ok.iter().map(|report| report.shed).sum(),
         }
     }
 

@@ -103,6 +103,14 @@ pub struct BotArgs {
     /// released, and the bots join again.
     #[arg(long, default_value_t = 20)]
     pub match_seconds: u64,
+    /// The in-process server's overload protection: `none`, `adaptive` (Garrison's limit on
+    /// players in play: joins shed first), or `breaker` (the source's fixed QPS + P99 breaker,
+    /// with `--breaker-base-qps`).
+    #[arg(long, default_value = "none", value_parser = ["none", "adaptive", "breaker"])]
+    pub overload: String,
+    /// The request rate the breaker's score is relative to (`--overload breaker`).
+    #[arg(long, default_value_t = 30_000.0)]
+    pub breaker_base_qps: f64,
 }
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -144,6 +152,14 @@ pub struct ServeArgs {
     /// happened since the last one).
     #[arg(long, default_value_t = 60)]
     pub cause_summary_secs: u64,
+    /// Overload protection: `adaptive` (joins are shed with a retry-after while the rooms run
+    /// late; inputs never), `breaker` (the source's fixed breaker, with `--breaker-base-qps`)
+    /// or `none`.
+    #[arg(long, default_value = "adaptive", value_parser = ["none", "adaptive", "breaker"])]
+    pub overload: String,
+    /// The request rate the breaker's score is relative to (`--overload breaker`).
+    #[arg(long, default_value_t = 30_000.0)]
+    pub breaker_base_qps: f64,
 }
 
 /// Runs the server until SIGTERM or Ctrl-C, then stops gracefully: clients are told `Close 31`
@@ -156,6 +172,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
     let mut config = local_server(args.room_size, &args.key)?;
     config.gateway.tcp = Some(args.listen);
     config.match_frames = match_frames(args.match_seconds);
+    config.protection = protection(&args.overload, args.breaker_base_qps, config.tick);
     config.store = match (&args.store, args.memory_only) {
         (_, true) => None,
         (Some(url), false) => {
@@ -214,6 +231,21 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
         Ok(())
     } else {
         Err("stopped, but the store did not take every checkpoint".into())
+    }
+}
+
+/// The protection `--overload` names (`none` for anything else).
+pub fn protection(name: &str, breaker_base_qps: f64, tick: Duration) -> crate::server::Protection {
+    use garrison_runtime::overload::{BreakerConfig, OverloadConfig};
+    match name {
+        // The rooms' mailboxes may take a quarter of the tick: the rest of it is the gateway's
+        // read, the frame's simulation and the broadcast's write.
+        "adaptive" => crate::server::Protection::Adaptive(OverloadConfig {
+            target: tick / 4,
+            ..OverloadConfig::default()
+        }),
+        "breaker" => crate::server::Protection::Breaker(BreakerConfig::new(breaker_base_qps, tick)),
+        _ => crate::server::Protection::None,
     }
 }
 
@@ -314,6 +346,7 @@ pub fn local_server(room_size: usize, key: &str) -> Result<ServerConfig, Error> 
         gateway,
         store: None,
         snapshot_every: crate::room::SNAPSHOT_EVERY,
+        protection: crate::server::Protection::None,
     })
 }
 
@@ -353,6 +386,7 @@ pub async fn run_once(args: &BotArgs, clients: u64, progress: bool) -> Result<Su
             let mut config = local_server(args.room_size, &args.key)?;
             config.match_frames = match_frames(args.match_seconds);
             config.snapshot_every = args.snapshot_every.max(1);
+            config.protection = protection(&args.overload, args.breaker_base_qps, config.tick);
             if let Some(dir) = &args.data_dir {
                 config.store = Some(Arc::new(garrison_runtime::store::RedbStore::open(dir)?));
             }

@@ -53,6 +53,50 @@ pub struct ServerConfig {
     pub store: Option<Store>,
     /// Frames between two snapshots of a room; the log of inputs and frames in between.
     pub snapshot_every: u32,
+    /// What protects running matches when the server is overloaded.
+    pub protection: Protection,
+}
+
+/// Overload protection for the battle server.
+#[derive(Debug, Clone, Default)]
+pub enum Protection {
+    /// None: every join is taken, however late the rooms run.
+    #[default]
+    None,
+    /// Garrison's adaptive limit on players in play, following the rooms' mailbox wait and
+    /// late ticks: joins are shed first (refused with a retry-after), inputs never.
+    Adaptive(garrison_runtime::overload::OverloadConfig),
+    /// The source's fixed QPS + P99 breaker: while open it refuses every frame, inputs
+    /// included.
+    Breaker(garrison_runtime::overload::BreakerConfig),
+}
+
+/// The protection a running server applies.
+#[derive(Debug, Clone)]
+enum Guard {
+    None,
+    Adaptive(garrison_runtime::overload::AdaptiveLimit),
+    Breaker {
+        breaker: garrison_runtime::overload::FixedBreaker,
+        frames: Arc<AtomicU64>,
+    },
+}
+
+impl Guard {
+    fn admit(&self, join: bool) -> Result<(), garrison_runtime::Refusal> {
+        use garrison_runtime::overload::Priority;
+        match self {
+            Guard::None => Ok(()),
+            Guard::Adaptive(limit) if join => limit.admit(Priority::Sheddable, "joins"),
+            // A running match's inputs and resumes: critical, never shed (not counted either:
+            // an atomic per input is not worth it).
+            Guard::Adaptive(_) => Ok(()),
+            Guard::Breaker { breaker, frames } => {
+                frames.fetch_add(1, Ordering::Relaxed);
+                breaker.admit(if join { "joins" } else { "frames" })
+            }
+        }
+    }
 }
 
 /// Counters the demo reports.
@@ -107,6 +151,7 @@ pub struct BattleServer {
     players: Entities<Player>,
     rooms: Entities<Room>,
     playing: Arc<DashMap<u64, ()>>,
+    guard: Guard,
 }
 
 impl BattleServer {
@@ -184,12 +229,42 @@ impl BattleServer {
         .start()
         .await?;
 
+        let guard = match &config.protection {
+            Protection::None => Guard::None,
+            Protection::Adaptive(overload) => {
+                let (playing, stats, room_size) =
+                    (playing.clone(), stats.clone(), config.room_size);
+                let limit = garrison_runtime::overload::AdaptiveLimit::new(
+                    "joins",
+                    overload.clone(),
+                    move || {
+                        playing.len() * room_size + stats.waiting.load(Ordering::Relaxed) as usize
+                    },
+                );
+                limit.watch(&rooms);
+                limit.start();
+                Guard::Adaptive(limit)
+            }
+            Protection::Breaker(breaker) => {
+                let frames = Arc::new(AtomicU64::new(0));
+                let counted = frames.clone();
+                let breaker =
+                    garrison_runtime::overload::FixedBreaker::new(breaker.clone(), move || {
+                        counted.load(Ordering::Relaxed)
+                    });
+                breaker.watch(&rooms);
+                breaker.start();
+                Guard::Breaker { breaker, frames }
+            }
+        };
+        let routing = guard.clone();
         let own = players.clone();
         let leaving = players.clone();
         let gateway = GatewayBuilder::<ClientMessage>::new(
             config.gateway,
             sessions.clone(),
-            |session, message| {
+            move |session, message| {
+                routing.admit(matches!(message, ClientMessage::Join(_)))?;
                 match message {
                     // The hot path: straight to the room the session is bound to, stamped with
                     // the seat its binding carries.
@@ -241,6 +316,7 @@ impl BattleServer {
             players,
             rooms,
             playing,
+            guard,
         })
     }
 
@@ -295,7 +371,27 @@ impl BattleServer {
             .kind(&self.players)
             .kind(&self.rooms)
             .register_collector(BattleCollector(self.stats.clone()));
+        if let Guard::Adaptive(limit) = &self.guard {
+            metrics.limit(limit);
+        }
         metrics
+    }
+
+    /// Requests the overload protection refused so far (0 without protection).
+    pub fn shed(&self) -> u64 {
+        match &self.guard {
+            Guard::None => 0,
+            Guard::Adaptive(limit) => limit.stats().shed.iter().sum(),
+            Guard::Breaker { breaker, .. } => breaker.shed(),
+        }
+    }
+
+    /// The adaptive limit now, when the server has one.
+    pub fn overload_limit(&self) -> Option<usize> {
+        match &self.guard {
+            Guard::Adaptive(limit) => Some(limit.limit()),
+            _ => None,
+        }
     }
 
     /// What each kind's entities crashed of so far, most frequent first.

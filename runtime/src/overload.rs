@@ -1,0 +1,653 @@
+//! Adaptive overload protection: a limit that follows what the server measures directly, and
+//! priority partitions that decide what is shed first.
+//!
+//! An [`AdaptiveLimit`] bounds the work admitted (for a game server: players in play) and
+//! adapts the bound every `window` to a latency signal: the 99th percentile of the time
+//! messages waited in the mailboxes of the kinds it [`watches`](AdaptiveLimit::watch) (rooms),
+//! raised to twice the target when a watched kind's timer ran a tick late (a tick overrun). It
+//! is the gradient rule of Netflix's concurrency-limits (Gradient2) with the latency target
+//! fixed by the game instead of learned: a 60 Hz room's budget is one tick, whatever the
+//! latency was yesterday.
+//!
+//! - Signal above the target: the limit drops to `in use x target / signal` (at least half of
+//!   what is in use, at least `min_limit`), so no new work is admitted until the signal
+//!   recovers; work already admitted is never cut.
+//! - Signal within the target: the limit grows by its square root (Gradient2's queue
+//!   allowance), but only while at least half of it is in use, so an idle server does not build
+//!   up a limit a burst of joins would then overrun.
+//!
+//! Priorities: [`Priority::Critical`] (a running match's inputs) is always admitted: it is the
+//! share the protection exists for. [`Priority::Normal`] is admitted below the limit.
+//! [`Priority::Sheddable`] (joins, matchmaking, chat) is admitted below the limit and only while
+//! the signal is within the target, so it is the first shed. A shed request gets
+//! [`Refusal::Overloaded`] with a retry-after (the client is told `Refused` code 105 with
+//! `retry_after_ms`); every shed is counted by priority.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use crate::{
+    Entities, Entity, Refusal,
+    stats::{HistogramSnapshot, LATENCY_BUCKETS},
+};
+
+/// How much a request matters when the server is overloaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Priority {
+    /// Never shed by the limit (a running match's inputs).
+    Critical,
+    /// Shed at the limit.
+    Normal,
+    /// Shed at the limit, and whenever the signal is over the target (joins, matchmaking,
+    /// chat): shed first.
+    Sheddable,
+}
+
+impl Priority {
+    /// Every priority, in order.
+    pub const ALL: [Priority; 3] = [Priority::Critical, Priority::Normal, Priority::Sheddable];
+
+    /// A short label, used in metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Priority::Critical => "critical",
+            Priority::Normal => "normal",
+            Priority::Sheddable => "sheddable",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// An [`AdaptiveLimit`]'s settings.
+#[derive(Debug, Clone)]
+pub struct OverloadConfig {
+    /// The latency the watched kinds must stay within (default one 60 Hz tick, 16.7 ms).
+    pub target: Duration,
+    /// How often the limit is recomputed (default 100 ms).
+    pub window: Duration,
+    /// The limit at start (default 256).
+    pub initial_limit: usize,
+    /// The limit never drops below this (default 8).
+    pub min_limit: usize,
+    /// Nor rises above this (default 1,000,000).
+    pub max_limit: usize,
+    /// What a shed client is told to wait before retrying (default 1 s).
+    pub retry_after: Duration,
+    /// Windows with fewer samples than this leave the limit as it is (default 20).
+    pub min_samples: u64,
+}
+
+impl Default for OverloadConfig {
+    fn default() -> Self {
+        OverloadConfig {
+            target: Duration::from_micros(16_667),
+            window: Duration::from_millis(100),
+            initial_limit: 256,
+            min_limit: 8,
+            max_limit: 1_000_000,
+            retry_after: Duration::from_secs(1),
+            min_samples: 20,
+        }
+    }
+}
+
+/// One watched kind: its stats and what was read of them last window.
+struct Watched {
+    read: Box<dyn Fn() -> Option<(HistogramSnapshot, u64)> + Send + Sync>,
+    last: Option<(HistogramSnapshot, u64)>,
+}
+
+struct Shared {
+    config: OverloadConfig,
+    limit: AtomicUsize,
+    in_use: Box<dyn Fn() -> usize + Send + Sync>,
+    /// The signal is over the target now.
+    over: AtomicBool,
+    /// The last window's signal, in nanoseconds.
+    signal_nanos: AtomicU64,
+    admitted: [AtomicU64; 3],
+    shed: [AtomicU64; 3],
+    /// Admitted since the last window: counted as in use until `in_use` can see them (a burst
+    /// of joins arrives faster than they are seated).
+    pending: AtomicUsize,
+    watched: Signal,
+}
+
+/// The latency the watched kinds showed over the last window.
+#[derive(Default)]
+struct Signal {
+    watched: Mutex<Vec<Watched>>,
+}
+
+impl Signal {
+    fn watch<E: Entity>(&self, kind: &Entities<E>) {
+        kind.stats().time();
+        let weak = kind.downgrade();
+        let read = move || {
+            let kind = weak.upgrade()?;
+            Some((
+                kind.stats().mailbox_wait.snapshot(),
+                kind.timer_ticks_late(),
+            ))
+        };
+        self.push(Box::new(read));
+    }
+
+    fn push(&self, read: Box<dyn Fn() -> Option<(HistogramSnapshot, u64)> + Send + Sync>) {
+        self.watched
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .push(Watched { read, last: None });
+    }
+
+    /// The mailbox wait P99 since the last reading (the worst kind's), the samples it rests
+    /// on, and whether any watched kind ran a tick late meanwhile.
+    fn read(&self) -> (Duration, u64, bool) {
+        let (mut signal, mut samples, mut late) = (Duration::ZERO, 0u64, false);
+        for watched in self
+            .watched
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .iter_mut()
+        {
+            let Some(now) = (watched.read)() else {
+                continue;
+            };
+            if let Some((before, late_before)) = &watched.last {
+                let (p99, count) = window_p99(before, &now.0);
+                samples += count;
+                signal = signal.max(p99);
+                late |= now.1 > *late_before;
+            }
+            watched.last = Some(now);
+        }
+        (signal, samples, late)
+    }
+}
+
+/// An adaptive limit with priority partitions (see the module's docs).
+#[derive(Clone)]
+pub struct AdaptiveLimit {
+    shared: Arc<Shared>,
+    name: &'static str,
+}
+
+impl std::fmt::Debug for AdaptiveLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdaptiveLimit")
+            .field("name", &self.name)
+            .field("limit", &self.limit())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an [`AdaptiveLimit`] has done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverloadStats {
+    /// The limit now.
+    pub limit: usize,
+    /// What is in use now.
+    pub in_use: usize,
+    /// The last window's signal.
+    pub signal: Duration,
+    /// Whether the signal is over the target now.
+    pub over_target: bool,
+    /// Admitted requests, per [`Priority::ALL`] entry.
+    pub admitted: [u64; 3],
+    /// Shed requests, per [`Priority::ALL`] entry.
+    pub shed: [u64; 3],
+}
+
+impl AdaptiveLimit {
+    /// A limit named `name` (metrics label `limiter`) over what `in_use` counts (players in
+    /// play, say). Call [`AdaptiveLimit::watch`] for the kinds whose latency it follows and
+    /// [`AdaptiveLimit::start`] on the runtime that should recompute it.
+    pub fn new(
+        name: &'static str,
+        config: OverloadConfig,
+        in_use: impl Fn() -> usize + Send + Sync + 'static,
+    ) -> Self {
+        let limit = config
+            .initial_limit
+            .clamp(config.min_limit, config.max_limit);
+        AdaptiveLimit {
+            name,
+            shared: Arc::new(Shared {
+                config,
+                limit: AtomicUsize::new(limit),
+                in_use: Box::new(in_use),
+                over: AtomicBool::new(false),
+                signal_nanos: AtomicU64::new(0),
+                admitted: Default::default(),
+                shed: Default::default(),
+                pending: AtomicUsize::new(0),
+                watched: Signal::default(),
+            }),
+        }
+    }
+
+    /// Follows kind `E`'s mailbox wait and late ticks (and starts timing its mailboxes).
+    pub fn watch<E: Entity>(&self, kind: &Entities<E>) -> &Self {
+        self.shared.watched.watch(kind);
+        self
+    }
+
+    /// Recomputes the limit every window on the current tokio runtime, until every clone of
+    /// this limit is dropped.
+    pub fn start(&self) {
+        let weak = Arc::downgrade(&self.shared);
+        let window = self.shared.config.window;
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(window);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let Some(shared) = weak.upgrade() else {
+                    return;
+                };
+                shared.update();
+            }
+        });
+    }
+
+    /// Admits one request of `priority`, or refuses it as [`Refusal::Overloaded`] (`what` names
+    /// what is shed, for the client's message), counting either.
+    ///
+    /// # Errors
+    /// [`Refusal::Overloaded`] with the configured retry-after.
+    pub fn admit(&self, priority: Priority, what: &'static str) -> Result<(), Refusal> {
+        let shared = &self.shared;
+        let below = || {
+            (shared.in_use)() + shared.pending.load(Ordering::Relaxed)
+                < shared.limit.load(Ordering::Relaxed)
+        };
+        let admitted = match priority {
+            Priority::Critical => true,
+            Priority::Normal => below(),
+            Priority::Sheddable => !shared.over.load(Ordering::Relaxed) && below(),
+        };
+        if admitted && priority != Priority::Critical {
+            shared.pending.fetch_add(1, Ordering::Relaxed);
+        }
+        let counters = if admitted {
+            &shared.admitted
+        } else {
+            &shared.shed
+        };
+        // Relaxed: statistics counters.
+        counters[priority.index()].fetch_add(1, Ordering::Relaxed);
+        if admitted {
+            Ok(())
+        } else {
+            Err(Refusal::Overloaded {
+                what,
+                retry_after: shared.config.retry_after,
+            })
+        }
+    }
+
+    /// The limit now.
+    pub fn limit(&self) -> usize {
+        self.shared.limit.load(Ordering::Relaxed)
+    }
+
+    /// The limit's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// What it has done.
+    pub fn stats(&self) -> OverloadStats {
+        let shared = &self.shared;
+        let load =
+            |counters: &[AtomicU64; 3]| counters.each_ref().map(|c| c.load(Ordering::Relaxed));
+        OverloadStats {
+            limit: self.limit(),
+            in_use: (shared.in_use)(),
+            signal: Duration::from_nanos(shared.signal_nanos.load(Ordering::Relaxed)),
+            over_target: shared.over.load(Ordering::Relaxed),
+            admitted: load(&shared.admitted),
+            shed: load(&shared.shed),
+        }
+    }
+
+    /// One window's update, now (the task [`AdaptiveLimit::start`] spawns calls it; tests call
+    /// it directly).
+    pub fn update(&self) {
+        self.shared.update();
+    }
+}
+
+impl Shared {
+    /// Reads the watched kinds' last window and moves the limit.
+    fn update(&self) {
+        let target = self.config.target;
+        self.pending.store(0, Ordering::Relaxed);
+        let (mut signal, mut samples, late) = self.watched.read();
+        if late {
+            // A tick overrun is over budget by definition, however short the mailbox waits.
+            signal = signal.max(target * 2);
+            samples = samples.max(self.config.min_samples);
+        }
+        self.signal_nanos.store(
+            u64::try_from(signal.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        if samples < self.config.min_samples {
+            // Too little traffic to judge: the limit stays, the signal is not over.
+            self.over.store(false, Ordering::Relaxed);
+            return;
+        }
+        let in_use = (self.in_use)();
+        let limit = self.limit.load(Ordering::Relaxed);
+        let over = signal > target;
+        self.over.store(over, Ordering::Relaxed);
+        let next = if over {
+            let gradient = (target.as_secs_f64() / signal.as_secs_f64()).clamp(0.5, 1.0);
+            ((in_use as f64 * gradient) as usize).min(limit)
+        } else if in_use * 2 >= limit {
+            limit + (limit as f64).sqrt().ceil() as usize
+        } else {
+            limit
+        };
+        self.limit.store(
+            next.clamp(self.config.min_limit, self.config.max_limit),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// The source's fixed breaker, for comparison: every window it scores the request rate and the
+/// latency against fixed baselines, `score = 0.6 x qps / (1.5 x base_qps) + 0.4 x min(p99 /
+/// base_latency, 3)`, and while the score is above `open_above` (1.8) it refuses every request,
+/// whatever its priority.
+#[derive(Debug, Clone)]
+pub struct BreakerConfig {
+    /// The request rate the score is relative to (the load the server was sized for).
+    pub base_qps: f64,
+    /// The latency the score is relative to.
+    pub base_latency: Duration,
+    /// The score above which it opens (1.8).
+    pub open_above: f64,
+    /// How often it scores (100 ms).
+    pub window: Duration,
+    /// What a refused client is told to wait (1 s).
+    pub retry_after: Duration,
+}
+
+impl BreakerConfig {
+    /// The source's weights and threshold around these baselines.
+    pub fn new(base_qps: f64, base_latency: Duration) -> Self {
+        BreakerConfig {
+            base_qps,
+            base_latency,
+            open_above: 1.8,
+            window: Duration::from_millis(100),
+            retry_after: Duration::from_secs(1),
+        }
+    }
+}
+
+struct BreakerShared {
+    config: BreakerConfig,
+    requests: Box<dyn Fn() -> u64 + Send + Sync>,
+    last_requests: AtomicU64,
+    open: AtomicBool,
+    /// The last score, x 1000.
+    score_milli: AtomicU64,
+    shed: AtomicU64,
+    signal: Signal,
+}
+
+/// The source's fixed QPS + P99 breaker (see [`BreakerConfig`]).
+#[derive(Clone)]
+pub struct FixedBreaker {
+    shared: Arc<BreakerShared>,
+}
+
+impl std::fmt::Debug for FixedBreaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FixedBreaker")
+            .field("open", &self.is_open())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FixedBreaker {
+    /// A breaker scoring the rate of `requests` (a running count) and the watched kinds'
+    /// latency.
+    pub fn new(config: BreakerConfig, requests: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        let first = requests();
+        FixedBreaker {
+            shared: Arc::new(BreakerShared {
+                config,
+                requests: Box::new(requests),
+                last_requests: AtomicU64::new(first),
+                open: AtomicBool::new(false),
+                score_milli: AtomicU64::new(0),
+                shed: AtomicU64::new(0),
+                signal: Signal::default(),
+            }),
+        }
+    }
+
+    /// Scores kind `E`'s mailbox wait (and starts timing its mailboxes).
+    pub fn watch<E: Entity>(&self, kind: &Entities<E>) -> &Self {
+        self.shared.signal.watch(kind);
+        self
+    }
+
+    /// Scores every window on the current tokio runtime, until every clone is dropped.
+    pub fn start(&self) {
+        let weak = Arc::downgrade(&self.shared);
+        let window = self.shared.config.window;
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(window);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let Some(shared) = weak.upgrade() else {
+                    return;
+                };
+                let requests = (shared.requests)();
+                let before = shared.last_requests.swap(requests, Ordering::Relaxed);
+                let qps =
+                    requests.saturating_sub(before) as f64 / shared.config.window.as_secs_f64();
+                let (p99, _, _) = shared.signal.read();
+                let score = 0.6 * qps / (1.5 * shared.config.base_qps)
+                    + 0.4 * (p99.as_secs_f64() / shared.config.base_latency.as_secs_f64()).min(3.0);
+                shared
+                    .score_milli
+                    .store((score * 1000.0) as u64, Ordering::Relaxed);
+                shared
+                    .open
+                    .store(score > shared.config.open_above, Ordering::Relaxed);
+            }
+        });
+    }
+
+    /// Admits a request unless the breaker is open.
+    ///
+    /// # Errors
+    /// [`Refusal::Overloaded`] while it is open.
+    pub fn admit(&self, what: &'static str) -> Result<(), Refusal> {
+        if self.is_open() {
+            self.shared.shed.fetch_add(1, Ordering::Relaxed);
+            return Err(Refusal::Overloaded {
+                what,
+                retry_after: self.shared.config.retry_after,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether it is open now.
+    pub fn is_open(&self) -> bool {
+        self.shared.open.load(Ordering::Relaxed)
+    }
+
+    /// Requests it refused so far.
+    pub fn shed(&self) -> u64 {
+        self.shared.shed.load(Ordering::Relaxed)
+    }
+
+    /// The last score.
+    pub fn score(&self) -> f64 {
+        self.shared.score_milli.load(Ordering::Relaxed) as f64 / 1000.0
+    }
+}
+
+/// The 99th percentile of what a histogram gained between two readings (the upper bound of
+/// the bucket it falls in; the last finite bound when above all), and how many it gained.
+fn window_p99(before: &HistogramSnapshot, now: &HistogramSnapshot) -> (Duration, u64) {
+    let count = now.count.saturating_sub(before.count);
+    if count == 0 {
+        return (Duration::ZERO, 0);
+    }
+    let rank = (count as f64 * 0.99).ceil() as u64;
+    for ((bound, cumulative), (_, earlier)) in now.buckets.iter().zip(&before.buckets) {
+        if cumulative.saturating_sub(*earlier) >= rank {
+            let bound = if bound.is_finite() {
+                *bound
+            } else {
+                LATENCY_BUCKETS[LATENCY_BUCKETS.len() - 1] * 2.0
+            };
+            return (Duration::from_secs_f64(bound), count);
+        }
+    }
+    (Duration::ZERO, count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::Histogram;
+
+    #[test]
+    fn the_window_p99_is_read_from_the_bucket_deltas() {
+        let histogram = Histogram::default();
+        for _ in 0..1000 {
+            histogram.observe(Duration::from_micros(30));
+        }
+        let before = histogram.snapshot();
+        for _ in 0..98 {
+            histogram.observe(Duration::from_micros(300));
+        }
+        for _ in 0..2 {
+            histogram.observe(Duration::from_millis(40));
+        }
+        let (p99, count) = window_p99(&before, &histogram.snapshot());
+        assert_eq!(count, 100);
+        assert_eq!(
+            p99,
+            Duration::from_secs_f64(0.05),
+            "the 99th is in the 50 ms bucket"
+        );
+    }
+
+    #[test]
+    fn the_limit_drops_to_what_is_in_use_over_target_and_grows_within_it() {
+        let waits = Arc::new(Histogram::default());
+        let in_use = Arc::new(AtomicUsize::new(100));
+        let counted = in_use.clone();
+        let limit = AdaptiveLimit::new(
+            "test",
+            OverloadConfig {
+                initial_limit: 120,
+                ..OverloadConfig::default()
+            },
+            move || counted.load(Ordering::Relaxed),
+        );
+        let read = waits.clone();
+        limit
+            .shared
+            .watched
+            .push(Box::new(move || Some((read.snapshot(), 0))));
+        limit.update(); // the first reading
+        for _ in 0..100 {
+            waits.observe(Duration::from_millis(40));
+        }
+        limit.update();
+        // 40 ms waits are in the 50 ms bucket: gradient 16.7 / 50, held at 0.5 of in use.
+        assert_eq!(limit.limit(), 50);
+        assert!(limit.stats().over_target);
+        assert!(limit.admit(Priority::Sheddable, "joins").is_err());
+        for _ in 0..100 {
+            waits.observe(Duration::from_micros(200));
+        }
+        in_use.store(50, Ordering::Relaxed);
+        limit.update();
+        assert_eq!(
+            limit.limit(),
+            58,
+            "grows by its square root while half is in use"
+        );
+        assert!(!limit.stats().over_target);
+        limit.update();
+        assert_eq!(limit.limit(), 58, "a quiet window leaves it");
+    }
+
+    #[test]
+    fn sheddable_goes_first_and_critical_never() {
+        let in_use = Arc::new(AtomicUsize::new(0));
+        let counted = in_use.clone();
+        let limit = AdaptiveLimit::new(
+            "test",
+            OverloadConfig {
+                initial_limit: 10,
+                ..OverloadConfig::default()
+            },
+            move || counted.load(Ordering::Relaxed),
+        );
+        in_use.store(8, Ordering::Relaxed);
+        assert!(limit.admit(Priority::Sheddable, "joins").is_ok());
+        limit.shared.over.store(true, Ordering::Relaxed);
+        let shed = limit.admit(Priority::Sheddable, "joins").unwrap_err();
+        assert_eq!(shed.retry_after(), Some(Duration::from_secs(1)));
+        assert!(
+            limit.admit(Priority::Normal, "chat").is_ok(),
+            "below the limit"
+        );
+        in_use.store(10, Ordering::Relaxed);
+        assert!(
+            limit.admit(Priority::Normal, "chat").is_err(),
+            "at the limit"
+        );
+        assert!(limit.admit(Priority::Critical, "inputs").is_ok());
+        let stats = limit.stats();
+        assert_eq!(stats.admitted, [1, 1, 1]);
+        assert_eq!(stats.shed, [0, 1, 1]);
+    }
+
+    #[test]
+    fn a_burst_is_admitted_up_to_the_limit_within_a_window() {
+        let limit = AdaptiveLimit::new(
+            "test",
+            OverloadConfig {
+                initial_limit: 10,
+                ..OverloadConfig::default()
+            },
+            || 0,
+        );
+        let admitted = (0..25)
+            .filter(|_| limit.admit(Priority::Sheddable, "joins").is_ok())
+            .count();
+        assert_eq!(
+            admitted, 10,
+            "in use cannot see them yet; the limit still holds"
+        );
+        limit.update();
+        assert!(
+            limit.admit(Priority::Sheddable, "joins").is_ok(),
+            "the next window"
+        );
+    }
+}

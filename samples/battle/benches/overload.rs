@@ -1,0 +1,126 @@
+//! Overload protection, side by side in one run: the same in-process battle server with no
+//! protection, with the source's fixed QPS + P99 breaker, and with Garrison's adaptive limit,
+//! at 1x, 2x and 3x the load where the rooms first run late.
+//!
+//! First a ramp with no protection finds 1x: the fewest bots (in steps) at which the P99
+//! input -> broadcast latency exceeds one tick beyond the natural wait for the next frame (so
+//! P99 > 2 ticks, 33.3 ms). Then each configuration plays at each multiple. Per run: the
+//! running rooms' P99 (the bots that were seated), frame deviation, desyncs, bots seated, and
+//! what was shed (frames refused with code 105, as the bots saw them). The goal: at 3x, with
+//! the adaptive limit, P99 within two ticks beyond the natural wait (50 ms) and deviation 0,
+//! while excess joins are refused with a retry-after.
+//!
+//! Run with: `cargo bench -p garrison-battle --bench overload` (`-- --quick`: bigger steps,
+//! shorter runs; `-- --base N` skips the ramp and takes N bots as 1x).
+
+use std::time::Duration;
+
+use clap::Parser;
+use garrison_battle::{
+    report::Summary,
+    run::{BotArgs, run_once},
+};
+
+#[derive(Parser)]
+struct Cli {
+    #[arg(long)]
+    quick: bool,
+    #[arg(long)]
+    bench: bool,
+    /// Bots at 1x (skips the ramp).
+    #[arg(long)]
+    base: Option<u64>,
+}
+
+/// The bots' defaults, as `battle-bots` parses them.
+#[derive(Parser)]
+struct Defaults {
+    #[command(flatten)]
+    args: BotArgs,
+}
+
+const TICK_MS: f64 = 1000.0 / 60.0;
+
+async fn run(
+    clients: u64,
+    seconds: u64,
+    overload: &str,
+    breaker_base_qps: f64,
+) -> Result<Summary, Box<dyn std::error::Error + Send + Sync>> {
+    let mut args = Defaults::parse_from(["bench"]).args;
+    args.clients = clients;
+    args.duration = seconds;
+    // Matches longer than the run: every seated bot plays the whole time.
+    args.match_seconds = 600;
+    args.overload = overload.to_owned();
+    args.breaker_base_qps = breaker_base_qps;
+    let summary = run_once(&args, clients, false).await?;
+    // Let the stopped server's sockets and tasks go before the next run.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(summary)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let cli = Cli::parse();
+    let (step, ramp_seconds, seconds) = if cli.quick { (200, 4, 6) } else { (100, 5, 10) };
+    let base = match cli.base {
+        Some(base) => base,
+        None => {
+            println!(
+                "ramp, no protection, {ramp_seconds} s per step (1x: P99 > 2 ticks = {:.1} ms):",
+                2.0 * TICK_MS
+            );
+            let mut clients = step;
+            loop {
+                let summary = run(clients, ramp_seconds, "none", 0.0).await?;
+                println!(
+                    "  {clients:>5} bots: P99 {:>7.1} ms, deviation {:>3}",
+                    summary.p99_ms, summary.deviation_frames
+                );
+                if summary.p99_ms > 2.0 * TICK_MS || clients >= 4000 {
+                    break clients;
+                }
+                clients += step;
+            }
+        }
+    };
+    // The breaker's baselines: the 1x request rate (every bot's 60 inputs a second) and one
+    // tick of latency, as the source sizes it.
+    let base_qps = base as f64 * 60.0;
+    println!(
+        "1x = {base} bots; rooms of 8, 60 Hz, {seconds} s per run; breaker base {base_qps:.0} frames/s and one tick"
+    );
+    println!(
+        "{:<10} {:>5} {:>6} {:>10} {:>16} {:>10} {:>8} {:>8} {:>8}",
+        "protection",
+        "load",
+        "bots",
+        "P99 ms",
+        "P99 - tick, ticks",
+        "deviation",
+        "desyncs",
+        "seated",
+        "shed"
+    );
+    for multiple in [1u64, 2, 3] {
+        for overload in ["none", "breaker", "adaptive"] {
+            let clients = base * multiple;
+            let summary = run(clients, seconds, overload, base_qps).await?;
+            let seated = summary.clients - summary.unmatched;
+            println!(
+                "{:<10} {:>4}x {:>6} {:>10.1} {:>16.2} {:>10} {:>8} {:>8} {:>8}",
+                overload,
+                multiple,
+                clients,
+                summary.p99_ms,
+                (summary.p99_ms - TICK_MS) / TICK_MS,
+                summary.deviation_frames,
+                summary.desyncs,
+                seated,
+                summary.shed
+            );
+        }
+    }
+    Ok(())
+}
