@@ -34,6 +34,8 @@ pub(crate) enum Envelope<E: Entity> {
     Tick {
         generation: u64,
         id: crate::timer::TimerId,
+        /// When it was due (its lateness is measured while the kind is).
+        due: tokio::time::Instant,
     },
 }
 

@@ -571,7 +571,15 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
                 }
                 (message, parent, session, sampling, origin, false)
             }
-            Envelope::Tick { generation, id } => match running.timers.fire(generation, id) {
+            Envelope::Tick {
+                generation,
+                id,
+                due,
+            } => match running.timers.fire(generation, id) {
+                Some(message) if self.kind.stats().timed() => {
+                    self.kind.stats().tick_lateness.observe(due.elapsed());
+                    (message, tracing::Span::none(), None, None, None, true)
+                }
                 Some(message) => (message, tracing::Span::none(), None, None, None, true),
                 // An earlier incarnation's tick, or a cancelled timer's: nothing to handle, but
                 // an entity waiting to stop may stop now.

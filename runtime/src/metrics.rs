@@ -73,6 +73,7 @@ struct KindReading {
     queued: usize,
     activations: u64,
     mailbox_wait: HistogramSnapshot,
+    tick_lateness: HistogramSnapshot,
     handlers: Vec<(&'static str, HistogramSnapshot)>,
     causes: Vec<CrashCause>,
     dead_letters: u64,
@@ -102,6 +103,7 @@ impl<E: Entity> KindSource for WeakKind<E> {
             queued,
             activations: kind.activations(),
             mailbox_wait: stats.mailbox_wait.snapshot(),
+            tick_lateness: stats.tick_lateness.snapshot(),
             handlers: stats.handler_times(),
             causes: stats.causes(),
             dead_letters: letters.len() as u64 + letters.dropped(),
@@ -227,6 +229,15 @@ impl Collector for Sources {
             readings
                 .iter()
                 .map(|r| ([("kind", r.kind)], r.mailbox_wait.clone())),
+        )?;
+        histograms(
+            e,
+            "tick_lateness_seconds",
+            "Time from a timer tick's due time to its handler's start (a room's tick overrun)",
+            readings
+                .iter()
+                .filter(|r| r.tick_lateness.count > 0)
+                .map(|r| ([("kind", r.kind)], r.tick_lateness.clone())),
         )?;
         histograms(
             e,

@@ -2,12 +2,12 @@
 //! priority partitions that decide what is shed first.
 //!
 //! An [`AdaptiveLimit`] bounds the work admitted (for a game server: players in play) and
-//! adapts the bound every `window` to a latency signal: the 99th percentile of the time
-//! messages waited in the mailboxes of the kinds it [`watches`](AdaptiveLimit::watch) (rooms),
-//! raised to twice the target when a watched kind's timer ran a tick late (a tick overrun). It
+//! adapts the bound every `window` to a latency signal from the kinds it
+//! [`watches`](AdaptiveLimit::watch) (rooms): how long their messages waited in mailboxes and
+//! how late their ticks ran, raised to twice the target when a tick ran a whole period late. It
 //! is the gradient rule of Netflix's concurrency-limits (Gradient2) with the latency target
-//! fixed by the game instead of learned: a 60 Hz room's budget is one tick, whatever the
-//! latency was yesterday.
+//! fixed by the game instead of learned: a 60 Hz room has one tick for everything, whatever
+//! the latency was yesterday (the battle gives its rooms' queues and clocks a quarter of it).
 //!
 //! - Signal above the target: the limit drops to `in use x target / signal` (at least half of
 //!   what is in use, at least `min_limit`), so no new work is admitted until the signal
@@ -15,6 +15,14 @@
 //! - Signal within the target: the limit grows by its square root (Gradient2's queue
 //!   allowance), but only while at least half of it is in use, so an idle server does not build
 //!   up a limit a burst of joins would then overrun.
+//!
+//! A request admitted counts as in use until `in_use` has grown by as much (for at most 10
+//! windows): on a loaded server a burst of joins arrives faster than it is seated, and would
+//! otherwise all pass one window's check.
+//!
+//! The signal is the worst of two series per watched kind, each a 99th percentile over the
+//! window: the mailbox wait of its messages, and the lateness of its timer ticks (from due to
+//! handled: a room's clock running behind).
 //!
 //! Priorities: [`Priority::Critical`] (a running match's inputs) is always admitted: it is the
 //! share the protection exists for. [`Priority::Normal`] is admitted below the limit.
@@ -35,6 +43,9 @@ use crate::{
     Entities, Entity, Refusal,
     stats::{HistogramSnapshot, LATENCY_BUCKETS},
 };
+
+/// Windows after which requests admitted and never seen in use stop counting.
+const PENDING_WINDOWS: u64 = 10;
 
 /// How much a request matters when the server is overloaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -115,9 +126,13 @@ struct Shared {
     signal_nanos: AtomicU64,
     admitted: [AtomicU64; 3],
     shed: [AtomicU64; 3],
-    /// Admitted since the last window: counted as in use until `in_use` can see them (a burst
-    /// of joins arrives faster than they are seated).
+    /// Admitted and not yet seen in `in_use` (a burst of joins arrives faster than it is
+    /// seated, the more so on a loaded server): counted as in use until `in_use` grows by as
+    /// much, for at most [`PENDING_WINDOWS`] windows.
     pending: AtomicUsize,
+    /// `in_use` at the last window.
+    last_in_use: AtomicUsize,
+    windows: AtomicU64,
     watched: Signal,
 }
 
@@ -131,14 +146,19 @@ impl Signal {
     fn watch<E: Entity>(&self, kind: &Entities<E>) {
         kind.stats().time();
         let weak = kind.downgrade();
-        let read = move || {
-            let kind = weak.upgrade()?;
+        let waits = weak.clone();
+        self.push(Box::new(move || {
+            let kind = waits.upgrade()?;
             Some((
                 kind.stats().mailbox_wait.snapshot(),
                 kind.timer_ticks_late(),
             ))
-        };
-        self.push(Box::new(read));
+        }));
+        // Tick lateness as a second series (the late-tick count is read with the first).
+        self.push(Box::new(move || {
+            let kind = weak.upgrade()?;
+            Some((kind.stats().tick_lateness.snapshot(), 0))
+        }));
     }
 
     fn push(&self, read: Box<dyn Fn() -> Option<(HistogramSnapshot, u64)> + Send + Sync>) {
@@ -229,6 +249,8 @@ impl AdaptiveLimit {
                 admitted: Default::default(),
                 shed: Default::default(),
                 pending: AtomicUsize::new(0),
+                last_in_use: AtomicUsize::new(0),
+                windows: AtomicU64::new(0),
                 watched: Signal::default(),
             }),
         }
@@ -330,7 +352,17 @@ impl Shared {
     /// Reads the watched kinds' last window and moves the limit.
     fn update(&self) {
         let target = self.config.target;
-        self.pending.store(0, Ordering::Relaxed);
+        let in_use = (self.in_use)();
+        let grown = in_use.saturating_sub(self.last_in_use.swap(in_use, Ordering::Relaxed));
+        if (self.windows.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(PENDING_WINDOWS) {
+            self.pending.store(0, Ordering::Relaxed);
+        } else {
+            let _ = self
+                .pending
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |pending| {
+                    Some(pending.saturating_sub(grown))
+                });
+        }
         let (mut signal, mut samples, late) = self.watched.read();
         if late {
             // A tick overrun is over budget by definition, however short the mailbox waits.
@@ -346,7 +378,6 @@ impl Shared {
             self.over.store(false, Ordering::Relaxed);
             return;
         }
-        let in_use = (self.in_use)();
         let limit = self.limit.load(Ordering::Relaxed);
         let over = signal > target;
         self.over.store(over, Ordering::Relaxed);
@@ -646,8 +677,15 @@ mod tests {
         );
         limit.update();
         assert!(
+            limit.admit(Priority::Sheddable, "joins").is_err(),
+            "still pending: in use has not grown"
+        );
+        for _ in 1..PENDING_WINDOWS {
+            limit.update();
+        }
+        assert!(
             limit.admit(Priority::Sheddable, "joins").is_ok(),
-            "the next window"
+            "admitted requests never seen in use stop counting"
         );
     }
 }

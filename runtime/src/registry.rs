@@ -79,6 +79,12 @@ pub struct Entities<E: Entity> {
 /// A kind's registry without keeping it alive (the metrics read kinds through it).
 pub(crate) struct WeakEntities<E: Entity>(Weak<Inner<E>>);
 
+impl<E: Entity> Clone for WeakEntities<E> {
+    fn clone(&self) -> Self {
+        WeakEntities(self.0.clone())
+    }
+}
+
 impl<E: Entity> WeakEntities<E> {
     pub(crate) fn upgrade(&self) -> Option<Entities<E>> {
         self.0.upgrade().map(|inner| Entities { inner })

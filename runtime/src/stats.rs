@@ -106,6 +106,8 @@ pub(crate) struct KindStats {
     /// takes no clock readings for them.
     timed: AtomicBool,
     pub(crate) mailbox_wait: Histogram,
+    /// From a timer tick's due time to its handler's start (a room's tick overrun).
+    pub(crate) tick_lateness: Histogram,
     /// Handler time per `game.event.type` (a protocol's message names: a bounded set).
     handler: RwLock<Vec<(&'static str, std::sync::Arc<Histogram>)>>,
     causes: Mutex<Vec<CrashCause>>,

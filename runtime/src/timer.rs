@@ -345,7 +345,11 @@ impl<E: Entity> Timers<E> {
                 if tokio::time::Instant::now().saturating_duration_since(due) > every {
                     sink.counters.late.fetch_add(1, Ordering::Relaxed);
                 }
-                match mailbox.send(Envelope::Tick { generation, id }) {
+                match mailbox.send(Envelope::Tick {
+                    generation,
+                    id,
+                    due,
+                }) {
                     Ok(sent) => {
                         if let Sent::Evicted(envelope) = sent {
                             let (letters, skipped) = (&sink.dead_letters, &sink.counters.skipped);
