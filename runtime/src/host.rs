@@ -638,7 +638,11 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
         let Some(module) = self.kind.module() else {
             return Err("the kind is not served".into());
         };
-        let timed = self.kind.stats().timed().then(std::time::Instant::now);
+        let timed = self
+            .kind
+            .stats()
+            .handlers_timed()
+            .then(std::time::Instant::now);
         let handled = AssertUnwindSafe(crate::telemetry::in_sampling(
             sampling,
             module

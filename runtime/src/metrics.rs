@@ -3,8 +3,10 @@
 //! [`Metrics`] reads what the runtime already counts (gateway counters, entity registries,
 //! mailboxes, stores, crash causes) when it is scraped, in the OpenMetrics text format, with
 //! the Prometheus project's own Rust client (`prometheus-client`). Recording costs the hot path
-//! nothing it did not already pay, except the two latency histograms (mailbox wait and handler
-//! time), which a kind only measures once it is registered here. Every label set is bounded: a
+//! nothing it did not already pay, except the latency histograms (mailbox wait, tick lateness,
+//! handler time: atomic buckets; handler time also takes a kind-wide read lock to find its
+//! event's histogram) and the checkpoint counter, which a kind only records once it is
+//! registered here. Every label set is bounded: a
 //! kind, an event type (a protocol's message names), a close or refusal code, a crash
 //! fingerprint (at most [`MAX_CAUSES`](crate::MAX_CAUSES) per kind); never a player, a key or a
 //! session.
@@ -13,7 +15,9 @@
 //! process serves: always 200) and `GET /readyz` (200 while [`Health::set_ready`] says so, 503
 //! otherwise: starting or draining), for Prometheus and for a load balancer's or Kubernetes'
 //! probes. At most [`MAX_HTTP_CONNECTIONS`] are served at once; one more is closed at once. A
-//! request head must arrive within 5 s.
+//! request head must arrive within 5 s, and a connection lasts at most 30 s (a client that stops
+//! reading its response gives its slot back). A scrape whose collection failed is answered 500,
+//! never a partial text.
 
 use std::{
     fmt,
@@ -311,7 +315,7 @@ impl Collector for Sources {
         family(
             e,
             "refusals",
-            "Refused frames sent to clients, by refusal code",
+            "Refusals the server told clients (Refused frames queued for them), by refusal code",
             MetricType::Counter,
             refusals_sent()
                 .into_iter()
@@ -602,7 +606,7 @@ impl Metrics {
     /// overruns, store writes), and starts timing its mailboxes and handlers. The registry
     /// does not keep the kind alive.
     pub fn kind<E: Entity>(&mut self, kind: &Entities<E>) -> &mut Self {
-        kind.stats().time();
+        kind.stats().time_handlers();
         self.sources
             .kinds
             .lock()
@@ -662,12 +666,20 @@ impl Metrics {
 
     /// Everything, in the OpenMetrics text format.
     pub fn encode(&self) -> String {
+        self.try_encode().unwrap_or_default()
+    }
+
+    /// Everything, or `None` when a collector failed (the text would be incomplete).
+    fn try_encode(&self) -> Option<String> {
         let mut text = String::new();
         // Writing to a String cannot fail; a collector's own error ends the text early.
-        if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
-            tracing::warn!(%error, "encoding the metrics failed; the scrape is incomplete");
+        match prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            Ok(()) => Some(text),
+            Err(error) => {
+                tracing::warn!(%error, "encoding the metrics failed; the scrape is answered 500");
+                None
+            }
         }
-        text
     }
 
     /// Serves `/metrics`, `/healthz` and `/readyz` on `address` until the returned server is
@@ -713,8 +725,11 @@ impl Metrics {
                         .header_read_timeout(Duration::from_secs(5))
                         .serve_connection(TokioIo::new(stream), service);
                     tokio::pin!(connection);
+                    // Bounded: a client that stops reading cannot hold its slot.
+                    let lifetime = tokio::time::sleep(Duration::from_secs(30));
                     tokio::select! {
                         _ = connection.as_mut() => {}
+                        _ = lifetime => {}
                         _ = stopped.changed() => {
                             // The response under way is finished (bounded: a client that does
                             // not read it is dropped).
@@ -737,11 +752,18 @@ impl Metrics {
     fn answer(&self, path: &str) -> (StatusCode, &'static str, String) {
         const TEXT: &str = "text/plain; charset=utf-8";
         match path {
-            "/metrics" => (
-                StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                self.encode(),
-            ),
+            "/metrics" => match self.try_encode() {
+                Some(text) => (
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    text,
+                ),
+                None => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    TEXT,
+                    "collecting the metrics failed; see the server's log\n".to_owned(),
+                ),
+            },
             "/healthz" => (StatusCode::OK, TEXT, "ok\n".to_owned()),
             "/readyz" if self.health.is_ready() => (StatusCode::OK, TEXT, "ready\n".to_owned()),
             "/readyz" => (
@@ -798,7 +820,8 @@ impl MetricsServer {
         &self.health
     }
 
-    /// Stops listening and ends open connections after their current response.
+    /// Stops listening, and tells open connections to end after their current response (each
+    /// within 5 s); returns once the listener is closed.
     pub async fn stop(mut self) {
         self.stop.send_replace(true);
         if let Some(task) = self.task.take() {

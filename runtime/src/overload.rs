@@ -17,8 +17,9 @@
 //!   up a limit a burst of joins would then overrun.
 //!
 //! A request admitted counts as in use until `in_use` has grown by as much (for at most 10
-//! windows): on a loaded server a burst of joins arrives faster than it is seated, and would
-//! otherwise all pass one window's check.
+//! windows; in use is then the larger of what `in_use` says and what it said at the last window
+//! plus what was admitted since): on a loaded server a burst of joins arrives faster than it is
+//! seated, and would otherwise all pass one window's check.
 //!
 //! The signal is the worst of two series per watched kind, each a 99th percentile over the
 //! window: the mailbox wait of its messages, and the lateness of its timer ticks (from due to
@@ -287,18 +288,27 @@ impl AdaptiveLimit {
     /// [`Refusal::Overloaded`] with the configured retry-after.
     pub fn admit(&self, priority: Priority, what: &'static str) -> Result<(), Refusal> {
         let shared = &self.shared;
-        let below = || {
-            (shared.in_use)() + shared.pending.load(Ordering::Relaxed)
-                < shared.limit.load(Ordering::Relaxed)
-        };
         let admitted = match priority {
             Priority::Critical => true,
-            Priority::Normal => below(),
-            Priority::Sheddable => !shared.over.load(Ordering::Relaxed) && below(),
+            Priority::Sheddable if shared.over.load(Ordering::Relaxed) => false,
+            Priority::Normal | Priority::Sheddable => {
+                // What is in use: what `in_use` sees, or what it saw at the last window plus
+                // what was admitted since, whichever is more (a request admitted and already
+                // seen in use is counted once). Checked and counted in one step, so racing
+                // gateway threads cannot pass the limit together.
+                let (in_use, seen) = (
+                    (shared.in_use)(),
+                    shared.last_in_use.load(Ordering::Relaxed),
+                );
+                let limit = shared.limit.load(Ordering::Relaxed);
+                shared
+                    .pending
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |pending| {
+                        (in_use.max(seen + pending) < limit).then_some(pending + 1)
+                    })
+                    .is_ok()
+            }
         };
-        if admitted && priority != Priority::Critical {
-            shared.pending.fetch_add(1, Ordering::Relaxed);
-        }
         let counters = if admitted {
             &shared.admitted
         } else {
@@ -537,7 +547,7 @@ impl FixedBreaker {
 }
 
 /// The 99th percentile of what a histogram gained between two readings (the upper bound of
-/// the bucket it falls in; the last finite bound when above all), and how many it gained.
+/// the bucket it falls in; twice the last finite bound when above all), and how many it gained.
 fn window_p99(before: &HistogramSnapshot, now: &HistogramSnapshot) -> (Duration, u64) {
     let count = now.count.saturating_sub(before.count);
     if count == 0 {

@@ -1,6 +1,7 @@
 //! What an entity kind measures about itself, for operators: the time messages wait in
-//! mailboxes and the time handlers take (histograms, only while something reads them), and the
-//! causes its entities crashed of (always).
+//! mailboxes, timer ticks run late and handlers take (histograms, from the moment a metrics
+//! registry or an overload limit first reads the kind; handler time only for a registry), and
+//! the causes its entities crashed of (always).
 //!
 //! Crash causes are *fingerprints*: the exit kind and where it happened (a panic's source
 //! location, or an error's text with its numbers blanked), never the full message, so one bug
@@ -105,6 +106,7 @@ pub(crate) struct KindStats {
     /// Set once something reads the histograms (a metrics registry): until then handling
     /// takes no clock readings for them.
     timed: AtomicBool,
+    handlers_timed: AtomicBool,
     pub(crate) mailbox_wait: Histogram,
     /// From a timer tick's due time to its handler's start (a room's tick overrun).
     pub(crate) tick_lateness: Histogram,
@@ -115,9 +117,20 @@ pub(crate) struct KindStats {
 }
 
 impl KindStats {
-    /// Starts timing mailbox waits and handlers.
+    /// Starts timing mailbox waits and tick lateness (what an overload limit reads).
     pub(crate) fn time(&self) {
         self.timed.store(true, Ordering::Relaxed);
+    }
+
+    /// Starts timing handlers too (what a metrics registry reads).
+    pub(crate) fn time_handlers(&self) {
+        self.time();
+        self.handlers_timed.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether handlers are timed.
+    pub(crate) fn handlers_timed(&self) -> bool {
+        self.handlers_timed.load(Ordering::Relaxed)
     }
 
     /// Whether handling is timed.
@@ -296,7 +309,13 @@ pub(crate) fn install_panic_hook() {
                     .map(|text| (*text).to_owned())
                     .or_else(|| payload.downcast_ref::<String>().cloned())
                     .unwrap_or_default();
-                LAST_PANIC.with(|last| *last.borrow_mut() = Some((place, message)));
+                // `try_with`: a panic while this thread's locals are being destroyed must not
+                // panic again here (that would abort the process).
+                let _ = LAST_PANIC.try_with(|last| {
+                    if let Ok(mut last) = last.try_borrow_mut() {
+                        *last = Some((place, message));
+                    }
+                });
             }
             previous(info);
         }));

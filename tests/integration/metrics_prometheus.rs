@@ -78,7 +78,7 @@ async fn battle_metrics_reach_a_real_prometheus() {
     let checks = [
         ("garrison_battle_frames_total", frames),
         (r#"garrison_gateway_frames_total{direction="in"}"#, 100.0),
-        (r#"garrison_handler_seconds_count{kind="room"}"#, 100.0),
+        (r#"sum(garrison_handler_seconds_count{kind="room"})"#, 100.0),
         ("garrison_gateway_connections_accepted_total", 4.0),
         (r#"up{job="garrison"}"#, 1.0),
     ];

@@ -168,8 +168,8 @@ fn hostile_frame_table() {
         ),
         (
             "wrong version",
-            with(input(), |w| w[4] = 2),
-            "unsupported protocol version 2 (this build speaks version 1)",
+            with(input(), |w| w[4] = 1),
+            "unsupported protocol version 1 (this build speaks version 2)",
         ),
         (
             "version 0",

@@ -30,9 +30,10 @@ async fn a_kind_reports_its_entities_handlers_and_crash_causes() {
     for key in [2, 3] {
         assert!(counters.send(&key, Msg::Poison).is_ok());
     }
-    eventually("both crashes counted", LIMIT, || {
+    eventually("both crashes counted and dead-lettered", LIMIT, || {
         let causes = counters.crash_causes();
-        async move { causes.first().is_some_and(|cause| cause.count == 2) }
+        let letters = counters.dead_letters().len();
+        async move { causes.first().is_some_and(|cause| cause.count == 2) && letters == 2 }
     })
     .await;
     let causes = counters.crash_causes();

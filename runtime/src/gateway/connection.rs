@@ -702,8 +702,9 @@ impl<P: Protocol> Connection<P> {
         if let Err(refused) = routed {
             let code = refused.code().code();
             let reason = refused.to_string();
+            // At least 1 when given: 0 on the wire means "no advice".
             let retry_after_ms = refused.retry_after().map_or(0, |after| {
-                u32::try_from(after.as_millis()).unwrap_or(u32::MAX)
+                u32::try_from(after.as_millis()).unwrap_or(u32::MAX).max(1)
             });
             crate::stats::refusal_sent(code);
             self.reply(
