@@ -266,19 +266,7 @@ impl AdaptiveLimit {
     /// Recomputes the limit every window on the current tokio runtime, until every clone of
     /// this limit is dropped.
     pub fn start(&self) {
-        let weak = Arc::downgrade(&self.shared);
-        let window = self.shared.config.window;
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(window);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                let Some(shared) = weak.upgrade() else {
-                    return;
-                };
-                shared.update();
-            }
-        });
+        every_window(&self.shared, self.shared.config.window, Shared::update);
     }
 
     /// Admits one request of `priority`, or refuses it as [`Refusal::Overloaded`] (`what` names
@@ -448,6 +436,39 @@ struct BreakerShared {
     signal: Signal,
 }
 
+impl BreakerShared {
+    /// Scores the last window and opens or closes.
+    fn score(&self) {
+        let requests = (self.requests)();
+        let before = self.last_requests.swap(requests, Ordering::Relaxed);
+        let qps = requests.saturating_sub(before) as f64 / self.config.window.as_secs_f64();
+        let (p99, _, _) = self.signal.read();
+        let score = 0.6 * qps / (1.5 * self.config.base_qps)
+            + 0.4 * (p99.as_secs_f64() / self.config.base_latency.as_secs_f64()).min(3.0);
+        self.score_milli
+            .store((score * 1000.0) as u64, Ordering::Relaxed);
+        self.open
+            .store(score > self.config.open_above, Ordering::Relaxed);
+    }
+}
+
+/// Runs `work` on `shared` every `window` on the current tokio runtime, until `shared` is
+/// dropped (the task holds it weakly).
+fn every_window<T: Send + Sync + 'static>(shared: &Arc<T>, window: Duration, work: fn(&T)) {
+    let weak = Arc::downgrade(shared);
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(window);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let Some(shared) = weak.upgrade() else {
+                return;
+            };
+            work(&shared);
+        }
+    });
+}
+
 /// The source's fixed QPS + P99 breaker (see [`BreakerConfig`]).
 #[derive(Clone)]
 pub struct FixedBreaker {
@@ -488,31 +509,11 @@ impl FixedBreaker {
 
     /// Scores every window on the current tokio runtime, until every clone is dropped.
     pub fn start(&self) {
-        let weak = Arc::downgrade(&self.shared);
-        let window = self.shared.config.window;
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(window);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                let Some(shared) = weak.upgrade() else {
-                    return;
-                };
-                let requests = (shared.requests)();
-                let before = shared.last_requests.swap(requests, Ordering::Relaxed);
-                let qps =
-                    requests.saturating_sub(before) as f64 / shared.config.window.as_secs_f64();
-                let (p99, _, _) = shared.signal.read();
-                let score = 0.6 * qps / (1.5 * shared.config.base_qps)
-                    + 0.4 * (p99.as_secs_f64() / shared.config.base_latency.as_secs_f64()).min(3.0);
-                shared
-                    .score_milli
-                    .store((score * 1000.0) as u64, Ordering::Relaxed);
-                shared
-                    .open
-                    .store(score > shared.config.open_above, Ordering::Relaxed);
-            }
-        });
+        every_window(
+            &self.shared,
+            self.shared.config.window,
+            BreakerShared::score,
+        );
     }
 
     /// Admits a request unless the breaker is open.

@@ -5,13 +5,14 @@
 use std::time::{Duration, Instant};
 
 use garrison_battle::{
-    bots::{BotOptions, play},
+    bots::{self, BotOptions},
     run::local_server,
     server::{BattleServer, Protection},
 };
 use garrison_client::{Client, ClientConfig, ClientError};
 use garrison_protocol::control::RefusalCode;
 use garrison_runtime::{gateway::ticket, overload::OverloadConfig};
+use garrison_tests::probe::metric_sample;
 
 const KEY: &str = "overload test key";
 
@@ -28,17 +29,13 @@ async fn joins_past_the_limit_are_refused_with_a_retry_after_and_seated_players_
     let server = BattleServer::start(config).await.unwrap();
     let address = server.gateway.tcp_addr().unwrap();
     let deadline = Instant::now() + Duration::from_secs(3);
-    let bots: Vec<_> = (1..=8)
-        .map(|player| {
-            tokio::spawn(play(
-                address,
-                KEY.as_bytes().to_vec(),
-                player,
-                deadline,
-                BotOptions::default(),
-            ))
-        })
-        .collect();
+    let bots = bots::spawn(
+        address,
+        KEY.as_bytes(),
+        1..=8,
+        deadline,
+        &BotOptions::default(),
+    );
     // The room is full: the ninth player's join is refused, saying when to retry.
     let seated =
         garrison_tests::probe::eventually("the first room plays", Duration::from_secs(10), || {
@@ -75,14 +72,7 @@ async fn joins_past_the_limit_are_refused_with_a_retry_after_and_seated_players_
     }
     assert!(server.shed() >= 1, "the shed join is counted");
     let text = server.metrics().encode();
-    let sample = |series: &str| {
-        text.lines().find_map(|line| {
-            line.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .parse::<f64>()
-                .ok()
-        })
-    };
+    let sample = |series: &str| metric_sample(&text, series);
     assert!(
         sample(r#"garrison_overload_shed_total{limiter="joins",priority="sheddable"}"#)
             .is_some_and(|shed| shed >= 1.0),

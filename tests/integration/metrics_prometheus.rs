@@ -11,7 +11,7 @@ use std::{
 };
 
 use garrison_battle::{
-    bots::{BotOptions, play},
+    bots::{self, BotOptions},
     run::local_server,
     server::BattleServer,
 };
@@ -58,17 +58,13 @@ async fn battle_metrics_reach_a_real_prometheus() {
     endpoint.health().set_ready(true);
     let address = server.gateway.tcp_addr().unwrap();
     let deadline = Instant::now() + Duration::from_secs(3);
-    let bots: Vec<_> = (1..=4)
-        .map(|player| {
-            tokio::spawn(play(
-                address,
-                KEY.as_bytes().to_vec(),
-                player,
-                deadline,
-                BotOptions::default(),
-            ))
-        })
-        .collect();
+    let bots = bots::spawn(
+        address,
+        KEY.as_bytes(),
+        1..=4,
+        deadline,
+        &BotOptions::default(),
+    );
     for bot in bots {
         bot.await.unwrap().unwrap();
     }

@@ -11,11 +11,7 @@ use super::counter::{Msg, add, get, start};
 
 const LIMIT: Duration = Duration::from_secs(10);
 
-/// The value of the sample `series` (name and labels exactly as exposed), if present.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
+use garrison_tests::probe::metric_sample as sample;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kind_reports_its_entities_handlers_and_crash_causes() {

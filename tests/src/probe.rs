@@ -150,6 +150,13 @@ impl Worker for Probe {
     }
 }
 
+/// The value of the sample `series` (name and labels exactly as exposed) in a Prometheus or
+/// OpenMetrics text, if present.
+pub fn metric_sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// Polls `condition` every millisecond until it holds, failing after `limit`. This is how tests
 /// wait for asynchronous effects: never a fixed sleep.
 ///

@@ -580,6 +580,27 @@ async fn dropped(order: Option<&Arc<Notify>>) {
     }
 }
 
+/// Spawns one bot per player id, all playing until `deadline` with `options`.
+pub fn spawn(
+    address: SocketAddr,
+    key: &[u8],
+    players: std::ops::RangeInclusive<u64>,
+    deadline: Instant,
+    options: &BotOptions,
+) -> Vec<tokio::task::JoinHandle<Result<BotReport, BotError>>> {
+    players
+        .map(|player| {
+            tokio::spawn(play(
+                address,
+                key.to_vec(),
+                player,
+                deadline,
+                options.clone(),
+            ))
+        })
+        .collect()
+}
+
 /// Plays as `player` against the server at `address` until `deadline` (or until its
 /// [`BotOptions::matches`] have ended).
 ///
