@@ -49,6 +49,13 @@ pub trait EntityMessage: Send + 'static {
         true
     }
 
+    /// How much this message matters when its kind is overloaded
+    /// ([`KindConfig::overload`]): [`Priority::Normal`](crate::overload::Priority) unless the
+    /// kind says otherwise (`entity_messages!`'s `critical = [..]; sheddable = [..];`).
+    fn priority(&self) -> crate::overload::Priority {
+        crate::overload::Priority::Normal
+    }
+
     /// The message that tells an entity a session bound to it connected, disconnected, resumed
     /// or closed ([`SessionEvent`](crate::SessionEvent)); `None` (the default) when the kind
     /// does not want to know. A room returns `Some(RoomMsg::Session(session, event))` to learn
@@ -65,7 +72,9 @@ pub trait EntityMessage: Send + 'static {
 /// Declares an entity's message enum and its [`EntityMessage`] impl together: each variant names
 /// its `game.event.type`, or takes it from the protocol message it wraps (`=> inner`); an
 /// optional `session_event = Variant;` routes [`SessionEvent`](crate::SessionEvent)s to a
-/// `Variant(SessionId, SessionEvent)`.
+/// `Variant(SessionId, SessionEvent)`; optional `critical = [Variant, ..];` and
+/// `sheddable = [Variant, ..];` give those variants their [`priority`](EntityMessage::priority)
+/// under the kind's overload limit (the others are `Normal`).
 ///
 /// ```
 /// use garrison_runtime::{entity_messages, SessionId, SessionEvent};
@@ -80,10 +89,15 @@ pub trait EntityMessage: Send + 'static {
 ///         Session(SessionId, SessionEvent) => "session",
 ///     }
 ///     session_event = Session;
+///     critical = [Tick];
+///     sheddable = [Join];
 /// }
-/// use garrison_runtime::EntityMessage;
+/// use garrison_runtime::{EntityMessage, overload::Priority};
 /// assert_eq!(RoomMsg::Tick.event_type(), "tick");
 /// assert!(RoomMsg::session_event(SessionId(1), SessionEvent::Closed).is_some());
+/// assert_eq!(RoomMsg::Join(7).priority(), Priority::Sheddable);
+/// assert_eq!(RoomMsg::Tick.priority(), Priority::Critical);
+/// assert_eq!(RoomMsg::Session(SessionId(1), SessionEvent::Closed).priority(), Priority::Normal);
 /// ```
 #[macro_export]
 macro_rules! entity_messages {
@@ -93,6 +107,8 @@ macro_rules! entity_messages {
             $( $(#[$vmeta:meta])* $variant:ident $( ( $($field:ty),* $(,)? ) )? => $label:tt ),* $(,)?
         }
         $( session_event = $session:ident; )?
+        $( critical = [ $($critical:ident),* $(,)? ]; )?
+        $( sheddable = [ $($sheddable:ident),* $(,)? ]; )?
     ) => {
         $(#[$meta])*
         $vis enum $name {
@@ -111,6 +127,15 @@ macro_rules! entity_messages {
                 match self {
                     $( $crate::entity_messages!(@pattern message $name $variant $( ( $($field),* ) )? ; $label) =>
                         $crate::entity_messages!(@trace message $label), )*
+                }
+            }
+
+            fn priority(&self) -> $crate::overload::Priority {
+                #[allow(unreachable_patterns)]
+                match self {
+                    $( $( $name::$critical { .. } => $crate::overload::Priority::Critical, )* )?
+                    $( $( $name::$sheddable { .. } => $crate::overload::Priority::Sheddable, )* )?
+                    _ => $crate::overload::Priority::Normal,
                 }
             }
 
@@ -342,6 +367,15 @@ pub struct KindConfig {
     /// Most entities waiting to be written to the store at once (the write-behind set; see
     /// [`Durability`] for what a full set does).
     pub max_pending_writes: usize,
+    /// An adaptive limit on the kind's messages accepted and not yet handled (default none):
+    /// a send past it, or a [`Sheddable`](crate::overload::Priority) one while the kind's
+    /// mailbox wait or tick lateness is over the target, is refused as
+    /// [`Refusal::Overloaded`] with a retry-after; [`Critical`](crate::overload::Priority)
+    /// messages, session events and timer ticks always pass. The limit follows the kind's own
+    /// latency, and any other kind's it is told to watch ([`Entities::overload_limit`]).
+    ///
+    /// [`Entities::overload_limit`]: crate::Entities::overload_limit
+    pub overload: Option<crate::overload::OverloadConfig>,
 }
 
 /// Where a kind's checkpoints and logs are kept beyond the process's memory.
@@ -405,6 +439,7 @@ impl Default for KindConfig {
             durability: Durability::Memory,
             max_log_entries: 4096,
             max_pending_writes: 65_536,
+            overload: None,
         }
     }
 }

@@ -25,6 +25,9 @@ pub(crate) enum Envelope<E: Entity> {
         origin: Option<Origin>,
         /// When it was queued, while the kind's mailbox wait is measured.
         queued: Option<std::time::Instant>,
+        /// Its place under the kind's overload limit, if the kind has one: held until it is
+        /// handled or dropped.
+        permit: Option<crate::overload::Permit>,
     },
     /// The sweeper found the entity idle.
     Passivate,

@@ -220,6 +220,8 @@ pub(crate) struct Shared<P: Protocol> {
     pub(crate) on_session: Arc<SessionHook>,
     pub(crate) on_session_closed: Arc<ClosedHook>,
     pub(crate) counters: Arc<Counters>,
+    /// The adaptive limit on new sessions, if the game set one ([`GatewayBuilder::overload`]).
+    pub(crate) limit: Option<crate::overload::AdaptiveLimit>,
     pub(crate) connections: DashMap<u64, Arc<outbound::OutboundQueue>>,
     pub(crate) next_connection: AtomicU64,
     /// Set once: the acceptors stop.
@@ -244,22 +246,30 @@ pub struct GatewayBuilder<P: Protocol> {
     binders: Vec<Arc<Binder>>,
     /// Kinds the routes need running: checked by `start`.
     required: Vec<Required>,
+    /// The adaptive limit on new sessions, if any.
+    limit: Option<crate::overload::AdaptiveLimit>,
 }
 
 /// Binds a session at its handshake (see [`GatewayBuilder::to_entity`]).
 type Binder = dyn Fn(&Session) + Send + Sync;
 
-/// A kind a gateway's routes need: its name, and whether it is served and running.
+/// A kind a gateway's routes need: its name, whether it is served and running, and how an
+/// overload limit follows its latency.
 struct Required {
     kind: &'static str,
     state: Box<dyn Fn() -> Option<&'static str> + Send + Sync>,
+    watch: Box<dyn Fn(&crate::overload::AdaptiveLimit) + Send + Sync>,
 }
 
 impl Required {
     fn of<E: Entity>(entities: &Entities<E>) -> Self {
+        let watched = entities.clone();
         let entities = entities.clone();
         Required {
             kind: E::KIND,
+            watch: Box::new(move |limit| {
+                limit.watch(&watched);
+            }),
             state: Box::new(move || {
                 if !entities.is_served() {
                     Some("not served")
@@ -291,6 +301,7 @@ impl<P: Protocol> GatewayBuilder<P> {
             on_session_closed: Arc::new(|_| {}),
             binders: Vec::new(),
             required: Vec::new(),
+            limit: None,
         }
     }
 
@@ -328,6 +339,31 @@ impl<P: Protocol> GatewayBuilder<P> {
         self
     }
 
+    /// Protects the server with an adaptive limit on new sessions (players logged in, counted by
+    /// the gateway's [`Sessions`]), following the latency of every kind the routes need
+    /// ([`GatewayBuilder::to_entity`], [`GatewayBuilder::requires`]) and of any other the game
+    /// [watches](crate::overload::AdaptiveLimit::watch) through
+    /// [`GatewayBuilder::overload_limit`]. A `Hello` that would open a session is
+    /// [`Sheddable`](crate::overload::Priority): past the limit, or while a watched kind's
+    /// latency is over the target, it is answered with `Refused` (code 105, the retry-after)
+    /// and the connection closed as [`CloseCode::Overloaded`]. A resume (a player in play
+    /// reconnecting) is always admitted. [`GatewayBuilder::start`] starts the limit on the tokio
+    /// runtime it is called on.
+    pub fn overload(mut self, config: crate::overload::OverloadConfig) -> Self {
+        let sessions = self.sessions.clone();
+        self.limit = Some(crate::overload::AdaptiveLimit::new(
+            "gateway",
+            config,
+            move || sessions.len(),
+        ));
+        self
+    }
+
+    /// The limit [`GatewayBuilder::overload`] set, to watch more kinds with.
+    pub fn overload_limit(&self) -> Option<&crate::overload::AdaptiveLimit> {
+        self.limit.as_ref()
+    }
+
     /// Sets the hook run on each good handshake, with whether the session is resumed, before the
     /// connection becomes the session's: bind the session to its entities here. An error closes
     /// the connection (`SessionRefused`, with the error's text) and leaves the session as it was:
@@ -352,7 +388,9 @@ impl<P: Protocol> GatewayBuilder<P> {
     /// Binds the listeners and starts the event loops.
     ///
     /// # Errors
-    /// [`Error::Gateway`] when a listener cannot be bound or the event loops cannot start.
+    /// [`Error::Gateway`] when a listener cannot be bound or the event loops cannot start, or
+    /// an overload limit is set off a tokio runtime (nothing could recompute it);
+    /// [`Error::KindNotRunning`] when a kind the routes need is not served or not running.
     pub fn start(mut self) -> Result<Gateway<P>, Error> {
         for required in &self.required {
             if let Some(why) = (required.state)() {
@@ -361,6 +399,17 @@ impl<P: Protocol> GatewayBuilder<P> {
                     why,
                 });
             }
+        }
+        if let Some(limit) = &self.limit {
+            let runtime = crate::concurrency::current().ok_or_else(|| Error::Gateway {
+                reason: "an overload limit is recomputed on a tokio runtime; start the gateway \
+                         on one"
+                    .into(),
+            })?;
+            for required in &self.required {
+                (required.watch)(limit);
+            }
+            limit.start_on(&runtime);
         }
         if !self.binders.is_empty() {
             let binders = std::mem::take(&mut self.binders);
@@ -419,6 +468,7 @@ impl<P: Protocol> GatewayBuilder<P> {
             on_session: self.on_session,
             on_session_closed: self.on_session_closed,
             counters: Arc::default(),
+            limit: self.limit,
             connections: DashMap::new(),
             next_connection: AtomicU64::new(0),
             stop: tokio::sync::watch::channel(false).0,
@@ -488,6 +538,11 @@ impl<P: Protocol> Gateway<P> {
     /// The WebSocket listener's address.
     pub fn websocket_addr(&self) -> Option<SocketAddr> {
         self.websocket_addr
+    }
+
+    /// Its limit on new sessions, if it has one ([`GatewayBuilder::overload`]).
+    pub fn overload_limit(&self) -> Option<&crate::overload::AdaptiveLimit> {
+        self.shared.limit.as_ref()
     }
 
     /// The counters now.

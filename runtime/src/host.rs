@@ -557,6 +557,8 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
         envelope: Envelope<E>,
         running: &mut Running<E>,
     ) -> Result<(), HandlerError> {
+        // A message's place under its kind's overload limit is held until it is handled.
+        let _permit;
         let (message, parent, session, sampling, origin, ticked) = match envelope {
             Envelope::Message {
                 message,
@@ -565,7 +567,9 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
                 sampling,
                 origin,
                 queued,
+                permit,
             } => {
+                _permit = permit;
                 if let Some(queued) = queued {
                     self.kind.stats().mailbox_wait.observe(queued.elapsed());
                 }

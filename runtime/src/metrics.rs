@@ -603,10 +603,14 @@ impl Metrics {
 
     /// Reads entity kind `E` at each scrape (entities by state, activations, mailbox depth and
     /// wait, handler time per event, restarts by cause, dead letters, checkpoints, timer
-    /// overruns, store writes), and starts timing its mailboxes and handlers. The registry
-    /// does not keep the kind alive.
+    /// overruns, store writes), and its overload limit if it has one
+    /// ([`KindConfig::overload`](crate::KindConfig)), and starts timing its mailboxes and
+    /// handlers. The registry does not keep the kind alive.
     pub fn kind<E: Entity>(&mut self, kind: &Entities<E>) -> &mut Self {
         kind.stats().time_handlers();
+        if let Some(limit) = kind.overload_limit() {
+            self.limit(limit);
+        }
         self.sources
             .kinds
             .lock()
@@ -616,12 +620,17 @@ impl Metrics {
     }
 
     /// Reads `gateway`'s counters at each scrape (connections, sessions, frames and bytes in
-    /// and out, closes by code). Several gateways are summed.
+    /// and out, closes by code), and its limit on new sessions if it has one
+    /// ([`GatewayBuilder::overload`](crate::gateway::GatewayBuilder::overload)). Several
+    /// gateways are summed.
     #[cfg(feature = "gateway")]
     pub fn gateway<P: garrison_protocol::Protocol>(
         &mut self,
         gateway: &crate::gateway::Gateway<P>,
     ) -> &mut Self {
+        if let Some(limit) = gateway.overload_limit() {
+            self.limit(limit);
+        }
         let (counters, sessions) = gateway.metric_sources();
         self.sources
             .gateways

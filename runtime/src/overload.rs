@@ -31,6 +31,23 @@
 //! the signal is within the target, so it is the first shed. A shed request gets
 //! [`Refusal::Overloaded`] with a retry-after (the client is told `Refused` code 105 with
 //! `retry_after_ms`); every shed is counted by priority.
+//!
+//! Two ways to count what is in use:
+//! - **Reported** ([`AdaptiveLimit::new`]): the game says how much is in use (the battle:
+//!   players seated in rooms) and [`admit`](AdaptiveLimit::admit) only decides.
+//! - **Permits** ([`AdaptiveLimit::permits`]): a strict concurrency limit, each admitted request
+//!   holds a [`Permit`] from [`acquire`](AdaptiveLimit::acquire) until it is dropped.
+//!
+//! Where Garrison applies one:
+//! - **Per entity kind**: `KindConfig::overload` gives a kind a permits limit over the messages
+//!   in its mailboxes and handlers, named after the kind and driven by its own latency. Each
+//!   message's [`priority`](crate::EntityMessage::priority) (`critical = [..]` and
+//!   `sheddable = [..]` in `entity_messages!`) decides its partition; a refused send is
+//!   `Refused::Overloaded` to the sender. Session events and timers are never shed.
+//! - **Per gateway**: `GatewayBuilder::overload` limits sessions; a new session's `Hello` is
+//!   `Sheddable`, a resume `Critical`. A refused handshake gets `Refused` code 105 with the
+//!   retry-after, then `Close` code 33 (`overloaded`). The limit watches every kind the gateway
+//!   requires.
 
 use std::{
     sync::{
@@ -117,10 +134,19 @@ struct Watched {
     last: Option<(HistogramSnapshot, u64)>,
 }
 
+/// What an [`AdaptiveLimit`] counts as in use.
+enum InUse {
+    /// What a closure reports (players in play, sessions): seen late, so what is admitted
+    /// counts as pending until it shows.
+    Reported(Box<dyn Fn() -> usize + Send + Sync>),
+    /// The [`Permit`]s held now ([`AdaptiveLimit::permits`]): exact at every admission.
+    Permits(AtomicUsize),
+}
+
 struct Shared {
     config: OverloadConfig,
     limit: AtomicUsize,
-    in_use: Box<dyn Fn() -> usize + Send + Sync>,
+    in_use: InUse,
     /// The signal is over the target now.
     over: AtomicBool,
     /// The last window's signal, in nanoseconds.
@@ -225,6 +251,34 @@ pub struct OverloadStats {
     pub admitted: [u64; 3],
     /// Shed requests, per [`Priority::ALL`] entry.
     pub shed: [u64; 3],
+    /// Windows read so far (the first only takes the watched kinds' starting point).
+    pub windows: u64,
+}
+
+/// A place under an [`AdaptiveLimit::permits`] limit, given back when dropped (a message held
+/// from its admission to the end of its handling). From a limit over what a closure reports, a
+/// permit holds nothing.
+#[must_use = "the place is given back when the permit drops"]
+pub struct Permit {
+    shared: Option<Arc<Shared>>,
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit")
+            .field("holds", &self.shared.is_some())
+            .finish()
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(shared) = &self.shared
+            && let InUse::Permits(held) = &shared.in_use
+        {
+            held.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl AdaptiveLimit {
@@ -236,6 +290,17 @@ impl AdaptiveLimit {
         config: OverloadConfig,
         in_use: impl Fn() -> usize + Send + Sync + 'static,
     ) -> Self {
+        Self::with(name, config, InUse::Reported(Box::new(in_use)))
+    }
+
+    /// A limit named `name` over the [`Permit`]s it has handed out and not had back
+    /// ([`AdaptiveLimit::acquire`]): a concurrency limit in the strict sense, such as a kind's
+    /// messages accepted and not yet handled ([`KindConfig::overload`](crate::KindConfig)).
+    pub fn permits(name: &'static str, config: OverloadConfig) -> Self {
+        Self::with(name, config, InUse::Permits(AtomicUsize::new(0)))
+    }
+
+    fn with(name: &'static str, config: OverloadConfig, in_use: InUse) -> Self {
         let limit = config
             .initial_limit
             .clamp(config.min_limit, config.max_limit);
@@ -244,7 +309,7 @@ impl AdaptiveLimit {
             shared: Arc::new(Shared {
                 config,
                 limit: AtomicUsize::new(limit),
-                in_use: Box::new(in_use),
+                in_use,
                 over: AtomicBool::new(false),
                 signal_nanos: AtomicU64::new(0),
                 admitted: Default::default(),
@@ -265,30 +330,67 @@ impl AdaptiveLimit {
 
     /// Recomputes the limit every window on the current tokio runtime, until every clone of
     /// this limit is dropped.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (see [`AdaptiveLimit::start_on`]).
     pub fn start(&self) {
-        every_window(&self.shared, self.shared.config.window, Shared::update);
+        self.start_on(&tokio::runtime::Handle::current());
+    }
+
+    /// As [`AdaptiveLimit::start`], on `runtime`.
+    pub fn start_on(&self, runtime: &tokio::runtime::Handle) {
+        every_window(
+            runtime,
+            &self.shared,
+            self.shared.config.window,
+            Shared::update,
+        );
     }
 
     /// Admits one request of `priority`, or refuses it as [`Refusal::Overloaded`] (`what` names
-    /// what is shed, for the client's message), counting either.
+    /// what is shed, for the client's message), counting either. On a
+    /// [`permits`](AdaptiveLimit::permits) limit the request takes no place (use
+    /// [`AdaptiveLimit::acquire`] for one): this only asks whether it would be admitted.
     ///
     /// # Errors
     /// [`Refusal::Overloaded`] with the configured retry-after.
     pub fn admit(&self, priority: Priority, what: &'static str) -> Result<(), Refusal> {
+        self.acquire(priority, what).map(drop)
+    }
+
+    /// Admits one request of `priority` as [`AdaptiveLimit::admit`] does, and holds its place
+    /// until the returned permit drops (on a [`permits`](AdaptiveLimit::permits) limit; on one
+    /// over what a closure reports, the request counts as pending until the closure sees it).
+    ///
+    /// # Errors
+    /// [`Refusal::Overloaded`] with the configured retry-after.
+    pub fn acquire(&self, priority: Priority, what: &'static str) -> Result<Permit, Refusal> {
         let shared = &self.shared;
-        let admitted = match priority {
-            Priority::Critical => true,
-            Priority::Sheddable if shared.over.load(Ordering::Relaxed) => false,
-            Priority::Normal | Priority::Sheddable => {
+        let limit = shared.limit.load(Ordering::Relaxed);
+        // None: admitted whatever the limit; Some(false): shed; Some(true): below the limit.
+        let bounded = match priority {
+            Priority::Critical => None,
+            Priority::Sheddable if shared.over.load(Ordering::Relaxed) => Some(false),
+            Priority::Normal | Priority::Sheddable => Some(true),
+        };
+        // Checked and counted in one step, so racing threads cannot pass the limit together.
+        let admitted = match (&shared.in_use, bounded) {
+            (InUse::Permits(held), None) => {
+                held.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            (InUse::Reported(_), None) => true,
+            (_, Some(false)) => false,
+            (InUse::Permits(held), Some(true)) => held
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                    (held < limit).then_some(held + 1)
+                })
+                .is_ok(),
+            (InUse::Reported(in_use), Some(true)) => {
                 // What is in use: what `in_use` sees, or what it saw at the last window plus
                 // what was admitted since, whichever is more (a request admitted and already
-                // seen in use is counted once). Checked and counted in one step, so racing
-                // gateway threads cannot pass the limit together.
-                let (in_use, seen) = (
-                    (shared.in_use)(),
-                    shared.last_in_use.load(Ordering::Relaxed),
-                );
-                let limit = shared.limit.load(Ordering::Relaxed);
+                // seen in use is counted once).
+                let (in_use, seen) = (in_use(), shared.last_in_use.load(Ordering::Relaxed));
                 shared
                     .pending
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |pending| {
@@ -302,16 +404,17 @@ impl AdaptiveLimit {
         } else {
             &shared.shed
         };
-        // Relaxed: statistics counters.
+        // Relaxed: statistics counters, and a place count that orders nothing else.
         counters[priority.index()].fetch_add(1, Ordering::Relaxed);
-        if admitted {
-            Ok(())
-        } else {
-            Err(Refusal::Overloaded {
+        if !admitted {
+            return Err(Refusal::Overloaded {
                 what,
                 retry_after: shared.config.retry_after,
-            })
+            });
         }
+        Ok(Permit {
+            shared: matches!(shared.in_use, InUse::Permits(_)).then(|| shared.clone()),
+        })
     }
 
     /// The limit now.
@@ -331,11 +434,12 @@ impl AdaptiveLimit {
             |counters: &[AtomicU64; 3]| counters.each_ref().map(|c| c.load(Ordering::Relaxed));
         OverloadStats {
             limit: self.limit(),
-            in_use: (shared.in_use)(),
+            in_use: shared.in_use(),
             signal: Duration::from_nanos(shared.signal_nanos.load(Ordering::Relaxed)),
             over_target: shared.over.load(Ordering::Relaxed),
             admitted: load(&shared.admitted),
             shed: load(&shared.shed),
+            windows: shared.windows.load(Ordering::Relaxed),
         }
     }
 
@@ -347,10 +451,17 @@ impl AdaptiveLimit {
 }
 
 impl Shared {
+    fn in_use(&self) -> usize {
+        match &self.in_use {
+            InUse::Reported(in_use) => in_use(),
+            InUse::Permits(held) => held.load(Ordering::Relaxed),
+        }
+    }
+
     /// Reads the watched kinds' last window and moves the limit.
     fn update(&self) {
         let target = self.config.target;
-        let in_use = (self.in_use)();
+        let in_use = self.in_use();
         let grown = in_use.saturating_sub(self.last_in_use.swap(in_use, Ordering::Relaxed));
         if (self.windows.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(PENDING_WINDOWS) {
             self.pending.store(0, Ordering::Relaxed);
@@ -454,9 +565,14 @@ impl BreakerShared {
 
 /// Runs `work` on `shared` every `window` on the current tokio runtime, until `shared` is
 /// dropped (the task holds it weakly).
-fn every_window<T: Send + Sync + 'static>(shared: &Arc<T>, window: Duration, work: fn(&T)) {
+fn every_window<T: Send + Sync + 'static>(
+    runtime: &tokio::runtime::Handle,
+    shared: &Arc<T>,
+    window: Duration,
+    work: fn(&T),
+) {
     let weak = Arc::downgrade(shared);
-    tokio::spawn(async move {
+    runtime.spawn(async move {
         let mut ticker = tokio::time::interval(window);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -510,6 +626,7 @@ impl FixedBreaker {
     /// Scores every window on the current tokio runtime, until every clone is dropped.
     pub fn start(&self) {
         every_window(
+            &tokio::runtime::Handle::current(),
             &self.shared,
             self.shared.config.window,
             BreakerShared::score,

@@ -69,6 +69,8 @@ struct Inner<E: Entity> {
     durable: Option<Arc<Durable<E>>>,
     /// What it measures for operators (see `stats`).
     stats: crate::stats::KindStats,
+    /// Its overload limit, if configured (`KindConfig::overload`).
+    limit: Option<crate::overload::AdaptiveLimit>,
 }
 
 /// All entities of kind `E`: the registry, and the handle to send them messages.
@@ -128,7 +130,8 @@ impl<E: Entity> Entities<E> {
     ///
     /// # Errors
     /// [`Error::InvalidKindConfig`] when the configuration cannot make a supervisor (a zero
-    /// restart period).
+    /// restart period), or asks for an overload limit off a tokio runtime (nothing could
+    /// recompute it).
     pub fn declare(config: KindConfig) -> Result<Self, Error> {
         crate::stats::install_panic_hook();
         let spec = SupervisorBuilder::dynamic(E::KIND, config.max_active)
@@ -153,7 +156,23 @@ impl<E: Entity> Entities<E> {
                 config.max_pending_writes,
             ))
         });
-        Ok(Entities {
+        let runtime = crate::concurrency::current();
+        let limit = match (&config.overload, &runtime) {
+            (None, _) => None,
+            (Some(overload), Some(_)) => Some(crate::overload::AdaptiveLimit::permits(
+                E::KIND,
+                overload.clone(),
+            )),
+            (Some(_), None) => {
+                return Err(Error::InvalidKindConfig {
+                    kind: E::KIND,
+                    reason: "an overload limit is recomputed on the tokio runtime the kind is \
+                             declared on; declare it on one"
+                        .to_owned(),
+                });
+            }
+        };
+        let entities = Entities {
             inner: Arc::new(Inner {
                 module: OnceLock::new(),
                 config,
@@ -164,12 +183,24 @@ impl<E: Entity> Entities<E> {
                 supervisor,
                 activations: AtomicU64::new(0),
                 sweeper: OnceLock::new(),
-                runtime: crate::concurrency::current(),
+                runtime,
                 timers: Arc::default(),
                 durable,
                 stats: crate::stats::KindStats::default(),
+                limit,
             }),
-        })
+        };
+        if let (Some(limit), Some(runtime)) = (&entities.inner.limit, &entities.inner.runtime) {
+            limit.watch(&entities).start_on(runtime);
+        }
+        Ok(entities)
+    }
+
+    /// The kind's overload limit ([`KindConfig::overload`]), to watch other kinds' latency as
+    /// well (a matchmaker shedding joins while the rooms run late) or to export it
+    /// ([`Metrics::limit`](crate::metrics::Metrics::limit)).
+    pub fn overload_limit(&self) -> Option<&crate::overload::AdaptiveLimit> {
+        self.inner.limit.as_ref()
     }
 
     /// Serves the kind with `module`, which every entity of the kind is handled by.
@@ -309,7 +340,8 @@ impl<E: Entity> Entities<E> {
         if !activate && !self.inner.map.contains_key(key) {
             return Ok(());
         }
-        self.deliver_from(key, message, Some(session), None)
+        // A session event is never shed: the entity must learn who left.
+        self.enqueue(key, message, Some(session), None, None)
     }
 
     /// Delivers with an explicit origin: an entity forwarding the request it is handling
@@ -321,6 +353,24 @@ impl<E: Entity> Entities<E> {
         session: Option<SessionId>,
         origin: Option<crate::origin::Origin>,
     ) -> Result<(), Refused<E::Message>> {
+        let permit = match &self.inner.limit {
+            None => None,
+            Some(limit) => match limit.acquire(message.priority(), message.event_type()) {
+                Ok(permit) => Some(permit),
+                Err(reason) => return Err(Refused::new(reason, message)),
+            },
+        };
+        self.enqueue(key, message, session, origin, permit)
+    }
+
+    fn enqueue(
+        &self,
+        key: &E::Key,
+        message: E::Message,
+        session: Option<SessionId>,
+        origin: Option<crate::origin::Origin>,
+        permit: Option<crate::overload::Permit>,
+    ) -> Result<(), Refused<E::Message>> {
         let envelope = Envelope::Message {
             message,
             parent: tracing::Span::current(),
@@ -328,6 +378,7 @@ impl<E: Entity> Entities<E> {
             sampling: telemetry::current_sampling(),
             origin,
             queued: self.inner.stats.timed().then(std::time::Instant::now),
+            permit,
         };
         self.push(key, envelope)
             .map_err(|(reason, envelope)| Refused::new(reason, envelope.into_message()))

@@ -20,6 +20,7 @@ mod runtime_durable;
 mod runtime_entities;
 mod runtime_metrics;
 mod runtime_no_message_lost;
+mod runtime_overload;
 mod runtime_protocol_messages;
 mod runtime_sessions;
 mod runtime_telemetry;

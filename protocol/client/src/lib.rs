@@ -293,7 +293,9 @@ impl<P: Protocol> Client<P> {
     ///
     /// # Errors
     /// [`ClientError::Connect`], [`ClientError::WebSocket`], [`ClientError::Rejected`] (a bad
-    /// or expired ticket, a full server: the server's `Close`), [`ClientError::HandshakeTimeout`].
+    /// or expired ticket, a full server: the server's `Close`), [`ClientError::Refused`] (an
+    /// overloaded server shedding new sessions: code 105, with when to retry),
+    /// [`ClientError::HandshakeTimeout`].
     pub async fn connect(config: ClientConfig) -> Result<Self, ClientError> {
         let counters = Arc::new(Counters::default());
         let (link, welcomed) = Link::open(&config, &counters).await?;
@@ -538,6 +540,19 @@ impl Link {
                             reason: close.reason.to_string(),
                         });
                     }
+                    // The Hello refused (an overloaded server shedding new sessions, with
+                    // when to retry); its Close follows.
+                    Ok(Control::Refused(refused)) => {
+                        return Err(ClientError::Refused {
+                            seq: refused.seq.to_native(),
+                            code: refused.code.to_native(),
+                            reason: refused.reason.to_string(),
+                            retry_after: match refused.retry_after_ms.to_native() {
+                                0 => None,
+                                ms => Some(Duration::from_millis(u64::from(ms))),
+                            },
+                        });
+                    }
                     // Nothing else is sent before the Welcome; skip what is not for us.
                     _ => continue,
                 }
@@ -774,7 +789,6 @@ async fn serve<P: Protocol>(
     }
 }
 
-/// A refusal as (seq, code, reason).
 /// A `Refused` read from the wire.
 struct RefusedFrame {
     seq: u32,

@@ -69,6 +69,9 @@ close_codes! {
     ServerShutdown = 31, "server_shutdown", "the server is shutting down; reconnect shortly";
     /// The server is at its connection limit.
     ServerFull = 32, "server_full", "the server is full; try again later";
+    /// The server is overloaded and sheds new sessions; the `Refused` before this close says
+    /// when to retry.
+    Overloaded = 33, "overloaded", "the server is overloaded; try again after the retry-after";
 }
 
 impl CloseCode {

@@ -32,8 +32,9 @@ use super::{
     ticket,
 };
 use crate::{
-    Session, SessionId, clock,
+    Refusal, Session, SessionId, clock,
     origin::{self, Origin, Outbound},
+    overload::Priority,
     telemetry::{self, Sampling},
 };
 
@@ -625,6 +626,19 @@ impl<P: Protocol> Connection<P> {
         };
         let id = SessionId(player);
         let sessions = &self.shared.sessions;
+        if let Some(limit) = &self.shared.limit {
+            // A player in play reconnecting is never shed; a new session is, first.
+            let priority = if sessions.contains(id) {
+                Priority::Critical
+            } else {
+                Priority::Sheddable
+            };
+            if let Err(refusal) = limit.admit(priority, "new sessions") {
+                tracing::info!(game.session.id = player, %refusal, "session shed");
+                self.refuse(seq, &refusal);
+                return self.close(CloseCode::Overloaded, refusal.to_string());
+            }
+        }
         // The hook binds the session before any connection is attached to it, so a refusal
         // replaces no live connection and leaves no session of its own behind.
         let (session, opened) = sessions.open(id);
@@ -700,23 +714,27 @@ impl<P: Protocol> Connection<P> {
             telemetry::with_sampling(sampling, || (self.shared.router)(session, message))
         });
         if let Err(refused) = routed {
-            let code = refused.code().code();
-            let reason = refused.to_string();
-            // At least 1 when given: 0 on the wire means "no advice".
-            let retry_after_ms = refused.retry_after().map_or(0, |after| {
-                u32::try_from(after.as_millis()).unwrap_or(u32::MAX).max(1)
-            });
-            crate::stats::refusal_sent(code);
-            self.reply(
-                &Refused {
-                    seq,
-                    code,
-                    reason,
-                    retry_after_ms,
-                },
-                seq,
-            );
+            self.refuse(seq, &refused);
         }
+    }
+
+    /// Answers frame `seq` with a `Refused` saying why (and when to retry, if the refusal says).
+    fn refuse(&self, seq: u32, refusal: &Refusal) {
+        let code = refusal.code().code();
+        // At least 1 when given: 0 on the wire means "no advice".
+        let retry_after_ms = refusal.retry_after().map_or(0, |after| {
+            u32::try_from(after.as_millis()).unwrap_or(u32::MAX).max(1)
+        });
+        crate::stats::refusal_sent(code);
+        self.reply(
+            &Refused {
+                seq,
+                code,
+                reason: refusal.to_string(),
+                retry_after_ms,
+            },
+            seq,
+        );
     }
 }
 
