@@ -5,8 +5,10 @@
 //! First a ramp with no protection finds 1x: the fewest bots (in steps) at which the P99
 //! input -> broadcast latency exceeds one tick beyond the natural wait for the next frame (so
 //! P99 > 2 ticks, 33.3 ms). Then each configuration plays at each multiple. Per run: the
-//! running rooms' P99 (the bots that were seated), frame deviation, desyncs, bots seated, and
-//! what was shed (frames refused with code 105, as the bots saw them). The goal: at 3x, with
+//! running rooms' P99 (the bots that were seated), frame deviation (the widest spread, in whole
+//! ticks, between a room's clients receiving the same frame), how far a client trailed its room
+//! when the run stopped ("behind"), desyncs, bots seated, and what was shed (frames refused with
+//! code 105, as the bots saw them). The goal: at 3x, with
 //! the adaptive limit, P99 within two ticks beyond the natural wait (50 ms) and deviation 0,
 //! while excess joins are refused with a retry-after.
 //!
@@ -92,13 +94,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         "1x = {base} bots; rooms of 8, 60 Hz, {seconds} s per run; breaker base {base_qps:.0} frames/s and one tick"
     );
     println!(
-        "{:<10} {:>5} {:>6} {:>10} {:>16} {:>10} {:>8} {:>8} {:>8}",
+        "{:<10} {:>5} {:>6} {:>10} {:>16} {:>10} {:>7} {:>8} {:>8} {:>8}",
         "protection",
         "load",
         "bots",
         "P99 ms",
         "P99 - tick, ticks",
         "deviation",
+        "behind",
         "desyncs",
         "seated",
         "shed"
@@ -109,13 +112,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             let summary = run(clients, seconds, overload, base_qps).await?;
             let seated = summary.clients - summary.unmatched;
             println!(
-                "{:<10} {:>4}x {:>6} {:>10.1} {:>16.2} {:>10} {:>8} {:>8} {:>8}",
+                "{:<10} {:>4}x {:>6} {:>10.1} {:>16.2} {:>10} {:>7} {:>8} {:>8} {:>8}",
                 overload,
                 multiple,
                 clients,
                 summary.p99_ms,
                 (summary.p99_ms - TICK_MS) / TICK_MS,
                 summary.deviation_frames,
+                summary.behind_at_end_frames,
                 summary.desyncs,
                 seated,
                 summary.shed

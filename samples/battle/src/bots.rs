@@ -24,6 +24,21 @@ use crate::{
     sim::{Change, input},
 };
 
+/// Most live frame arrivals one bot records (18 minutes at 60 Hz); later frames are not
+/// compared for deviation.
+pub const MAX_ARRIVALS: usize = 1 << 16;
+
+/// A live broadcast of `frame` of `room` reached a bot at `at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrival {
+    /// The room.
+    pub room: u64,
+    /// The frame.
+    pub frame: u32,
+    /// When the bot received it.
+    pub at: Instant,
+}
+
 /// What one bot measured.
 #[derive(Debug, Default, Clone)]
 pub struct BotReport {
@@ -32,8 +47,14 @@ pub struct BotReport {
     pub latencies: Vec<Duration>,
     /// Frames simulated.
     pub frames: u32,
-    /// The next frame its mirror will simulate, at the end (frame deviation compares these).
+    /// The next frame its mirror will simulate, at the end (how far it trails its room at the
+    /// end compares these).
     pub next_frame: u32,
+    /// When each frame broadcast live reached it (at most [`MAX_ARRIVALS`]; catch-up frames
+    /// after a reconnect are not live): frame deviation compares these across a room.
+    pub arrivals: Vec<Arrival>,
+    /// Its room's tick period (from `MatchStart`).
+    pub tick: Duration,
     /// The room it played in (0: never matched).
     pub room: u64,
     /// Checksums verified.
@@ -245,6 +266,13 @@ impl Bot {
             .map_err(BotError::Mirror)?;
         // Live broadcasts carry a delta; catch-up frames do not.
         let live = delta.is_some();
+        if live && self.report.arrivals.len() < MAX_ARRIVALS {
+            self.report.arrivals.push(Arrival {
+                room: self.report.room,
+                frame,
+                at: Instant::now(),
+            });
+        }
         self.report.frames += 1;
         self.report.next_frame = frame + 1;
         self.report.verified = playing.mirror.verified;
@@ -327,6 +355,7 @@ impl Bot {
         match message {
             ServerMessage::MatchStart(start) => {
                 self.report.room = start.room.to_native();
+                self.report.tick = Duration::from_micros(u64::from(start.tick_micros.to_native()));
                 self.playing = Some(Playing {
                     mirror: Mirror::new(start.seed.to_native(), usize::from(start.players)),
                     slot: start.slot,

@@ -1,7 +1,10 @@
 //! What a run of bots measured: the summary of their reports (rooms, latency percentiles,
 //! bandwidth, deviation, desyncs, results), its table and JSON, and what went wrong.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use crate::bots::{BotError, BotReport};
 
@@ -27,8 +30,15 @@ pub struct Summary {
     pub kbps_in: f64,
     /// Sent kilobytes per second per client in a room.
     pub kbps_out: f64,
-    /// Most frames a client trailed its room at the end.
+    /// Frame deviation: most whole ticks between the first and the last of a room's clients
+    /// receiving the same live broadcast (0: every client of every room had every frame within
+    /// one tick of the others). Frames caught up after a reconnect are not live and not
+    /// compared; a run stopping mid-broadcast does not count either (only frames at least two
+    /// clients received are compared).
     pub deviation_frames: u32,
+    /// Most frames a client trailed its room's most advanced client when the run stopped (a
+    /// resumed client has caught up when this is at most 1 or 2).
+    pub behind_at_end_frames: u32,
     /// Checksums that disagreed.
     pub desyncs: u32,
     /// Frames whose broadcast delta differed from the bots' local step.
@@ -98,7 +108,7 @@ impl Summary {
             let most = rooms.entry(report.room).or_default();
             *most = (*most).max(report.next_frame);
         }
-        let deviation = matched
+        let behind_at_end = matched
             .iter()
             .map(|report| rooms[&report.room] - report.next_frame)
             .max()
@@ -121,7 +131,8 @@ impl Summary {
                 / 1024.0
                 / seconds
                 / clients,
-            deviation_frames: deviation,
+            deviation_frames: deviation(&ok),
+            behind_at_end_frames: behind_at_end,
             desyncs: sum(|report| report.desyncs),
             delta_mismatches: sum(|report| report.delta_mismatches),
             verified: sum(|report| report.verified),
@@ -185,7 +196,7 @@ impl Summary {
              input->broadcast latency beyond the input delay  p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms\n\
              per client  in {:.2} KB/s  out {:.2} KB/s\n\
              inputs executed as sent {}  replaced (late) {}  mismatched {}\n\
-             frame deviation {}  desyncs {}  (checksums verified {}, frame deltas differing {})\n\
+             frame deviation {} (behind at the end {})  desyncs {}  (checksums verified {}, frame deltas differing {})\n\
              reconnects {} (resynced from a snapshot {})  room restarts {}  process CPU {}\n\
              matches ended {} (results verified {}, differing {})",
             self.clients,
@@ -202,6 +213,7 @@ impl Summary {
             self.replaced,
             self.mismatched,
             self.deviation_frames,
+            self.behind_at_end_frames,
             self.desyncs,
             self.verified,
             self.delta_mismatches,
@@ -228,6 +240,7 @@ impl Summary {
             "kbps_in": self.kbps_in,
             "kbps_out": self.kbps_out,
             "deviation_frames": self.deviation_frames,
+            "behind_at_end_frames": self.behind_at_end_frames,
             "desyncs": self.desyncs,
             "delta_mismatches": self.delta_mismatches,
             "verified": self.verified,
@@ -248,6 +261,35 @@ impl Summary {
     }
 }
 
+/// The frame deviation of a run (see [`Summary::deviation_frames`]): over every frame of every
+/// room that at least two clients received live, the spread of their arrival times in whole
+/// ticks.
+fn deviation(reports: &[&BotReport]) -> u32 {
+    let mut spans: HashMap<(u64, u32), (Instant, Instant)> = HashMap::new();
+    let mut ticks: HashMap<u64, Duration> = HashMap::new();
+    for report in reports {
+        for arrival in &report.arrivals {
+            spans
+                .entry((arrival.room, arrival.frame))
+                .and_modify(|(first, last)| {
+                    *first = (*first).min(arrival.at);
+                    *last = (*last).max(arrival.at);
+                })
+                .or_insert((arrival.at, arrival.at));
+            ticks.entry(arrival.room).or_insert(report.tick);
+        }
+    }
+    spans
+        .iter()
+        .map(|((room, _), (first, last))| {
+            let tick = ticks[room].max(Duration::from_micros(1));
+            u32::try_from(last.duration_since(*first).as_nanos() / tick.as_nanos())
+                .unwrap_or(u32::MAX)
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,6 +300,7 @@ mod tests {
             frames: next_frame,
             next_frame,
             room,
+            tick: TICK,
             verified: 2,
             bytes_in: 10_240,
             bytes_out: 1_024,
@@ -265,6 +308,49 @@ mod tests {
             reconnects: 1,
             ..BotReport::default()
         }
+    }
+
+    const TICK: Duration = Duration::from_micros(16_667);
+
+    /// Live arrivals of `frames` in `room`, the first at `start` plus `offset`, one tick apart.
+    fn arrivals(
+        room: u64,
+        frames: std::ops::Range<u32>,
+        start: Instant,
+        offset: Duration,
+    ) -> Vec<crate::bots::Arrival> {
+        frames
+            .map(|frame| crate::bots::Arrival {
+                room,
+                frame,
+                at: start + offset + TICK * frame,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn frame_deviation_is_the_widest_arrival_spread_of_a_frame_in_whole_ticks() {
+        let start = Instant::now();
+        let mut a = report(1, 10, 1);
+        a.arrivals = arrivals(1, 0..10, start, Duration::ZERO);
+        // Half a tick behind: the same frame, within one tick.
+        let mut b = report(1, 9, 1);
+        b.arrivals = arrivals(1, 0..9, start, TICK / 2);
+        // Another room's frames with the same numbers are not compared with room 1's.
+        let mut c = report(2, 10, 1);
+        c.arrivals = arrivals(2, 0..10, start, TICK * 40);
+        let reports = vec![Ok(a.clone()), Ok(b), Ok(c)];
+        let summary = Summary::new(&reports, None, None, 1.0);
+        assert_eq!(
+            summary.deviation_frames, 0,
+            "within a tick, and frame 9 reached only one client"
+        );
+        assert_eq!(summary.behind_at_end_frames, 1, "b stopped one frame short");
+        // A client receiving each frame 2.5 ticks after the first: two whole ticks apart.
+        let mut late = report(1, 10, 1);
+        late.arrivals = arrivals(1, 0..10, start, TICK * 5 / 2);
+        let summary = Summary::new(&[Ok(a), Ok(late)], None, None, 1.0);
+        assert_eq!(summary.deviation_frames, 2);
     }
 
     #[test]
@@ -288,7 +374,7 @@ mod tests {
             (4, 2, 1, 1)
         );
         assert_eq!(
-            summary.deviation_frames, 3,
+            summary.behind_at_end_frames, 3,
             "the second bot trails room 1 by 3"
         );
         assert_eq!(summary.kbps_in, 10.0, "10 KiB per matched bot per second");
@@ -306,6 +392,7 @@ mod tests {
             "kbps_in",
             "kbps_out",
             "deviation_frames",
+            "behind_at_end_frames",
             "desyncs",
             "reconnects",
             "restarts",
