@@ -12,10 +12,11 @@
 //! the adaptive limit, P99 within two ticks beyond the natural wait (50 ms) and deviation 0,
 //! while excess joins are refused with a retry-after.
 //!
+//! Each step runs in a fresh process (the bench runs itself with `--one`), so no run inherits
+//! an earlier one's sockets, tasks or allocator state.
+//!
 //! Run with: `cargo bench -p garrison-battle --bench overload` (`-- --quick`: bigger steps,
 //! shorter runs; `-- --base N` skips the ramp and takes N bots as 1x).
-
-use std::time::Duration;
 
 use clap::Parser;
 use garrison_battle::{
@@ -32,6 +33,59 @@ struct Cli {
     /// Bots at 1x (skips the ramp).
     #[arg(long)]
     base: Option<u64>,
+    /// One run, in this process: `CLIENTS,PROTECTION,BREAKER_BASE_QPS,SECONDS`. The bench runs
+    /// each step in a fresh process this way, so no run inherits an earlier one's sockets,
+    /// tasks or allocator state.
+    #[arg(long, hide = true)]
+    one: Option<String>,
+}
+
+/// What a run reports back to the bench.
+struct Row {
+    p99_ms: f64,
+    deviation: u64,
+    behind: u64,
+    desyncs: u64,
+    seated: u64,
+    shed: u64,
+}
+
+const ROW_PREFIX: &str = "overload-row";
+
+/// Runs one step in a child process (this bench, with `--one`) and reads its row.
+fn run_step(
+    clients: u64,
+    seconds: u64,
+    overload: &str,
+    breaker_base_qps: f64,
+) -> Result<Row, Box<dyn std::error::Error + Send + Sync>> {
+    let output = std::process::Command::new(std::env::current_exe()?)
+        .arg("--one")
+        .arg(format!("{clients},{overload},{breaker_base_qps},{seconds}"))
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix(ROW_PREFIX))
+        .ok_or_else(|| {
+            format!(
+                "the {overload} run at {clients} bots reported no row ({})",
+                output.status
+            )
+        })?;
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let number = |index: usize| -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(fields.get(index).ok_or("a short row")?.parse()?)
+    };
+    Ok(Row {
+        p99_ms: fields.first().ok_or("an empty row")?.parse()?,
+        deviation: number(1)?,
+        behind: number(2)?,
+        desyncs: number(3)?,
+        seated: number(4)?,
+        shed: number(5)?,
+    })
 }
 
 /// The bots' defaults, as `battle-bots` parses them.
@@ -56,15 +110,38 @@ async fn run(
     args.match_seconds = 600;
     args.overload = overload.to_owned();
     args.breaker_base_qps = breaker_base_qps;
-    let summary = run_once(&args, clients, false).await?;
-    // Let the stopped server's sockets and tasks go before the next run.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    Ok(summary)
+    run_once(&args, clients, false).await
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let cli = Cli::parse();
+    if let Some(one) = &cli.one {
+        let parts: Vec<&str> = one.split(',').collect();
+        let [clients, overload, base_qps, seconds] = parts[..] else {
+            return Err(format!(
+                "--one takes CLIENTS,PROTECTION,BREAKER_BASE_QPS,SECONDS, not {one}"
+            )
+            .into());
+        };
+        let summary = run(
+            clients.parse()?,
+            seconds.parse()?,
+            overload,
+            base_qps.parse()?,
+        )
+        .await?;
+        println!(
+            "{ROW_PREFIX} {} {} {} {} {} {}",
+            summary.p99_ms,
+            summary.deviation_frames,
+            summary.behind_at_end_frames,
+            summary.desyncs,
+            summary.clients - summary.unmatched,
+            summary.shed
+        );
+        return Ok(());
+    }
     let (step, ramp_seconds, seconds) = if cli.quick { (200, 4, 6) } else { (100, 5, 10) };
     let base = match cli.base {
         Some(base) => base,
@@ -75,12 +152,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             );
             let mut clients = step;
             loop {
-                let summary = run(clients, ramp_seconds, "none", 0.0).await?;
+                let row = run_step(clients, ramp_seconds, "none", 0.0)?;
                 println!(
                     "  {clients:>5} bots: P99 {:>7.1} ms, deviation {:>3}",
-                    summary.p99_ms, summary.deviation_frames
+                    row.p99_ms, row.deviation
                 );
-                if summary.p99_ms > 2.0 * TICK_MS || clients >= 4000 {
+                if row.p99_ms > 2.0 * TICK_MS || clients >= 4000 {
                     break clients;
                 }
                 clients += step;
@@ -109,20 +186,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     for multiple in [1u64, 2, 3] {
         for overload in ["none", "breaker", "adaptive"] {
             let clients = base * multiple;
-            let summary = run(clients, seconds, overload, base_qps).await?;
-            let seated = summary.clients - summary.unmatched;
+            let row = run_step(clients, seconds, overload, base_qps)?;
             println!(
                 "{:<10} {:>4}x {:>6} {:>10.1} {:>16.2} {:>10} {:>7} {:>8} {:>8} {:>8}",
                 overload,
                 multiple,
                 clients,
-                summary.p99_ms,
-                (summary.p99_ms - TICK_MS) / TICK_MS,
-                summary.deviation_frames,
-                summary.behind_at_end_frames,
-                summary.desyncs,
-                seated,
-                summary.shed
+                row.p99_ms,
+                (row.p99_ms - TICK_MS) / TICK_MS,
+                row.deviation,
+                row.behind,
+                row.desyncs,
+                row.seated,
+                row.shed
             );
         }
     }
