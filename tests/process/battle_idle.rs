@@ -79,10 +79,11 @@ pub fn abandoned_rooms_are_released_and_the_server_goes_idle() -> Outcome {
             ));
         }
         // Nothing ticks now: no frame is played, and the process goes idle: within a deadline,
-        // some half-second window uses under 5% of a core (idle, a debug build: 2-4%, mostly the coarse clock). 25 rooms ticking cost ~0.35% of a
-        // core each (~9% together, in a release build; more in a debug one), so they would
-        // never pass; what remains of the release (passivations, the last checkpoints) or a
-        // busy machine may take a window or two.
+        // some half-second window uses under 5% of a core (idle in a debug build: 2-4%, mostly
+        // the coarse clock). 25 rooms ticking cost ~0.35% of a core each (~9% together in a
+        // release build, more in a debug one), so they would never pass; what remains of the
+        // release (passivations, the last checkpoints) or a busy machine may take a window or
+        // two.
         let frames = server
             .stats
             .frames
