@@ -90,6 +90,7 @@ impl FrameHeader {
 
     /// Appends this header with a zero length prefix; returns the prefix's offset in `dst` so the
     /// caller can patch it once the payload is written.
+    #[inline]
     pub(crate) fn write_with_placeholder(&self, dst: &mut BytesMut) -> usize {
         // Assembled on the stack and appended once: one capacity check instead of one per field.
         let mut header = [0u8; FIXED_HEADER_LEN + TRACE_CONTEXT_LEN];
@@ -106,7 +107,13 @@ impl FrameHeader {
             header[36] = trace.flags;
         }
         let prefix_at = dst.len();
-        dst.extend_from_slice(&header[..self.encoded_len()]);
+        // Two constant lengths rather than one computed: each copy compiles to a few moves
+        // instead of a call to `memmove` (a quarter of a small message's encoding).
+        if self.trace.is_some() {
+            dst.extend_from_slice(&header);
+        } else {
+            dst.extend_from_slice(&header[..FIXED_HEADER_LEN]);
+        }
         prefix_at
     }
 }

@@ -80,7 +80,7 @@ mod strict;
 #[cfg(feature = "ticket")]
 pub mod ticket;
 
-pub use archive::{PayloadWriter, RkyvError, WireSerializer};
+pub use archive::{PayloadWriter, RkyvError, WireScratch, WireSerializer};
 pub use codec::{FrameCodec, FrameMeta, Outbound, encode_frame};
 pub use error::Error;
 pub use frame::{
