@@ -173,6 +173,8 @@ struct Shared {
     /// `in_use` at the last window.
     last_in_use: AtomicUsize,
     windows: AtomicU64,
+    /// Windows whose signal was over the target.
+    over_windows: AtomicU64,
     watched: Signal,
 }
 
@@ -266,6 +268,8 @@ pub struct OverloadStats {
     pub shed: [u64; 3],
     /// Windows read so far (the first only takes the watched kinds' starting point).
     pub windows: u64,
+    /// Of those, the windows whose signal was over the target.
+    pub over_windows: u64,
 }
 
 /// A place under an [`AdaptiveLimit::permits`] limit, given back when dropped (a message held
@@ -330,6 +334,7 @@ impl AdaptiveLimit {
                 pending: AtomicUsize::new(0),
                 last_in_use: AtomicUsize::new(0),
                 windows: AtomicU64::new(0),
+                over_windows: AtomicU64::new(0),
                 watched: Signal::default(),
             }),
         }
@@ -453,6 +458,7 @@ impl AdaptiveLimit {
             admitted: load(&shared.admitted),
             shed: load(&shared.shed),
             windows: shared.windows.load(Ordering::Relaxed),
+            over_windows: shared.over_windows.load(Ordering::Relaxed),
         }
     }
 
@@ -503,6 +509,9 @@ impl Shared {
         let limit = self.limit.load(Ordering::Relaxed);
         let over = signal > target;
         self.over.store(over, Ordering::Relaxed);
+        if over {
+            self.over_windows.fetch_add(1, Ordering::Relaxed);
+        }
         let next = if over {
             let gradient = (target.as_secs_f64() / signal.as_secs_f64()).clamp(0.5, 1.0);
             ((in_use as f64 * gradient) as usize).min(limit)
@@ -765,6 +774,12 @@ mod tests {
         assert!(!limit.stats().over_target);
         limit.update();
         assert_eq!(limit.limit(), 58, "a quiet window leaves it");
+        let stats = limit.stats();
+        assert_eq!(
+            (stats.windows, stats.over_windows),
+            (4, 1),
+            "four windows read, one over the target"
+        );
     }
 
     #[test]

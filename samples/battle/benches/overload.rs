@@ -8,7 +8,9 @@
 //! running rooms' P99 (the bots that were seated), frame deviation (the widest spread, in whole
 //! ticks, between a room's clients receiving the same frame), how far a client trailed its room
 //! when the run stopped ("behind"), desyncs, bots seated, and what was shed (frames refused with
-//! code 105, as the bots saw them). The goal: at 3x, with
+//! code 105, as the bots saw them); for the adaptive limit, its value at the end and how many
+//! of its windows were over the target; and the machine's steal time during the run (CPU the
+//! hypervisor gave other guests: this shared machine's noise, measured). The goal: at 3x, with
 //! the adaptive limit, P99 within two ticks beyond the natural wait (50 ms) and deviation 0,
 //! while excess joins are refused with a retry-after.
 //!
@@ -48,6 +50,23 @@ struct Row {
     desyncs: u64,
     seated: u64,
     shed: u64,
+    /// The adaptive limit at the end, and its windows over the target of all it read ("-"
+    /// under another protection).
+    limit: String,
+    /// CPU time the hypervisor gave other guests during the run (steal), in seconds.
+    steal_seconds: f64,
+}
+
+/// The machine's steal time so far, in seconds (Linux: the eighth value of `/proc/stat`'s `cpu`
+/// line, in clock ticks of 1/100 s); 0 where it cannot be read.
+fn steal_seconds() -> f64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|stat| {
+            let line = stat.lines().find(|line| line.starts_with("cpu "))?;
+            line.split_whitespace().nth(8)?.parse::<f64>().ok()
+        })
+        .map_or(0.0, |ticks| ticks / 100.0)
 }
 
 const ROW_PREFIX: &str = "overload-row";
@@ -85,6 +104,8 @@ fn run_step(
         desyncs: number(3)?,
         seated: number(4)?,
         shed: number(5)?,
+        limit: fields.get(6).ok_or("a short row")?.to_string(),
+        steal_seconds: fields.get(7).ok_or("a short row")?.parse()?,
     })
 }
 
@@ -124,6 +145,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             )
             .into());
         };
+        let steal = steal_seconds();
         let summary = run(
             clients.parse()?,
             seconds.parse()?,
@@ -131,8 +153,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             base_qps.parse()?,
         )
         .await?;
+        let steal = steal_seconds() - steal;
+        let limit = summary.overload.as_ref().map_or("-".to_owned(), |stats| {
+            format!("{}({}/{})", stats.limit, stats.over_windows, stats.windows)
+        });
         println!(
-            "{ROW_PREFIX} {} {} {} {} {} {}",
+            "{ROW_PREFIX} {} {} {} {} {} {} {limit} {steal:.2}",
             summary.p99_ms,
             summary.deviation_frames,
             summary.behind_at_end_frames,
@@ -171,7 +197,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         "1x = {base} bots; rooms of 8, 60 Hz, {seconds} s per run; breaker base {base_qps:.0} frames/s and one tick"
     );
     println!(
-        "{:<10} {:>5} {:>6} {:>10} {:>16} {:>10} {:>7} {:>8} {:>8} {:>8}",
+        "{:<10} {:>5} {:>6} {:>10} {:>16} {:>10} {:>7} {:>8} {:>8} {:>8} {:>16} {:>8}",
         "protection",
         "load",
         "bots",
@@ -181,14 +207,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         "behind",
         "desyncs",
         "seated",
-        "shed"
+        "shed",
+        "limit(over/win)",
+        "steal s"
     );
     for multiple in [1u64, 2, 3] {
         for overload in ["none", "breaker", "adaptive"] {
             let clients = base * multiple;
             let row = run_step(clients, seconds, overload, base_qps)?;
             println!(
-                "{:<10} {:>4}x {:>6} {:>10.1} {:>16.2} {:>10} {:>7} {:>8} {:>8} {:>8}",
+                "{:<10} {:>4}x {:>6} {:>10.1} {:>16.2} {:>10} {:>7} {:>8} {:>8} {:>8} {:>16} {:>8.2}",
                 overload,
                 multiple,
                 clients,
@@ -198,7 +226,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 row.behind,
                 row.desyncs,
                 row.seated,
-                row.shed
+                row.shed,
+                row.limit,
+                row.steal_seconds
             );
         }
     }

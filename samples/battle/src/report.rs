@@ -73,6 +73,8 @@ pub struct Summary {
     pub store_bytes: Option<u64>,
     /// Frames the server refused as overloaded (code 105), as the bots saw them.
     pub shed: u32,
+    /// What the in-process server's adaptive limit did (its final limit, windows over target).
+    pub overload: Option<garrison_runtime::overload::OverloadStats>,
 }
 
 impl Summary {
@@ -150,6 +152,7 @@ impl Summary {
             restarts,
             cpu_seconds: None,
             store_bytes: None,
+            overload: None,
             shed: ok.iter().map(|report| report.shed).sum(),
         }
     }

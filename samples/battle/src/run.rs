@@ -574,6 +574,7 @@ pub async fn run_once(args: &BotArgs, clients: u64, progress: bool) -> Result<Su
         .as_ref()
         .and_then(|server| server.room_durability())
         .map(|stats| stats.bytes);
+    summary.overload = server.as_ref().and_then(|server| server.overload_stats());
     if let Some(server) = server {
         match Arc::try_unwrap(server) {
             Ok(server) => {

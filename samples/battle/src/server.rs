@@ -377,6 +377,14 @@ impl BattleServer {
         metrics
     }
 
+    /// What the adaptive limit has done (`None` under another protection).
+    pub fn overload_stats(&self) -> Option<garrison_runtime::overload::OverloadStats> {
+        match &self.guard {
+            Guard::Adaptive(limit) => Some(limit.stats()),
+            Guard::None | Guard::Breaker { .. } => None,
+        }
+    }
+
     /// Requests the overload protection refused so far (0 without protection).
     pub fn shed(&self) -> u64 {
         match &self.guard {
