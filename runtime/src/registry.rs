@@ -780,6 +780,7 @@ impl<E: Entity> Entities<E> {
     }
 
     /// Active entities and the messages waiting in their mailboxes, counted now.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))] // read by `metrics` only
     pub(crate) fn census(&self) -> (usize, usize, usize) {
         let (mut active, mut passivated, mut queued) = (0, 0, 0);
         for slot in self.inner.map.iter() {
@@ -795,6 +796,7 @@ impl<E: Entity> Entities<E> {
     }
 
     /// How many entities of the kind were activated so far.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))] // read by `metrics` only
     pub(crate) fn activations(&self) -> u64 {
         self.inner.activations.load(Ordering::Relaxed)
     }

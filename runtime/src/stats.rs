@@ -123,6 +123,7 @@ impl KindStats {
     }
 
     /// Starts timing handlers too (what a metrics registry reads).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))] // read by `metrics` only
     pub(crate) fn time_handlers(&self) {
         self.time();
         self.handlers_timed.store(true, Ordering::Relaxed);
@@ -148,6 +149,7 @@ impl KindStats {
     }
 
     /// Snapshots taken since the kind was first measured.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))] // read by `metrics` only
     pub(crate) fn checkpoints(&self) -> u64 {
         self.checkpoints.load(Ordering::Relaxed)
     }
@@ -180,6 +182,7 @@ impl KindStats {
     }
 
     /// Handler time per event type, read now.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))] // read by `metrics` only
     pub(crate) fn handler_times(&self) -> Vec<(&'static str, HistogramSnapshot)> {
         self.handler
             .read()
