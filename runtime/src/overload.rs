@@ -74,7 +74,8 @@ pub fn spread_retry(retry_after: Duration, nth: u64) -> Duration {
     const GOLDEN: f64 = 0.618_033_988_749_895;
     // `nth` as f64 loses precision past 2^53 refusals; the fraction stays in [0, 1).
     let fraction = (nth as f64 * GOLDEN).fract();
-    retry_after + retry_after.mul_f64(fraction / 2.0)
+    // Saturating: a configured retry-after near `Duration::MAX` must not panic on a shed.
+    retry_after.saturating_add(retry_after.mul_f64(fraction / 2.0))
 }
 
 /// How much a request matters when the server is overloaded.
