@@ -367,10 +367,17 @@ impl Session {
     }
 
     /// Attaches `connection`, returning the one it replaced (already told it was
-    /// [`replaced`](Outbound::replaced)).
-    fn attach(&self, connection: Arc<dyn Outbound>) -> Option<Arc<dyn Outbound>> {
+    /// [`replaced`](Outbound::replaced)). `first` runs under the session's write lock just
+    /// before: what it queues on `connection` (the gateway's `Welcome`) precedes every push, and
+    /// no one who saw it can find the session still detached.
+    fn attach(
+        &self,
+        connection: Arc<dyn Outbound>,
+        first: impl FnOnce(),
+    ) -> Option<Arc<dyn Outbound>> {
         let old = {
             let mut state = self.write();
+            first();
             let event = match state.generation {
                 0 => SessionEvent::Connected,
                 _ => SessionEvent::Resumed,
@@ -481,7 +488,18 @@ impl Sessions {
         id: SessionId,
         connection: Arc<dyn Outbound>,
     ) -> Option<Arc<dyn Outbound>> {
-        self.open(id).0.attach(connection)
+        self.open(id).0.attach(connection, || {})
+    }
+
+    /// As [`Sessions::attach`], running `first` under the session's write lock just before the
+    /// swap (the gateway queues its `Welcome` there).
+    pub(crate) fn attach_after(
+        &self,
+        id: SessionId,
+        connection: Arc<dyn Outbound>,
+        first: impl FnOnce(),
+    ) -> Option<Arc<dyn Outbound>> {
+        self.open(id).0.attach(connection, first)
     }
 
     /// Detaches `connection` from session `id` if it is still the attached one (a connection
@@ -597,5 +615,58 @@ impl Sessions {
     /// Whether no session is open.
     pub fn is_empty(&self) -> bool {
         self.sessions.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::mpsc, thread};
+
+    use garrison_protocol::control::Welcome;
+
+    use super::*;
+
+    fn welcome() -> Frame {
+        garrison_protocol::encode_frame(
+            &Welcome {
+                session: 7,
+                resumed: false,
+            },
+            FrameMeta::default(),
+        )
+        .unwrap()
+    }
+
+    /// The gateway's handshake: a client that has its `Welcome` may at once cause a push (a
+    /// matchmaker answering it); that push must find the session attached, not detached.
+    #[test]
+    fn a_push_racing_the_first_frame_finds_the_session_attached() {
+        let sessions = Arc::new(Sessions::new());
+        let (queue, mut received) = tokio::sync::mpsc::channel::<Frame>(8);
+        let (pushed, result) = mpsc::channel();
+        let mut pusher = None;
+        sessions.attach_after(SessionId(7), Arc::new(queue.clone()), || {
+            queue.try_send(welcome()).unwrap();
+            let sessions = sessions.clone();
+            pusher = Some(thread::spawn(move || {
+                let outcome = sessions.push(SessionId(7), welcome());
+                pushed
+                    .send(outcome.map_err(|refused| refused.reason))
+                    .unwrap();
+            }));
+            // The push is held until the attach is done; given time, it still has not returned.
+            assert!(
+                result.recv_timeout(Duration::from_millis(100)).is_err(),
+                "a push returned while the first frame was being queued"
+            );
+        });
+        pusher.unwrap().join().unwrap();
+        assert_eq!(
+            result.recv().unwrap(),
+            Ok(()),
+            "the racing push was refused"
+        );
+        assert!(received.try_recv().is_ok(), "the first frame");
+        assert!(received.try_recv().is_ok(), "then the racing push");
     }
 }

@@ -654,18 +654,20 @@ impl<P: Protocol> Connection<P> {
             return self.close(CloseCode::SessionRefused, reason);
         }
         let SessionStart { session, resumed } = start;
-        // The Welcome is queued first: once the session is attached, its entities may push at
-        // once (a resumed player's board), and nothing may reach the client before its Welcome.
-        self.reply(
-            &Welcome {
-                session: player,
-                resumed,
-            },
-            seq,
-        );
-        // Atomic takeover: an older connection of this player is told it was replaced.
+        // Atomic takeover: an older connection of this player is told it was replaced. The
+        // Welcome is queued under the same lock, first: once attached, the session's entities
+        // may push at once (a resumed player's board), and nothing may reach the client before
+        // its Welcome; nor may a client that has its Welcome find its session detached.
         let outbound: Arc<dyn Outbound> = self.outbound.clone();
-        sessions.attach(id, outbound);
+        sessions.attach_after(id, outbound, || {
+            self.reply(
+                &Welcome {
+                    session: player,
+                    resumed,
+                },
+                seq,
+            );
+        });
         self.session = Some(session);
     }
 
