@@ -8,13 +8,17 @@
 //! ractor actor only receives a [`Wake`] when the queue goes from idle to busy. A crash therefore
 //! loses only the message being handled; the queue, and every [`ChildRef`] to it, carry over to
 //! the next incarnation.
+//!
+//! The bound counts every message not yet handled. A mailbox of 256 or more gives the room its
+//! host frees back every 16 messages handled, so a sender may be refused up to 15 messages short
+//! of the bound (it never goes past it); a smaller one gives it back at once.
 
 use std::{
     collections::VecDeque,
     fmt,
     sync::{
         Arc, Mutex, OnceLock, RwLock,
-        atomic::{AtomicBool, AtomicU64, Ordering, fence},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence},
     },
 };
 
@@ -116,12 +120,44 @@ struct QueueState<M> {
     closed: bool,
 }
 
-/// A bounded FIFO that allocates on demand. Only Garrison's own code runs under its lock (never a
-/// handler, never a hook), so the lock is held for a push or a pop and nothing else.
+/// A bounded FIFO that allocates on demand, in two halves so senders and the host do not fight
+/// over one lock per message: senders push to `state`; the host pops from `taken`, and when that
+/// is empty swaps the two buffers under both locks (O(1), nothing moved). Only Garrison's own
+/// code runs under either lock (never a handler, never a hook).
+///
+/// Lock order: `state`, then `taken`; the host never waits for `state` while holding `taken`.
+/// Messages in `taken` stay in the slot, not in a host's future: a host that crashes or is
+/// killed mid-batch leaves them to the next incarnation, in order.
 struct Queue<M> {
-    state: Mutex<QueueState<M>>,
+    state: CacheLine<Mutex<QueueState<M>>>,
+    /// The host's half: the oldest messages, in order, not yet handled. On a cache line of its
+    /// own: sharing one with `state` made every send and every pop fight over it.
+    taken: CacheLine<Mutex<VecDeque<M>>>,
+    /// `taken`'s length as the host last published it, read by senders under `state` to keep
+    /// the bound over both halves. Written under `taken` and, when it grows, also under
+    /// `state`; it is never smaller than the truth, so the bound holds. The host publishes a
+    /// shrink every [`PUBLISH_EVERY`] pops (each pop on a small mailbox), not on every one: a
+    /// sender reads this line on each push.
+    taken_len: CacheLine<AtomicUsize>,
     capacity: usize,
 }
+
+/// Aligns its value to its own cache line (128 bytes: two lines on x86, which prefetches in
+/// pairs, and one on recent ARM).
+#[repr(align(128))]
+struct CacheLine<T>(T);
+
+impl<T> std::ops::Deref for CacheLine<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// How many pops the host makes before telling senders the room they freed, on a mailbox of at
+/// least [`PUBLISH_EVERY`] x 16 messages (a sender is refused at most this many early).
+const PUBLISH_EVERY: usize = 16;
 
 /// A drained queue keeping more than this many slots of capacity gives them back.
 const RETAINED_CAPACITY: usize = 16;
@@ -132,22 +168,32 @@ enum Refused<M> {
     Closed(M),
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // No handler runs under these locks, so they cannot be poisoned mid-update.
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
 impl<M> Queue<M> {
     fn new(capacity: usize) -> Self {
         Queue {
-            state: Mutex::new(QueueState {
+            state: CacheLine(Mutex::new(QueueState {
                 items: VecDeque::new(),
                 closed: false,
-            }),
+            })),
+            taken: CacheLine(Mutex::new(VecDeque::new())),
+            taken_len: CacheLine(AtomicUsize::new(0)),
             capacity: capacity.max(1),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, QueueState<M>> {
-        // No handler runs under this lock, so it cannot be poisoned mid-update.
-        self.state
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
+        lock(&self.state)
+    }
+
+    /// Whether `state` (locked by the caller) and the host's half together are at the bound.
+    fn full(&self, state: &QueueState<M>) -> bool {
+        // Acquire: pairs with the host's stores; a stale value is only ever too large.
+        state.items.len() + self.taken_len.load(Ordering::Acquire) >= self.capacity
     }
 
     fn push(&self, message: M) -> Result<(), Refused<M>> {
@@ -155,7 +201,7 @@ impl<M> Queue<M> {
         if state.closed {
             return Err(Refused::Closed(message));
         }
-        if state.items.len() >= self.capacity {
+        if self.full(&state) {
             return Err(Refused::Full(message));
         }
         state.items.push_back(message);
@@ -167,8 +213,13 @@ impl<M> Queue<M> {
         if state.closed {
             return Err(Refused::Closed(message));
         }
-        let evicted = if state.items.len() >= self.capacity {
-            state.items.pop_front()
+        let evicted = if self.full(&state) {
+            // The oldest is the host's, when it has any (lock order: state, then taken).
+            let mut taken = lock(&self.taken);
+            let oldest = taken.pop_front();
+            self.taken_len.store(taken.len(), Ordering::Release);
+            drop(taken);
+            oldest.or_else(|| state.items.pop_front())
         } else {
             None
         };
@@ -176,20 +227,53 @@ impl<M> Queue<M> {
         Ok(evicted)
     }
 
-    fn pop(&self) -> Option<M> {
-        let mut state = self.lock();
-        let message = state.items.pop_front();
-        if state.items.is_empty() && state.items.capacity() > RETAINED_CAPACITY {
-            state.items.shrink_to(RETAINED_CAPACITY);
+    /// Tells senders the host's half now holds `left`: at once on a small mailbox or an empty
+    /// half, else every [`PUBLISH_EVERY`] pops.
+    fn publish(&self, left: usize) {
+        if left.is_multiple_of(PUBLISH_EVERY) || self.capacity < PUBLISH_EVERY * 16 {
+            self.taken_len.store(left, Ordering::Release);
         }
+    }
+
+    /// The host's pop: from its own half, refilled by a swap when empty.
+    fn pop(&self) -> Option<M> {
+        {
+            let mut taken = lock(&self.taken);
+            if let Some(message) = taken.pop_front() {
+                self.publish(taken.len());
+                if taken.is_empty() && taken.capacity() > RETAINED_CAPACITY {
+                    taken.shrink_to(RETAINED_CAPACITY);
+                }
+                return Some(message);
+            }
+        }
+        let mut state = self.lock();
+        if state.items.is_empty() {
+            return None;
+        }
+        let mut taken = lock(&self.taken);
+        // Still empty (only the host adds to it; a sender's eviction only takes): the drained
+        // buffer, already shrunk, becomes the senders' half.
+        if taken.is_empty() {
+            std::mem::swap(&mut state.items, &mut *taken);
+        }
+        let message = taken.pop_front();
+        // Published under `state` too: it grew, and a sender must not see the old length.
+        self.taken_len.store(taken.len(), Ordering::Release);
+        drop(state);
         message
     }
 
-    /// Closes the queue and takes what it still holds.
+    /// Closes the queue and takes what it still holds, oldest first.
     fn close(&self) -> VecDeque<M> {
         let mut state = self.lock();
         state.closed = true;
-        std::mem::take(&mut state.items)
+        let mut taken = lock(&self.taken);
+        self.taken_len.store(0, Ordering::Release);
+        let mut left = std::mem::take(&mut *taken);
+        left.append(&mut state.items);
+        state.items = VecDeque::new();
+        left
     }
 
     fn reopen(&self) {
@@ -201,11 +285,12 @@ impl<M> Queue<M> {
     }
 
     fn len(&self) -> usize {
-        self.lock().items.len()
+        let state = self.lock();
+        state.items.len() + lock(&self.taken).len()
     }
 
     fn is_empty(&self) -> bool {
-        self.lock().items.is_empty()
+        lock(&self.taken).is_empty() && self.lock().items.is_empty()
     }
 }
 
@@ -468,7 +553,7 @@ impl<M: Send + 'static> ChildRef<M> {
         self.slot.id()
     }
 
-    /// Messages queued and not yet taken by an incarnation.
+    /// Messages queued and not yet handled (the one being handled is not counted).
     pub fn depth(&self) -> usize {
         self.slot.depth()
     }
@@ -580,6 +665,100 @@ mod tests {
             "the rest gets a wake of its own"
         );
         actor.stop(None);
+    }
+
+    #[test]
+    fn the_bound_holds_over_what_the_host_took_and_what_waits() {
+        let queue = Queue::<u32>::new(4);
+        for message in 0..4 {
+            assert!(queue.push(message).is_ok());
+        }
+        assert!(matches!(queue.push(4), Err(Refused::Full(4))));
+        // The host takes the whole batch and handles one: three are its, one slot is free.
+        assert_eq!(queue.pop(), Some(0));
+        assert_eq!(queue.len(), 3, "what the host took still counts");
+        assert!(queue.push(4).is_ok());
+        assert!(
+            matches!(queue.push(5), Err(Refused::Full(5))),
+            "3 taken + 1 waiting is the bound"
+        );
+        let rest: Vec<u32> = std::iter::from_fn(|| queue.pop()).collect();
+        assert_eq!(rest, vec![1, 2, 3, 4], "in order across the swap");
+        assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn a_large_mailbox_gives_room_back_every_sixteen_pops() {
+        let queue = Queue::<u32>::new(1_024);
+        for message in 0..1_024 {
+            assert!(queue.push(message).is_ok());
+        }
+        // The swap publishes exactly what the host took: 1,023 after its first pop.
+        assert_eq!(queue.pop(), Some(0));
+        assert!(queue.push(1_024).is_ok());
+        assert_eq!(queue.pop(), Some(1));
+        assert!(
+            matches!(queue.push(1_025), Err(Refused::Full(_))),
+            "the next pop is not published yet"
+        );
+        for expected in 2..16 {
+            assert_eq!(queue.pop(), Some(expected));
+        }
+        // 1,008 left in the host's half: published.
+        for message in 0..15 {
+            assert!(
+                queue.push(message).is_ok(),
+                "the freed slots are given back"
+            );
+        }
+        assert!(matches!(queue.push(15), Err(Refused::Full(_))));
+        assert_eq!(queue.len(), 1_024);
+    }
+
+    #[test]
+    fn drop_oldest_evicts_the_oldest_even_when_the_host_has_taken_it() {
+        let queue = Queue::<u32>::new(3);
+        for message in 0..3 {
+            assert!(queue.push(message).is_ok());
+        }
+        assert_eq!(queue.pop(), Some(0));
+        assert!(queue.push(3).is_ok());
+        // Full: 1 and 2 are the host's, 3 waits. The oldest is 1.
+        assert_eq!(queue.force_push(4).ok(), Some(Some(1)));
+        assert_eq!(queue.len(), 3);
+        let rest: Vec<u32> = std::iter::from_fn(|| queue.pop()).collect();
+        assert_eq!(rest, vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn a_close_hands_back_both_halves_oldest_first() {
+        let queue = Queue::<u32>::new(8);
+        for message in 0..4 {
+            assert!(queue.push(message).is_ok());
+        }
+        assert_eq!(queue.pop(), Some(0));
+        assert!(queue.push(4).is_ok());
+        assert_eq!(Vec::from(queue.close()), vec![1, 2, 3, 4]);
+        assert!(queue.is_empty());
+        assert!(matches!(queue.push(5), Err(Refused::Closed(5))));
+        queue.reopen();
+        assert!(queue.push(5).is_ok(), "the bound starts afresh");
+        assert_eq!(queue.len(), 1);
+    }
+
+    #[test]
+    fn a_drained_queue_gives_its_memory_back() {
+        let queue = Queue::<u64>::new(4_096);
+        for message in 0..1_000 {
+            assert!(queue.push(message).is_ok());
+        }
+        assert_eq!(std::iter::from_fn(|| queue.pop()).count(), 1_000);
+        let state = queue.lock().items.capacity();
+        let taken = lock(&queue.taken).capacity();
+        assert!(
+            state <= RETAINED_CAPACITY && taken <= RETAINED_CAPACITY,
+            "kept {state} + {taken} slots"
+        );
     }
 
     #[test]
