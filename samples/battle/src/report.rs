@@ -69,6 +69,9 @@ pub struct Summary {
     pub restarts: Option<u64>,
     /// CPU seconds this process used during the run (server and bots when in-process; Linux).
     pub cpu_seconds: Option<f64>,
+    /// CPU seconds a separate server process used during the run (a spawned server, or
+    /// `--server` with `--server-pid`; Linux).
+    pub server_cpu_seconds: Option<f64>,
     /// Snapshot and log bytes the rooms wrote to their store (an in-process server with a store).
     pub store_bytes: Option<u64>,
     /// Frames the server refused as overloaded (code 105), as the bots saw them.
@@ -151,6 +154,7 @@ impl Summary {
             result_mismatches: ok.iter().map(|report| report.result_mismatches).sum(),
             restarts,
             cpu_seconds: None,
+            server_cpu_seconds: None,
             store_bytes: None,
             overload: None,
             shed: ok.iter().map(|report| report.shed).sum(),
@@ -200,7 +204,7 @@ impl Summary {
              per client  in {:.2} KB/s  out {:.2} KB/s\n\
              inputs executed as sent {}  replaced (late) {}  mismatched {}\n\
              frame deviation {} (behind at the end {})  desyncs {}  (checksums verified {}, frame deltas differing {})\n\
-             reconnects {} (resynced from a snapshot {})  room restarts {}  process CPU {}\n\
+             reconnects {} (resynced from a snapshot {})  room restarts {}  process CPU {}{}\n\
              matches ended {} (results verified {}, differing {})",
             self.clients,
             self.rooms,
@@ -225,6 +229,8 @@ impl Summary {
             restarts,
             self.cpu_seconds
                 .map_or_else(|| "unknown".to_string(), |cpu| format!("{cpu:.1} s")),
+            self.server_cpu_seconds
+                .map_or_else(String::new, |cpu| format!("  server CPU {cpu:.1} s")),
             self.matches_ended,
             self.results_verified,
             self.result_mismatches,
@@ -256,6 +262,7 @@ impl Summary {
             "resyncs": self.resyncs,
             "restarts": self.restarts,
             "cpu_seconds": self.cpu_seconds,
+            "server_cpu_seconds": self.server_cpu_seconds,
             "matches_ended": self.matches_ended,
             "results_verified": self.results_verified,
             "result_mismatches": self.result_mismatches,

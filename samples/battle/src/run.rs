@@ -13,7 +13,10 @@ use std::{
 };
 
 use clap::Args;
-use garrison_runtime::{clock::process_cpu_seconds, gateway::GatewayConfig};
+use garrison_runtime::{
+    clock::{cpu_seconds_of, process_cpu_seconds},
+    gateway::GatewayConfig,
+};
 use tokio::sync::Notify;
 
 use crate::{
@@ -111,6 +114,23 @@ pub struct BotArgs {
     /// The request rate the breaker's score is relative to (`--overload breaker`).
     #[arg(long, default_value_t = 30_000.0)]
     pub breaker_base_qps: f64,
+    /// The pid of the `--server` (on this machine), so its CPU is measured beside the bots'.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Capacity mode: `START,STEP,MAX` clients. Runs `START`, `START + STEP`, ... (each for
+    /// `--duration`, a spawned server started afresh for each) until a step breaks (P99 over
+    /// `--capacity-p99-ms`, frame deviation, a desync or a failed bot) or `MAX`, and prints the
+    /// most clients that held with the server's CPU per client-second.
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub capacity: Vec<u64>,
+    /// The P99 input -> broadcast latency (beyond the input delay) a capacity step must keep.
+    /// An idle server gives about one tick (the wait for the next frame); the default, two
+    /// ticks at 60 Hz, allows one tick more.
+    #[arg(long, default_value_t = 33.3)]
+    pub capacity_p99_ms: f64,
+    /// The frame deviation a capacity step may show (the goal is 0).
+    #[arg(long, default_value_t = 0)]
+    pub capacity_deviation: u32,
 }
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -407,8 +427,14 @@ pub async fn run_once(args: &BotArgs, clients: u64, progress: bool) -> Result<Su
             args.duration
         );
     }
+    // The server process whose CPU is measured: the one spawned, or the one named.
+    let server_pid = spawned
+        .as_ref()
+        .and_then(|child| child.lock().ok()?.as_ref().map(ServerProcess::id))
+        .or(args.server_pid);
     let start = Instant::now();
     let cpu_start = process_cpu_seconds();
+    let server_cpu_start = server_pid.and_then(cpu_seconds_of);
     let deadline = start + Duration::from_secs(args.duration);
     let input_every = (60 / args.input_rate.clamp(1, 60)).max(1);
     let away = Duration::from_millis(args.away_ms);
@@ -533,6 +559,19 @@ pub async fn run_once(args: &BotArgs, clients: u64, progress: bool) -> Result<Su
     let cpu_seconds = process_cpu_seconds()
         .zip(cpu_start)
         .map(|(end, start)| end - start);
+    // Only while the same process ran throughout (a restarted server is another pid).
+    let same_server = spawned.as_ref().is_none_or(|child| {
+        child
+            .lock()
+            .ok()
+            .and_then(|child| child.as_ref().map(ServerProcess::id))
+            == server_pid
+    });
+    let server_cpu_seconds = server_pid
+        .filter(|_| same_server)
+        .and_then(cpu_seconds_of)
+        .zip(server_cpu_start)
+        .map(|(end, start)| end - start);
     for task in &background {
         task.abort();
     }
@@ -570,6 +609,7 @@ pub async fn run_once(args: &BotArgs, clients: u64, progress: bool) -> Result<Su
     }
     let mut summary = Summary::new(&reports, frames, restarts, seconds);
     summary.cpu_seconds = cpu_seconds;
+    summary.server_cpu_seconds = server_cpu_seconds;
     summary.store_bytes = server
         .as_ref()
         .and_then(|server| server.room_durability())
@@ -598,6 +638,9 @@ pub const SOURCE_ROWS: [(u64, f64, f64, u32); 3] = [
 /// # Errors
 /// When a run or the plot fails.
 pub async fn main(args: BotArgs) -> Result<(), Error> {
+    if !args.capacity.is_empty() {
+        return capacity(&args).await;
+    }
     if args.sweep.is_empty() {
         let summary = run_once(&args, args.clients, true).await?;
         println!("{}", summary.table());
@@ -629,6 +672,150 @@ pub async fn main(args: BotArgs) -> Result<(), Error> {
     println!("{}", sweep_table(&points));
     crate::plot::sweep(&args.plot, &points, &SOURCE_ROWS)?;
     println!("curve drawn to {}", args.plot.display());
+    Ok(())
+}
+
+/// Why a capacity step did not hold (empty: it held): P99 over `p99_ms`, frame deviation over
+/// `deviation`, a
+/// desync, a failed bot, or nothing played.
+pub fn capacity_breaks(summary: &Summary, p99_ms: f64, deviation: u32) -> Vec<String> {
+    let mut breaks = summary.problems();
+    if summary.p99_ms > p99_ms {
+        breaks.push(format!("P99 {:.1} ms over {p99_ms:.1} ms", summary.p99_ms));
+    }
+    if summary.deviation_frames > deviation {
+        breaks.push(format!("frame deviation {}", summary.deviation_frames));
+    }
+    breaks
+}
+
+/// One step of a capacity ramp.
+pub struct CapacityStep {
+    /// Clients in the step.
+    pub clients: u64,
+    /// Its run.
+    pub summary: Summary,
+    /// CPU seconds of the server (a separate process) or of the whole process (in-process).
+    pub cpu_seconds: Option<f64>,
+    /// Why it did not hold (empty: it held).
+    pub breaks: Vec<String>,
+}
+
+impl CapacityStep {
+    /// CPU milliseconds per client-second.
+    pub fn cpu_ms_per_client_second(&self, seconds: u64) -> Option<f64> {
+        self.cpu_seconds
+            .map(|cpu| cpu * 1e3 / (self.clients as f64 * seconds.max(1) as f64))
+    }
+}
+
+/// Ramps the clients as `--capacity START,STEP,MAX` says, one fresh run per step, until a step
+/// breaks (see [`capacity_breaks`]) or `MAX` held. Returns every step run.
+///
+/// # Errors
+/// A malformed `--capacity`, or a run that could not be made.
+pub async fn capacity_ramp(args: &BotArgs) -> Result<Vec<CapacityStep>, Error> {
+    let &[start, step, max] = args.capacity.as_slice() else {
+        return Err("--capacity takes START,STEP,MAX (e.g. 250,250,3000)".into());
+    };
+    if start == 0 || step == 0 || max < start {
+        return Err("--capacity needs START > 0, STEP > 0 and MAX >= START".into());
+    }
+    let remote = args.server.is_some() || args.spawn_server.is_some();
+    let mut steps = Vec::new();
+    let mut first_player = args.first_player;
+    let mut clients = start;
+    loop {
+        let step_args = BotArgs {
+            first_player,
+            ..args.clone()
+        };
+        first_player += clients;
+        eprintln!("capacity: {clients} clients for {} s", args.duration);
+        let summary = run_once(&step_args, clients, false).await?;
+        let breaks = capacity_breaks(&summary, args.capacity_p99_ms, args.capacity_deviation);
+        let cpu_seconds = match remote {
+            true => summary.server_cpu_seconds,
+            // In-process, the server's CPU cannot be told from the bots'.
+            false => summary.cpu_seconds,
+        };
+        let held = breaks.is_empty();
+        steps.push(CapacityStep {
+            clients,
+            summary,
+            cpu_seconds,
+            breaks,
+        });
+        if !held || clients >= max {
+            return Ok(steps);
+        }
+        clients = (clients + step).min(max);
+    }
+}
+
+/// Capacity mode: runs [`capacity_ramp`] and prints its table and the figure.
+async fn capacity(args: &BotArgs) -> Result<(), Error> {
+    let remote = args.server.is_some() || args.spawn_server.is_some();
+    let steps = capacity_ramp(args).await?;
+    println!(
+        "capacity: {} CPU; a step holds with P99 <= {:.1} ms beyond the input delay, frame deviation 0, no desync, no failed bot",
+        if remote {
+            "the server's own"
+        } else {
+            "the whole process's (server and bots; use --spawn-server for the server's alone)"
+        },
+        args.capacity_p99_ms
+    );
+    println!(
+        "clients | P99 ms | deviation | desyncs | failed | CPU cores | CPU ms per client-second | CPU us per client-frame | holds"
+    );
+    let show = |value: Option<f64>, scale: f64| {
+        value.map_or_else(
+            || "unknown".to_owned(),
+            |value| format!("{:.2}", value * scale),
+        )
+    };
+    for step in &steps {
+        let per_client_second = step.cpu_ms_per_client_second(args.duration);
+        println!(
+            "{:>7} | {:>6.1} | {:>9} | {:>7} | {:>6} | {:>9} | {:>24} | {:>23} | {}",
+            step.clients,
+            step.summary.p99_ms,
+            step.summary.deviation_frames,
+            step.summary.desyncs,
+            step.summary.failed,
+            show(step.cpu_seconds, 1.0 / args.duration.max(1) as f64),
+            show(per_client_second, 1.0),
+            // 60 frames a second.
+            show(per_client_second, 1e3 / 60.0),
+            if step.breaks.is_empty() {
+                "yes".to_owned()
+            } else {
+                format!("no: {}", step.breaks.join(", "))
+            }
+        );
+    }
+    let held = steps.iter().rev().find(|step| step.breaks.is_empty());
+    let broke = steps.iter().find(|step| !step.breaks.is_empty());
+    match held {
+        Some(step) => println!(
+            "capacity: {} clients held{}{}",
+            step.clients,
+            step.cpu_ms_per_client_second(args.duration)
+                .map_or_else(String::new, |cpu| format!(
+                    " at {cpu:.2} ms of CPU per client-second ({:.1} us per client-frame)",
+                    cpu * 1e3 / 60.0
+                )),
+            broke.map_or_else(
+                || " (the most asked for: a lower bound)".to_owned(),
+                |broke| format!("; {} broke", broke.clients)
+            )
+        ),
+        None => println!(
+            "capacity: the first step, {} clients, already broke",
+            steps[0].clients
+        ),
+    }
     Ok(())
 }
 
@@ -664,6 +851,58 @@ pub fn sweep_table(points: &[(u64, Summary)]) -> String {
 mod tests {
     use super::*;
     use crate::bots::{BotError, BotReport};
+
+    #[derive(clap::Parser)]
+    struct BotArgsParser {
+        #[command(flatten)]
+        args: BotArgs,
+    }
+
+    fn capacity_args(capacity: [u64; 3], p99_ms: f64) -> BotArgs {
+        let cli = <BotArgsParser as clap::Parser>::parse_from([
+            "battle-bots",
+            "--duration",
+            "2",
+            "--room-size",
+            "4",
+        ]);
+        BotArgs {
+            capacity: capacity.to_vec(),
+            capacity_p99_ms: p99_ms,
+            // A debug build on a loaded machine: latency and deviation are not what is tested.
+            capacity_deviation: u32::MAX,
+            ..cli.args
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_capacity_ramp_stops_at_the_first_step_that_breaks() {
+        // A bound no run can keep: the first step breaks on latency, and the ramp stops there.
+        let steps = capacity_ramp(&capacity_args([4, 4, 12], 0.0))
+            .await
+            .unwrap();
+        assert_eq!(steps.len(), 1);
+        assert!(
+            steps[0].breaks.iter().any(|why| why.starts_with("P99")),
+            "{:?}",
+            steps[0].breaks
+        );
+        // Bounds any correct run keeps: every step up to MAX runs, and holds.
+        let steps = capacity_ramp(&capacity_args([4, 4, 8], 10_000.0))
+            .await
+            .unwrap();
+        let clients: Vec<u64> = steps.iter().map(|step| step.clients).collect();
+        assert_eq!(clients, vec![4, 8]);
+        for step in &steps {
+            assert!(step.breaks.is_empty(), "{:?}", step.breaks);
+            assert!(step.summary.frames > 0);
+            assert!(
+                step.cpu_ms_per_client_second(2)
+                    .is_some_and(|cpu| cpu > 0.0)
+            );
+        }
+        assert!(capacity_ramp(&capacity_args([4, 0, 8], 1.0)).await.is_err());
+    }
 
     #[test]
     fn the_sweep_table_puts_the_sources_rows_beside_ours() {
