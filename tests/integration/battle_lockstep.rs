@@ -2,7 +2,9 @@
 //! on-time input run exactly once, as sent, at its frame; a room crash restarts it from its
 //! checkpoint with every frame's state equal to the uncrashed simulation of the same inputs; a
 //! bot that drops its connection comes back, catches up and verifies its next checksum; a rogue
-//! client is thrown out without disturbing its room.
+//! client is thrown out without disturbing its room. In every room, even players ask for full
+//! updates (inputs and deltas) and odd ones for the compact inputs, so both forms are checked
+//! against each other's simulation.
 
 use std::{
     net::SocketAddr,
@@ -13,7 +15,7 @@ use std::{
 use futures_util::{SinkExt, StreamExt};
 use garrison_battle::{
     bots::{BotError, BotOptions, BotReport, play},
-    proto::{Join, PlayerInput, ServerMessage},
+    proto::{Join, PlayerInput, ServerMessage, Updates},
     report::Summary,
     run::local_server,
     server::{BattleServer, ServerConfig},
@@ -37,12 +39,23 @@ async fn server(configure: impl FnOnce(&mut ServerConfig)) -> (BattleServer, Soc
     (server, address)
 }
 
+/// What player `player` asks for with each frame: full updates when even, the compact inputs
+/// when odd.
+fn updates_for(player: u64) -> Updates {
+    if player.is_multiple_of(2) {
+        Updates::Full
+    } else {
+        Updates::Inputs
+    }
+}
+
 fn bot(
     address: SocketAddr,
     player: u64,
     deadline: Instant,
-    options: BotOptions,
+    mut options: BotOptions,
 ) -> tokio::task::JoinHandle<Result<BotReport, BotError>> {
+    options.updates = updates_for(player);
     tokio::spawn(play(
         address,
         KEY.as_bytes().to_vec(),
@@ -79,7 +92,7 @@ async fn frames_reach(server: &BattleServer, frames: u64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_rooms_of_eight_play_in_lockstep_without_desync() {
+async fn two_rooms_of_eight_play_in_lockstep_without_desync_in_both_update_forms() {
     let (server, address) = server(|_| {}).await;
     let start = Instant::now();
     let deadline = start + Duration::from_secs(5);
@@ -114,6 +127,24 @@ async fn two_rooms_of_eight_play_in_lockstep_without_desync() {
     assert!(
         summary.executed > summary.replaced * 10,
         "most inputs ran on time: {summary:?}"
+    );
+    // Both forms verified checksums; the compact one for a fraction of the bytes.
+    let per_frame = |full: bool| {
+        let reports: Vec<&BotReport> = reports
+            .iter()
+            .zip(1u64..)
+            .filter(|(_, player)| (updates_for(*player) == Updates::Full) == full)
+            .map(|(report, _)| report.as_ref().unwrap())
+            .collect();
+        assert!(reports.iter().all(|report| report.verified >= 6));
+        let bytes: u64 = reports.iter().map(|report| report.bytes_in).sum();
+        let frames: u64 = reports.iter().map(|report| u64::from(report.frames)).sum();
+        bytes as f64 / frames as f64
+    };
+    let (compact, full) = (per_frame(false), per_frame(true));
+    assert!(
+        compact <= 30.0 && full >= 2.0 * compact,
+        "bytes per frame received: compact {compact:.1}, full {full:.1}"
     );
 }
 
@@ -244,7 +275,13 @@ async fn rogue(address: SocketAddr, player: u64, hostile: impl FnOnce(Vec<u8>) -
     connection
         .send(
             codec
-                .encode_frame(&Join { mode: 0 }, FrameMeta::default())
+                .encode_frame(
+                    &Join {
+                        mode: 0,
+                        updates: Updates::Inputs,
+                    },
+                    FrameMeta::default(),
+                )
                 .unwrap(),
         )
         .await

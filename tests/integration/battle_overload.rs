@@ -53,7 +53,10 @@ async fn joins_past_the_limit_are_refused_with_a_retry_after_and_seated_players_
     .await
     .unwrap();
     let refused = client
-        .request(&garrison_battle::proto::Join { mode: 0 })
+        .request(&garrison_battle::proto::Join {
+            mode: 0,
+            updates: garrison_battle::proto::Updates::Inputs,
+        })
         .await
         .unwrap_err();
     match refused {

@@ -20,7 +20,8 @@ use tracing::Instrument;
 
 use crate::{
     lockstep::{Mirror, MirrorError},
-    proto::{FrameUpdate, Join, PlayerInput, Resume, ServerMessage},
+    packed::{self, PackedError},
+    proto::{FrameUpdate, Join, PlayerInput, Resume, ServerMessage, Updates},
     sim::{Change, input},
 };
 
@@ -121,6 +122,13 @@ pub struct BotOptions {
     /// reconnecting with the same ticket for this long, then resume the match (none: a lost
     /// server is an error).
     pub server_restarts: Option<Duration>,
+    /// What the bot asks for with each frame: the compact inputs (it simulates and checks the
+    /// checksums) or the inputs with the delta (it also checks every frame's delta).
+    pub updates: Updates,
+    /// How many times a second, on average, the bot changes its buttons (as a player presses
+    /// and releases them); it sends its buttons every `input_every` frames whether they changed
+    /// or not. 60 or more: new random buttons with every input.
+    pub button_changes: u32,
 }
 
 impl Default for BotOptions {
@@ -131,9 +139,15 @@ impl Default for BotOptions {
             trace: false,
             matches: None,
             server_restarts: None,
+            updates: Updates::Inputs,
+            button_changes: DEFAULT_BUTTON_CHANGES,
         }
     }
 }
+
+/// Button changes per second by default: a player pressing or releasing about six times a
+/// second.
+pub const DEFAULT_BUTTON_CHANGES: u32 = 6;
 
 /// Most live frames a resuming bot holds while it waits for its catch-up.
 const MAX_PENDING: usize = 4_096;
@@ -173,6 +187,14 @@ pub enum BotError {
     /// A broadcast could not be applied to the bot's mirror.
     #[error("the room's broadcast did not follow: {0:?}")]
     Mirror(MirrorError),
+    /// A compact frame's record did not decode.
+    #[error("the room sent a malformed FrameInputs for frame {frame}: {error}")]
+    Packed {
+        /// The frame.
+        frame: u32,
+        /// What was wrong.
+        error: PackedError,
+    },
     /// Live frames piled up while the bot waited for its catch-up, which never came.
     #[error("no catch-up came while resuming")]
     NoCatchup,
@@ -182,11 +204,16 @@ pub enum BotError {
 }
 
 /// A live frame held while the bot waits for its catch-up.
-struct Pending {
-    inputs: Vec<u8>,
-    replaced: u64,
-    delta: Vec<Change>,
-    checksum: Option<u64>,
+enum Pending {
+    /// A full update, decoded.
+    Full {
+        inputs: Vec<u8>,
+        replaced: u64,
+        delta: Vec<Change>,
+        checksum: Option<u64>,
+    },
+    /// A compact record, decoded once the frame before it has run (it is XORed against it).
+    Packed(Vec<u8>),
 }
 
 struct Bot {
@@ -211,6 +238,10 @@ struct Bot {
     join_again: bool,
     joins: u32,
     noise: u64,
+    /// The buttons it holds now.
+    buttons: u8,
+    /// Scratch for decoding a compact frame's inputs.
+    unpacked: Vec<u8>,
 }
 
 type Connection = Client<ServerMessage>;
@@ -231,13 +262,22 @@ impl Bot {
             Some(playing) => {
                 self.resuming = true;
                 let frame = playing.mirror.world().frame;
-                connection.send(&Resume { frame }).await?;
+                let updates = self.options.updates;
+                connection.send(&Resume { frame, updates }).await?;
             }
             None => {
-                connection.send(&Join { mode: 0 }).await?;
+                connection.send(&self.join()).await?;
             }
         }
         Ok(connection)
+    }
+
+    /// The join it sends.
+    fn join(&self) -> Join {
+        Join {
+            mode: 0,
+            updates: self.options.updates,
+        }
     }
 
     /// The bytes moved so far, over all its connections, into the report.
@@ -248,7 +288,7 @@ impl Bot {
     }
 
     /// Runs one frame on the mirror and checks this bot's input for it. `live`: it arrived
-    /// as the room broadcast it (latency is only measured then).
+    /// as the room broadcast it (latency is only measured then), not from a catch-up.
     fn apply(
         &mut self,
         frame: u32,
@@ -256,6 +296,7 @@ impl Bot {
         replaced: u64,
         delta: Option<&[Change]>,
         checksum: Option<u64>,
+        live: bool,
     ) -> Result<(), BotError> {
         let Some(playing) = &mut self.playing else {
             return Ok(());
@@ -264,8 +305,6 @@ impl Bot {
             .mirror
             .apply_checked(frame, inputs, delta, checksum)
             .map_err(BotError::Mirror)?;
-        // Live broadcasts carry a delta; catch-up frames do not.
-        let live = delta.is_some();
         if live && self.report.arrivals.len() < MAX_ARRIVALS {
             self.report.arrivals.push(Arrival {
                 room: self.report.room,
@@ -316,15 +355,39 @@ impl Bot {
             let Some(held) = self.pending.remove(&next) else {
                 break;
             };
-            self.apply(
-                next,
-                &held.inputs,
-                held.replaced,
-                Some(&held.delta),
-                held.checksum,
-            )?;
+            match held {
+                Pending::Full {
+                    inputs,
+                    replaced,
+                    delta,
+                    checksum,
+                } => self.apply(next, &inputs, replaced, Some(&delta), checksum, true)?,
+                Pending::Packed(record) => self.apply_packed(next, &record)?,
+            }
         }
         Ok(())
+    }
+
+    /// Decodes a compact frame against the mirror's last frame and runs it.
+    fn apply_packed(&mut self, frame: u32, record: &[u8]) -> Result<(), BotError> {
+        let Some(playing) = &self.playing else {
+            return Ok(());
+        };
+        let mut inputs = std::mem::take(&mut self.unpacked);
+        let unpacked = packed::unpack(record, playing.mirror.last_inputs(), &mut inputs)
+            .map_err(|error| BotError::Packed { frame, error });
+        let applied = unpacked.and_then(|unpacked| {
+            self.apply(
+                frame,
+                &inputs,
+                unpacked.replaced,
+                None,
+                unpacked.checksum,
+                true,
+            )
+        });
+        self.unpacked = inputs;
+        applied
     }
 
     /// Handles one event from the client. `Ok(false)`: nothing to answer.
@@ -386,7 +449,7 @@ impl Bot {
                     if self.pending.len() >= MAX_PENDING {
                         return Err(BotError::NoCatchup);
                     }
-                    let held = Pending {
+                    let held = Pending::Full {
                         inputs,
                         replaced,
                         delta,
@@ -395,7 +458,29 @@ impl Bot {
                     self.pending.insert(frame, held);
                     return Ok(false);
                 }
-                self.apply(frame, &inputs, replaced, Some(&delta), checksum)?;
+                self.apply(frame, &inputs, replaced, Some(&delta), checksum, true)?;
+                self.drain()?;
+            }
+            ServerMessage::FrameInputs(update) => {
+                let Some(playing) = &self.playing else {
+                    return Ok(false);
+                };
+                // The room stamps the frame number as the push's sequence number.
+                let frame = update.frame().header().seq;
+                let next = playing.mirror.world().frame;
+                if frame < next {
+                    // Already simulated from a catch-up.
+                    return Ok(false);
+                }
+                if frame > next && self.resuming {
+                    if self.pending.len() >= MAX_PENDING {
+                        return Err(BotError::NoCatchup);
+                    }
+                    self.pending
+                        .insert(frame, Pending::Packed(update.packed.to_vec()));
+                    return Ok(false);
+                }
+                self.apply_packed(frame, &update.packed)?;
                 self.drain()?;
             }
             ServerMessage::Catchup(catchup) => {
@@ -407,7 +492,8 @@ impl Bot {
                         .is_some_and(|playing| playing.mirror.world().frame == frame)
                     {
                         let inputs: Vec<u8> = record.inputs.iter().copied().collect();
-                        self.apply(frame, &inputs, record.replaced.to_native(), None, None)?;
+                        let replaced = record.replaced.to_native();
+                        self.apply(frame, &inputs, replaced, None, None, false)?;
                         self.report.caught_up += 1;
                     }
                 }
@@ -445,7 +531,9 @@ impl Bot {
                     return Ok(false);
                 };
                 let snapshot = bytes::Bytes::copy_from_slice(&resync.snapshot);
-                let mut mirror = Mirror::from_snapshot(snapshot)?;
+                let mut mirror = Mirror::from_snapshot(snapshot)?
+                    .with_inputs(resync.inputs.to_vec())
+                    .map_err(BotError::Mirror)?;
                 mirror.verified = playing.mirror.verified;
                 mirror.desyncs = playing.mirror.desyncs;
                 mirror.delta_mismatches = playing.mirror.delta_mismatches;
@@ -463,6 +551,14 @@ impl Bot {
         Ok(true)
     }
 
+    /// The next number of the bot's xorshift generator.
+    fn next_noise(&mut self) -> u64 {
+        self.noise ^= self.noise << 13;
+        self.noise ^= self.noise >> 7;
+        self.noise ^= self.noise << 17;
+        self.noise
+    }
+
     /// Sends the input for the next frame due one, unless it was sent already.
     async fn send_input(&mut self, connection: &Connection) -> Result<(), BotError> {
         let Some(playing) = &self.playing else {
@@ -477,10 +573,12 @@ impl Bot {
         if stamp % every != 0 || last.is_some_and(|last| last >= stamp) {
             return Ok(());
         }
-        self.noise ^= self.noise << 13;
-        self.noise ^= self.noise >> 7;
-        self.noise ^= self.noise << 17;
-        let buttons = (self.noise as u8) & input::ALL;
+        // A change on about `button_changes` of every 60 frames' worth of inputs.
+        let threshold = u64::from(self.options.button_changes) * u64::from(every);
+        if self.next_noise() % 60 < threshold {
+            self.buttons = (self.next_noise() as u8) & input::ALL;
+        }
+        let buttons = self.buttons;
         let span = if self.options.trace {
             tracing::info_span!(
                 "battle.bot.input",
@@ -588,7 +686,7 @@ async fn on_event(
         return Ok(true);
     }
     if std::mem::take(&mut bot.join_again) {
-        connection.send(&Join { mode: 0 }).await?;
+        connection.send(&bot.join()).await?;
     }
     if std::mem::take(&mut bot.rejoin) {
         bot.joins += 1;
@@ -596,7 +694,7 @@ async fn on_event(
         // as long as the server asked.
         let backoff = Duration::from_millis(10 * u64::from(bot.joins.min(20)));
         tokio::time::sleep(backoff.max(bot.retry_after.take().unwrap_or_default())).await;
-        connection.send(&Join { mode: 0 }).await?;
+        connection.send(&bot.join()).await?;
     }
     Ok(false)
 }
@@ -659,6 +757,8 @@ pub async fn play(
         join_again: false,
         joins: 0,
         noise: player.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1,
+        buttons: 0,
+        unpacked: Vec::new(),
     };
     let mut connection = bot.connect().await?;
     loop {

@@ -24,6 +24,7 @@
 pub mod bots;
 pub mod lockstep;
 pub mod matchmaker;
+pub mod packed;
 pub mod player;
 pub mod plot;
 pub mod process;

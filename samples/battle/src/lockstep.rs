@@ -93,6 +93,9 @@ pub enum Resumption {
         frame: u32,
         /// The world as a versioned snapshot.
         snapshot: Bytes,
+        /// The inputs the last frame ran, one per slot (what the next compact frame is XORed
+        /// against).
+        inputs: Vec<u8>,
     },
 }
 
@@ -153,6 +156,12 @@ impl Lockstep {
         self.world.frame
     }
 
+    /// The inputs the last executed frame ran, one per slot (all zeroes before the first): the
+    /// reference a compact frame ([`crate::packed`]) is XORed against.
+    pub fn last_inputs(&self) -> &[u8] {
+        &self.previous
+    }
+
     /// The settings.
     pub fn config(&self) -> &LockstepConfig {
         &self.config
@@ -180,6 +189,7 @@ impl Lockstep {
         Ok(Resumption::Snapshot {
             frame: now,
             snapshot: garrison_protocol::snapshot::write(&self.world)?,
+            inputs: self.previous.clone(),
         })
     }
 
@@ -301,6 +311,8 @@ impl Lockstep {
 #[derive(Debug, Clone)]
 pub struct Mirror {
     world: World,
+    /// The inputs of the last frame run, one per slot: what a compact frame is XORed against.
+    inputs: Vec<u8>,
     /// Checksums that did not match.
     pub desyncs: u32,
     /// Checksums that matched.
@@ -320,6 +332,13 @@ pub enum MirrorError {
         /// The frame the broadcast carried.
         found: u32,
     },
+    /// A snapshot's previous inputs are not one per unit.
+    Inputs {
+        /// Inputs given.
+        inputs: usize,
+        /// Units in the world.
+        units: usize,
+    },
 }
 
 impl Mirror {
@@ -327,28 +346,54 @@ impl Mirror {
     pub fn new(seed: u64, players: usize) -> Self {
         Mirror {
             world: World::new(seed, players),
+            inputs: vec![0; players],
             desyncs: 0,
             verified: 0,
             delta_mismatches: 0,
         }
     }
 
-    /// A mirror that starts from a snapshot (a late joiner, or a client too far behind).
+    /// A mirror that starts from a snapshot (a late joiner, or a client too far behind). Its
+    /// previous inputs are zeroes until [`Mirror::with_inputs`] gives the ones the snapshot's
+    /// frame followed (see [`Resumption::Snapshot`]).
     ///
     /// # Errors
     /// When the snapshot does not validate.
     pub fn from_snapshot(snapshot: Bytes) -> Result<Self, garrison_protocol::Error> {
+        let world = garrison_protocol::snapshot::read::<World>(snapshot)?;
         Ok(Mirror {
-            world: garrison_protocol::snapshot::read::<World>(snapshot)?,
+            inputs: vec![0; world.units.len()],
+            world,
             desyncs: 0,
             verified: 0,
             delta_mismatches: 0,
         })
     }
 
+    /// The mirror with `inputs` as the last frame's inputs (what the next compact frame is
+    /// XORed against).
+    ///
+    /// # Errors
+    /// [`MirrorError::Inputs`] when they are not one per unit.
+    pub fn with_inputs(mut self, inputs: Vec<u8>) -> Result<Self, MirrorError> {
+        if inputs.len() != self.world.units.len() {
+            return Err(MirrorError::Inputs {
+                inputs: inputs.len(),
+                units: self.world.units.len(),
+            });
+        }
+        self.inputs = inputs;
+        Ok(self)
+    }
+
     /// The local world.
     pub fn world(&self) -> &World {
         &self.world
+    }
+
+    /// The inputs of the last frame run (all zeroes before the first).
+    pub fn last_inputs(&self) -> &[u8] {
+        &self.inputs
     }
 
     /// Runs one broadcast frame and checks its checksum if it carries one.
@@ -384,6 +429,8 @@ impl Mirror {
         }
         let before = delta.map(|_| self.world.units.clone());
         self.world.step(inputs);
+        self.inputs.clear();
+        self.inputs.extend_from_slice(inputs);
         if let (Some(before), Some(delta)) = (before, delta)
             && self.world.delta_from_units(&before) != delta
         {

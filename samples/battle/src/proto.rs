@@ -5,11 +5,27 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::{lockstep::FrameRecord, sim::Change};
 
+/// What a client wants with each frame.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug, PartialEq, Eq))]
+#[repr(u8)]
+pub enum Updates {
+    /// The frame's inputs only, compact ([`FrameInputs`]): for a client that simulates (and
+    /// verifies the checksums it carries). About a sixth of [`Updates::Full`]'s bytes.
+    #[default]
+    Inputs,
+    /// The inputs and the fields that changed ([`FrameUpdate`]): for a client that draws the
+    /// world without simulating it (a spectator, a browser), or checks every frame's delta.
+    Full,
+}
+
 /// Asks the matchmaker for a room.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Join {
     /// Unused; reserved for a game mode.
     pub mode: u8,
+    /// What this connection wants with each frame.
+    pub updates: Updates,
 }
 
 /// A player's buttons for one frame (stamped `frame`, usually the current frame plus the input
@@ -29,6 +45,8 @@ pub struct PlayerInput {
 pub struct Resume {
     /// The next frame the client needs.
     pub frame: u32,
+    /// What this connection wants with each frame (a new connection chooses again).
+    pub updates: Updates,
 }
 
 messages! {
@@ -59,7 +77,8 @@ pub struct MatchStart {
     pub tick_micros: u32,
 }
 
-/// One executed frame: its inputs, what changed, and sometimes a checksum.
+/// One executed frame: its inputs, what changed, and sometimes a checksum (what a client that
+/// asked for [`Updates::Full`] gets).
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct FrameUpdate {
     /// The frame.
@@ -72,6 +91,17 @@ pub struct FrameUpdate {
     pub delta: Vec<Change>,
     /// The state's checksum after the frame, every 30 frames.
     pub checksum: Option<u64>,
+}
+
+/// One executed frame, compact (what a client that asked for [`Updates::Inputs`] gets): the frame
+/// is the frame header's `seq`; `packed` holds the inputs XORed against the previous frame's,
+/// only the slots that changed, the replaced mask when a slot was replaced, and the checksum
+/// when the frame carries one (the layout is in [`crate::packed`]). 24 bytes on the wire for a
+/// frame where at most two players changed buttons, 1.4 KB/s at 60 Hz.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FrameInputs {
+    /// The record ([`crate::packed::unpack`] reads it).
+    pub packed: Vec<u8>,
 }
 
 /// The frames a resuming client missed, from the room's input log, oldest first: enough to
@@ -89,6 +119,9 @@ pub struct Resync {
     pub frame: u32,
     /// The world, a versioned snapshot (`garrison_protocol::snapshot`).
     pub snapshot: Vec<u8>,
+    /// The inputs of the frame before `frame`, one per slot: what the next [`FrameInputs`] is
+    /// XORed against.
+    pub inputs: Vec<u8>,
 }
 
 /// The match is over: its result, after the last frame. The room is released; a client that
@@ -115,5 +148,6 @@ messages! {
         0x0182 => Catchup(Catchup),
         0x0183 => Resync(Resync),
         0x0184 => MatchEnd(MatchEnd),
+        0x0185 => FrameInputs(FrameInputs),
     }
 }

@@ -22,9 +22,10 @@ use garrison_runtime::{
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::{
-    lockstep::{InputOutcome, Lockstep, LockstepConfig, Resumption},
+    lockstep::{Broadcast, InputOutcome, Lockstep, LockstepConfig, Resumption},
+    packed,
     player::{Player, PlayerMsg},
-    proto::{Catchup, FrameUpdate, MatchEnd, MatchStart, Resync},
+    proto::{Catchup, FrameInputs, FrameUpdate, MatchEnd, MatchStart, Resync},
     server::ServerStats,
 };
 
@@ -139,6 +140,11 @@ pub struct RoomState {
     engine: Option<Lockstep>,
     /// A bit per slot whose player left.
     departed: u64,
+    /// Whether this incarnation broadcast a frame yet. Not kept: the first compact frame after
+    /// an activation is a key frame (every input as is), so no client depends on the previous
+    /// incarnation's last frame.
+    #[rkyv(with = rkyv::with::Skip)]
+    keyed: bool,
 }
 
 impl Snapshot for RoomState {
@@ -173,6 +179,9 @@ pub struct Room {
     pub playing: Arc<DashMap<u64, ()>>,
     /// Rooms recovered from the store that have not executed a frame yet.
     pub first_frame: Arc<DashMap<u64, ()>>,
+    /// The players whose connection asked for [`Updates::Full`](crate::proto::Updates) (the
+    /// rest get the compact [`FrameInputs`]).
+    pub full_updates: Arc<DashMap<u64, ()>>,
     /// Counters.
     pub stats: Arc<ServerStats>,
 }
@@ -206,6 +215,58 @@ impl Room {
         self.playing.remove(&room);
         context.checkpoint();
         context.stop();
+    }
+
+    /// Sends a frame's broadcast to the room's players, each in the form its connection asked
+    /// for: the compact inputs ([`FrameInputs`]) or the inputs with the delta ([`FrameUpdate`]),
+    /// each encoded once for all who take it. `previous` are the inputs of the frame before.
+    fn broadcast(&self, state: &mut RoomState, previous: &[u8], broadcast: Broadcast) {
+        let frame = broadcast.record.frame;
+        let mut full = 0u64;
+        if !self.full_updates.is_empty() {
+            for (slot, player) in state.players.iter().enumerate() {
+                if self.full_updates.contains_key(player) {
+                    full |= slot_bit(slot);
+                }
+            }
+        }
+        let everyone = every_slot(state.players.len());
+        if full & everyone != everyone {
+            let mut record = Vec::with_capacity(16);
+            packed::pack(
+                previous,
+                &broadcast.record.inputs,
+                broadcast.record.replaced,
+                broadcast.checksum,
+                !state.keyed,
+                &mut record,
+            );
+            let compact = Room::slots(state, !full);
+            self.sessions
+                .broadcast(compact, frame, &FrameInputs { packed: record });
+        }
+        state.keyed = true;
+        if full != 0 {
+            let update = FrameUpdate {
+                frame,
+                inputs: broadcast.record.inputs,
+                replaced: broadcast.record.replaced,
+                delta: broadcast.delta,
+                checksum: broadcast.checksum,
+            };
+            self.sessions
+                .broadcast(Room::slots(state, full), frame, &update);
+        }
+    }
+
+    /// The sessions of the players in the slots of `mask`.
+    fn slots(state: &RoomState, mask: u64) -> impl Iterator<Item = SessionId> + '_ {
+        state
+            .players
+            .iter()
+            .enumerate()
+            .filter(move |(slot, _)| mask & slot_bit(*slot) != 0)
+            .map(|(_, player)| SessionId(*player))
     }
 
     /// The players still in the match.
@@ -414,27 +475,23 @@ impl Entity for Room {
                 let Some(engine) = &mut state.engine else {
                     return Ok(());
                 };
+                // What the frame's compact form is XORed against: the inputs of the one before.
+                let mut previous = [0u8; packed::MAX_PLAYERS];
+                let players = engine.last_inputs().len().min(packed::MAX_PLAYERS);
+                previous[..players].copy_from_slice(&engine.last_inputs()[..players]);
                 let broadcast = engine.advance()?;
+                let frame = broadcast.record.frame;
                 if self.first_frame.remove(&room).is_some() {
                     self.stats.recovered_ticking.fetch_add(1, Ordering::Relaxed);
                 }
-                let update = FrameUpdate {
-                    frame: broadcast.record.frame,
-                    inputs: broadcast.record.inputs,
-                    replaced: broadcast.record.replaced,
-                    delta: broadcast.delta,
-                    checksum: broadcast.checksum,
-                };
-                // Encoded once; every player gets the same bytes.
-                let players = state.players.iter().copied().map(SessionId);
-                self.sessions.broadcast(players, update.frame, &update);
+                self.broadcast(state, &previous[..players], broadcast);
                 self.stats.frames.fetch_add(1, Ordering::Relaxed);
-                if (update.frame + 1).is_multiple_of(self.settings.snapshot_every) {
+                if (frame + 1).is_multiple_of(self.settings.snapshot_every) {
                     context.checkpoint();
                 } else {
                     context.log(RoomLog::Frame.encode());
                 }
-                if update.frame + 1 >= self.settings.match_frames {
+                if frame + 1 >= self.settings.match_frames {
                     self.finish(room, state, context);
                 }
             }
@@ -455,10 +512,15 @@ fn catch_up(
         Resumption::Frames(frames) => {
             garrison_protocol::encode_frame(&Catchup { frames }, FrameMeta::default())
         }
-        Resumption::Snapshot { frame, snapshot } => garrison_protocol::encode_frame(
+        Resumption::Snapshot {
+            frame,
+            snapshot,
+            inputs,
+        } => garrison_protocol::encode_frame(
             &Resync {
                 frame,
                 snapshot: snapshot.to_vec(),
+                inputs,
             },
             FrameMeta::default(),
         ),

@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use crate::{
     bots::{BotError, BotOptions, play},
     process::ServerProcess,
+    proto::Updates,
     report::Summary,
     server::{BattleServer, ServerConfig},
 };
@@ -41,6 +42,15 @@ pub struct BotArgs {
     /// Inputs each bot sends per second (at most the frame rate, 60).
     #[arg(long, default_value_t = 60)]
     pub input_rate: u32,
+    /// How many times a second, on average, each bot changes its buttons (it sends them at
+    /// `--input-rate` whether they changed or not); 60: new random buttons with every input.
+    #[arg(long, default_value_t = crate::bots::DEFAULT_BUTTON_CHANGES)]
+    pub button_changes: u32,
+    /// Percentage of the bots that ask for every frame's field delta as well (as a spectator or
+    /// a browser would, or to check every frame); the rest get the compact inputs and check the
+    /// checksums.
+    #[arg(long, default_value_t = 0)]
+    pub full_updates_percent: u32,
     /// Seconds to play (per point in a sweep).
     #[arg(long, default_value_t = 30)]
     pub duration: u64,
@@ -454,6 +464,15 @@ pub async fn run_once(args: &BotArgs, clients: u64, progress: bool) -> Result<Su
                     (0, _) => Some(Duration::from_secs(30)),
                     (window, _) => Some(Duration::from_secs(window)),
                 },
+                // Spread evenly: every room of a run with some has some.
+                updates: if (index as u64 * u64::from(args.full_updates_percent.min(100))) % 100
+                    < u64::from(args.full_updates_percent.min(100))
+                {
+                    Updates::Full
+                } else {
+                    Updates::Inputs
+                },
+                button_changes: args.button_changes,
             };
             tokio::spawn(play(
                 address,
@@ -824,15 +843,18 @@ async fn capacity(args: &BotArgs) -> Result<(), Error> {
 /// source's column grows like.
 pub fn sweep_table(points: &[(u64, Summary)]) -> String {
     let mut table = String::from(
-        "clients | KB/s out (total) | KB/s per client | P99 ms | deviation | desyncs | failed || source KB/s | source P99 ms | source deviation\n",
+        "clients | KB/s out (total) | KB/s per client | P99 ms | deviation | desyncs | failed || source KB/s | source KB/s per client | source P99 ms | source deviation\n",
     );
     for (clients, summary) in points {
         let source = SOURCE_ROWS
             .iter()
             .find(|row| row.0 == *clients)
             .map_or_else(
-                || "- | - | -".to_string(),
-                |row| format!("{:.0} | {:.0} | {}", row.1, row.2, row.3),
+                || "- | - | - | -".to_string(),
+                |row| {
+                    let per_client = row.1 / row.0 as f64;
+                    format!("{:.0} | {per_client:.2} | {:.0} | {}", row.1, row.2, row.3)
+                },
             );
         table.push_str(&format!(
             "{clients} | {:.0} | {:.2} | {:.2} | {} | {} | {} || {source}\n",
@@ -924,9 +946,13 @@ mod tests {
         let table = sweep_table(&points);
         let rows: Vec<&str> = table.lines().collect();
         assert!(rows[0].contains("source P99 ms"));
-        assert_eq!(rows[1], "10 | 20 | 2.00 | 17.00 | 0 | 0 | 0 || 18 | 21 | 0");
+        assert!(rows[0].contains("source KB/s per client"));
         assert_eq!(
-            rows[2], "1000 | 2000 | 2.00 | 17.00 | 0 | 0 | 0 || - | - | -",
+            rows[1],
+            "10 | 20 | 2.00 | 17.00 | 0 | 0 | 0 || 18 | 1.80 | 21 | 0"
+        );
+        assert_eq!(
+            rows[2], "1000 | 2000 | 2.00 | 17.00 | 0 | 0 | 0 || - | - | - | -",
             "no source row for 1,000 clients"
         );
         let svg = std::env::temp_dir().join(format!("sweep-{}.svg", std::process::id()));

@@ -25,7 +25,7 @@ use garrison_supervisor::{SupervisorRef, supervisor};
 use crate::{
     matchmaker::Matchmaker,
     player::{Player, PlayerMsg, Seat},
-    proto::ClientMessage,
+    proto::{ArchivedUpdates, ClientMessage},
     room::{Room, RoomMsg, RoomSettings},
 };
 
@@ -139,6 +139,18 @@ pub struct Census {
     pub waiting: u64,
 }
 
+/// Records what player `player`'s connection asked for with each frame.
+fn choose(full_updates: &DashMap<u64, ()>, player: u64, updates: &ArchivedUpdates) {
+    match updates {
+        ArchivedUpdates::Full => {
+            full_updates.insert(player, ());
+        }
+        ArchivedUpdates::Inputs => {
+            full_updates.remove(&player);
+        }
+    }
+}
+
 /// A running battle server.
 pub struct BattleServer {
     /// The gateway players connect to.
@@ -165,6 +177,9 @@ impl BattleServer {
         let stats = Arc::new(ServerStats::default());
         let sessions = Arc::new(Sessions::new());
         let playing = Arc::new(DashMap::new());
+        // The players whose connection asked for full updates: set by their Join or Resume,
+        // gone with their session (so at most one entry per open session).
+        let full_updates: Arc<DashMap<u64, ()>> = Arc::new(DashMap::new());
         let zone = Some(config.zone.clone());
         let durability = match &config.store {
             Some(store) => Durability::write_behind(store.clone()),
@@ -215,6 +230,7 @@ impl BattleServer {
             players: players.clone(),
             playing: playing.clone(),
             first_frame: Arc::default(),
+            full_updates: full_updates.clone(),
             stats: stats.clone(),
         })?;
         // The whole node: players' sessions, the matchmaker, the rooms. Each kind is a dynamic
@@ -260,6 +276,7 @@ impl BattleServer {
         let routing = guard.clone();
         let own = players.clone();
         let leaving = players.clone();
+        let choosing = full_updates.clone();
         let gateway = GatewayBuilder::<ClientMessage>::new(
             config.gateway,
             sessions.clone(),
@@ -275,14 +292,20 @@ impl BattleServer {
                             buttons: input.buttons,
                         })
                         .map_err(|refused| refused.reason),
-                    ClientMessage::Join(_) => session
-                        .send::<Player>(PlayerMsg::Join)
-                        .map_err(|refused| refused.reason),
-                    ClientMessage::Resume(resume) => session
-                        .send::<Player>(PlayerMsg::Resume {
-                            from: resume.frame.to_native(),
-                        })
-                        .map_err(|refused| refused.reason),
+                    ClientMessage::Join(join) => {
+                        choose(&choosing, session.player(), &join.updates);
+                        session
+                            .send::<Player>(PlayerMsg::Join)
+                            .map_err(|refused| refused.reason)
+                    }
+                    ClientMessage::Resume(resume) => {
+                        choose(&choosing, session.player(), &resume.updates);
+                        session
+                            .send::<Player>(PlayerMsg::Resume {
+                                from: resume.frame.to_native(),
+                            })
+                            .map_err(|refused| refused.reason)
+                    }
                 }
             },
         )
@@ -294,6 +317,7 @@ impl BattleServer {
         })
         // A player gone for good leaves its queue or its room.
         .on_session_closed(move |session| {
+            full_updates.remove(&session.player());
             let _ = leaving.send(&session.player(), PlayerMsg::Leave);
         })
         // The router sends to players and rooms (and players to the matchmaker): a kind left out

@@ -218,16 +218,98 @@ fn a_client_too_far_behind_resumes_from_a_snapshot() {
     // Frame 60 is in the log but beyond a limit of 10 frames.
     let over_limit = room.resume(60, 10).unwrap();
     for resumption in [before_log, over_limit] {
-        let Resumption::Snapshot { frame, snapshot } = resumption else {
+        let Resumption::Snapshot {
+            frame,
+            snapshot,
+            inputs,
+        } = resumption
+        else {
             panic!("expected a snapshot");
         };
         assert_eq!(frame, 80);
-        let resumed = Mirror::from_snapshot(snapshot).unwrap();
+        assert_eq!(inputs, room.last_inputs());
+        let resumed = Mirror::from_snapshot(snapshot)
+            .unwrap()
+            .with_inputs(inputs)
+            .unwrap();
+        assert_eq!(resumed.last_inputs(), room.last_inputs());
         assert_eq!(resumed.world().frame, 80);
         assert_eq!(resumed.world().checksum(), room.world().checksum());
     }
     assert!(
         matches!(room.resume(81, 1_000).unwrap(), Resumption::Snapshot { .. }),
         "a frame from the future is not trusted"
+    );
+}
+
+/// Runs `frames` frames of `room` with inputs that change now and then, feeding `mirror` the
+/// compact record of each (XORed against the frame before, as the room sends it).
+fn run_compact(room: &mut Lockstep, mirror: &mut Mirror, frames: u32) {
+    let mut inputs = Vec::new();
+    let mut record = Vec::new();
+    for _ in 0..frames {
+        let frame = room.next_frame();
+        // Slot 0 changes every 7th frame, slot 1 every 11th; the others never send.
+        if frame.is_multiple_of(7) {
+            room.submit(0, frame, (frame % 32) as u8);
+        }
+        if frame.is_multiple_of(11) {
+            room.submit(1, frame, input::ATTACK | (frame % 4) as u8);
+        }
+        let previous = room.last_inputs().to_vec();
+        let broadcast = room.advance().unwrap();
+        record.clear();
+        crate::packed::pack(
+            &previous,
+            &broadcast.record.inputs,
+            broadcast.record.replaced,
+            broadcast.checksum,
+            false,
+            &mut record,
+        );
+        let unpacked = crate::packed::unpack(&record, mirror.last_inputs(), &mut inputs).unwrap();
+        assert_eq!(inputs, broadcast.record.inputs);
+        assert_eq!(unpacked.replaced, broadcast.record.replaced);
+        mirror.apply(frame, &inputs, unpacked.checksum).unwrap();
+    }
+}
+
+#[test]
+fn a_mirror_fed_compact_frames_stays_in_sync_from_the_start_and_after_a_resync() {
+    let mut room = Lockstep::new(9, config(4)).unwrap();
+    let mut mirror = Mirror::new(9, 4);
+    run_compact(&mut room, &mut mirror, 120);
+    assert_eq!(mirror.desyncs, 0);
+    assert_eq!(
+        mirror.verified, 4,
+        "frames 30, 60, 90, 120 carried checksums"
+    );
+    // A client that resyncs from a snapshot goes on from the inputs the snapshot carries.
+    let Resumption::Snapshot {
+        snapshot, inputs, ..
+    } = room.resume(0, 0).unwrap()
+    else {
+        panic!("expected a snapshot");
+    };
+    let mut resynced = Mirror::from_snapshot(snapshot)
+        .unwrap()
+        .with_inputs(inputs)
+        .unwrap();
+    run_compact(&mut room, &mut resynced, 90);
+    assert_eq!((resynced.verified, resynced.desyncs), (3, 0));
+    assert_eq!(resynced.world().checksum(), room.world().checksum());
+    let Resumption::Snapshot { snapshot, .. } = room.resume(0, 0).unwrap() else {
+        panic!("expected a snapshot");
+    };
+    assert_eq!(
+        Mirror::from_snapshot(snapshot)
+            .unwrap()
+            .with_inputs(vec![0; 3])
+            .unwrap_err(),
+        MirrorError::Inputs {
+            inputs: 3,
+            units: 4
+        },
+        "previous inputs for another room size are refused"
     );
 }
