@@ -400,6 +400,11 @@ async fn a_match_ends_with_its_result_verified_and_its_players_join_the_next() {
             report.results_verified, report.matches_ended,
             "every result equals the bot's own mirror of the last frame"
         );
+        // Checksums at frames 30 and 60 of each match: the report counts both matches'.
+        assert_eq!(
+            report.verified, 4,
+            "both matches' checksums count: {report:?}"
+        );
     }
     assert_eq!(summary.result_mismatches, 0);
     assert_eq!(summary.desyncs, 0);

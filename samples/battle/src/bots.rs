@@ -419,8 +419,13 @@ impl Bot {
             ServerMessage::MatchStart(start) => {
                 self.report.room = start.room.to_native();
                 self.report.tick = Duration::from_micros(u64::from(start.tick_micros.to_native()));
+                let mut mirror = Mirror::new(start.seed.to_native(), usize::from(start.players));
+                // The report counts every match's checks, not only this one's.
+                mirror.verified = self.report.verified;
+                mirror.desyncs = self.report.desyncs;
+                mirror.delta_mismatches = self.report.delta_mismatches;
                 self.playing = Some(Playing {
-                    mirror: Mirror::new(start.seed.to_native(), usize::from(start.players)),
+                    mirror,
                     slot: start.slot,
                     delay: start.input_delay.to_native(),
                     tick: Duration::from_micros(u64::from(start.tick_micros.to_native())),
