@@ -97,7 +97,7 @@ pub struct FrameUpdate {
 /// is the frame header's `seq`; `packed` holds the inputs XORed against the previous frame's,
 /// only the slots that changed, the replaced mask when a slot was replaced, and the checksum
 /// when the frame carries one (the layout is in [`crate::packed`]). 24 bytes on the wire for a
-/// frame where at most two players changed buttons, 1.4 KB/s at 60 Hz.
+/// frame where at most two players changed buttons and none was late: 1.4 KB/s at 60 Hz.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct FrameInputs {
     /// The record ([`crate::packed::unpack`] reads it).
