@@ -444,3 +444,28 @@ async fn players_who_leave_before_their_room_fills_leave_the_queue() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_of_more_than_64_players_sends_everyone_full_updates() {
+    // The compact form's masks cover 64 slots; a room of 66 falls back to full updates for all,
+    // whatever they asked for.
+    let (server, address) = server(|config| config.room_size = 66).await;
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(3);
+    let bots = (1..=66)
+        .map(|player| bot(address, player, deadline, BotOptions::default()))
+        .collect();
+    let reports = finish(bots).await;
+    let summary = Summary::new(&reports, None, None, start.elapsed().as_secs_f64());
+    server.stop().await;
+    assert_none_failed(&reports);
+    assert_eq!(summary.rooms, 1);
+    assert_eq!((summary.desyncs, summary.delta_mismatches), (0, 0));
+    for report in &reports {
+        let report = report.as_ref().unwrap();
+        assert!(report.frames >= 60 && report.verified >= 2, "{report:?}");
+        // 66 inputs and a delta in every frame: far more than a compact record.
+        let per_frame = report.bytes_in as f64 / f64::from(report.frames);
+        assert!(per_frame > 100.0, "{per_frame:.1} bytes a frame");
+    }
+}

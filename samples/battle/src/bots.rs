@@ -326,7 +326,8 @@ impl Bot {
                 // Its frame was skipped by a resync: it never ran here.
                 continue;
             }
-            if replaced & (1 << playing.slot) != 0 {
+            // Slots past 63 share the mask's last bit, as the room sets it.
+            if replaced & (1u64 << playing.slot.min(63)) != 0 {
                 self.report.replaced += 1;
                 continue;
             }

@@ -222,16 +222,23 @@ impl Room {
     /// each encoded once for all who take it. `previous` are the inputs of the frame before.
     fn broadcast(&self, state: &mut RoomState, previous: &[u8], broadcast: Broadcast) {
         let frame = broadcast.record.frame;
+        // More slots than the compact form's masks cover: everyone gets full updates.
+        let huge = state.players.len() > packed::MAX_PLAYERS;
         let mut full = 0u64;
-        if !self.full_updates.is_empty() {
+        if !huge && !self.full_updates.is_empty() {
             for (slot, player) in state.players.iter().enumerate() {
                 if self.full_updates.contains_key(player) {
                     full |= slot_bit(slot);
                 }
             }
         }
-        let everyone = every_slot(state.players.len());
-        if full & everyone != everyone {
+        let wants_full = move |slot: usize| huge || full & slot_bit(slot) != 0;
+        let compact = if huge {
+            0
+        } else {
+            state.players.len() - full.count_ones() as usize
+        };
+        if compact > 0 {
             let mut record = Vec::with_capacity(16);
             packed::pack(
                 previous,
@@ -241,12 +248,12 @@ impl Room {
                 !state.keyed,
                 &mut record,
             );
-            let compact = Room::slots(state, !full);
+            let to = Room::slots_where(state, move |slot| !wants_full(slot));
             self.sessions
-                .broadcast(compact, frame, &FrameInputs { packed: record });
+                .broadcast(to, frame, &FrameInputs { packed: record });
         }
         state.keyed = true;
-        if full != 0 {
+        if compact < state.players.len() {
             let update = FrameUpdate {
                 frame,
                 inputs: broadcast.record.inputs,
@@ -255,17 +262,20 @@ impl Room {
                 checksum: broadcast.checksum,
             };
             self.sessions
-                .broadcast(Room::slots(state, full), frame, &update);
+                .broadcast(Room::slots_where(state, wants_full), frame, &update);
         }
     }
 
-    /// The sessions of the players in the slots of `mask`.
-    fn slots(state: &RoomState, mask: u64) -> impl Iterator<Item = SessionId> + '_ {
+    /// The sessions of the players whose slot passes `keep`.
+    fn slots_where<'a>(
+        state: &'a RoomState,
+        keep: impl Fn(usize) -> bool + 'a,
+    ) -> impl Iterator<Item = SessionId> + 'a {
         state
             .players
             .iter()
             .enumerate()
-            .filter(move |(slot, _)| mask & slot_bit(*slot) != 0)
+            .filter(move |(slot, _)| keep(*slot))
             .map(|(_, player)| SessionId(*player))
     }
 
