@@ -3,11 +3,11 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
-use crate::messages;
+use crate::{Schema, messages};
 
 /// An authentication ticket: HMAC-SHA256, keyed by the server's secret, over the player id and
 /// the expiry (both little-endian `u64`). Minted by the login service, checked by the gateway.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Schema, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ticket {
     /// The player the ticket admits.
     pub player: u64,
@@ -18,14 +18,18 @@ pub struct Ticket {
 }
 
 /// The first frame a client sends.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Schema, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hello {
     /// The client's ticket.
     pub ticket: Ticket,
+    /// The layout hash of the game's protocols the client was built against
+    /// ([`schema::Document::layout_hash`](crate::schema::Document::layout_hash)); a gateway
+    /// that knows its game's hash closes a connection with another (`layout_mismatch`).
+    pub layout: u64,
 }
 
 /// The server's answer to a good `Hello`.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Schema, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Welcome {
     /// The session id, the same across reconnects with the same player.
     pub session: u64,
@@ -34,7 +38,7 @@ pub struct Welcome {
 }
 
 /// The last frame before the server closes a connection, saying why.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Schema, Debug, Clone, PartialEq, Eq)]
 pub struct Close {
     /// A stable code (see `CloseCode` in the runtime, and `docs/protocol.md`).
     pub code: u16,
@@ -102,7 +106,7 @@ impl RefusalCode {
 }
 
 /// A frame the server did not accept, on a connection that stays open.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Schema, Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
     /// The refused frame's sequence number.
     pub seq: u32,

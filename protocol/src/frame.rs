@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use crate::{Error, MessageKind};
 
 /// The protocol version this build speaks and writes.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 /// Bytes of the length prefix.
 pub const LENGTH_PREFIX_LEN: usize = 4;
 /// Bytes of the fixed header, length prefix included: length, version, flags, kind, sequence.

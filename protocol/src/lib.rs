@@ -12,12 +12,12 @@
 //!
 //! ```
 //! use bytes::BytesMut;
-//! use garrison_protocol::{messages, DecodeConfig, FrameCodec, FrameMeta, Protocol};
+//! use garrison_protocol::{messages, DecodeConfig, FrameCodec, FrameMeta, Protocol, Schema};
 //! use tokio_util::codec::Decoder;
 //!
-//! #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq)]
+//! #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Schema, Debug, PartialEq)]
 //! pub struct Move { pub entity: u64, pub dx: i32, pub dy: i32 }
-//! #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq)]
+//! #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Schema, Debug, PartialEq)]
 //! pub struct Chat { pub text: String }
 //!
 //! messages! {
@@ -68,6 +68,9 @@ const _: () = {
     );
 };
 
+// The `Schema` derive names this crate `::garrison_protocol`, here as everywhere.
+extern crate self as garrison_protocol;
+
 mod archive;
 mod codec;
 pub mod control;
@@ -75,6 +78,7 @@ mod error;
 mod frame;
 mod kind;
 mod message;
+pub mod schema;
 pub mod snapshot;
 mod strict;
 #[cfg(feature = "ticket")]
@@ -87,6 +91,8 @@ pub use frame::{
     DEFAULT_MAX_FRAME_LEN, DecodeConfig, FIXED_HEADER_LEN, FLAG_REPLY, FLAG_TRACE_CONTEXT, Frame,
     FrameHeader, KNOWN_FLAGS, LENGTH_PREFIX_LEN, PROTOCOL_VERSION, TRACE_CONTEXT_LEN, TraceContext,
 };
+/// Derives [`schema::Schema`]: the archived layout of a message type.
+pub use garrison_schema_derive::Schema;
 pub use kind::MessageKind;
 #[doc(hidden)]
 pub use message::__private;
@@ -94,5 +100,6 @@ pub use message::{Message, Protocol, Validated};
 /// rkyv, with the format features this crate pins (little-endian, 32-bit relative pointers,
 /// unaligned): what a game's message types derive.
 pub use rkyv;
+pub use schema::Schema;
 pub use snapshot::{Snapshot, SnapshotRef, SnapshotWriter};
 pub use strict::{StrictArchiveValidator, StrictValidator};

@@ -9,6 +9,7 @@ use rkyv::{
 use crate::{
     DecodeConfig, Error, Frame, MessageKind,
     archive::{RkyvError, WireSerializer},
+    schema::{MessageSchema, Registry, Schema},
     strict::{self, StrictValidator},
 };
 
@@ -19,6 +20,7 @@ use crate::{
 pub trait Message:
     Archive<Archived: Portable + for<'a> CheckBytes<StrictValidator<'a, RkyvError>>>
     + for<'a> Serialize<WireSerializer<'a>>
+    + Schema
     + Send
     + 'static
 {
@@ -158,6 +160,9 @@ impl<M: Message> fmt::Debug for Validated<M> {
 /// A closed set of messages a peer may send, declared with [`messages!`](crate::messages): the
 /// enum it generates has one variant per message, each holding a [`Validated`] message.
 pub trait Protocol: Sized + Send + 'static {
+    /// The protocol's name (the enum's).
+    const NAME: &'static str;
+
     /// Every declared kind id with its message name, in declaration order.
     const KINDS: &'static [(MessageKind, &'static str)];
 
@@ -170,6 +175,10 @@ pub trait Protocol: Sized + Send + 'static {
 
     /// The frame this message arrived in.
     fn frame(&self) -> &Frame;
+
+    /// Describes every message's archived layout, defining the types they use in `registry`
+    /// (see [`schema`](crate::schema)).
+    fn describe(registry: &mut Registry) -> Vec<MessageSchema>;
 
     /// The name declared for `kind`, if any.
     fn name_of(kind: MessageKind) -> Option<&'static str> {
@@ -206,11 +215,11 @@ pub mod __private {
 /// Declares a protocol: a set of message types with stable kind ids.
 ///
 /// ```
-/// use garrison_protocol::{messages, Protocol, MessageKind};
+/// use garrison_protocol::{messages, Protocol, MessageKind, Schema};
 ///
-/// #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+/// #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Schema)]
 /// pub struct Hello { pub name: String }
-/// #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+/// #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Schema)]
 /// pub struct Move { pub dx: i32, pub dy: i32 }
 ///
 /// messages! {
@@ -225,13 +234,15 @@ pub mod __private {
 /// ```
 ///
 /// It implements [`Message`] for each type and [`Protocol`] for the enum, whose variants hold
-/// [`Validated`] messages so a handler dispatches with a `match`. Two messages with the same id
-/// fail to compile:
+/// [`Validated`] messages so a handler dispatches with a `match`. Each type derives
+/// [`Schema`](crate::Schema) beside rkyv's traits, so the protocol's layout can be exported for
+/// clients in other languages ([`schema`](crate::schema)). Two messages with the same id fail to
+/// compile:
 ///
 /// ```compile_fail
 /// # use garrison_protocol::messages;
-/// # #[derive(rkyv::Archive, rkyv::Serialize)] pub struct A;
-/// # #[derive(rkyv::Archive, rkyv::Serialize)] pub struct B;
+/// # #[derive(rkyv::Archive, rkyv::Serialize, garrison_protocol::Schema)] pub struct A;
+/// # #[derive(rkyv::Archive, rkyv::Serialize, garrison_protocol::Schema)] pub struct B;
 /// messages! { pub enum Clash { 7 => A(A), 7 => B(B) } }
 /// ```
 #[macro_export]
@@ -262,6 +273,8 @@ macro_rules! messages {
         )+
 
         impl $crate::Protocol for $name {
+            const NAME: &'static str = stringify!($name);
+
             const KINDS: &'static [($crate::MessageKind, &'static str)] =
                 &[$( ($crate::MessageKind($kind), stringify!($variant)) ),+];
 
@@ -277,6 +290,18 @@ macro_rules! messages {
                 match self {
                     $( $name::$variant(message) => message.frame(), )+
                 }
+            }
+
+            fn describe(
+                registry: &mut $crate::schema::Registry,
+            ) -> ::std::vec::Vec<$crate::schema::MessageSchema> {
+                ::std::vec![$(
+                    $crate::schema::MessageSchema {
+                        kind: $crate::MessageKind($kind),
+                        name: stringify!($variant),
+                        ty: <$ty as $crate::schema::Schema>::schema_type(registry),
+                    },
+                )+]
             }
         }
     };

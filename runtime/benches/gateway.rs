@@ -155,7 +155,11 @@ fn hello(player: u64) -> BytesMut {
     let mut wire = BytesMut::new();
     let ticket = ticket::mint(KEY, player, ticket::unix_now() + 3600);
     FrameCodec::default()
-        .encode_message(&Hello { ticket }, FrameMeta::default(), &mut wire)
+        .encode_message(
+            &Hello { ticket, layout: 0 },
+            FrameMeta::default(),
+            &mut wire,
+        )
         .unwrap();
     wire
 }

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
 /// What a client says.
-#[derive(Archive, Serialize, Deserialize, Debug)]
+#[derive(Archive, Serialize, Deserialize, Schema, Debug)]
 struct Say {
     text: String,
 }
@@ -108,7 +108,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let ticket = ticket::mint(KEY, 7, ticket::unix_now() + 60);
     client
         .send(garrison_runtime::protocol::encode_frame(
-            &Hello { ticket },
+            &Hello { ticket, layout: 0 },
             FrameMeta::default(),
         )?)
         .await?;

@@ -93,6 +93,11 @@ pub struct GatewayConfig {
     /// The `game.world.zone` recorded on the gateway's frame spans (the world partition this
     /// gateway serves), if any.
     pub zone: Option<std::sync::Arc<str>>,
+    /// The game's layout hash ([`schema::Document::layout_hash`]); a `Hello` carrying another
+    /// is closed with `LayoutMismatch`. `None` accepts any.
+    ///
+    /// [`schema::Document::layout_hash`]: garrison_protocol::schema::Document::layout_hash
+    pub layout: Option<u64>,
 }
 
 impl GatewayConfig {
@@ -120,6 +125,7 @@ impl GatewayConfig {
             drain_timeout: Duration::from_secs(2),
             reconnect_grace: Duration::from_secs(30),
             zone: None,
+            layout: None,
         }
     }
 }

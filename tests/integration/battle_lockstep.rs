@@ -267,6 +267,7 @@ async fn rogue(address: SocketAddr, player: u64, hostile: impl FnOnce(Vec<u8>) -
     let mut codec = FrameCodec::default();
     let hello = Hello {
         ticket: ticket::mint(KEY.as_bytes(), player, ticket::unix_now() + 60),
+        layout: garrison_battle::proto::layout_hash(),
     };
     connection
         .send(codec.encode_frame(&hello, FrameMeta::default()).unwrap())

@@ -47,9 +47,9 @@ async fn joins_past_the_limit_are_refused_with_a_retry_after_and_seated_players_
         });
     seated.await;
     let ticket = ticket::mint(KEY.as_bytes(), 9, ticket::unix_now() + 3600);
-    let client = Client::<garrison_battle::proto::ServerMessage>::connect(ClientConfig::new(
-        address, ticket,
-    ))
+    let client = Client::<garrison_battle::proto::ServerMessage>::connect(
+        ClientConfig::new(address, ticket).layout(garrison_battle::proto::layout_hash()),
+    )
     .await
     .unwrap();
     let refused = client

@@ -1,7 +1,8 @@
 //! The gateway's edges: a closed client reads its `Close` (never a reset), the `Close` says what
 //! was wrong, a client that never reads is bounded by the outbound queue rather than the kernel's
-//! buffers, a refusing session hook changes nothing, tickets have a maximum lifetime, and a frame
-//! that crashes its entity is answered.
+//! buffers, a refusing session hook changes nothing, tickets have a maximum lifetime, a client
+//! built against other message layouts is told so, and a frame that crashes its entity is
+//! answered.
 
 use std::time::Duration;
 
@@ -99,19 +100,21 @@ async fn every_close_says_what_was_wrong() {
     let never_expires = encode(
         &Hello {
             ticket: ticket::mint(KEY, 7, u64::MAX),
+            layout: 0,
         },
         0,
     );
     let expired = encode(
         &Hello {
             ticket: ticket::mint(KEY, 7, ticket::unix_now() - 30),
+            layout: 0,
         },
         0,
     );
     let forged = {
         let mut ticket = ticket::mint(KEY, 7, ticket::unix_now() + 60);
         ticket.mac[0] ^= 1;
-        encode(&Hello { ticket }, 0)
+        encode(&Hello { ticket, layout: 0 }, 0)
     };
     let cases: Vec<(&str, Vec<u8>, CloseCode, &str)> = vec![
         (
@@ -161,6 +164,52 @@ async fn every_close_says_what_was_wrong() {
             );
         }
     }
+    world.gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_built_against_another_layout_is_closed_with_both_hashes() {
+    let world = world(|config| config.layout = Some(0x1234_5678_9abc_def0)).await;
+    let with_layout = |player: u64, layout: u64| {
+        encode(
+            &Hello {
+                ticket: ticket::mint(KEY, player, ticket::unix_now() + 60),
+                layout,
+            },
+            0,
+        )
+    };
+    for transport in [Transport::Tcp, Transport::WebSocket] {
+        let mut stale = Client::connect(&world, transport).await;
+        stale.send_raw(with_layout(31, 0x0bad)).await;
+        let (code, said) = stale.close().await.expect("a Close");
+        assert_eq!(
+            code,
+            CloseCode::LayoutMismatch.code(),
+            "{transport:?}: {said}"
+        );
+        assert!(
+            said.contains("0000000000000bad") && said.contains("123456789abcdef0"),
+            "{transport:?}: the Close names both layouts: {said}"
+        );
+        // The same player with the server's layout is welcomed.
+        let mut current = Client::connect(&world, transport).await;
+        current
+            .send_raw(with_layout(31, 0x1234_5678_9abc_def0))
+            .await;
+        let frame = current.recv().await.expect("a Welcome");
+        assert!(
+            matches!(Control::validate(frame), Ok(Control::Welcome(_))),
+            "{transport:?}: the matching layout is welcomed"
+        );
+    }
+    assert_eq!(
+        world
+            .gateway
+            .metrics()
+            .closed_with(CloseCode::LayoutMismatch),
+        2
+    );
     world.gateway.shutdown().await;
 }
 

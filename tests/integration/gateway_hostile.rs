@@ -203,6 +203,7 @@ pub fn hello(player: u64) -> Vec<u8> {
     encode(
         &Hello {
             ticket: ticket::mint(KEY, player, ticket::unix_now() + 600),
+            layout: 0,
         },
         0,
     )
@@ -363,7 +364,13 @@ fn table() -> Vec<(&'static str, bool, Misbehaviour, CloseCode)> {
                     expires_at: ticket::unix_now() + 600,
                     mac: [7; 32],
                 };
-                vec![encode(&Hello { ticket: forged }, 0)]
+                vec![encode(
+                    &Hello {
+                        ticket: forged,
+                        layout: 0,
+                    },
+                    0,
+                )]
             },
             CloseCode::BadTicket,
         ),
@@ -374,6 +381,7 @@ fn table() -> Vec<(&'static str, bool, Misbehaviour, CloseCode)> {
                 vec![encode(
                     &Hello {
                         ticket: ticket::mint(b"another key", 3, ticket::unix_now() + 600),
+                        layout: 0,
                     },
                     0,
                 )]
@@ -387,6 +395,7 @@ fn table() -> Vec<(&'static str, bool, Misbehaviour, CloseCode)> {
                 vec![encode(
                     &Hello {
                         ticket: ticket::mint(KEY, 4, ticket::unix_now() - 1),
+                        layout: 0,
                     },
                     0,
                 )]

@@ -169,7 +169,7 @@ fn hostile_frame_table() {
         (
             "wrong version",
             with(input(), |w| w[4] = 1),
-            "unsupported protocol version 1 (this build speaks version 2)",
+            "unsupported protocol version 1 (this build speaks version 3)",
         ),
         (
             "version 0",

@@ -185,6 +185,7 @@ pub fn the_inbound_path_allocates_nothing_per_input() -> Outcome {
         let hello = garrison_protocol::encode_frame(
             &Hello {
                 ticket: ticket::mint(KEY, 1, ticket::unix_now() + 60),
+                layout: 0,
             },
             FrameMeta::default(),
         )

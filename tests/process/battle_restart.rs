@@ -48,6 +48,10 @@ pub fn child(store: &str) {
         cause_summary_secs: 60,
         overload: "none".to_owned(),
         breaker_base_qps: 30_000.0,
+        ws_listen: None,
+        web: None,
+        web_js: PathBuf::new(),
+        dev_tickets: false,
     };
     match store.split_once(':') {
         Some(("redb", dir)) => args.data_dir = PathBuf::from(dir),

@@ -164,6 +164,7 @@ async fn connect(
     if let Some(player) = player {
         let hello = Hello {
             ticket: ticket::mint(KEY, player, ticket::unix_now() + 60),
+            layout: 0,
         };
         let frame = garrison_protocol::encode_frame(&hello, FrameMeta::default())
             .map_err(|error| error.to_string())?;

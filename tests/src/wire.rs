@@ -5,12 +5,14 @@
 #![allow(missing_docs)]
 
 use bytes::BytesMut;
-use garrison_protocol::{DecodeConfig, Error, FrameCodec, FrameMeta, Message, Protocol, messages};
+use garrison_protocol::{
+    DecodeConfig, Error, FrameCodec, FrameMeta, Message, Protocol, Schema, messages,
+};
 use rkyv::{Archive, Deserialize, Serialize};
 use tokio_util::codec::Decoder;
 
 /// The 24-byte input message the benchmarks measure: entity id, position, sequence and tick.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Schema, Debug, Clone, PartialEq, Eq)]
 pub struct Input {
     /// The entity the input steers.
     pub entity: u64,
@@ -25,7 +27,7 @@ pub struct Input {
 }
 
 /// Two strings.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Schema, Debug, Clone, PartialEq, Eq)]
 pub struct Chat {
     /// Sender name.
     pub from: String,
@@ -34,7 +36,7 @@ pub struct Chat {
 }
 
 /// An enum with unit, tuple and struct variants.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Schema, Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// No-op.
     Idle,
@@ -52,7 +54,7 @@ pub enum Command {
 }
 
 /// One inventory slot.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Schema, Debug, Clone, PartialEq, Eq)]
 pub struct Item {
     /// Item id.
     pub id: u32,
@@ -63,7 +65,7 @@ pub struct Item {
 }
 
 /// Nested vectors, options and booleans.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Schema, Debug, Clone, PartialEq, Eq)]
 pub struct Inventory {
     /// Owner id.
     pub owner: u64,

@@ -9,8 +9,8 @@
 //!
 //! ```no_run
 //! # use garrison_protocol::{messages, Message};
-//! # #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)] pub struct Ping { pub n: u32 }
-//! # #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)] pub struct Pong { pub n: u32 }
+//! # #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, garrison_protocol::Schema)] pub struct Ping { pub n: u32 }
+//! # #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, garrison_protocol::Schema)] pub struct Pong { pub n: u32 }
 //! # messages! { pub enum Game { 1 => Ping(Ping), 2 => Pong(Pong) } }
 //! use garrison_client::{Client, ClientConfig, Event};
 //! use garrison_protocol::ticket;
@@ -114,6 +114,10 @@ pub struct ClientConfig {
     pub inbox_capacity: usize,
     /// Frames waiting to be written; when full, [`Client::send`] and [`Client::request`] wait.
     pub outbox_capacity: usize,
+    /// The layout hash of the game's protocols, sent in the `Hello`
+    /// ([`garrison_protocol::schema::Document::layout_hash`]); 0 by default, which only a
+    /// gateway that checks no layout accepts.
+    pub layout: u64,
 }
 
 impl ClientConfig {
@@ -130,7 +134,14 @@ impl ClientConfig {
             max_frame_len: garrison_protocol::DEFAULT_MAX_FRAME_LEN,
             inbox_capacity: 1_024,
             outbox_capacity: 256,
+            layout: 0,
         }
+    }
+
+    /// The same, announcing the game's layout hash in the `Hello`.
+    pub fn layout(mut self, layout: u64) -> Self {
+        self.layout = layout;
+        self
     }
 
     /// The same, over WebSocket.
@@ -511,6 +522,7 @@ impl Link {
         FrameCodec::new(decode).encode_message(
             &Hello {
                 ticket: config.ticket,
+                layout: config.layout,
             },
             FrameMeta::seq(0),
             &mut wire,

@@ -57,6 +57,9 @@ close_codes! {
     HandshakeTimeout = 13, "handshake_timeout", "no Hello arrived in time";
     /// The session was refused by the game's session hook.
     SessionRefused = 14, "session_refused", "the game refused the session";
+    /// The `Hello`'s layout hash is not the game's: the client was built against other
+    /// message layouts.
+    LayoutMismatch = 15, "layout_mismatch", "the client's message layouts are not the server's";
     /// No frame arrived within the idle timeout.
     IdleTimeout = 20, "idle_timeout", "no frame arrived within the idle timeout";
     /// The client sent more messages or bytes per second than allowed.

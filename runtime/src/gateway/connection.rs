@@ -624,6 +624,18 @@ impl<P: Protocol> Connection<P> {
             }
             Err(error) => return self.close(CloseCode::BadTicket, error.to_string()),
         };
+        if let Some(expected) = self.shared.config.layout {
+            let sent = hello.layout.to_native();
+            if sent != expected {
+                return self.close(
+                    CloseCode::LayoutMismatch,
+                    format!(
+                        "the client was built against message layout {sent:016x}, the server's is \
+                         {expected:016x}: rebuild the client from the server's schema"
+                    ),
+                );
+            }
+        }
         let id = SessionId(player);
         let sessions = &self.shared.sessions;
         if let Some(limit) = &self.shared.limit {

@@ -185,7 +185,13 @@ async fn client(
     let mut codec = FrameCodec::default();
     let ticket = ticket::mint(DEMO_KEY.as_bytes(), player, ticket::unix_now() + 3600);
     connection
-        .send(codec.encode_frame(&Hello { ticket }, FrameMeta::default())?)
+        .send(codec.encode_frame(
+            &Hello {
+                ticket,
+                layout: garrison_battle::proto::layout_hash(),
+            },
+            FrameMeta::default(),
+        )?)
         .await?;
     let join = Join {
         mode: 0,
@@ -313,6 +319,7 @@ async fn write_welcome(write: &mut OwnedWriteHalf) -> Result<(), Error> {
 /// A room: the match start, then every tick the frame's inputs, packed as the battle server
 /// packs them, encoded once and written to each player.
 async fn room(room: u64, mut writers: Vec<OwnedWriteHalf>, inputs: Arc<[AtomicU8; ROOM]>) {
+    let world = garrison_battle::sim::World::new(room, ROOM);
     for (slot, writer) in writers.iter_mut().enumerate() {
         let start = MatchStart {
             room,
@@ -322,6 +329,8 @@ async fn room(room: u64, mut writers: Vec<OwnedWriteHalf>, inputs: Arc<[AtomicU8
             frame: 0,
             input_delay: INPUT_DELAY,
             tick_micros: TICK.as_micros() as u32,
+            units: world.units.clone(),
+            rng: world.rng,
         };
         let Ok(frame) = garrison_protocol::encode_frame(&start, FrameMeta::default()) else {
             return;

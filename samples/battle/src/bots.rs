@@ -250,7 +250,8 @@ impl Bot {
     /// Connects with its ticket; then joins, or resumes the match it was in.
     async fn connect(&mut self) -> Result<Connection, BotError> {
         let ticket = ticket::mint(&self.key, self.player, ticket::unix_now() + 3600);
-        let mut config = ClientConfig::new(self.address, ticket);
+        let mut config =
+            ClientConfig::new(self.address, ticket).layout(crate::proto::layout_hash());
         // The bot drops and resumes on its own schedule (the scenario); a connection lost
         // otherwise is a failure to report, not to paper over.
         config.reconnect = Reconnect {
@@ -425,6 +426,19 @@ impl Bot {
                 mirror.verified = self.report.verified;
                 mirror.desyncs = self.report.desyncs;
                 mirror.delta_mismatches = self.report.delta_mismatches;
+                // The world the match announces is the one the seed makes.
+                let world = mirror.world();
+                let announced = start.rng.to_native() == world.rng
+                    && start.units.len() == world.units.len()
+                    && start.units.iter().zip(&world.units).all(|(sent, unit)| {
+                        sent.x.to_native() == unit.x
+                            && sent.y.to_native() == unit.y
+                            && sent.hp.to_native() == unit.hp
+                            && sent.kills.to_native() == unit.kills
+                    });
+                if !announced {
+                    mirror.delta_mismatches += 1;
+                }
                 self.playing = Some(Playing {
                     mirror,
                     slot: start.slot,

@@ -34,3 +34,4 @@ pub mod room;
 pub mod run;
 pub mod server;
 pub mod sim;
+pub mod web;

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
+use garrison_protocol::Schema;
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::sim::{Change, World};
@@ -61,7 +62,7 @@ pub enum InputOutcome {
 }
 
 /// One executed frame, as logged and as broadcast.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Schema, Debug, Clone, PartialEq, Eq)]
 pub struct FrameRecord {
     /// The frame executed.
     pub frame: u32,
@@ -80,6 +81,8 @@ pub struct Broadcast {
     pub delta: Vec<Change>,
     /// The checksum of the state after the frame, on every `checksum_every`-th frame.
     pub checksum: Option<u64>,
+    /// The generator's state after the frame, with the checksum.
+    pub rng: Option<u64>,
 }
 
 /// How a resuming client catches up (see [`Lockstep::resume`]).
@@ -264,10 +267,12 @@ impl Lockstep {
         } else {
             self.log.push(record.clone());
         }
+        let rng = checksum.map(|_| self.world.rng);
         Ok(Broadcast {
             record,
             delta,
             checksum,
+            rng,
         })
     }
 

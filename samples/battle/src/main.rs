@@ -26,6 +26,9 @@ enum Command {
     /// Runs the server until SIGTERM or Ctrl-C (then stops gracefully), keeping matches in a
     /// store so a restart resumes them.
     Serve(ServeArgs),
+    /// Prints the battle protocol's wire schema (JSON: every message's layout and the layout
+    /// hash clients send); `samples/battle/schema.json` is this output.
+    Schema,
 }
 
 #[tokio::main]
@@ -34,5 +37,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     match Cli::parse().command {
         Command::Demo(args) => run::main(args).await,
         Command::Serve(args) => run::serve(args).await,
+        Command::Schema => {
+            print!("{}", garrison_battle::proto::schema().to_json());
+            Ok(())
+        }
     }
 }

@@ -1,12 +1,17 @@
 //! The battle protocol: what bots (clients) and the server say to each other.
 
-use garrison_protocol::messages;
+use std::sync::OnceLock;
+
+use garrison_protocol::{Schema, messages, schema::Document};
 use rkyv::{Archive, Deserialize, Serialize};
 
-use crate::{lockstep::FrameRecord, sim::Change};
+use crate::{
+    lockstep::FrameRecord,
+    sim::{Change, Unit},
+};
 
 /// What a client wants with each frame.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Archive, Serialize, Deserialize, Schema, Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[rkyv(derive(Debug, PartialEq, Eq))]
 #[repr(u8)]
 pub enum Updates {
@@ -20,7 +25,7 @@ pub enum Updates {
 }
 
 /// Asks the matchmaker for a room.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Schema, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Join {
     /// Unused; reserved for a game mode.
     pub mode: u8,
@@ -30,7 +35,7 @@ pub struct Join {
 
 /// A player's buttons for one frame (stamped `frame`, usually the current frame plus the input
 /// delay).
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Schema, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PlayerInput {
     /// The frame the input is for.
     pub frame: u32,
@@ -41,7 +46,7 @@ pub struct PlayerInput {
 /// Sent by a client that reconnected (same ticket) to a match in progress: the first frame it
 /// has not simulated. The room answers with a [`Catchup`] from its input log, or a [`Resync`]
 /// snapshot when the client is too far behind.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Schema, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Resume {
     /// The next frame the client needs.
     pub frame: u32,
@@ -58,8 +63,9 @@ messages! {
     }
 }
 
-/// A match is starting: the client's slot and everything it needs to simulate locally.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+/// A match is starting: the client's slot, everything it needs to simulate locally, and the
+/// world at `frame` for a client that mirrors it from [`FrameUpdate`] deltas instead.
+#[derive(Archive, Serialize, Deserialize, Schema, Debug, Clone, PartialEq, Eq)]
 pub struct MatchStart {
     /// The room.
     pub room: u64,
@@ -75,11 +81,15 @@ pub struct MatchStart {
     pub input_delay: u32,
     /// The frame period in microseconds (16,667 at 60 Hz).
     pub tick_micros: u32,
+    /// The units at `frame`, one per slot (`World::new(seed, players)`).
+    pub units: Vec<Unit>,
+    /// The world's generator state at `frame` (part of every checksum).
+    pub rng: u64,
 }
 
 /// One executed frame: its inputs, what changed, and sometimes a checksum (what a client that
 /// asked for [`Updates::Full`] gets).
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Schema, Debug, Clone, PartialEq, Eq)]
 pub struct FrameUpdate {
     /// The frame.
     pub frame: u32,
@@ -91,6 +101,10 @@ pub struct FrameUpdate {
     pub delta: Vec<Change>,
     /// The state's checksum after the frame, every 30 frames.
     pub checksum: Option<u64>,
+    /// With the checksum: the world's generator state after the frame, so a client that mirrors
+    /// the units from deltas (without simulating) can compute the checksum too
+    /// (`World::checksum`: FNV-1a over frame + 1, this, and every unit's fields).
+    pub rng: Option<u64>,
 }
 
 /// One executed frame, compact (what a client that asked for [`Updates::Inputs`] gets): the frame
@@ -98,7 +112,7 @@ pub struct FrameUpdate {
 /// only the slots that changed, the replaced mask when a slot was replaced, and the checksum
 /// when the frame carries one (the layout is in [`crate::packed`]). 24 bytes on the wire for a
 /// frame where at most two players changed buttons and none was late: 1.4 KB/s at 60 Hz.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Schema, Debug, Clone, PartialEq, Eq)]
 pub struct FrameInputs {
     /// The record ([`crate::packed::unpack`] reads it).
     pub packed: Vec<u8>,
@@ -106,14 +120,14 @@ pub struct FrameInputs {
 
 /// The frames a resuming client missed, from the room's input log, oldest first: enough to
 /// simulate them locally (no deltas, no checksums; the next live checksum verifies the result).
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Schema, Debug, Clone, PartialEq, Eq)]
 pub struct Catchup {
     /// The missed frames with the inputs they ran.
     pub frames: Vec<FrameRecord>,
 }
 
 /// The room's whole world at `frame`, for a resuming client too far behind for a [`Catchup`].
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Schema, Debug, Clone, PartialEq, Eq)]
 pub struct Resync {
     /// The frame the snapshot is at (the next one to execute).
     pub frame: u32,
@@ -126,7 +140,7 @@ pub struct Resync {
 
 /// The match is over: its result, after the last frame. The room is released; a client that
 /// wants to play again sends [`Join`].
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Schema, Debug, Clone, PartialEq, Eq)]
 pub struct MatchEnd {
     /// The room.
     pub room: u64,
@@ -149,5 +163,36 @@ messages! {
         0x0183 => Resync(Resync),
         0x0184 => MatchEnd(MatchEnd),
         0x0185 => FrameInputs(FrameInputs),
+    }
+}
+
+/// The battle protocol's wire schema, the client's protocol first: what `garrison-battle schema`
+/// prints and `samples/battle/schema.json` holds (a test keeps the two equal).
+pub fn schema() -> Document {
+    Document::new("battle")
+        .protocol::<ClientMessage>()
+        .protocol::<ServerMessage>()
+}
+
+/// The layout hash of [`schema`]: what a client sends in its `Hello` and the server's gateway
+/// checks.
+pub fn layout_hash() -> u64 {
+    static HASH: OnceLock<u64> = OnceLock::new();
+    *HASH.get_or_init(|| schema().layout_hash())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_checked_in_schema_is_the_rust_types_layout() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schema.json");
+        let checked_in = std::fs::read_to_string(path).unwrap_or_default();
+        let current = super::schema().to_json();
+        assert!(
+            checked_in == current,
+            "{path} is not the layout of the Rust types: a message changed. Regenerate it with \
+             `cargo run -p garrison-battle -- schema > samples/battle/schema.json` (and give a \
+             changed message a new kind: released clients decode the old layout)"
+        );
     }
 }

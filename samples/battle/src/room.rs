@@ -260,6 +260,7 @@ impl Room {
                 replaced: broadcast.record.replaced,
                 delta: broadcast.delta,
                 checksum: broadcast.checksum,
+                rng: broadcast.rng,
             };
             self.sessions
                 .broadcast(Room::slots_where(state, wants_full), frame, &update);
@@ -418,7 +419,10 @@ impl Entity for Room {
                     input_delay: self.settings.input_delay,
                     ..LockstepConfig::default()
                 };
-                state.engine = Some(Lockstep::new(seed, config)?);
+                let engine = Lockstep::new(seed, config)?;
+                let world = engine.world();
+                let (units, rng) = (world.units.clone(), world.rng);
+                state.engine = Some(engine);
                 for (slot, player) in players.iter().enumerate() {
                     let start = MatchStart {
                         room,
@@ -429,6 +433,8 @@ impl Entity for Room {
                         input_delay: config.input_delay,
                         tick_micros: u32::try_from(self.settings.tick.as_micros())
                             .unwrap_or(u32::MAX),
+                        units: units.clone(),
+                        rng,
                     };
                     let _ = self.sessions.send_message(SessionId(*player), &start);
                 }

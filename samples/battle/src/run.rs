@@ -190,6 +190,19 @@ pub struct ServeArgs {
     /// The request rate the breaker's score is relative to (`--overload breaker`).
     #[arg(long, default_value_t = 30_000.0)]
     pub breaker_base_qps: f64,
+    /// Also accept players over WebSocket on this address (one frame per binary message).
+    #[arg(long)]
+    pub ws_listen: Option<SocketAddr>,
+    /// Serve the browser client's page on this address (needs `--ws-listen`).
+    #[arg(long, requires = "ws_listen")]
+    pub web: Option<SocketAddr>,
+    /// The page's compiled scripts (`npm ci && npm run build` in the TypeScript client).
+    #[arg(long, default_value = "samples/battle/clients/typescript/dist/src")]
+    pub web_js: PathBuf,
+    /// DEVELOPMENT ONLY, never in production: `GET /dev/ticket` on `--web` mints a ticket for a
+    /// new player to whoever asks.
+    #[arg(long, requires = "web")]
+    pub dev_tickets: bool,
 }
 
 /// Runs the server until SIGTERM or Ctrl-C, then stops gracefully: clients are told `Close 31`
@@ -201,6 +214,7 @@ pub struct ServeArgs {
 pub async fn serve(args: ServeArgs) -> Result<(), Error> {
     let mut config = local_server(args.room_size, &args.key)?;
     config.gateway.tcp = Some(args.listen);
+    config.gateway.websocket = args.ws_listen;
     config.match_frames = match_frames(args.match_seconds);
     config.protection = protection(&args.overload, args.breaker_base_qps, config.tick);
     config.store = match (&args.store, args.memory_only) {
@@ -231,6 +245,28 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
         }
         None => None,
     };
+    let web = match (args.web, server.gateway.websocket_addr()) {
+        (Some(at), Some(websocket)) => {
+            let (local, task) = crate::web::serve(crate::web::WebConfig {
+                address: at,
+                scripts: args.web_js.clone(),
+                websocket,
+                dev_tickets: args.dev_tickets.then(|| args.key.as_bytes().to_vec()),
+            })
+            .await?;
+            if args.dev_tickets {
+                eprintln!(
+                    "DEVELOPMENT tickets on http://{local}/dev/ticket: anyone reaching it plays"
+                );
+            }
+            println!("page on http://{local}/");
+            Some(task)
+        }
+        _ => None,
+    };
+    if let Some(websocket) = server.gateway.websocket_addr() {
+        println!("websocket on {websocket}");
+    }
     println!("listening on {address}");
     eprintln!("battle server on {address}; SIGTERM or Ctrl-C stops it gracefully");
     let summary = Duration::from_secs(args.cause_summary_secs.max(1));
@@ -252,6 +288,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
         endpoint.health().set_ready(false);
     }
     eprintln!("stopping: closing sessions (Close 31) and flushing the store");
+    if let Some(web) = web {
+        web.abort();
+    }
     let stopped = server.stop().await;
     if let Some(endpoint) = endpoint {
         endpoint.stop().await;
@@ -366,6 +405,7 @@ pub fn local_server(room_size: usize, key: &str) -> Result<ServerConfig, Error> 
     let mut gateway = GatewayConfig::new(key.as_bytes().to_vec());
     gateway.tcp = Some("127.0.0.1:0".parse()?);
     gateway.zone = Some(zone.clone());
+    gateway.layout = Some(crate::proto::layout_hash());
     Ok(ServerConfig {
         room_size: room_size.max(1),
         tick: Duration::from_micros(16_667),

@@ -2,6 +2,7 @@
 //! order. Nothing depends on floats, hash-map order, time or the machine, so every peer that
 //! applies the same inputs computes the same state and the same [`World::checksum`].
 
+use garrison_protocol::Schema;
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// Arena side, in thousandths of a tile: positions are in `0..ARENA`.
@@ -36,7 +37,7 @@ pub mod input {
 }
 
 /// One player's unit.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Schema, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unit {
     /// Position, `0..ARENA`.
     pub x: i32,
@@ -69,7 +70,7 @@ impl garrison_protocol::Snapshot for World {
 }
 
 /// Which field of a unit a [`Change`] sets.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Schema, Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Field {
     /// [`Unit::x`].
@@ -87,7 +88,7 @@ pub enum Field {
 }
 
 /// One changed field: what a delta broadcast carries instead of the whole state.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Schema, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Change {
     /// The unit's slot.
     pub unit: u16,

@@ -10,18 +10,18 @@ use std::{sync::Arc, time::Duration};
 use garrison_runtime::prelude::*;
 
 /// Sit down at your table (a request: the reply is the board).
-#[derive(Archive, Serialize, Deserialize, Debug)]
+#[derive(Archive, Serialize, Deserialize, Schema, Debug)]
 pub struct Sit {}
 
 /// Mark `cell` (0-8, row by row) on your turn (a request: the reply is the board).
-#[derive(Archive, Serialize, Deserialize, Debug)]
+#[derive(Archive, Serialize, Deserialize, Schema, Debug)]
 pub struct Mark {
     /// The cell.
     pub cell: u8,
 }
 
 /// The board: 0 empty, 1 the first player's mark, 2 the second's; whose turn it is.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+#[derive(Archive, Serialize, Deserialize, Schema, Debug, Clone, Default, PartialEq)]
 pub struct Board {
     /// The cells, row by row.
     pub cells: [u8; 9],
@@ -30,7 +30,7 @@ pub struct Board {
 }
 
 /// The end of a game, told to both players.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone)]
+#[derive(Archive, Serialize, Deserialize, Schema, Debug, Clone)]
 pub struct Outcome {
     /// The winner, none for a draw.
     pub winner: Option<u64>,
