@@ -4,11 +4,17 @@
 //! and unions, the layout table, a small runtime that reads and writes the rkyv subset on the
 //! wire (validating every bound, offset, tag, bool and UTF-8 sequence, and writing the exact
 //! bytes rkyv writes), per-message `encodeX` (a whole frame) and `decodeX` (a payload), and per
-//! protocol a `decodeP(frame)` that dispatches on the kind.
+//! protocol a `decodeP(frame)` that dispatches on the kind. [`csharp`] writes the same as one C#
+//! file for .NET Standard 2.0 and Unity (C# 6): classes and enums, per type a reader, a two-pass
+//! encoder and a plain-JSON writer.
 
 use std::fmt::Write as _;
 
 use serde_json::{Map, Value};
+
+mod csharp;
+
+pub use csharp::csharp;
 
 /// A schema the generator cannot use.
 #[derive(Debug, thiserror::Error)]
@@ -361,9 +367,25 @@ mod tests {
                 "unknown type `nope`",
             ),
         ] {
-            let error = typescript(schema).expect_err(schema).to_string();
-            assert!(error.contains(says), "{schema}: {error}");
+            for generate in [typescript, csharp] {
+                let error = generate(schema).expect_err(schema).to_string();
+                assert!(error.contains(says), "{schema}: {error}");
+            }
         }
+    }
+
+    #[test]
+    fn the_checked_in_csharp_battle_client_is_generated_from_the_checked_in_schema() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../samples/battle");
+        let schema = std::fs::read_to_string(format!("{root}/schema.json")).unwrap();
+        let generated = csharp(&schema).unwrap();
+        let path = format!("{root}/clients/csharp/Battle.cs");
+        let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            generated == checked_in,
+            "{path} is not generated from the schema: regenerate it with `cargo run -p \
+             garrison-codegen -- csharp samples/battle/schema.json {path}`"
+        );
     }
 
     #[test]

@@ -94,6 +94,7 @@ class Bot {
   }
 
   stop(): void {
+    this.playing = false;
     this.socket.end();
   }
 
@@ -141,6 +142,10 @@ class Bot {
     this.mirror = new Mirror(start);
     this.playing = true;
     this.sent.clear();
+    if (this.report.matches === 0) {
+      // The bot plays `seconds` from its first match's start, however long the room took to fill.
+      setTimeout(() => this.stop(), this.options.seconds * 1000);
+    }
     this.report.matches++;
   }
 
@@ -197,7 +202,10 @@ function parse(argv: string[]): Options {
   return options;
 }
 
-/** Runs `options.bots` bots for `options.seconds` and resolves with their reports. */
+/**
+ * Runs `options.bots` bots, each for `options.seconds` from the start of its first match (at
+ * most a minute more waiting for a room), and resolves with their reports.
+ */
 export function run(options: Options): Promise<Report[]> {
   return new Promise((resolve) => {
     let open = options.bots;
@@ -211,7 +219,8 @@ export function run(options: Options): Promise<Report[]> {
       bots.push(bot);
       bot.start();
     }
-    setTimeout(() => bots.forEach((bot) => bot.stop()), options.seconds * 1000);
+    // A room that never fills ends the run anyway: those bots report no match.
+    setTimeout(() => bots.forEach((bot) => bot.stop()), (options.seconds + 60) * 1000);
   });
 }
 

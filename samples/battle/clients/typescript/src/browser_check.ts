@@ -1,6 +1,7 @@
-// Drives the browser client in a real, headless Chromium for a while and checks that the page's
-// mirrored checksums match the server's: it exits 0 only when the page played, verified at
-// least one checksum per second and found no desync; it saves a screenshot.
+// Drives the browser client in a real, headless Chromium for `--seconds` from the start of its
+// match (at most a minute of waiting for the room to fill) and checks that the page's mirrored
+// checksums match the server's: it exits 0 only when the page played, verified at least one
+// checksum per second and found no desync; it saves a screenshot.
 //
 //   node dist/src/browser_check.js --page http://127.0.0.1:7780/?autoplay [--seconds 10]
 //       [--screenshot battle.png] [--chromium /usr/bin/chromium]
@@ -26,6 +27,12 @@ async function main(): Promise<number> {
     const errors: string[] = [];
     tab.on("pageerror", (error) => errors.push(error.message));
     await tab.goto(page);
+    // Its `seconds` count from the match's start, however long the room took to fill.
+    await tab.waitForFunction(
+      "window.garrison !== undefined && (window.garrison.frames > 0 || window.garrison.error !== null)",
+      null,
+      { timeout: 60_000 },
+    );
     await tab.waitForTimeout(seconds * 1000);
     const state = (await tab.evaluate("window.garrison")) as PageState | undefined;
     const screenshot = args.get("--screenshot");
