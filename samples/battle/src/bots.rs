@@ -434,6 +434,8 @@ impl Bot {
                         sent.x.to_native() == unit.x
                             && sent.y.to_native() == unit.y
                             && sent.hp.to_native() == unit.hp
+                            && sent.cooldown.to_native() == unit.cooldown
+                            && sent.respawn_in.to_native() == unit.respawn_in
                             && sent.kills.to_native() == unit.kills
                     });
                 if !announced {
