@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde_json::Value;
 
-use crate::CodegenError;
+use crate::{CodegenError, field as field_of, list, number, text};
 
 /// A type as the schema writes it.
 #[derive(Debug, Clone)]
@@ -102,29 +102,13 @@ fn parse_fields(
     value: &Value,
     types: &serde_json::Map<String, Value>,
 ) -> Result<Vec<Field>, CodegenError> {
-    value
-        .get("fields")
-        .and_then(Value::as_array)
-        .ok_or_else(|| bad("a definition without `fields`"))?
+    list(value, "fields", "a definition")?
         .iter()
         .map(|field| {
             Ok(Field {
-                name: field
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| bad("a field without a name"))?
-                    .to_owned(),
-                offset: field
-                    .get("offset")
-                    .and_then(Value::as_u64)
-                    .ok_or_else(|| bad("a field without an offset"))?
-                    as usize,
-                ty: parse_ty(
-                    field
-                        .get("type")
-                        .ok_or_else(|| bad("a field without a type"))?,
-                    types,
-                )?,
+                name: text(field, "name", "a field")?.to_owned(),
+                offset: number(field, "offset", "a field")? as usize,
+                ty: parse_ty(field_of(field, "type", "a field")?, types)?,
             })
         })
         .collect()
@@ -491,23 +475,13 @@ pub fn csharp(schema: &str) -> Result<String, CodegenError> {
                 fields: parse_fields(definition, types)?,
             },
             Some("enum") => {
-                let variants = definition
-                    .get("variants")
-                    .and_then(Value::as_array)
-                    .ok_or_else(|| bad(format!("{type_name}: no variants")))?
+                let variants = list(definition, "variants", type_name)?
                     .iter()
                     .map(|variant| {
                         Ok(Variant {
-                            name: variant
-                                .get("name")
-                                .and_then(Value::as_str)
-                                .ok_or_else(|| bad("a variant without a name"))?
-                                .to_owned(),
-                            tag: variant
-                                .get("tag")
-                                .and_then(Value::as_u64)
-                                .and_then(|tag| u8::try_from(tag).ok())
-                                .ok_or_else(|| bad("a variant without a one-byte tag"))?,
+                            name: text(variant, "name", "a variant")?.to_owned(),
+                            tag: u8::try_from(number(variant, "tag", "a variant")?)
+                                .map_err(|_| bad("a variant's tag is not one byte"))?,
                             fields: parse_fields(variant, types)?,
                         })
                     })
