@@ -3,6 +3,7 @@
 
 mod battle_lockstep;
 mod battle_overload;
+mod battle_spectators;
 mod client;
 mod counter;
 mod gateway_edges;

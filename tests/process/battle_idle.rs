@@ -58,6 +58,7 @@ pub fn abandoned_rooms_are_released_and_the_server_goes_idle() -> Outcome {
             players: 0,
             sessions: 0,
             waiting: 0,
+            spectators: 0,
         };
         let released_by = Instant::now() + Duration::from_secs(10);
         while server.census() != idle {

@@ -52,6 +52,7 @@ pub fn child(store: &str) {
         web: None,
         web_js: PathBuf::new(),
         dev_tickets: false,
+        spectators_per_room: garrison_battle::run::DEFAULT_SPECTATORS_PER_ROOM,
     };
     match store.split_once(':') {
         Some(("redb", dir)) => args.data_dir = PathBuf::from(dir),

@@ -4,9 +4,9 @@
 //! the same state, bit for bit, on any machine); [`lockstep`] is one room's engine (inputs per
 //! frame, replaced inputs, broadcasts with deltas and checksums, recovery from a snapshot and the
 //! input log, catch-up for a reconnecting client); [`player`], [`matchmaker`] and [`room`] are
-//! the actor modules, and [`server`] declares them in a supervision tree behind the gateway; [`bots`] are the clients that play and
-//! verify; [`run`] drives them for `garrison-battle demo` and `battle-bots`; [`plot`] draws a
-//! sweep's curve.
+//! the actor modules, with [`spectators`] the rooms' watchers, and [`server`] declares them in a
+//! supervision tree behind the gateway; [`bots`] are the clients that play and verify; [`run`]
+//! drives them for `garrison-battle demo` and `battle-bots`; [`plot`] draws a sweep's curve.
 //!
 //! ```
 //! use garrison_battle::sim::{World, input};
@@ -34,4 +34,5 @@ pub mod room;
 pub mod run;
 pub mod server;
 pub mod sim;
+pub mod spectators;
 pub mod web;

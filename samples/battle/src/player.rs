@@ -1,10 +1,12 @@
 //! A player's session entity: the one its client's requests reach (keyed by the player id the
 //! ticket names). It joins through the matchmaker, keeps its seat (checkpointed), binds its
 //! session to its room with the seat so the gateway sends inputs straight there, forwards
-//! resumes, and leaves its queue or its room when its session closes for good.
+//! resumes, passes a spectator's `Watch` to the room it names (or picks one), and leaves its
+//! queue or its room when its session closes for good.
 
 use std::sync::Arc;
 
+use dashmap::DashMap;
 use garrison_protocol::control::RefusalCode;
 use garrison_runtime::{
     Activation, Entities, Entity, EntityContext, EntityMessage, HandlerError, SessionId, Sessions,
@@ -15,6 +17,7 @@ use crate::{
     matchmaker::{Matchmaker, MatchmakerMsg},
     proto::MatchEnd,
     room::{Room, RoomMsg},
+    spectators::Spectators,
 };
 
 /// A player session's messages: what its client asked for, and what the server decided.
@@ -33,6 +36,11 @@ pub enum PlayerMsg {
         /// The first frame it has not simulated.
         from: u32,
     },
+    /// The client asks to watch room `room` without a seat (0: any room playing).
+    Watch {
+        /// The room, or 0.
+        room: u64,
+    },
     /// The player's match is over, with this result.
     MatchEnded(MatchEnd),
     /// The player's session closed for good (it did not come back within the grace window).
@@ -45,6 +53,7 @@ impl EntityMessage for PlayerMsg {
             PlayerMsg::Join => "join",
             PlayerMsg::Placed { .. } => "placed",
             PlayerMsg::Resume { .. } => "resume",
+            PlayerMsg::Watch { .. } => "watch",
             PlayerMsg::MatchEnded(_) => "match_ended",
             PlayerMsg::Leave => "leave",
         }
@@ -81,8 +90,12 @@ pub struct Player {
     pub sessions: Arc<Sessions>,
     /// The matchmaker it joins through.
     pub matchmakers: Entities<Matchmaker>,
-    /// The rooms it plays in.
+    /// The rooms it plays in (or watches).
     pub rooms: Entities<Room>,
+    /// The rooms playing now, which a spectator may watch.
+    pub playing: Arc<DashMap<u64, ()>>,
+    /// Who watches which room.
+    pub spectators: Arc<Spectators>,
 }
 
 impl Player {
@@ -99,6 +112,15 @@ impl Player {
         if let Some(session) = self.sessions.get(SessionId(player)) {
             session.unbind::<Room>();
         }
+    }
+
+    /// The most recently started room playing that takes one more spectator.
+    fn any_room(&self) -> Option<u64> {
+        self.playing
+            .iter()
+            .map(|room| *room.key())
+            .filter(|room| self.spectators.has_room_for(*room))
+            .max()
     }
 
     /// Tells the client its request was refused as busy, so it asks again.
@@ -151,6 +173,8 @@ impl Entity for Player {
                     context.stop();
                     return Ok(());
                 }
+                // A seated player watches no other room.
+                self.spectators.leave(SessionId(player));
                 let seat = Seat { room, slot };
                 state.seat = Some(seat);
                 state.last_result = None;
@@ -191,6 +215,33 @@ impl Entity for Player {
                     .is_err()
                 {
                     self.busy(player, "the room is busy; resume again");
+                }
+            }
+            (PlayerMsg::Watch { .. }, Some(seat)) => {
+                let _ = context.refuse(
+                    RefusalCode::Rejected,
+                    format!(
+                        "seated in room {}: a player watches rooms between its matches",
+                        seat.room
+                    ),
+                );
+            }
+            (PlayerMsg::Watch { room }, None) => {
+                let room = match room {
+                    0 => self.any_room(),
+                    room if self.playing.contains_key(&room) => Some(room),
+                    _ => None,
+                };
+                let Some(room) = room else {
+                    let _ = context.refuse(
+                        RefusalCode::Rejected,
+                        "no such room is playing, or none takes one more spectator; watch again \
+                         later",
+                    );
+                    return Ok(());
+                };
+                if context.forward(&self.rooms, &room, RoomMsg::Watch).is_err() {
+                    let _ = context.refuse(RefusalCode::Busy, "the room is busy; watch again");
                 }
             }
             // Back after its match ended: tell it how it ended, so it joins again.

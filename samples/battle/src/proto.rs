@@ -54,34 +54,55 @@ pub struct Resume {
     pub updates: Updates,
 }
 
+/// Asks to watch a room without a seat (a spectator). The room answers (a reply to this frame)
+/// with a [`MatchStart`] whose `slot` is [`SPECTATOR`], holding the world at the room's next
+/// frame, then sends it every frame as a [`FrameUpdate`] (a spectator mirrors the world from
+/// the deltas) and the [`MatchEnd`]. Refused (a `Refused` control frame) when the connection's
+/// player is seated in a match (code 103), when the room is not playing or no room is (103),
+/// or when the room has as many spectators as it takes (101, busy). A spectator watches one
+/// room at a time; one that reconnects sends `Watch` again; one the matchmaker seats stops
+/// watching. Its `Input`s are refused (code 100: it is bound to no room).
+#[derive(Archive, Serialize, Deserialize, Schema, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watch {
+    /// The room to watch; 0: the most recently started room playing that takes one more
+    /// spectator (room ids start at 1).
+    pub room: u64,
+}
+
+/// The `slot` of a [`MatchStart`] sent to a spectator: no unit is its own (a room holds at most
+/// 255 players, slots 0 to 254).
+pub const SPECTATOR: u8 = u8::MAX;
+
 messages! {
     /// What a client sends.
     pub enum ClientMessage {
         0x0100 => Join(Join),
         0x0101 => Input(PlayerInput),
         0x0102 => Resume(Resume),
+        0x0103 => Watch(Watch),
     }
 }
 
 /// A match is starting: the client's slot, everything it needs to simulate locally, and the
-/// world at `frame` for a client that mirrors it from [`FrameUpdate`] deltas instead.
+/// world at `frame` for a client that mirrors it from [`FrameUpdate`] deltas instead. Also the
+/// answer to a [`Watch`]: then `slot` is [`SPECTATOR`] and `frame` the room's next frame.
 #[derive(Archive, Serialize, Deserialize, Schema, Debug, Clone, PartialEq, Eq)]
 pub struct MatchStart {
     /// The room.
     pub room: u64,
-    /// This player's unit slot.
+    /// This player's unit slot ([`SPECTATOR`] for a spectator).
     pub slot: u8,
     /// Players in the room.
     pub players: u8,
-    /// The world's seed.
+    /// The world's seed (0 for a spectator: the world it starts from is `units` and `rng`).
     pub seed: u64,
-    /// The frame the room starts at.
+    /// The frame the room starts at (a spectator's first [`FrameUpdate`] is this frame).
     pub frame: u32,
     /// Frames to stamp inputs ahead.
     pub input_delay: u32,
     /// The frame period in microseconds (16,667 at 60 Hz).
     pub tick_micros: u32,
-    /// The units at `frame`, one per slot (`World::new(seed, players)`).
+    /// The units at `frame`, one per slot (at frame 0, `World::new(seed, players)`'s).
     pub units: Vec<Unit>,
     /// The world's generator state at `frame` (part of every checksum).
     pub rng: u64,

@@ -1,6 +1,6 @@
 //! A battle room: [`Lockstep`] at 60 Hz on absolute deadlines, each frame's update encoded once
-//! for all its players; catch-up for a reconnecting player; the match's end; release when its
-//! players are gone.
+//! for all its players and its spectators; catch-up for a reconnecting player; the match's end;
+//! release when its players are gone.
 //!
 //! Durable form: a snapshot every [`SNAPSHOT_EVERY`] frames (and at the start and when a player
 //! leaves), and between snapshots the entity's log: one entry per accepted input and one per
@@ -14,7 +14,7 @@ use std::{
 };
 
 use dashmap::DashMap;
-use garrison_protocol::{FrameMeta, Snapshot};
+use garrison_protocol::{FrameMeta, Snapshot, control::RefusalCode};
 use garrison_runtime::{
     Activation, Entities, Entity, EntityContext, EntityMessage, HandlerError, SessionId, Sessions,
     Timer,
@@ -25,8 +25,9 @@ use crate::{
     lockstep::{Broadcast, InputOutcome, Lockstep, LockstepConfig, Resumption},
     packed,
     player::{Player, PlayerMsg},
-    proto::{Catchup, FrameInputs, FrameUpdate, MatchEnd, MatchStart, Resync},
+    proto::{Catchup, FrameInputs, FrameUpdate, MatchEnd, MatchStart, Resync, SPECTATOR},
     server::ServerStats,
+    spectators::Spectators,
 };
 
 /// A room's messages.
@@ -54,6 +55,9 @@ pub enum RoomMsg {
         /// The first frame it has not simulated.
         from: u32,
     },
+    /// The session that sent it watches the room (sent on its behalf, with its frame's
+    /// origin, so the room answers it).
+    Watch,
     /// The player in this slot is gone for good.
     Left {
         /// The player's slot.
@@ -71,6 +75,7 @@ impl EntityMessage for RoomMsg {
             RoomMsg::Start { .. } => "start",
             RoomMsg::Input { .. } => "input",
             RoomMsg::Resume { .. } => "resume",
+            RoomMsg::Watch => "watch",
             RoomMsg::Left { .. } => "left",
             RoomMsg::Tick => "tick",
             RoomMsg::Crash => "crash",
@@ -182,6 +187,8 @@ pub struct Room {
     /// The players whose connection asked for [`Updates::Full`](crate::proto::Updates) (the
     /// rest get the compact [`FrameInputs`]).
     pub full_updates: Arc<DashMap<u64, ()>>,
+    /// Who watches each room (they get every [`FrameUpdate`]).
+    pub spectators: Arc<Spectators>,
     /// Counters.
     pub stats: Arc<ServerStats>,
 }
@@ -208,8 +215,16 @@ impl Room {
     }
 
     /// Releases room `room` for good: the entity ends once its mailbox is empty, and its clock
-    /// with it (ticks already queued find no engine and do nothing).
+    /// with it (ticks already queued find no engine and do nothing). Its spectators are told
+    /// how the match ended and watch nothing any more.
     fn release(&self, room: u64, state: &mut RoomState, context: &mut EntityContext<'_, Self>) {
+        let spectators = self.spectators.release(room);
+        if let Some(engine) = &state.engine
+            && !spectators.is_empty()
+        {
+            self.sessions
+                .broadcast(spectators, 0, &Room::result(room, engine));
+        }
         state.engine = None;
         state.players.clear();
         self.playing.remove(&room);
@@ -219,8 +234,9 @@ impl Room {
 
     /// Sends a frame's broadcast to the room's players, each in the form its connection asked
     /// for: the compact inputs ([`FrameInputs`]) or the inputs with the delta ([`FrameUpdate`]),
-    /// each encoded once for all who take it. `previous` are the inputs of the frame before.
-    fn broadcast(&self, state: &mut RoomState, previous: &[u8], broadcast: Broadcast) {
+    /// each encoded once for all who take it; the spectators get the [`FrameUpdate`].
+    /// `previous` are the inputs of the frame before.
+    fn broadcast(&self, room: u64, state: &mut RoomState, previous: &[u8], broadcast: Broadcast) {
         let frame = broadcast.record.frame;
         // More slots than the compact form's masks cover: everyone gets full updates.
         let huge = state.players.len() > packed::MAX_PLAYERS;
@@ -253,7 +269,12 @@ impl Room {
                 .broadcast(to, frame, &FrameInputs { packed: record });
         }
         state.keyed = true;
-        if compact < state.players.len() {
+        let spectators = if self.spectators.is_empty() {
+            Vec::new()
+        } else {
+            self.spectators.of(room)
+        };
+        if compact < state.players.len() || !spectators.is_empty() {
             let update = FrameUpdate {
                 frame,
                 inputs: broadcast.record.inputs,
@@ -262,8 +283,8 @@ impl Room {
                 checksum: broadcast.checksum,
                 rng: broadcast.rng,
             };
-            self.sessions
-                .broadcast(Room::slots_where(state, wants_full), frame, &update);
+            let to = Room::slots_where(state, wants_full).chain(spectators);
+            self.sessions.broadcast(to, frame, &update);
         }
     }
 
@@ -290,12 +311,8 @@ impl Room {
             .filter(|(slot, _)| state.departed & slot_bit(*slot) == 0)
     }
 
-    /// Announces the result to every player still in the match, tells their player entities,
-    /// and releases the room.
-    fn finish(&self, room: u64, state: &mut RoomState, context: &mut EntityContext<'_, Self>) {
-        let Some(engine) = &state.engine else {
-            return;
-        };
+    /// The match's result as it stands.
+    fn result(room: u64, engine: &Lockstep) -> MatchEnd {
         let world = engine.world();
         let kills: Vec<u32> = world.units.iter().map(|unit| unit.kills).collect();
         let best = kills.iter().copied().max().unwrap_or(0);
@@ -306,13 +323,22 @@ impl Room {
                 .map(|slot| slot as u8),
             _ => None,
         };
-        let result = MatchEnd {
+        MatchEnd {
             room,
             frame: world.frame,
             kills,
             winner,
             checksum: world.checksum(),
+        }
+    }
+
+    /// Announces the result to every player still in the match (and its spectators), tells
+    /// their player entities, and releases the room.
+    fn finish(&self, room: u64, state: &mut RoomState, context: &mut EntityContext<'_, Self>) {
+        let Some(engine) = &state.engine else {
+            return;
         };
+        let result = Room::result(room, engine);
         let present: Vec<u64> = Room::present(state).map(|(_, player)| player).collect();
         // The player entities hear it first: a client that reads the result joins again at
         // once, and its Join must find its player unseated (it queues behind MatchEnded).
@@ -327,6 +353,43 @@ impl Room {
             .broadcast(present.iter().copied().map(SessionId), 0, &result);
         self.stats.matches_ended.fetch_add(1, Ordering::Relaxed);
         self.release(room, state, context);
+    }
+
+    /// Answers a `Watch`: the session that sent it becomes a spectator and gets the world at the
+    /// next frame, or is refused (the room is full of spectators, or not playing).
+    fn watch(&self, room: u64, state: &RoomState, context: &mut EntityContext<'_, Self>) {
+        let Some(session) = context.session() else {
+            tracing::warn!(room, "a Watch sent on behalf of no session is dropped");
+            return;
+        };
+        let Some(engine) = &state.engine else {
+            let _ = context.refuse(
+                RefusalCode::Rejected,
+                format!("room {room} is not playing; watch another room"),
+            );
+            return;
+        };
+        if let Err(full) = self.spectators.add(room, session) {
+            let _ = context.refuse(RefusalCode::Busy, full.to_string());
+            return;
+        }
+        let world = engine.world();
+        let start = MatchStart {
+            room,
+            slot: SPECTATOR,
+            players: state.players.len() as u8,
+            seed: 0,
+            frame: world.frame,
+            input_delay: engine.config().input_delay,
+            tick_micros: u32::try_from(self.settings.tick.as_micros()).unwrap_or(u32::MAX),
+            units: world.units.clone(),
+            rng: world.rng,
+        };
+        // The answer to the Watch frame, queued before the next frame's broadcast (this very
+        // handler is the room's turn); a connection gone meanwhile watches nothing.
+        if context.reply(&start).is_err() {
+            self.spectators.leave(session);
+        }
     }
 }
 
@@ -406,6 +469,12 @@ impl Entity for Room {
         if state.players.is_empty() && !matches!(message, RoomMsg::Start { .. }) {
             // A message for a room that ended (a late input) activated it again: there is nothing
             // to play, so it ends at once.
+            if matches!(message, RoomMsg::Watch) {
+                let _ = context.refuse(
+                    RefusalCode::Rejected,
+                    format!("room {room} is not playing; watch another room"),
+                );
+            }
             context.stop();
             return Ok(());
         }
@@ -476,6 +545,7 @@ impl Entity for Room {
                 // them in order.
                 let _ = self.sessions.push(SessionId(*player), frame);
             }
+            RoomMsg::Watch => self.watch(room, state, context),
             RoomMsg::Left { slot } => {
                 state.departed |= slot_bit(usize::from(slot));
                 context.checkpoint();
@@ -500,10 +570,16 @@ impl Entity for Room {
                 if self.first_frame.remove(&room).is_some() {
                     self.stats.recovered_ticking.fetch_add(1, Ordering::Relaxed);
                 }
-                self.broadcast(state, &previous[..players], broadcast);
+                self.broadcast(room, state, &previous[..players], broadcast);
                 self.stats.frames.fetch_add(1, Ordering::Relaxed);
                 if (frame + 1).is_multiple_of(self.settings.snapshot_every) {
                     context.checkpoint();
+                    // A spectator whose session closed while it was being added is still
+                    // listed: once a snapshot period it goes.
+                    if !self.spectators.is_empty() {
+                        self.spectators
+                            .retain_open(room, |session| self.sessions.contains(session));
+                    }
                 } else {
                     context.log(RoomLog::Frame.encode());
                 }

@@ -203,7 +203,13 @@ pub struct ServeArgs {
     /// new player to whoever asks.
     #[arg(long, requires = "web")]
     pub dev_tickets: bool,
+    /// Spectators a room takes (a client's `Watch` beyond is refused as busy; 0: none).
+    #[arg(long, default_value_t = DEFAULT_SPECTATORS_PER_ROOM)]
+    pub spectators_per_room: usize,
 }
+
+/// Spectators a room takes by default.
+pub const DEFAULT_SPECTATORS_PER_ROOM: usize = 32;
 
 /// Runs the server until SIGTERM or Ctrl-C, then stops gracefully: clients are told `Close 31`
 /// (reconnect shortly) and every checkpoint and log entry is written to the store before the
@@ -217,6 +223,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
     config.gateway.websocket = args.ws_listen;
     config.match_frames = match_frames(args.match_seconds);
     config.protection = protection(&args.overload, args.breaker_base_qps, config.tick);
+    config.spectators_per_room = args.spectators_per_room;
     config.store = match (&args.store, args.memory_only) {
         (_, true) => None,
         (Some(url), false) => {
@@ -417,6 +424,7 @@ pub fn local_server(room_size: usize, key: &str) -> Result<ServerConfig, Error> 
         store: None,
         snapshot_every: crate::room::SNAPSHOT_EVERY,
         protection: crate::server::Protection::None,
+        spectators_per_room: DEFAULT_SPECTATORS_PER_ROOM,
     })
 }
 

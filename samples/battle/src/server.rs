@@ -27,6 +27,7 @@ use crate::{
     player::{Player, PlayerMsg, Seat},
     proto::{ArchivedUpdates, ClientMessage},
     room::{Room, RoomMsg, RoomSettings},
+    spectators::Spectators,
 };
 
 /// Server settings.
@@ -55,7 +56,14 @@ pub struct ServerConfig {
     pub snapshot_every: u32,
     /// What protects running matches when the server is overloaded.
     pub protection: Protection,
+    /// Spectators a room takes (a `Watch` beyond is refused as busy); 0: none.
+    pub spectators_per_room: usize,
 }
+
+/// The most players a room holds: `MatchStart.players` is a byte, and slots run 0 to 254 (255
+/// is [`SPECTATOR`](crate::proto::SPECTATOR)). Rooms beyond 64 send everyone full updates (the
+/// compact form's masks have a bit per slot) and mark no replaced input beyond slot 63.
+pub const MAX_ROOM_SIZE: usize = 255;
 
 /// Overload protection for the battle server.
 #[derive(Debug, Clone, Default)]
@@ -83,17 +91,19 @@ enum Guard {
 }
 
 impl Guard {
-    fn admit(&self, join: bool) -> Result<(), garrison_runtime::Refusal> {
+    /// Admits a frame: `sheddable` names what it asks for when it may be shed (a join, a
+    /// watch), `None` for a running match's inputs and resumes.
+    fn admit(&self, sheddable: Option<&'static str>) -> Result<(), garrison_runtime::Refusal> {
         use garrison_runtime::overload::Priority;
-        match self {
-            Guard::None => Ok(()),
-            Guard::Adaptive(limit) if join => limit.admit(Priority::Sheddable, "joins"),
+        match (self, sheddable) {
+            (Guard::None, _) => Ok(()),
+            (Guard::Adaptive(limit), Some(what)) => limit.admit(Priority::Sheddable, what),
             // A running match's inputs and resumes: critical, never shed (not counted either:
             // an atomic per input is not worth it).
-            Guard::Adaptive(_) => Ok(()),
-            Guard::Breaker { breaker, frames } => {
+            (Guard::Adaptive(_), None) => Ok(()),
+            (Guard::Breaker { breaker, frames }, what) => {
                 frames.fetch_add(1, Ordering::Relaxed);
-                breaker.admit(if join { "joins" } else { "frames" })
+                breaker.admit(what.unwrap_or("frames"))
             }
         }
     }
@@ -137,6 +147,8 @@ pub struct Census {
     pub sessions: usize,
     /// Players in the matchmaker's queue.
     pub waiting: u64,
+    /// Sessions watching a room.
+    pub spectators: usize,
 }
 
 /// Records what player `player`'s connection asked for with each frame.
@@ -163,6 +175,7 @@ pub struct BattleServer {
     players: Entities<Player>,
     rooms: Entities<Room>,
     playing: Arc<DashMap<u64, ()>>,
+    spectators: Arc<Spectators>,
     guard: Guard,
 }
 
@@ -170,10 +183,19 @@ impl BattleServer {
     /// Starts the tree and the gateway. Call from the tokio runtime entities should run on.
     ///
     /// # Errors
-    /// When the tree or the gateway cannot start.
+    /// When the tree or the gateway cannot start, or rooms would hold more than
+    /// [`MAX_ROOM_SIZE`] players (or none).
     pub async fn start(
         config: ServerConfig,
     ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        if !(1..=MAX_ROOM_SIZE).contains(&config.room_size) {
+            return Err(format!(
+                "rooms of {} players: a room holds 1 to {MAX_ROOM_SIZE}",
+                config.room_size
+            )
+            .into());
+        }
+        let spectators = Arc::new(Spectators::new(config.spectators_per_room));
         let stats = Arc::new(ServerStats::default());
         let sessions = Arc::new(Sessions::new());
         let playing = Arc::new(DashMap::new());
@@ -210,6 +232,8 @@ impl BattleServer {
             sessions: sessions.clone(),
             matchmakers: matchmakers.clone(),
             rooms: rooms.clone(),
+            playing: playing.clone(),
+            spectators: spectators.clone(),
         })?;
         matchmakers.serve(Matchmaker {
             room_size: config.room_size,
@@ -231,6 +255,7 @@ impl BattleServer {
             playing: playing.clone(),
             first_frame: Arc::default(),
             full_updates: full_updates.clone(),
+            spectators: spectators.clone(),
             stats: stats.clone(),
         })?;
         // The whole node: players' sessions, the matchmaker, the rooms. Each kind is a dynamic
@@ -277,11 +302,17 @@ impl BattleServer {
         let own = players.clone();
         let leaving = players.clone();
         let choosing = full_updates.clone();
+        let watchers = spectators.clone();
         let gateway = GatewayBuilder::<ClientMessage>::new(
             config.gateway,
             sessions.clone(),
             move |session, message| {
-                routing.admit(matches!(message, ClientMessage::Join(_)))?;
+                // Joining and watching are shed under overload; a match's inputs never.
+                routing.admit(match message {
+                    ClientMessage::Join(_) => Some("joins"),
+                    ClientMessage::Watch(_) => Some("spectators"),
+                    ClientMessage::Input(_) | ClientMessage::Resume(_) => None,
+                })?;
                 match message {
                     // The hot path: straight to the room the session is bound to, stamped with
                     // the seat its binding carries.
@@ -298,6 +329,11 @@ impl BattleServer {
                             .send::<Player>(PlayerMsg::Join)
                             .map_err(|refused| refused.reason)
                     }
+                    ClientMessage::Watch(watch) => session
+                        .send::<Player>(PlayerMsg::Watch {
+                            room: watch.room.to_native(),
+                        })
+                        .map_err(|refused| refused.reason),
                     ClientMessage::Resume(resume) => {
                         choose(&choosing, session.player(), &resume.updates);
                         session
@@ -318,6 +354,7 @@ impl BattleServer {
         // A player gone for good leaves its queue or its room.
         .on_session_closed(move |session| {
             full_updates.remove(&session.player());
+            watchers.leave(session.id());
             let _ = leaving.send(&session.player(), PlayerMsg::Leave);
         })
         // The router sends to players and rooms (and players to the matchmaker): a kind left out
@@ -340,6 +377,7 @@ impl BattleServer {
             players,
             rooms,
             playing,
+            spectators,
             guard,
         })
     }
@@ -364,6 +402,7 @@ impl BattleServer {
             players: self.players.len(),
             sessions: self.sessions.len(),
             waiting: self.stats.waiting.load(Ordering::Relaxed),
+            spectators: self.spectators.len(),
         }
     }
 

@@ -11,7 +11,7 @@ use garrison_battle::{
     lockstep::FrameRecord,
     proto::{
         Catchup, ClientMessage, FrameInputs, FrameUpdate, Join, MatchEnd, MatchStart, PlayerInput,
-        Resume, Resync, ServerMessage, Updates,
+        Resume, Resync, ServerMessage, Updates, Watch,
     },
     sim::{Change, Field, Unit},
 };
@@ -105,6 +105,13 @@ fn goods() -> Vec<Good> {
                 updates: Updates::Inputs,
             },
             r#"{"frame":99,"updates":"Inputs"}"#,
+        ),
+        good(
+            "ClientMessage",
+            &Watch {
+                room: 0x0102_0304_0506_0708,
+            },
+            r#"{"room":"72623859790382856"}"#,
         ),
         good(
             "ServerMessage",

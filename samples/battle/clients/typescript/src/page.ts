@@ -1,7 +1,9 @@
 // The browser client: logs in with a development ticket from `serve --dev-tickets`, joins a
 // match over WebSocket with full updates, mirrors the world from the deltas (no simulation),
 // verifies every checksum, draws the units on a canvas and sends the keyboard's buttons
-// (arrows move, space attacks; `?autoplay` presses random buttons instead).
+// (arrows move, space attacks; `?autoplay` presses random buttons instead). `?watch` (or
+// `?watch=ROOM`) is a spectator instead: no seat, no inputs, the room's world from the frame it
+// is at, then the next room playing once the match is over.
 
 import {
   DecodeError,
@@ -12,6 +14,7 @@ import {
   encodeHello,
   encodeInput,
   encodeJoin,
+  encodeWatch,
   type Frame,
 } from "./battle.js";
 import { Mirror, type PageState } from "./mirror.js";
@@ -26,7 +29,12 @@ const state: PageState = { phase: "connecting", frames: 0, verified: 0, desyncs:
 const canvas = document.getElementById("arena") as HTMLCanvasElement;
 const status = document.getElementById("status") as HTMLElement;
 const context = canvas.getContext("2d")!;
-const autoplay = new URLSearchParams(location.search).has("autoplay");
+const query = new URLSearchParams(location.search);
+const autoplay = query.has("autoplay");
+// A spectator: the room it asked for (0: any room playing), or null for a player.
+const watching = query.has("watch") ? Number(query.get("watch") || "0") : null;
+// How long a spectator waits before asking again when no room could take it.
+const WATCH_RETRY_MS = 500;
 let held = 0;
 let mirror: Mirror | null = null;
 // The counts of the matches before this one.
@@ -58,6 +66,7 @@ function draw(): void {
   if (mirror !== null) {
     mirror.units.forEach((unit, slot) => {
       const [x, y] = [(unit.x / ARENA) * size, (unit.y / ARENA) * size];
+      // A spectator's slot (255) is nobody's: every unit is drawn as another player's.
       context.fillStyle = unit.hp === 0 ? "#555" : slot === mirror!.slot ? "#4aa3ff" : "#ff6b5b";
       context.beginPath();
       context.arc(x, y, 7, 0, Math.PI * 2);
@@ -86,6 +95,16 @@ async function main(): Promise<void> {
   const reader = new FrameReader();
   let seq = 1;
   let buttons = 0;
+  // The seq of the last Watch sent: a refusal of it means no room takes the spectator yet.
+  let watchSeq = -1;
+  const ask = () => {
+    if (watching === null) {
+      socket.send(encodeJoin({ mode: 0, updates: "Full" }, seq++));
+    } else {
+      watchSeq = seq;
+      socket.send(encodeWatch({ room: BigInt(watching) }, seq++));
+    }
+  };
   socket.onopen = () => {
     state.phase = "logging in";
     socket.send(
@@ -102,8 +121,12 @@ async function main(): Promise<void> {
     if (frame.kind >= 0xff00) {
       const control = decodeControl(frame);
       if (control.kind === "Welcome") {
-        state.phase = "waiting for a match";
-        socket.send(encodeJoin({ mode: 0, updates: "Full" }, seq++));
+        state.phase = watching === null ? "waiting for a match" : "looking for a room to watch";
+        ask();
+      } else if (control.kind === "Refused" && control.message.seq === watchSeq && control.message.code === 103) {
+        // No room plays yet (or none takes one more spectator): ask again shortly.
+        state.phase = `no room to watch yet (${control.message.reason})`;
+        setTimeout(ask, WATCH_RETRY_MS);
       } else if (control.kind === "Close" || control.kind === "Refused") {
         fail(`${control.kind} ${control.message.code}: ${control.message.reason}`);
       }
@@ -113,18 +136,20 @@ async function main(): Promise<void> {
     if (message.kind === "MatchStart") {
       before = { frames: state.frames, verified: state.verified, desyncs: state.desyncs };
       mirror = new Mirror(message.message);
-      state.phase = "playing";
+      state.phase = watching === null ? "playing" : `watching room ${message.message.room}`;
     } else if (message.kind === "FrameUpdate" && mirror !== null) {
       mirror.apply(message.message);
       state.frames = before.frames + mirror.frames;
       state.verified = before.verified + mirror.verified;
       state.desyncs = before.desyncs + mirror.desyncs;
       state.lastChecksum = mirror.lastChecksum;
-      if (autoplay && message.message.frame % 10 === 0) buttons = Math.floor(Math.random() * 32);
-      socket.send(encodeInput({ frame: mirror.next + mirror.delay, buttons: autoplay ? buttons : held }, seq++));
+      if (watching === null) {
+        if (autoplay && message.message.frame % 10 === 0) buttons = Math.floor(Math.random() * 32);
+        socket.send(encodeInput({ frame: mirror.next + mirror.delay, buttons: autoplay ? buttons : held }, seq++));
+      }
     } else if (message.kind === "MatchEnd") {
-      state.phase = "match over; joining the next";
-      socket.send(encodeJoin({ mode: 0, updates: "Full" }, seq++));
+      state.phase = watching === null ? "match over; joining the next" : "match over; watching the next";
+      ask();
     }
   };
   socket.onmessage = (event) => {
