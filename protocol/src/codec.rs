@@ -60,7 +60,18 @@ pub struct Outbound<'m, M> {
 pub struct FrameCodec {
     config: DecodeConfig,
     arena: Option<Arena>,
+    /// Where [`FrameCodec::encode_frame`] writes: frames are split off it and share its block,
+    /// which is reclaimed once they are all dropped (no allocation per frame, nor for sharing
+    /// one between connections).
+    frames: BytesMut,
 }
+
+/// The block [`FrameCodec::encode_frame`] cuts frames from: a frame kept alive keeps its block
+/// alive, so it stays small.
+const FRAME_BLOCK: usize = 4096;
+
+/// The longest frame header (with a trace context).
+const HEADER_ROOM: usize = crate::frame::FIXED_HEADER_LEN + crate::frame::TRACE_CONTEXT_LEN;
 
 impl FrameCodec {
     /// A codec with the given limits.
@@ -68,6 +79,7 @@ impl FrameCodec {
         FrameCodec {
             config,
             arena: None,
+            frames: BytesMut::new(),
         }
     }
 
@@ -118,7 +130,9 @@ impl FrameCodec {
 
 impl FrameCodec {
     /// Encodes `message` as a standalone [`Frame`]: encode once, then push the same frame (a
-    /// cheap clone of its bytes) to any number of connections.
+    /// cheap clone of its bytes, which allocates nothing) to any number of connections. Frames
+    /// are cut from a block the codec keeps; it allocates a new block only while frames cut
+    /// from the last one are still alive.
     ///
     /// # Errors
     /// As [`FrameCodec::encode_message`].
@@ -127,8 +141,17 @@ impl FrameCodec {
         message: &M,
         meta: FrameMeta,
     ) -> Result<Frame, Error> {
-        let mut wire = BytesMut::new();
-        self.encode_message(message, meta, &mut wire)?;
+        let mut frames = std::mem::take(&mut self.frames);
+        // Room for the header and the archive's fixed part; the block is reclaimed in place
+        // when every frame cut from it is gone.
+        let wanted = HEADER_ROOM + std::mem::size_of::<<M as rkyv::Archive>::Archived>();
+        if frames.capacity() < wanted {
+            frames.reserve(wanted.max(FRAME_BLOCK));
+        }
+        let encoded = self.encode_message(message, meta, &mut frames);
+        let wire = frames.split();
+        self.frames = frames;
+        encoded?;
         let header = FrameHeader {
             kind: M::KIND,
             seq: meta.seq,

@@ -30,10 +30,14 @@ fn main() {
         battle_restart::child(&store);
         return;
     }
-    let tests: [Test; 7] = [
+    let tests: [Test; 8] = [
         (
             "allocations::the_inbound_path_allocates_nothing_per_input",
             allocations::the_inbound_path_allocates_nothing_per_input,
+        ),
+        (
+            "allocations::the_outbound_path_allocates_nothing_per_frame",
+            allocations::the_outbound_path_allocates_nothing_per_frame,
         ),
         (
             "fd_limit::connections_past_the_open_file_limit_are_told_the_server_is_full",
