@@ -1,0 +1,16 @@
+//! Garrison's fleet layer (issue 15, in progress): what a node of a fleet needs to know which
+//! entities are its own.
+//!
+//! - [`shard`]: an entity key belongs to one of a fixed number of virtual shards (1,024 by
+//!   default), by a hash that never changes between versions.
+//! - [`placement`]: the shard -> node table, rebalanced on a join or a loss with the fewest
+//!   moves a balanced table allows, each moved shard stamped with the table's version as its
+//!   fencing token.
+//!
+//! Node-to-node messages (`ractor_cluster`), handoff and failover come next.
+
+pub mod placement;
+pub mod shard;
+
+pub use placement::{Assignment, NodeId, Table};
+pub use shard::{DEFAULT_SHARDS, ShardId, shard_of};
