@@ -7,8 +7,13 @@
 //!   moves a balanced table allows, each moved shard stamped with the table's version as its
 //!   fencing token.
 //!
+//! - [`etcd`] (feature `etcd`): membership with leases, the coordinator chosen by etcd's
+//!   election, and the table as an etcd key only the coordinator writes.
+//!
 //! Node-to-node messages (`ractor_cluster`), handoff and failover come next.
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod placement;
 pub mod shard;
 

@@ -97,10 +97,16 @@ impl Table {
     /// by one when anything changed; each shard that changed owner takes the new version as
     /// its token.
     pub fn rebalance(&self, nodes: &[NodeId]) -> (Table, Moves) {
+        self.rebalance_at(nodes, self.version + 1)
+    }
+
+    /// As [`Table::rebalance`], stamping what changed with `version` (which must exceed every
+    /// token in the table: a coordinator takes its store's own counter, so a table rebuilt
+    /// after a damaged record still fences every older token).
+    pub fn rebalance_at(&self, nodes: &[NodeId], version: u64) -> (Table, Moves) {
         let mut nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
         nodes.sort_unstable();
         nodes.dedup();
-        let version = self.version + 1;
         let shards = self.shards.len();
         let mut next = self.clone();
         let mut moves = Moves::default();
