@@ -7,7 +7,7 @@
 //!   moves a balanced table allows, each moved shard stamped with the table's version as its
 //!   fencing token.
 //!
-//! - [`etcd`] (feature `etcd`): membership with leases, the coordinator chosen by etcd's
+//! - `etcd` (feature `etcd`): membership with leases, the coordinator chosen by etcd's
 //!   election, and the table as an etcd key only the coordinator writes.
 //!
 //! Node-to-node messages (`ractor_cluster`), handoff and failover come next.
