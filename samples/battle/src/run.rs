@@ -834,7 +834,7 @@ async fn capacity(args: &BotArgs) -> Result<(), Error> {
         args.capacity_p99_ms
     );
     println!(
-        "clients | P99 ms | deviation | desyncs | failed | CPU cores | CPU ms per client-second | CPU us per client-frame | holds"
+        "clients | P99 ms | deviation | desyncs | failed | CPU cores | CPU ms per client-second | CPU us per client-frame | bots' cores | holds"
     );
     let show = |value: Option<f64>, scale: f64| {
         value.map_or_else(
@@ -844,8 +844,11 @@ async fn capacity(args: &BotArgs) -> Result<(), Error> {
     };
     for step in &steps {
         let per_client_second = step.cpu_ms_per_client_second(args.duration);
+        // The load generator's own CPU (this process), when the server is another: a step that
+        // broke while the bots' core was full measured the bots, not the server.
+        let bots = remote.then_some(step.summary.cpu_seconds).flatten();
         println!(
-            "{:>7} | {:>6.1} | {:>9} | {:>7} | {:>6} | {:>9} | {:>24} | {:>23} | {}",
+            "{:>7} | {:>6.1} | {:>9} | {:>7} | {:>6} | {:>9} | {:>24} | {:>23} | {:>11} | {}",
             step.clients,
             step.summary.p99_ms,
             step.summary.deviation_frames,
@@ -855,6 +858,7 @@ async fn capacity(args: &BotArgs) -> Result<(), Error> {
             show(per_client_second, 1.0),
             // 60 frames a second.
             show(per_client_second, 1e3 / 60.0),
+            show(bots, 1.0 / args.duration.max(1) as f64),
             if step.breaks.is_empty() {
                 "yes".to_owned()
             } else {
