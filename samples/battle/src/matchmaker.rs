@@ -97,8 +97,8 @@ impl Entity for Matchmaker {
         self.stats.waiting.store(0, Ordering::Relaxed);
         let room = self.next_room.fetch_add(1, Ordering::Relaxed) + 1;
         for (slot, player) in players.iter().enumerate() {
-            // Seated before the room starts: the seat is in the player's mailbox ahead of any
-            // input its client can send after the match start.
+            // The player keeps its seat (checkpointed); the room binds the session to it before
+            // it tells the client the match started, so no input can come before the binding.
             let placed = PlayerMsg::Placed {
                 room,
                 slot: slot as u8,

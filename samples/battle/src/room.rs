@@ -24,7 +24,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 use crate::{
     lockstep::{Broadcast, InputOutcome, Lockstep, LockstepConfig, Resumption},
     packed,
-    player::{Player, PlayerMsg},
+    player::{Player, PlayerMsg, Seat},
     proto::{Catchup, FrameInputs, FrameUpdate, MatchEnd, MatchStart, Resync, SPECTATOR},
     server::ServerStats,
     spectators::Spectators,
@@ -189,6 +189,8 @@ pub struct Room {
     pub full_updates: Arc<DashMap<u64, ()>>,
     /// Who watches each room (they get every [`FrameUpdate`]).
     pub spectators: Arc<Spectators>,
+    /// The room kind itself: a starting room binds its players' sessions to it.
+    pub rooms: Entities<Room>,
     /// Counters.
     pub stats: Arc<ServerStats>,
 }
@@ -493,6 +495,17 @@ impl Entity for Room {
                 let (units, rng) = (world.units.clone(), world.rng);
                 state.engine = Some(engine);
                 for (slot, player) in players.iter().enumerate() {
+                    // Bound before the client hears the match start, so its first inputs,
+                    // which take the gateway's fast path here, find the seat (the player
+                    // entity binds the same seat when it handles its Placed, which may come
+                    // later).
+                    if let Some(session) = self.sessions.get(SessionId(*player)) {
+                        let seat = Seat {
+                            room,
+                            slot: slot as u8,
+                        };
+                        session.bind_with(&self.rooms, room, seat);
+                    }
                     let start = MatchStart {
                         room,
                         slot: slot as u8,

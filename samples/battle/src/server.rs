@@ -256,6 +256,7 @@ impl BattleServer {
             first_frame: Arc::default(),
             full_updates: full_updates.clone(),
             spectators: spectators.clone(),
+            rooms: rooms.clone(),
             stats: stats.clone(),
         })?;
         // The whole node: players' sessions, the matchmaker, the rooms. Each kind is a dynamic
