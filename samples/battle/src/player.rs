@@ -240,7 +240,16 @@ impl Entity for Player {
                     );
                     return Ok(());
                 };
-                if context.forward(&self.rooms, &room, RoomMsg::Watch).is_err() {
+                if context
+                    .forward(
+                        &self.rooms,
+                        &room,
+                        RoomMsg::Watch {
+                            session: SessionId(player),
+                        },
+                    )
+                    .is_err()
+                {
                     let _ = context.refuse(RefusalCode::Busy, "the room is busy; watch again");
                 }
             }

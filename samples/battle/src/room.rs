@@ -55,9 +55,12 @@ pub enum RoomMsg {
         /// The first frame it has not simulated.
         from: u32,
     },
-    /// The session that sent it watches the room (sent on its behalf, with its frame's
-    /// origin, so the room answers it).
-    Watch,
+    /// Session `session` watches the room (forwarded with its frame's origin, so the room
+    /// answers it).
+    Watch {
+        /// The spectator.
+        session: SessionId,
+    },
     /// The player in this slot is gone for good.
     Left {
         /// The player's slot.
@@ -75,7 +78,7 @@ impl EntityMessage for RoomMsg {
             RoomMsg::Start { .. } => "start",
             RoomMsg::Input { .. } => "input",
             RoomMsg::Resume { .. } => "resume",
-            RoomMsg::Watch => "watch",
+            RoomMsg::Watch { .. } => "watch",
             RoomMsg::Left { .. } => "left",
             RoomMsg::Tick => "tick",
             RoomMsg::Crash => "crash",
@@ -359,11 +362,13 @@ impl Room {
 
     /// Answers a `Watch`: the session that sent it becomes a spectator and gets the world at the
     /// next frame, or is refused (the room is full of spectators, or not playing).
-    fn watch(&self, room: u64, state: &RoomState, context: &mut EntityContext<'_, Self>) {
-        let Some(session) = context.session() else {
-            tracing::warn!(room, "a Watch sent on behalf of no session is dropped");
-            return;
-        };
+    fn watch(
+        &self,
+        room: u64,
+        session: SessionId,
+        state: &RoomState,
+        context: &mut EntityContext<'_, Self>,
+    ) {
         let Some(engine) = &state.engine else {
             let _ = context.refuse(
                 RefusalCode::Rejected,
@@ -471,7 +476,7 @@ impl Entity for Room {
         if state.players.is_empty() && !matches!(message, RoomMsg::Start { .. }) {
             // A message for a room that ended (a late input) activated it again: there is nothing
             // to play, so it ends at once.
-            if matches!(message, RoomMsg::Watch) {
+            if matches!(message, RoomMsg::Watch { .. }) {
                 let _ = context.refuse(
                     RefusalCode::Rejected,
                     format!("room {room} is not playing; watch another room"),
@@ -558,7 +563,7 @@ impl Entity for Room {
                 // them in order.
                 let _ = self.sessions.push(SessionId(*player), frame);
             }
-            RoomMsg::Watch => self.watch(room, state, context),
+            RoomMsg::Watch { session } => self.watch(room, session, state, context),
             RoomMsg::Left { slot } => {
                 state.departed |= slot_bit(usize::from(slot));
                 context.checkpoint();
