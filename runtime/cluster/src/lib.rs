@@ -10,8 +10,12 @@
 //! - `etcd` (feature `etcd`): membership with leases, the coordinator chosen by etcd's
 //!   election, and the table as an etcd key only the coordinator writes.
 //!
-//! Node-to-node messages (`ractor_cluster`), handoff and failover come next.
+//! - [`envelope`]: what one node sends another (an entity message with its shard's fencing
+//!   token and trace context) and the refusal that comes back, validated on receipt.
+//!
+//! Node-to-node messages (ractor_cluster), handoff and failover come next.
 
+pub mod envelope;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod placement;
