@@ -13,11 +13,17 @@
 //! - [`envelope`]: what one node sends another (an entity message with its shard's fencing
 //!   token and trace context) and the refusal that comes back, validated on receipt.
 //!
-//! Node-to-node messages (ractor_cluster), handoff and failover come next.
+//! - `node` (feature `nodes`): a node on ractor_cluster, with the router that validates what
+//!   its peers send, refuses what this node does not own, and dead-letters at the sender what
+//!   a peer refused.
+//!
+//! Handoff and failover come next.
 
 pub mod envelope;
 #[cfg(feature = "etcd")]
 pub mod etcd;
+#[cfg(feature = "nodes")]
+pub mod node;
 pub mod placement;
 pub mod shard;
 

@@ -1,0 +1,753 @@
+//! One node of a fleet on `ractor_cluster` (feature `nodes`): the node server that
+//! authenticates its peers by cookie, and the router actor that takes [`Envelope`]s for the
+//! entities whose shards this node owns.
+//!
+//! Every node's router joins the process group [`router_group`]`(id)`; `ractor_cluster`
+//! replicates process groups between authenticated nodes, so a node finds a peer's router by
+//! the peer's id once their session is up. What a peer sends is validated before anything
+//! reads it ([`Envelope::check`]), then checked against this node's shard table: a message for
+//! a shard this node does not own ([`RefusalReason::NotOwner`]), or routed by a newer table
+//! than this node has ([`RefusalReason::Behind`]), is refused. Every refusal is counted here
+//! and sent back to the sender's router, which dead-letters the message with the reason
+//! ([`DeadLetter`]), so a refused message never vanishes.
+//!
+//! Queues: the router's mailbox is ractor's (unbounded); it is drained at validation speed,
+//! each item is at most one bounded frame ([`NodeServer::with_max_inbound_frame_size`]), and
+//! the bound that matters is the entity's own mailbox behind [`Inbox::deliver`], which refuses
+//! when full ([`InboxRefusal::Rejected`], dead-lettered at the sender). A message cast to a
+//! node that dies before its router reads it is lost without a refusal: casts between nodes
+//! are fire-and-forget, and the sender learns of the loss only as [`SendError::Unreachable`]
+//! on its next send. Handoff and failover (issue 15) close that gap with the input log.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use garrison_protocol::TraceContext;
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, pg};
+use ractor_cluster::node::NodeServerSessionInformation;
+use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage, RactorClusterMessage};
+use thiserror::Error;
+
+use crate::envelope::{
+    ENVELOPE_VERSION, Envelope, EnvelopeError, MAX_ENVELOPE, MAX_NODE_ID, Refusal, RefusalReason,
+    trace_bytes,
+};
+use crate::placement::{NodeId, Table};
+use crate::shard::{ShardId, shard_of};
+
+/// The process group a node's router joins: `garrison.router.<node id>`.
+pub fn router_group(node: &str) -> String {
+    format!("garrison.router.{node}")
+}
+
+/// The largest frame a node reads from a peer: one envelope and ractor_cluster's framing.
+/// A peer that sends more is disconnected by ractor_cluster before the frame is allocated.
+pub const MAX_FRAME: u64 = MAX_ENVELOPE as u64 + 64 * 1024;
+
+/// What a router takes from its peers. Both carry rkyv bytes validated on receipt.
+#[derive(RactorClusterMessage)]
+pub enum RouterMsg {
+    /// An [`Envelope`] for an entity on this node.
+    Deliver(Vec<u8>),
+    /// A [`Refusal`] of an envelope this node sent.
+    Refused(Vec<u8>),
+}
+
+/// Why an [`Inbox`] did not take a message.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum InboxRefusal {
+    /// No kind of that name is served on this node.
+    #[error("no kind `{0}` is served here")]
+    UnknownKind(String),
+    /// The kind refused the message: an undecodable payload, a full mailbox, a stopped entity.
+    #[error("{0}")]
+    Rejected(String),
+}
+
+/// Where a node delivers the messages for its own entities: the entity runtime, or a test.
+pub trait Inbox: Send + Sync + 'static {
+    /// Delivers one message for the entity `key` of `kind`; the payload is the kind's encoding,
+    /// validated by the kind.
+    fn deliver(
+        &self,
+        kind: &str,
+        key: &[u8],
+        payload: &[u8],
+        trace: Option<TraceContext>,
+    ) -> Result<(), InboxRefusal>;
+}
+
+impl<F> Inbox for F
+where
+    F: Fn(&str, &[u8], &[u8], Option<TraceContext>) -> Result<(), InboxRefusal>
+        + Send
+        + Sync
+        + 'static,
+{
+    fn deliver(
+        &self,
+        kind: &str,
+        key: &[u8],
+        payload: &[u8],
+        trace: Option<TraceContext>,
+    ) -> Result<(), InboxRefusal> {
+        self(kind, key, payload, trace)
+    }
+}
+
+/// A message this node sent that a peer refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The [`Route::Forwarded`] id the message was sent with.
+    pub id: u64,
+    /// The peer's refusal.
+    pub refusal: Refusal,
+}
+
+/// How to run a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The node's id in the fleet (at most [`MAX_NODE_ID`] bytes).
+    pub id: NodeId,
+    /// The secret every node of the fleet shares; a peer with another cookie is refused.
+    pub cookie: String,
+    /// The address the node listens on for its peers (loopback in tests).
+    pub listen: IpAddr,
+    /// The port; 0 picks a free one ([`Node::addr`] tells which).
+    pub port: u16,
+    /// The fleet's shard count.
+    pub shards: u16,
+}
+
+/// Why a node did not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// The id is empty or longer than [`MAX_NODE_ID`].
+    #[error("node id `{0}` must be 1 to {MAX_NODE_ID} bytes")]
+    Id(String),
+    /// The table is for another shard count.
+    #[error("the table has {table} shards, the node is configured for {node}")]
+    Shards {
+        /// The table's.
+        table: usize,
+        /// The configuration's.
+        node: u16,
+    },
+    /// The listener or an actor did not start.
+    #[error("node did not start: {0}")]
+    Spawn(String),
+}
+
+/// Why a message was not sent.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SendError {
+    /// The table assigns the key's shard to no node.
+    #[error("shard {0} has no owner")]
+    NoOwner(ShardId),
+    /// The owner is not connected to this node.
+    #[error("the owner `{0}` of the message's shard is not connected")]
+    Unreachable(NodeId),
+    /// The message does not fit an envelope.
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    /// This node owns the shard and its inbox refused the message.
+    #[error(transparent)]
+    Refused(#[from] InboxRefusal),
+}
+
+/// Where a sent message went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// This node owns the shard: delivered to its inbox.
+    Local,
+    /// Cast to the owner's router.
+    Forwarded {
+        /// The owner.
+        node: NodeId,
+        /// The envelope's id, echoed in a [`DeadLetter`] if the owner refuses it.
+        id: u64,
+    },
+}
+
+/// Why [`Node::connect`] did not reach a peer.
+#[derive(Debug, Error)]
+pub enum ConnectError {
+    /// No TCP connection.
+    #[error("cannot connect to {addr}: {detail}")]
+    Connect {
+        /// The peer's address.
+        addr: SocketAddr,
+        /// The cause.
+        detail: String,
+    },
+    /// Connected, but the peer's router did not appear in time: the peer refused this node's
+    /// cookie, or is not the node named.
+    #[error("node `{peer}` at {addr} did not authenticate within {waited:?}")]
+    NotAuthenticated {
+        /// The peer's id.
+        peer: NodeId,
+        /// The peer's address.
+        addr: SocketAddr,
+        /// How long this node waited.
+        waited: Duration,
+    },
+}
+
+/// A node's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Messages this node delivered to its own inbox from [`Node::send`].
+    pub local: u64,
+    /// Messages this node forwarded to a peer.
+    pub forwarded: u64,
+    /// Envelopes from peers delivered to the inbox.
+    pub received: u64,
+    /// Envelopes refused, by [`RefusalReason`] (index `reason as usize - 1`).
+    pub refused: [u64; 5],
+    /// Refusals of this node's messages, dead-lettered.
+    pub dead_letters: u64,
+    /// Refusals that could not be sent back (the sender is unknown or gone).
+    pub refusals_unsent: u64,
+    /// Refusals from peers that failed validation.
+    pub bad_refusals: u64,
+    /// Peer sessions closed before they authenticated (a wrong cookie, not a node at all).
+    pub unauthenticated: u64,
+}
+
+impl NodeStats {
+    /// Envelopes refused for `reason`.
+    pub fn refused(&self, reason: RefusalReason) -> u64 {
+        self.refused[reason as usize - 1]
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    local: AtomicU64,
+    forwarded: AtomicU64,
+    received: AtomicU64,
+    refused: [AtomicU64; 5],
+    dead_letters: AtomicU64,
+    refusals_unsent: AtomicU64,
+    bad_refusals: AtomicU64,
+    unauthenticated: AtomicU64,
+}
+
+type DeadLetterSink = Box<dyn Fn(DeadLetter) + Send + Sync>;
+
+struct Shared {
+    id: NodeId,
+    shards: u16,
+    table: RwLock<Table>,
+    inbox: Box<dyn Inbox>,
+    dead_letters: Mutex<Option<DeadLetterSink>>,
+    counters: Counters,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn refuse(
+        &self,
+        id: u64,
+        to: &str,
+        kind: &str,
+        shard: u16,
+        reason: RefusalReason,
+        detail: String,
+    ) {
+        Shared::add(&self.counters.refused[reason as usize - 1]);
+        tracing::warn!(
+            node = %self.id, from = to, kind, shard, reason = reason.as_str(), %detail,
+            "envelope refused"
+        );
+        let refusal = Refusal {
+            id,
+            by: self.id.clone(),
+            kind: kind.to_owned(),
+            shard,
+            reason,
+            detail,
+        };
+        let sent = peer_router(to)
+            .map(|router| router.cast(RouterMsg::Refused(refusal.encode())).is_ok())
+            .unwrap_or(false);
+        if !sent {
+            Shared::add(&self.counters.refusals_unsent);
+        }
+    }
+
+    fn take(&self, bytes: &[u8]) {
+        let envelope = match Envelope::check(bytes, self.shards) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                // Refuse to the sender when the archive names one; bytes that are no envelope
+                // at all are only counted and logged.
+                match sender_of(bytes) {
+                    Some((id, from, kind, shard)) => self.refuse(
+                        id,
+                        &from,
+                        &kind,
+                        shard,
+                        RefusalReason::Malformed,
+                        error.to_string(),
+                    ),
+                    None => {
+                        Shared::add(&self.counters.refused[RefusalReason::Malformed as usize - 1]);
+                        tracing::warn!(node = %self.id, %error, "unattributable envelope dropped");
+                    }
+                }
+                return;
+            }
+        };
+        let shard = envelope.shard.to_native();
+        let token = envelope.token.to_native();
+        let id = envelope.id.to_native();
+        let owner = {
+            let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
+            table
+                .owner(ShardId(shard))
+                .map(|(node, token)| (node.to_owned(), token))
+        };
+        let refusal = match owner {
+            Some((node, mine)) if node == self.id => {
+                if token > mine {
+                    Some((
+                        RefusalReason::Behind,
+                        format!("routed by token {token}, this node holds shard {shard} at {mine}"),
+                    ))
+                } else {
+                    None
+                }
+            }
+            Some((node, at)) => Some((
+                RefusalReason::NotOwner,
+                format!("shard {shard} is owned by `{node}` at token {at}"),
+            )),
+            None => Some((
+                RefusalReason::NotOwner,
+                format!("shard {shard} has no owner in this node's table"),
+            )),
+        };
+        let refusal = refusal.or_else(|| {
+            match self.inbox.deliver(
+                envelope.kind.as_str(),
+                &envelope.key,
+                &envelope.payload,
+                envelope.trace_context(),
+            ) {
+                Ok(()) => None,
+                Err(error @ InboxRefusal::UnknownKind(_)) => {
+                    Some((RefusalReason::UnknownKind, error.to_string()))
+                }
+                Err(error @ InboxRefusal::Rejected(_)) => {
+                    Some((RefusalReason::Rejected, error.to_string()))
+                }
+            }
+        });
+        match refusal {
+            None => Shared::add(&self.counters.received),
+            Some((reason, detail)) => self.refuse(
+                id,
+                envelope.from.as_str(),
+                envelope.kind.as_str(),
+                shard,
+                reason,
+                detail,
+            ),
+        }
+    }
+
+    fn refused(&self, bytes: &[u8]) {
+        match Refusal::decode(bytes) {
+            Ok(refusal) => {
+                Shared::add(&self.counters.dead_letters);
+                tracing::warn!(
+                    node = %self.id, by = %refusal.by, kind = %refusal.kind, shard = refusal.shard,
+                    reason = refusal.reason.as_str(), detail = %refusal.detail,
+                    "message dead-lettered"
+                );
+                let sink = self
+                    .dead_letters
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if let Some(sink) = sink.as_ref() {
+                    sink(DeadLetter {
+                        id: refusal.id,
+                        refusal,
+                    });
+                }
+            }
+            Err(error) => {
+                Shared::add(&self.counters.bad_refusals);
+                tracing::warn!(node = %self.id, %error, "refusal from a peer failed validation");
+            }
+        }
+    }
+}
+
+/// What a failed envelope tells about its sender, when its archive is readable that far.
+fn sender_of(bytes: &[u8]) -> Option<(u64, String, String, u16)> {
+    if bytes.len() > MAX_ENVELOPE {
+        return None;
+    }
+    let archived =
+        rkyv::access::<crate::envelope::ArchivedEnvelope, rkyv::rancor::Error>(bytes).ok()?;
+    let from = archived.from.as_str();
+    if from.is_empty() || from.len() > MAX_NODE_ID {
+        return None;
+    }
+    let mut kind = archived.kind.as_str().to_owned();
+    if kind.len() > crate::envelope::MAX_KIND {
+        kind.clear();
+    }
+    Some((
+        archived.id.to_native(),
+        from.to_owned(),
+        kind,
+        archived.shard.to_native(),
+    ))
+}
+
+/// A peer's router, once the peer's session is up (tests use it to cast raw frames).
+pub fn peer_router(node: &str) -> Option<ActorRef<RouterMsg>> {
+    pg::get_members(&router_group(node))
+        .into_iter()
+        .find(|cell| !cell.get_id().is_local())
+        .map(ActorRef::from)
+}
+
+struct Router {
+    shared: Arc<Shared>,
+}
+
+impl Actor for Router {
+    type Msg = RouterMsg;
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        _: (),
+    ) -> Result<(), ActorProcessingErr> {
+        pg::join(router_group(&self.shared.id), vec![myself.get_cell()]);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        _: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
+        // Never an error: a bad frame is refused and counted, the router goes on.
+        match message {
+            RouterMsg::Deliver(bytes) => self.shared.take(&bytes),
+            RouterMsg::Refused(bytes) => self.shared.refused(&bytes),
+        }
+        Ok(())
+    }
+}
+
+/// Counts peer sessions that closed before they authenticated.
+struct Sessions {
+    shared: Arc<Shared>,
+    pending: Mutex<HashSet<ActorId>>,
+}
+
+impl NodeEventSubscription for Sessions {
+    fn node_session_opened(&self, session: NodeServerSessionInformation) {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(session.actor.get_id());
+    }
+
+    fn node_session_disconnected(&self, session: NodeServerSessionInformation) {
+        let was_pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&session.actor.get_id());
+        if was_pending {
+            Shared::add(&self.shared.counters.unauthenticated);
+            tracing::warn!(
+                node = %self.shared.id, peer = %session.peer_addr,
+                "peer session closed before it authenticated"
+            );
+        }
+    }
+
+    fn node_session_authenticated(&self, session: NodeServerSessionInformation) {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&session.actor.get_id());
+    }
+}
+
+/// A running node: its node server, its router and its view of the shard table.
+pub struct Node {
+    shared: Arc<Shared>,
+    server: ActorRef<NodeServerMessage>,
+    router: ActorRef<RouterMsg>,
+    addr: SocketAddr,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.shared.id)
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Starts the node server on `config.listen:config.port` and the router, with the shard
+    /// table this node routes by. Messages for this node's shards go to `inbox`.
+    pub async fn start(
+        config: NodeConfig,
+        table: Table,
+        inbox: impl Inbox,
+    ) -> Result<Node, StartError> {
+        if config.id.is_empty() || config.id.len() > MAX_NODE_ID {
+            return Err(StartError::Id(config.id));
+        }
+        check_shards(&table, config.shards)?;
+        let shared = Arc::new(Shared {
+            id: config.id.clone(),
+            shards: config.shards,
+            table: RwLock::new(table),
+            inbox: Box::new(inbox),
+            dead_letters: Mutex::new(None),
+            counters: Counters::default(),
+            next_id: AtomicU64::new(1),
+        });
+        let (server, addr) = spawn_server(&config).await?;
+        server
+            .cast(NodeServerMessage::SubscribeToEvents {
+                id: "garrison.sessions".into(),
+                subscription: Box::new(Sessions {
+                    shared: shared.clone(),
+                    pending: Mutex::new(HashSet::new()),
+                }),
+            })
+            .map_err(|error| StartError::Spawn(error.to_string()))?;
+        let (router, _) = Actor::spawn(
+            None,
+            Router {
+                shared: shared.clone(),
+            },
+            (),
+        )
+        .await
+        .map_err(|error| StartError::Spawn(error.to_string()))?;
+        Ok(Node {
+            shared,
+            server,
+            router,
+            addr,
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> &str {
+        &self.shared.id
+    }
+
+    /// The address peers connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Connects to the peer `peer` at `addr` and waits, up to `wait`, until its router is
+    /// reachable: the session authenticated both ways and the process groups synchronised.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        peer: &str,
+        wait: Duration,
+    ) -> Result<(), ConnectError> {
+        ractor_cluster::client_connect(&self.server, addr)
+            .await
+            .map_err(|error| ConnectError::Connect {
+                addr,
+                detail: error.to_string(),
+            })?;
+        let deadline = tokio::time::Instant::now() + wait;
+        while !self.reaches(peer) {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ConnectError::NotAuthenticated {
+                    peer: peer.to_owned(),
+                    addr,
+                    waited: wait,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    /// Whether this node has a live session to `peer`'s router.
+    pub fn reaches(&self, peer: &str) -> bool {
+        peer_router(peer).is_some()
+    }
+
+    /// Routes one message for the entity `key` of `kind` by this node's table: to the inbox if
+    /// this node owns the key's shard, else to the owner's router.
+    pub fn send(
+        &self,
+        kind: &str,
+        key: &[u8],
+        payload: &[u8],
+        trace: Option<&TraceContext>,
+    ) -> Result<Route, SendError> {
+        let shard = shard_of(kind, key, self.shared.shards);
+        let (owner, token) = {
+            let table = self
+                .shared
+                .table
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            let (owner, token) = table.owner(shard).ok_or(SendError::NoOwner(shard))?;
+            (owner.to_owned(), token)
+        };
+        if owner == self.shared.id {
+            self.shared
+                .inbox
+                .deliver(kind, key, payload, trace.copied())?;
+            Shared::add(&self.shared.counters.local);
+            return Ok(Route::Local);
+        }
+        let router = peer_router(&owner).ok_or_else(|| SendError::Unreachable(owner.clone()))?;
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let bytes = Envelope {
+            version: ENVELOPE_VERSION,
+            id,
+            from: self.shared.id.clone(),
+            kind: kind.to_owned(),
+            key: key.to_vec(),
+            shard: shard.0,
+            token,
+            trace: trace_bytes(trace),
+            payload: payload.to_vec(),
+        }
+        .encode()?;
+        router
+            .cast(RouterMsg::Deliver(bytes))
+            .map_err(|_| SendError::Unreachable(owner.clone()))?;
+        Shared::add(&self.shared.counters.forwarded);
+        Ok(Route::Forwarded { node: owner, id })
+    }
+
+    /// Where this node's messages refused by a peer go (they are counted and logged in any
+    /// case).
+    pub fn on_dead_letter(&self, sink: impl Fn(DeadLetter) + Send + Sync + 'static) {
+        *self
+            .shared
+            .dead_letters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Box::new(sink));
+    }
+
+    /// Replaces the table this node routes and accepts by (a new version from the control
+    /// plane). A table for another shard count is refused.
+    pub fn set_table(&self, table: Table) -> Result<(), StartError> {
+        check_shards(&table, self.shared.shards)?;
+        *self
+            .shared
+            .table
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = table;
+        Ok(())
+    }
+
+    /// A copy of the table this node routes by.
+    pub fn table(&self) -> Table {
+        self.shared
+            .table
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The node's counters.
+    pub fn stats(&self) -> NodeStats {
+        let c = &self.shared.counters;
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        NodeStats {
+            local: get(&c.local),
+            forwarded: get(&c.forwarded),
+            received: get(&c.received),
+            refused: std::array::from_fn(|i| get(&c.refused[i])),
+            dead_letters: get(&c.dead_letters),
+            refusals_unsent: get(&c.refusals_unsent),
+            bad_refusals: get(&c.bad_refusals),
+            unauthenticated: get(&c.unauthenticated),
+        }
+    }
+
+    /// Stops the router and the node server; peers see the session close.
+    pub async fn stop(self) {
+        let _ = self
+            .router
+            .stop_and_wait(None, Some(Duration::from_secs(5)))
+            .await;
+        let _ = self
+            .server
+            .stop_and_wait(None, Some(Duration::from_secs(5)))
+            .await;
+    }
+}
+
+fn check_shards(table: &Table, shards: u16) -> Result<(), StartError> {
+    if table.shards.len() != usize::from(shards) {
+        return Err(StartError::Shards {
+            table: table.shards.len(),
+            node: shards,
+        });
+    }
+    Ok(())
+}
+
+async fn spawn_server(
+    config: &NodeConfig,
+) -> Result<(ActorRef<NodeServerMessage>, SocketAddr), StartError> {
+    // ractor_cluster binds port 0 without telling which port it got: pick a free port first,
+    // and try again if another process takes it in between.
+    let attempts = if config.port == 0 { 3 } else { 1 };
+    let mut last = String::new();
+    for _ in 0..attempts {
+        let port = if config.port == 0 {
+            std::net::TcpListener::bind((config.listen, 0))
+                .and_then(|listener| listener.local_addr())
+                .map_err(|error| StartError::Spawn(error.to_string()))?
+                .port()
+        } else {
+            config.port
+        };
+        let server = NodeServer::new(
+            port,
+            config.cookie.clone(),
+            config.id.clone(),
+            config.listen.to_string(),
+            None,
+            None,
+        )
+        .with_listen_addr(config.listen)
+        .with_max_inbound_frame_size(MAX_FRAME);
+        match Actor::spawn(None, server, ()).await {
+            Ok((server, _)) => return Ok((server, SocketAddr::new(config.listen, port))),
+            Err(error) => last = error.to_string(),
+        }
+    }
+    Err(StartError::Spawn(last))
+}
