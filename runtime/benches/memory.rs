@@ -30,6 +30,10 @@ enum Msg {
     Ping(oneshot::Sender<()>),
 }
 
+// The raw-ractor baseline's message: explicit under ractor's `cluster` feature.
+#[cfg(feature = "cluster")]
+impl ractor::Message for Msg {}
+
 impl EntityMessage for Msg {
     fn event_type(&self) -> &'static str {
         "ping"

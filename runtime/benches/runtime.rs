@@ -37,6 +37,10 @@ enum Msg {
     Ping(oneshot::Sender<u64>),
 }
 
+// The raw-ractor baseline's message: explicit under ractor's `cluster` feature.
+#[cfg(feature = "cluster")]
+impl ractor::Message for Msg {}
+
 impl EntityMessage for Msg {
     fn event_type(&self) -> &'static str {
         match self {

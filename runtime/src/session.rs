@@ -493,6 +493,7 @@ impl Sessions {
 
     /// As [`Sessions::attach`], running `first` under the session's write lock just before the
     /// swap (the gateway queues its `Welcome` there).
+    #[cfg(any(feature = "gateway", test))]
     pub(crate) fn attach_after(
         &self,
         id: SessionId,

@@ -46,6 +46,10 @@ pub(crate) enum Request {
     RestartChild(Arc<str>, oneshot::Sender<Result<(), Error>>),
 }
 
+// Local only, as `mailbox::Wake` (ractor's `cluster` feature needs the impl spelled out).
+#[cfg(feature = "cluster")]
+impl ractor::Message for Request {}
+
 impl SupervisorSpec {
     /// The stable handle this supervisor will have once started.
     pub fn handle(&self) -> SupervisorRef {

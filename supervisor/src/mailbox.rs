@@ -33,6 +33,11 @@ pub const DEFAULT_MAILBOX_CAPACITY: usize = 1024;
 #[derive(Debug)]
 pub(crate) struct Wake;
 
+// With ractor's `cluster` feature its `Message` trait has no blanket impl; a `Wake` never
+// leaves its node, so the defaults (not serializable) are right.
+#[cfg(feature = "cluster")]
+impl ractor::Message for Wake {}
+
 /// What a full mailbox does with one more message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Overflow {

@@ -17,11 +17,16 @@
 //!   its peers send, refuses what this node does not own, and dead-letters at the sender what
 //!   a peer refused.
 //!
+//! - `fleet` (feature `nodes`): runtime entity kinds served to the fleet, and a handle that
+//!   sends a kind's message to the node that owns its key's shard.
+//!
 //! Handoff and failover come next.
 
 pub mod envelope;
 #[cfg(feature = "etcd")]
 pub mod etcd;
+#[cfg(feature = "nodes")]
+pub mod fleet;
 #[cfg(feature = "nodes")]
 pub mod node;
 pub mod placement;

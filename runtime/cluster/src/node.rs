@@ -156,6 +156,9 @@ pub enum SendError {
     /// This node owns the shard and its inbox refused the message.
     #[error(transparent)]
     Refused(#[from] InboxRefusal),
+    /// The message did not encode ([`Sharded::send`](crate::fleet::Sharded::send)).
+    #[error("the message did not encode: {0}")]
+    Encode(String),
 }
 
 /// Where a sent message went.

@@ -7,141 +7,22 @@
 //! stdin. Every peer is killed by its pid when the test ends.
 #![cfg(feature = "nodes")]
 
+mod peer;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::io::{BufRead, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use garrison_cluster::Table;
 use garrison_cluster::envelope::{ENVELOPE_VERSION, Envelope, MAX_ENVELOPE, RefusalReason};
 use garrison_cluster::node::{
-    DeadLetter, InboxRefusal, Node, NodeConfig, Route, RouterMsg, SendError, peer_router,
+    DeadLetter, InboxRefusal, Node, Route, RouterMsg, SendError, peer_router,
 };
 use garrison_cluster::shard::shard_of;
+use peer::{COOKIE, Peer, ROLE, SHARDS, config, key_owned, stats_of, table, within};
 
-const SHARDS: u16 = 64;
-const COOKIE: &str = "garrison-test-cookie";
-const ROLE: &str = "GARRISON_NODE_ROLE";
 const PEER: &str = "GARRISON_NODE_PEER";
-
-fn table() -> Table {
-    Table::empty(SHARDS)
-        .rebalance(&["a".to_owned(), "b".to_owned()])
-        .0
-}
-
-/// The first key `<kind>-<n>` whose shard `node` owns.
-fn key_owned(table: &Table, kind: &str, node: &str) -> Vec<u8> {
-    (0..)
-        .map(|n| format!("{kind}-{n}").into_bytes())
-        .find(|key| {
-            table
-                .owner(shard_of(kind, key, SHARDS))
-                .is_some_and(|(owner, _)| owner == node)
-        })
-        .expect("a two-node table gives each node some shards")
-}
-
-fn config(id: &str, cookie: &str) -> NodeConfig {
-    NodeConfig {
-        id: id.to_owned(),
-        cookie: cookie.to_owned(),
-        listen: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        port: 0,
-        shards: SHARDS,
-    }
-}
-
-/// A peer process: this binary in another role.
-struct Peer {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Peer {
-    fn spawn(role: &str, env: &[(&str, String)]) -> Peer {
-        let mut command = Command::new(std::env::current_exe().expect("test binary"));
-        command
-            .args(["peer_process", "--exact", "--nocapture", "--test-threads=1"])
-            .env(ROLE, role)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let mut child = command.spawn().expect("spawn the peer");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                // The harness prints `test peer_process ... ` before our first line.
-                if let Some(at) = line.find("@@ ")
-                    && tx.send(line[at + 3..].to_owned()).is_err()
-                {
-                    break;
-                }
-            }
-        });
-        Peer {
-            stdin: child.stdin.take(),
-            child,
-            lines,
-        }
-    }
-
-    /// The rest of the next line that starts with `prefix`.
-    fn expect(&self, prefix: &str, within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(rest) = line.strip_prefix(prefix) {
-                        return rest.to_owned();
-                    }
-                }
-                Err(error) => panic!("peer printed no `{prefix}` line within {within:?}: {error}"),
-            }
-        }
-    }
-
-    fn command(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("peer stdin");
-        writeln!(stdin, "{line}").expect("write to the peer");
-        stdin.flush().expect("flush to the peer");
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn stats_of(line: &str) -> HashMap<String, u64> {
-    line.split_whitespace()
-        .filter_map(|pair| {
-            let (key, value) = pair.split_once('=')?;
-            Some((key.to_owned(), value.parse().ok()?))
-        })
-        .collect()
-}
-
-async fn within<T>(what: &str, wait: Duration, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(wait, future)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish within {wait:?}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_forward_refuse_bad_input_and_notice_a_killed_peer() {
