@@ -45,6 +45,8 @@ export interface Report {
   sent: number;
   onTime: number;
   matches: number;
+  /** Joins the server shed as overloaded (each asked again after its retry-after). */
+  shed: number;
   error: string | null;
 }
 
@@ -66,13 +68,16 @@ class Bot {
   private buttons = 0;
   private readonly sent = new Map<number, number>();
   private seq = 1;
+  // The seq of the last Join sent, and the timer that sends it again after a shed one.
+  private joinSeq = -1;
+  private retry: ReturnType<typeof setTimeout> | null = null;
 
   constructor(
     private readonly options: Options,
     player: bigint,
     private readonly done: () => void,
   ) {
-    this.report = { player, frames: 0, verified: 0, desyncs: 0, gaps: 0, sent: 0, onTime: 0, matches: 0, error: null };
+    this.report = { player, frames: 0, verified: 0, desyncs: 0, gaps: 0, sent: 0, onTime: 0, matches: 0, shed: 0, error: null };
   }
 
   start(): void {
@@ -95,11 +100,21 @@ class Bot {
 
   stop(): void {
     this.playing = false;
+    if (this.retry !== null) clearTimeout(this.retry);
+    this.retry = null;
     this.socket.end();
+  }
+
+  private join(): void {
+    this.retry = null;
+    this.joinSeq = this.seq;
+    this.socket.write(encodeJoin({ mode: 0, updates: "Full" }, this.seq++));
   }
 
   private fail(error: string): void {
     if (this.report.error === null) this.report.error = error;
+    if (this.retry !== null) clearTimeout(this.retry);
+    this.retry = null;
     this.socket.destroy();
   }
 
@@ -108,12 +123,19 @@ class Bot {
       const control = decodeControl(frame);
       switch (control.kind) {
         case "Welcome":
-          this.socket.write(encodeJoin({ mode: 0, updates: "Full" }, this.seq++));
+          this.join();
           return;
         case "Close":
           this.fail(`closed by the server: ${control.message.code} ${control.message.reason}`);
           return;
         case "Refused":
+          // A join shed while the rooms run late (105) is asked again after the retry-after
+          // the server gave; any other refusal is a failure.
+          if (control.message.seq === this.joinSeq && control.message.code === 105 && !this.socket.destroyed) {
+            this.report.shed += 1;
+            this.retry = setTimeout(() => this.join(), Math.max(100, control.message.retry_after_ms));
+            return;
+          }
           this.fail(`refused: ${control.message.code} ${control.message.reason}`);
           return;
         default:
@@ -130,7 +152,7 @@ class Bot {
         return;
       case "MatchEnd":
         this.playing = false;
-        this.socket.write(encodeJoin({ mode: 0, updates: "Full" }, this.seq++));
+        this.join();
         return;
       default:
         // FrameInputs, Catchup and Resync go to clients that asked for them; this one did not.
@@ -239,7 +261,7 @@ async function main(): Promise<number> {
     ok &&= problems.length === 0;
     console.log(
       `bot ${report.player}: ${report.matches} match(es), ${report.frames} frames, ${report.verified} checksums verified, ` +
-        `${report.desyncs} desyncs, ${report.onTime}/${report.sent} inputs on time${problems.length ? `: FAILED: ${problems.join("; ")}` : ""}`,
+        `${report.desyncs} desyncs, ${report.onTime}/${report.sent} inputs on time, ${report.shed} joins shed${problems.length ? `: FAILED: ${problems.join("; ")}` : ""}`,
     );
   }
   return ok ? 0 : 1;

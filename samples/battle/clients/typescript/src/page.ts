@@ -33,8 +33,13 @@ const query = new URLSearchParams(location.search);
 const autoplay = query.has("autoplay");
 // A spectator: the room it asked for (0: any room playing), or null for a player.
 const watching = query.has("watch") ? Number(query.get("watch") || "0") : null;
-// How long a spectator waits before asking again when no room could take it.
-const WATCH_RETRY_MS = 500;
+// How long the page waits before asking again when no room could take it (a refusal's own
+// retry-after, when it gives a longer one, wins).
+const RETRY_MS = 500;
+// Refusals that say "not now" rather than "no": busy (103: no room plays yet, or none takes
+// one more spectator) and overloaded (105: joins and watches are shed while rooms run late).
+const BUSY = 103;
+const OVERLOADED = 105;
 let held = 0;
 let mirror: Mirror | null = null;
 // The counts of the matches before this one.
@@ -95,13 +100,13 @@ async function main(): Promise<void> {
   const reader = new FrameReader();
   let seq = 1;
   let buttons = 0;
-  // The seq of the last Watch sent: a refusal of it means no room takes the spectator yet.
-  let watchSeq = -1;
+  // The seq of the last Join or Watch sent: a busy or overloaded refusal of it is asked again.
+  let askSeq = -1;
   const ask = () => {
+    askSeq = seq;
     if (watching === null) {
       socket.send(encodeJoin({ mode: 0, updates: "Full" }, seq++));
     } else {
-      watchSeq = seq;
       socket.send(encodeWatch({ room: BigInt(watching) }, seq++));
     }
   };
@@ -123,10 +128,14 @@ async function main(): Promise<void> {
       if (control.kind === "Welcome") {
         state.phase = watching === null ? "waiting for a match" : "looking for a room to watch";
         ask();
-      } else if (control.kind === "Refused" && control.message.seq === watchSeq && control.message.code === 103) {
-        // No room plays yet (or none takes one more spectator): ask again shortly.
-        state.phase = `no room to watch yet (${control.message.reason})`;
-        setTimeout(ask, WATCH_RETRY_MS);
+      } else if (
+        control.kind === "Refused" &&
+        control.message.seq === askSeq &&
+        (control.message.code === BUSY || control.message.code === OVERLOADED)
+      ) {
+        // Not now: ask again after what the server said to wait.
+        state.phase = `asked to wait (${control.message.reason})`;
+        setTimeout(ask, Math.max(RETRY_MS, control.message.retry_after_ms));
       } else if (control.kind === "Close" || control.kind === "Refused") {
         fail(`${control.kind} ${control.message.code}: ${control.message.reason}`);
       }
