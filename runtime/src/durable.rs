@@ -379,10 +379,11 @@ impl<E: Entity> Durable<E> {
     }
 
     async fn write_chunk(&self, chunk: &[(E::Key, Arc<EntityCell<E>>)]) {
-        let generation = self.generation.load(Ordering::Relaxed);
+        let kind_generation = self.generation.load(Ordering::Relaxed);
         let mut batch = Vec::with_capacity(chunk.len());
         let mut built = Vec::with_capacity(chunk.len());
         for (key, cell) in chunk {
+            let generation = cell.fence.unwrap_or(kind_generation);
             let saved = cell.saved();
             let start = batch.len();
             let (kind, key_text) = (E::KIND.to_owned(), key.to_string());
@@ -483,7 +484,7 @@ impl<E: Entity> Durable<E> {
                     tracing::error!(
                         game.entity.kind = E::KIND,
                         game.entity.key = %done.key,
-                        generation,
+                        generation = done.cell.fence.unwrap_or(kind_generation),
                         stored,
                         "state write fenced: another owner holds this entity (generation \
                          {stored} > ours); this node stops writing it"

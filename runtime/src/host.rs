@@ -49,6 +49,11 @@ pub(crate) struct EntityCell<E: Entity> {
     pub(crate) recovery: Recovery,
     /// Timer ids, and the timers kept across a crash (allocates nothing until one is kept).
     pub(crate) timers: TimerShared<E>,
+    /// The store generation this activation's writes carry, when the kind fences per entity
+    /// ([`Entities::fence_by`](crate::Entities::fence_by)): taken when it activates, so an
+    /// activation that outlives its node's ownership keeps writing with the old token and is
+    /// refused once the new owner has written. `None`: the kind's generation at each write.
+    pub(crate) fence: Option<u64>,
 }
 
 /// What an incarnation needs of its kind: the module serving it, its settings and logs, and the

@@ -67,11 +67,16 @@ struct Inner<E: Entity> {
     timers: Arc<crate::timer::TimerCounters>,
     /// Where its state goes beyond memory, if anywhere.
     durable: Option<Arc<Durable<E>>>,
+    /// The store generation of each activation, by key, if the kind fences per entity.
+    fence: std::sync::RwLock<Option<Arc<Fence<E>>>>,
     /// What it measures for operators (see `stats`).
     stats: crate::stats::KindStats,
     /// Its overload limit, if configured (`KindConfig::overload`).
     limit: Option<crate::overload::AdaptiveLimit>,
 }
+
+/// What gives an activation its store generation ([`Entities::fence_by`]).
+type Fence<E> = dyn Fn(&<E as Entity>::Key) -> u64 + Send + Sync;
 
 /// All entities of kind `E`: the registry, and the handle to send them messages.
 pub struct Entities<E: Entity> {
@@ -186,6 +191,7 @@ impl<E: Entity> Entities<E> {
                 runtime,
                 timers: Arc::default(),
                 durable,
+                fence: std::sync::RwLock::new(None),
                 stats: crate::stats::KindStats::default(),
                 limit,
             }),
@@ -487,11 +493,19 @@ impl<E: Entity> Entities<E> {
         if !self.inner.supervisor.is_running() {
             return Err((not_running, envelope));
         }
+        let fence = self
+            .inner
+            .fence
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .map(|fence| fence(key));
         let cell = Arc::new(EntityCell {
             saved: Mutex::new(recovered),
             last_active: AtomicU64::new(clock::now_millis()),
             recovery,
             timers: crate::timer::TimerShared::default(),
+            fence,
         });
         let activation = self.inner.activations.fetch_add(1, Ordering::Relaxed);
         let worker = EntityWorker {
@@ -691,6 +705,59 @@ impl<E: Entity> Entities<E> {
         if let Some(durable) = &self.inner.durable {
             durable.set_generation(generation);
         }
+    }
+
+    /// Fences each activation on its own: `generation(key)`, asked when entity `key`
+    /// activates, is the generation all that activation's writes carry (until it passivates,
+    /// ends or is given up on; a crash restart keeps it), instead of the kind's
+    /// ([`set_store_generation`](Entities::set_store_generation)). A fleet passes the fencing
+    /// token of the key's shard as this node owns it: an activation that outlives the node's
+    /// ownership keeps the old token, and its writes are refused once the new owner has written
+    /// with the newer one. Replaces an earlier `fence_by`; activations already running keep
+    /// theirs.
+    pub fn fence_by(&self, generation: impl Fn(&E::Key) -> u64 + Send + Sync + 'static) {
+        *self
+            .inner
+            .fence
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(generation));
+    }
+
+    /// Lets go of every entity of this kind whose key `which` picks, on this process only (a
+    /// fleet node whose shards moved away): each is forgotten here, passivated or active; an
+    /// active one's mailbox closes at once, its queued messages dead-lettered with `reason`,
+    /// and its incarnation stops after the message it is handling. Nothing is written for it
+    /// beyond what it had queued for its store (its new owner reads the store, and fencing
+    /// refuses what comes too late). A later message for the key activates it afresh from its
+    /// store. Returns how many were let go.
+    pub fn release(&self, which: impl Fn(&E::Key) -> bool, reason: &str) -> usize {
+        let keys: Vec<E::Key> = self
+            .inner
+            .map
+            .iter()
+            .filter(|entry| which(entry.key()))
+            .map(|entry| entry.key().clone())
+            .collect();
+        let mut released = 0;
+        for key in keys {
+            let Some((_, slot)) = self.inner.map.remove(&key) else {
+                continue;
+            };
+            released += 1;
+            let Slot::Active { handle, .. } = slot else {
+                continue;
+            };
+            // Its incarnation (running, or still starting) stops once it sees the mailbox closed.
+            handle.close(format!("released: {reason}"));
+        }
+        if released > 0 {
+            tracing::info!(
+                game.entity.kind = E::KIND,
+                released,
+                "entities released: {reason}"
+            );
+        }
+        released
     }
 
     /// Whether entity `key` has a live (or starting) incarnation.

@@ -309,6 +309,8 @@ pub(crate) struct Slot<M> {
     incarnations: AtomicU64,
     /// Receives the messages still queued when the mailbox closes for good.
     undelivered: OnceLock<UndeliveredHook<M>>,
+    /// Closed by its handle ([`ChildRef::close`]): an incarnation stops once it sees it.
+    retired: AtomicBool,
     /// The span of the message being handled, set by workers that trace their messages, so a
     /// restart after a crash is recorded inside the trace of the message that caused it.
     trace_parent: std::sync::Mutex<Option<tracing::Span>>,
@@ -324,6 +326,7 @@ impl<M> Slot<M> {
             current: RwLock::new(None),
             incarnations: AtomicU64::new(0),
             undelivered: OnceLock::new(),
+            retired: AtomicBool::new(false),
             trace_parent: std::sync::Mutex::new(None),
         }
     }
@@ -426,8 +429,31 @@ impl<M> Slot<M> {
         }
     }
 
+    /// Opens the mailbox again for a new incarnation, unless its handle closed it: that is
+    /// for good.
     pub(crate) fn reopen(&self) {
-        self.queue.reopen();
+        if !self.is_retired() {
+            self.queue.reopen();
+        }
+    }
+
+    /// Closes the mailbox for good on its handle's request, and wakes the running incarnation
+    /// (if any) so it stops; one that starts later stops at once.
+    fn retire(&self, reason: String) {
+        self.retired.store(true, Ordering::SeqCst);
+        self.close(&MailboxClosed::ByHandle(reason));
+        let current = self
+            .current
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if let Some(actor) = current.as_ref() {
+            let _ = actor.send_message(Wake);
+        }
+    }
+
+    /// Whether the handle closed the mailbox: the incarnation has nothing more to do.
+    pub(crate) fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::SeqCst)
     }
 
     pub(crate) fn incarnations(&self) -> u64 {
@@ -518,10 +544,11 @@ impl<M: Send + 'static> ChildRef<M> {
 
     /// Closes the mailbox for good, as if the child were gone: later sends fail with
     /// [`SendError::Closed`] and the queued messages go to the undelivered hook with
-    /// [`MailboxClosed::ByHandle`] and `reason`. The child's current incarnation, if any, keeps
-    /// running but receives nothing more.
+    /// [`MailboxClosed::ByHandle`] and `reason`. The child's incarnation, running or starting,
+    /// stops normally once it has finished the message it is handling (a `transient` or
+    /// `temporary` child is then not restarted): nothing could reach it any more.
     pub fn close(&self, reason: impl Into<String>) {
-        self.slot.close(&MailboxClosed::ByHandle(reason.into()));
+        self.slot.retire(reason.into());
     }
 
     /// Whether the mailbox is closed (sends fail with [`SendError::Closed`]).

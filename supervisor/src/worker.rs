@@ -166,6 +166,11 @@ impl<W: Worker> Actor for Host<W> {
         _: Wake,
         state: &mut HostState<W>,
     ) -> Result<(), ActorProcessingErr> {
+        if self.slot.is_retired() {
+            // Its handle closed the mailbox: nothing can reach this incarnation any more.
+            myself.stop(None);
+            return Ok(());
+        }
         self.slot.begin_drain();
         for _ in 0..DRAIN_BATCH {
             let Some(message) = self.slot.pop() else {

@@ -1,8 +1,10 @@
 //! Durable entity state: a kind's checkpoints and logs reach its store (write-behind,
 //! write-through), come back in a new registry on the same store (as after a killed process),
 //! with the log replayed; an ended entity's record goes; damaged records are set aside and the
-//! entity goes on from what was good; a fenced writer stops; a store outage degrades durability
-//! without stopping entities, and it catches up when the store is back.
+//! entity goes on from what was good; a fenced writer stops; an activation writes with the
+//! generation it activated with; a released entity stops and comes back from its store; a store
+//! outage degrades durability without stopping entities, and it catches up when the store is
+//! back.
 
 use std::{
     sync::{
@@ -460,6 +462,125 @@ async fn a_fenced_writer_stops_writing_what_another_owner_holds() {
         (2, theirs),
         "the new owner's state stands"
     );
+    node.tree.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_activation_writes_with_the_generation_it_activated_with() {
+    let store: Store = Arc::new(MemoryStore::new());
+    let node = node(Durability::write_behind(store.clone())).await;
+    // As a fleet node fences: the token of the key's shard as this node holds it now.
+    let token = Arc::new(AtomicU64::new(5));
+    let held = Arc::clone(&token);
+    node.ledgers
+        .fence_by(move |_key: &u64| held.load(Ordering::Relaxed));
+    let generation = |key: &'static str| {
+        let store = store.clone();
+        async move { store.get("ledger", key).await.unwrap().unwrap().generation }
+    };
+    node.ledgers.send(&4, Msg::Add(1)).ok().unwrap();
+    get(&node.ledgers, 4).await;
+    assert!(node.ledgers.flush(LIMIT).await);
+    assert_eq!(generation("4").await, 5, "activated while the token was 5");
+
+    // The node's token moves on (its shard moved away and back, say): the running activation
+    // keeps the token it started with; a new one takes the new token.
+    token.store(9, Ordering::Relaxed);
+    for amount in 2..=5 {
+        // The fifth add writes a snapshot.
+        node.ledgers.send(&4, Msg::Add(amount)).ok().unwrap();
+    }
+    node.ledgers.send(&6, Msg::Add(1)).ok().unwrap();
+    assert_eq!(get(&node.ledgers, 4).await.amounts, amounts(1..6));
+    get(&node.ledgers, 6).await;
+    assert!(node.ledgers.flush(LIMIT).await);
+    assert_eq!(
+        generation("4").await,
+        5,
+        "ledger 4's snapshot, at its own token"
+    );
+    assert_eq!(generation("6").await, 9);
+    let written: Ledger = garrison_protocol::snapshot::read(
+        store.get("ledger", "4").await.unwrap().unwrap().snapshot,
+    )
+    .unwrap();
+    assert_eq!(written.amounts, amounts(1..6));
+
+    // An owner with a newer token (7) writes ledger 4: the old activation is refused from then
+    // on, whatever token this node holds for new activations.
+    let theirs = garrison_protocol::snapshot::write(&Ledger::default()).unwrap();
+    store
+        .write(&[Write::Put {
+            kind: "ledger".into(),
+            key: "4".into(),
+            generation: 7,
+            log_from: 0,
+            snapshot: theirs.clone(),
+        }])
+        .await
+        .unwrap();
+    let fenced = node.ledgers.durability().unwrap().fenced;
+    for amount in 6..=10 {
+        node.ledgers.send(&4, Msg::Add(amount)).ok().unwrap();
+    }
+    get(&node.ledgers, 4).await;
+    assert!(node.ledgers.flush(LIMIT).await);
+    assert!(node.ledgers.durability().unwrap().fenced > fenced);
+    let stored = store.get("ledger", "4").await.unwrap().unwrap();
+    assert_eq!((stored.generation, stored.snapshot), (7, theirs));
+    node.tree.stop().await.unwrap();
+}
+
+// One thread: the messages sent before `release` are still queued when it runs.
+#[tokio::test]
+async fn a_released_entity_stops_here_its_queued_messages_are_dead_lettered_and_it_returns_from_its_store()
+ {
+    let store: Store = Arc::new(MemoryStore::new());
+    let node = node(Durability::write_behind(store.clone())).await;
+    for amount in 1..=5 {
+        // The fifth add writes a snapshot.
+        node.ledgers.send(&2, Msg::Add(amount)).ok().unwrap();
+    }
+    node.ledgers.send(&3, Msg::Add(1)).ok().unwrap();
+    assert_eq!(get(&node.ledgers, 2).await.amounts, amounts(1..6));
+    get(&node.ledgers, 3).await;
+    assert!(node.ledgers.flush(LIMIT).await);
+    for amount in 6..=8 {
+        node.ledgers.send(&2, Msg::Add(amount)).ok().unwrap();
+    }
+
+    let released = node
+        .ledgers
+        .release(|key| *key == 2, "test: its shard moved");
+    assert_eq!(released, 1);
+    assert!(!node.ledgers.is_active(&2));
+    assert!(node.ledgers.is_active(&3), "only what was picked");
+    let letters = node.ledgers.dead_letters().snapshot();
+    assert_eq!(letters.len(), 3, "{letters:?}");
+    assert!(
+        letters
+            .iter()
+            .all(|letter| letter.key == "2"
+                && letter.reason.contains("released: test: its shard moved")),
+        "{letters:?}"
+    );
+    // Its incarnation stops on its own; ledger 3's runs on.
+    eventually("the released incarnation stops", LIMIT, || async {
+        node.ledgers
+            .supervisor()
+            .count_children()
+            .await
+            .unwrap()
+            .active
+            == 1
+    })
+    .await;
+
+    // The next message activates it afresh from the store: what it had stored, without the
+    // dead-lettered adds.
+    let back = get(&node.ledgers, 2).await;
+    assert_eq!(back.amounts, amounts(1..6));
+    assert_eq!(back.woke, "recovery");
     node.tree.stop().await.unwrap();
 }
 

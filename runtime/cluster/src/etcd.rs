@@ -317,6 +317,11 @@ impl Fleet {
         *self.standing.borrow()
     }
 
+    /// A receiver of every change of where the node stands.
+    pub fn subscribe_standing(&self) -> watch::Receiver<Standing> {
+        self.standing.clone()
+    }
+
     /// The shards this node owns now, with their fencing tokens: none once its lease is gone.
     pub fn owned(&self) -> Vec<(ShardId, u64)> {
         if self.standing() == Standing::LeaseLost {

@@ -17,10 +17,12 @@
 //!   its peers send, refuses what this node does not own, and dead-letters at the sender what
 //!   a peer refused.
 //!
-//! - `fleet` (feature `nodes`): runtime entity kinds served to the fleet, and a handle that
-//!   sends a kind's message to the node that owns its key's shard.
+//! - `fleet` (feature `nodes`): runtime entity kinds served to the fleet, fenced by their
+//!   shards' tokens and released when their shards leave the node; a handle that sends a
+//!   kind's message to the node that owns its key's shard; and (with `etcd`) `follow`, which
+//!   keeps a node on its fleet member's table and owning nothing once its lease is gone.
 //!
-//! Handoff and failover come next.
+//! Planned handoff (drain) and the battle sample as a fleet come next.
 
 pub mod envelope;
 #[cfg(feature = "etcd")]

@@ -78,6 +78,13 @@ pub trait Inbox: Send + Sync + 'static {
         payload: &[u8],
         trace: Option<TraceContext>,
     ) -> Result<(), InboxRefusal>;
+
+    /// Told the table node `node` acts on, before the node routes or accepts by it (at
+    /// [`Node::start`] and every [`Node::set_table`]): the entity runtime takes each shard's
+    /// fencing token from it. Nothing by default.
+    fn table_changed(&self, node: &str, table: &Table) {
+        let _ = (node, table);
+    }
 }
 
 impl<F> Inbox for F
@@ -525,6 +532,7 @@ impl Node {
             return Err(StartError::Id(config.id));
         }
         check_shards(&table, config.shards)?;
+        inbox.table_changed(&config.id, &table);
         let shared = Arc::new(Shared {
             id: config.id.clone(),
             shards: config.shards,
@@ -665,11 +673,15 @@ impl Node {
     /// plane). A table for another shard count is refused.
     pub fn set_table(&self, table: Table) -> Result<(), StartError> {
         check_shards(&table, self.shared.shards)?;
-        *self
+        // Told under the lock, so tables set from two threads reach the inbox in the order
+        // the node takes them.
+        let mut current = self
             .shared
             .table
             .write()
-            .unwrap_or_else(PoisonError::into_inner) = table;
+            .unwrap_or_else(PoisonError::into_inner);
+        self.shared.inbox.table_changed(&self.shared.id, &table);
+        *current = table;
         Ok(())
     }
 

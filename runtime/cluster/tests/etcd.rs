@@ -4,7 +4,10 @@
 //! the survivors once its lease expires, with new fencing tokens, and a survivor takes over the
 //! election; a node that leaves hands its shards over at once; a node whose lease is gone owns
 //! nothing; a duplicate node is refused; a malformed table record is ignored by the followers
-//! and rebuilt by the coordinator with tokens above every old one.
+//! and rebuilt by the coordinator with tokens above every old one. With `nodes`, a node on
+//! ractor_cluster follows the fleet's table: it routes by it, its entities write with their
+//! shards' tokens, the entities of shards it loses are released (an activation of a key it does
+//! not own is fenced), and it delivers nothing once its lease is gone.
 #![cfg(feature = "etcd")]
 
 use std::{
@@ -276,4 +279,272 @@ async fn a_malformed_table_is_ignored_by_followers_and_rebuilt_with_newer_tokens
     let newest_old = good.shards.iter().map(|s| s.token).max().unwrap();
     assert!(rebuilt.version > good.version);
     assert!(rebuilt.shards.iter().all(|s| s.token > newest_old));
+}
+
+/// A node on ractor_cluster acting on the fleet's table from etcd (`fleet::follow`).
+#[cfg(feature = "nodes")]
+mod acting {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use garrison_cluster::fleet::{Kinds, Sharded, follow};
+    use garrison_cluster::node::{Node, NodeConfig, Route, SendError};
+    use garrison_cluster::{DEFAULT_SHARDS, Table, shard_of};
+    use garrison_protocol::{Schema, Validated, messages, snapshot::Snapshot};
+    use garrison_runtime::prelude::supervisor;
+    use garrison_runtime::store::{MemoryStore, Store, Write};
+    use garrison_runtime::{
+        Durability, Entities, Entity, EntityContext, EntityMessage, HandlerError, KindConfig,
+    };
+    use rkyv::{Archive, Deserialize, Serialize};
+
+    use super::{Standing, balanced_over, endpoint, namespace, node as member, until};
+
+    /// Add `by` to a counter.
+    #[derive(Archive, Serialize, Deserialize, Schema, Debug)]
+    pub struct Bump {
+        /// How much.
+        pub by: u32,
+    }
+
+    messages! {
+        /// What the counters take from the fleet.
+        pub enum ActingMessage {
+            0x0f11 => Bump(Bump),
+        }
+    }
+
+    #[derive(Archive, Serialize, Deserialize, Default)]
+    struct Count {
+        count: u64,
+    }
+
+    impl Snapshot for Count {
+        const SCHEMA: &'static str = "acting-test.count";
+        const VERSION: u16 = 1;
+    }
+
+    struct CounterMsg(Validated<Bump>);
+
+    impl EntityMessage for CounterMsg {
+        fn event_type(&self) -> &'static str {
+            "bump"
+        }
+    }
+
+    struct Counter;
+
+    impl Entity for Counter {
+        const KIND: &'static str = "counter";
+        type Key = u32;
+        type State = Count;
+        type Message = CounterMsg;
+
+        async fn handle(
+            &self,
+            _context: &mut EntityContext<'_, Self>,
+            CounterMsg(bump): CounterMsg,
+            state: &mut Count,
+        ) -> Result<(), HandlerError> {
+            state.count += u64::from(bump.by.to_native());
+            Ok(())
+        }
+    }
+
+    fn owner_of(table: &Table, key: u32) -> Option<(String, u64)> {
+        table
+            .owner(shard_of(
+                "counter",
+                key.to_string().as_bytes(),
+                DEFAULT_SHARDS,
+            ))
+            .map(|(node, token)| (node.to_owned(), token))
+    }
+
+    async fn stored(store: &Store, key: u32) -> Option<(u64, u64)> {
+        let record = store.get("counter", &key.to_string()).await.unwrap()?;
+        let generation = record.generation;
+        let count: Count = garrison_protocol::snapshot::read(record.snapshot).unwrap();
+        Some((generation, count.count))
+    }
+
+    /// Polls the store until `key`'s record reads `want` (generation, count).
+    async fn until_stored(store: &Store, key: u32, want: (u64, u64)) {
+        let start = std::time::Instant::now();
+        loop {
+            let got = stored(store, key).await;
+            if got == Some(want) {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "counter {key}: stored {got:?}, want {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_acts_on_the_fleets_table_and_lets_go_of_the_shards_it_loses() {
+        let Some(endpoint) = endpoint() else { return };
+        let ns = namespace("acting");
+        let store: Store = Arc::new(MemoryStore::new());
+        let kinds = Kinds::new();
+        let counters = Entities::<Counter>::declare(KindConfig {
+            durability: Durability::write_behind(store.clone()),
+            ..KindConfig::default()
+        })
+        .unwrap();
+        kinds.serve(counters.clone(), CounterMsg);
+        let config = NodeConfig {
+            id: "a".into(),
+            cookie: "garrison-acting-test".into(),
+            listen: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 0,
+            shards: DEFAULT_SHARDS,
+        };
+        let node = Arc::new(
+            Node::start(config, Table::empty(DEFAULT_SHARDS), kinds.clone())
+                .await
+                .unwrap(),
+        );
+        counters.serve(Counter).unwrap();
+        let tree = supervisor! {
+            "acting-test": one_for_one {
+                entities "counters" => counters.start();
+            }
+        }
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+        let sharded = Sharded::<Counter, Bump>::new(node.clone());
+
+        // Alone in the fleet, the node routes every key to its own entities, and each writes
+        // with the token of its shard.
+        let a = member(&endpoint, &ns, "a").await;
+        let following = follow(&a, node.clone());
+        until(
+            "the node acts on a table of its own",
+            Duration::from_secs(10),
+            || balanced_over(&node.table(), &["a"]),
+        )
+        .await;
+        let first = node.table();
+        for key in 0..64 {
+            let route = sharded.send(&key, &Bump { by: 1 }, None).unwrap();
+            assert_eq!(route, Route::Local);
+        }
+        for key in 0..64 {
+            let (_, token) = owner_of(&first, key).unwrap();
+            assert!(token > 0);
+            until_stored(&store, key, (token, 1)).await;
+        }
+
+        // A second member joins: the node routes half the shards to it from the next table.
+        let b = member(&endpoint, &ns, "b").await;
+        until(
+            "the node acts on the two-node table",
+            Duration::from_secs(10),
+            || balanced_over(&node.table(), &["a", "b"]),
+        )
+        .await;
+        let second = node.table();
+        assert!(second.version > first.version);
+        let moved: Vec<u32> = (0..64)
+            .filter(|key| owner_of(&second, *key).unwrap().0 == "b")
+            .collect();
+        let kept: Vec<u32> = (0..64)
+            .filter(|key| owner_of(&second, *key).unwrap().0 == "a")
+            .collect();
+        assert!(!moved.is_empty() && !kept.is_empty(), "{moved:?} {kept:?}");
+        // b has no node on ractor_cluster in this test: its keys are unreachable, not local.
+        assert_eq!(
+            sharded.send(&moved[0], &Bump { by: 1 }, None),
+            Err(SendError::Unreachable("b".into()))
+        );
+        assert_eq!(
+            sharded.send(&kept[0], &Bump { by: 1 }, None),
+            Ok(Route::Local)
+        );
+        let (_, kept_token) = owner_of(&second, kept[0]).unwrap();
+        until_stored(&store, kept[0], (kept_token, 2)).await;
+
+        // The moved counters' activations here went with their shards; the kept ones run on.
+        assert!(kinds.released() >= moved.len() as u64);
+        assert!(moved.iter().all(|key| !counters.is_active(key)));
+        assert!(kept.iter().all(|key| counters.is_active(key)));
+
+        // b's owner writes a moved counter with its newer token. An activation of it here (a
+        // send straight to the entities, not through the fleet) holds no token of its own
+        // (0): its write is refused and the owner's state stands.
+        let (_, theirs) = owner_of(&second, moved[0]).unwrap();
+        let (_, ours) = owner_of(&first, moved[0]).unwrap();
+        assert!(theirs > ours);
+        let snapshot = garrison_protocol::snapshot::write(&Count { count: 100 }).unwrap();
+        store
+            .write(&[Write::Put {
+                kind: "counter".into(),
+                key: moved[0].to_string(),
+                generation: theirs,
+                log_from: 0,
+                snapshot,
+            }])
+            .await
+            .unwrap();
+        let fenced = counters.durability().unwrap().fenced;
+        let bump = garrison_protocol::encode_frame(
+            &Bump { by: 1 },
+            garrison_protocol::FrameMeta::default(),
+        )
+        .unwrap();
+        let bump = bump.validate::<Bump>().unwrap();
+        counters.send(&moved[0], CounterMsg(bump)).ok().unwrap();
+        until(
+            "the old activation's write is fenced",
+            Duration::from_secs(10),
+            || counters.durability().unwrap().fenced > fenced,
+        )
+        .await;
+        assert_eq!(stored(&store, moved[0]).await, Some((theirs, 100)));
+
+        // a's lease goes (as if it had expired while a was paused): from then on the node
+        // delivers nothing to its own entities, whatever table it last read.
+        let mut outside = etcd_client::Client::connect([endpoint.as_str()], None)
+            .await
+            .unwrap();
+        outside.lease_revoke(a.lease()).await.unwrap();
+        until("a learns its lease is gone", Duration::from_secs(5), || {
+            a.standing() == Standing::LeaseLost
+        })
+        .await;
+        until("the node owns nothing", Duration::from_secs(5), || {
+            node.table().owned_by("a").next().is_none()
+        })
+        .await;
+        assert!(kept.iter().all(|key| !counters.is_active(key)), "released");
+        let refused = sharded.send(&kept[0], &Bump { by: 1 }, None);
+        assert!(
+            matches!(
+                refused,
+                Err(SendError::NoOwner(_) | SendError::Unreachable(_))
+            ),
+            "{refused:?}"
+        );
+        assert!(following.applied() >= 3);
+        assert_eq!(stored(&store, kept[0]).await, Some((kept_token, 2)));
+
+        drop((following, sharded));
+        b.leave().await.unwrap();
+        tree.stop().await.unwrap();
+        // The follower's task lets go of its handle once its abort is seen.
+        until(
+            "the last handle to the node",
+            Duration::from_secs(5),
+            || Arc::strong_count(&node) == 1,
+        )
+        .await;
+        Arc::into_inner(node).expect("the last handle").stop().await;
+    }
 }
