@@ -349,16 +349,21 @@ impl<M> Slot<M> {
     fn wake(&self) {
         fence(Ordering::SeqCst);
         if !self.scheduled.swap(true, Ordering::SeqCst) {
-            // A poisoned lock only means a panic elsewhere while it was held; the value is a
-            // plain handle and still good.
-            let current = self
-                .current
-                .read()
-                .unwrap_or_else(|poison| poison.into_inner());
-            if let Some(actor) = current.as_ref() {
-                // A dead incarnation refuses the wake; its successor wakes itself on start.
-                let _ = actor.send_message(Wake);
-            }
+            self.wake_current();
+        }
+    }
+
+    /// Sends a `Wake` to the running incarnation, if any.
+    fn wake_current(&self) {
+        // A poisoned lock only means a panic elsewhere while it was held; the value is a plain
+        // handle and still good.
+        let current = self
+            .current
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if let Some(actor) = current.as_ref() {
+            // A dead incarnation refuses the wake; its successor wakes itself on start.
+            let _ = actor.send_message(Wake);
         }
     }
 
@@ -442,13 +447,7 @@ impl<M> Slot<M> {
     fn retire(&self, reason: String) {
         self.retired.store(true, Ordering::SeqCst);
         self.close(&MailboxClosed::ByHandle(reason));
-        let current = self
-            .current
-            .read()
-            .unwrap_or_else(|poison| poison.into_inner());
-        if let Some(actor) = current.as_ref() {
-            let _ = actor.send_message(Wake);
-        }
+        self.wake_current();
     }
 
     /// Whether the handle closed the mailbox: the incarnation has nothing more to do.
