@@ -40,6 +40,9 @@ pub(crate) enum Envelope<E: Entity> {
         /// When it was due (its lateness is measured while the kind is).
         due: tokio::time::Instant,
     },
+    /// Hand the entity to its new owner (a fleet moved its shard): after the messages queued
+    /// before this one, write its state through, send what is queued behind on, and leave.
+    HandOff(crate::ownership::HandOffJob<E>),
 }
 
 impl<E: Entity> Envelope<E> {
@@ -47,15 +50,17 @@ impl<E: Entity> Envelope<E> {
     pub(crate) fn into_message(self) -> E::Message {
         match self {
             Envelope::Message { message, .. } => message,
-            Envelope::Passivate | Envelope::Wake | Envelope::Tick { .. } => {
-                unreachable!("a refused passivation, wake or tick is never handed back to a sender")
+            Envelope::Passivate | Envelope::Wake | Envelope::Tick { .. } | Envelope::HandOff(_) => {
+                unreachable!(
+                    "a refused passivation, wake, tick or hand-off is never handed back to a sender"
+                )
             }
         }
     }
 
-    /// The dead letter of this envelope's message (a passivation request or a timer's tick is
-    /// no accepted message: its timer ended with the incarnation), its sender told when a client
-    /// frame caused it.
+    /// The dead letter of this envelope's message (a passivation request, a timer's tick or a
+    /// hand-off is no accepted message: a tick's timer ended with the incarnation, and a dropped
+    /// hand-off tells its waiter it was not done), its sender told when a client frame caused it.
     pub(crate) fn dead_letter(self, key: String, reason: String) -> Option<DeadLetter> {
         let Envelope::Message {
             message,

@@ -46,6 +46,9 @@ pub(crate) enum Recovery {
 pub(crate) struct EntityCell<E: Entity> {
     pub(crate) saved: Mutex<Saved>,
     pub(crate) last_active: AtomicU64,
+    /// When it last began to handle a message or a timer's tick (the coarse clock's
+    /// milliseconds), for the departure a fleet logs.
+    pub(crate) last_handled: AtomicU64,
     pub(crate) recovery: Recovery,
     /// Timer ids, and the timers kept across a crash (allocates nothing until one is kept).
     pub(crate) timers: TimerShared<E>,
@@ -62,6 +65,18 @@ pub(crate) struct EntityCell<E: Entity> {
 pub(crate) trait KindHost<E: Entity>: Send + Sync + 'static {
     /// The module serving the kind (activations only start once it is served).
     fn module(&self) -> Option<&E>;
+    /// The node's lease on the kind's entities, if a fleet placed them.
+    fn lease(&self) -> Option<&crate::ownership::Lease>;
+    /// Takes the key's entry out if the activation behind `mine` still owns it (telling the
+    /// departure hook it left, `kind`-wise), and closes its mailbox, returning what was still
+    /// queued: an entity leaving this process (handed off, or lapsed with the lease).
+    fn leave(
+        &self,
+        key: &E::Key,
+        mine: &ChildRef<Envelope<E>>,
+        cell: &EntityCell<E>,
+        kind: crate::ownership::DepartureKind,
+    ) -> Vec<Envelope<E>>;
     fn config(&self) -> &KindConfig;
     fn dead_letters(&self) -> &DeadLetters;
     fn quarantine(&self) -> &Quarantine;
@@ -405,6 +420,103 @@ impl<E: Entity, K: KindHost<E>> EntityWorker<E, K> {
         Ok(())
     }
 
+    /// Hands the entity to its new owner: its state as it is now is checkpointed and confirmed
+    /// by the store, what is queued behind the hand-off goes to the job's forwarder, and the
+    /// incarnation stops (its timers go with it: the new owner's `started` runs its own). Its
+    /// record stays: the new owner activates from it.
+    async fn hand_off(
+        &self,
+        context: &WorkerContext<Envelope<E>>,
+        running: &mut Running<E>,
+        job: crate::ownership::HandOffJob<E>,
+    ) -> Result<(), HandlerError> {
+        let stored = match self.kind.durable() {
+            Some(durable) => {
+                let changes = self.checkpoint(running)?;
+                durable.wait_stored(&self.cell, changes).await;
+                self.cell.saved().stored_changes >= changes
+            }
+            // Nothing of a memory-only entity survives the move: its new owner starts it fresh.
+            None => true,
+        };
+        let rest = self.kind.leave(
+            &self.key,
+            &context.handle(),
+            &self.cell,
+            crate::ownership::DepartureKind::HandedOff,
+        );
+        let (mut forwarded, mut dead_lettered) = (0, 0);
+        for envelope in rest {
+            match envelope {
+                Envelope::Message {
+                    message,
+                    session,
+                    origin,
+                    ..
+                } => {
+                    let (event_type, trace) = (message.event_type(), message.trace_context());
+                    match (job.forward)(&self.key, message) {
+                        Ok(()) => forwarded += 1,
+                        Err(reason) => {
+                            dead_lettered += 1;
+                            if let Some(origin) = &origin {
+                                refuse(origin, E::KIND);
+                            }
+                            self.kind.dead_letters().record(DeadLetter {
+                                kind: E::KIND,
+                                key: self.key.to_string(),
+                                event_type,
+                                reason: format!("not handed off: {reason}"),
+                                trace,
+                                session: session.map(|session| session.0),
+                            });
+                        }
+                    }
+                }
+                // A second hand-off of the same entity: it is done with this one.
+                Envelope::HandOff(other) => {
+                    let _ = other.done.send(crate::ownership::HandedOff {
+                        stored,
+                        forwarded: 0,
+                        dead_lettered: 0,
+                    });
+                }
+                Envelope::Tick { .. } | Envelope::Wake | Envelope::Passivate => {}
+            }
+        }
+        context.stop();
+        let _ = job.done.send(crate::ownership::HandedOff {
+            stored,
+            forwarded,
+            dead_lettered,
+        });
+        Ok(())
+    }
+
+    /// The kind's lease has lapsed: `envelope` and everything queued are dead-lettered, and
+    /// the activation leaves this process without writing anything more.
+    fn lapse(&self, context: &WorkerContext<Envelope<E>>, envelope: Envelope<E>) {
+        let reason = "not handled: this node's lease on its fleet's entities has lapsed (another                       node may own the entity now)";
+        let key = self.key.to_string();
+        let rest = self.kind.leave(
+            &self.key,
+            &context.handle(),
+            &self.cell,
+            crate::ownership::DepartureKind::Lapsed,
+        );
+        for envelope in std::iter::once(envelope).chain(rest) {
+            if let Some(letter) = envelope.dead_letter(key.clone(), reason.to_owned()) {
+                self.kind.dead_letters().record(letter);
+            }
+        }
+        tracing::warn!(
+            game.entity.kind = E::KIND,
+            game.entity.key = %self.key,
+            "entity lapsed with its node's lease: forgotten here"
+        );
+        context.stop();
+    }
+
     /// Ends the entity for good if this incarnation still owns the key's entry and no message
     /// is waiting: the entry is removed (with its checkpoint) and the incarnation stops
     /// normally. With messages waiting it stays, and tries again after the next one.
@@ -562,6 +674,14 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
         envelope: Envelope<E>,
         running: &mut Running<E>,
     ) -> Result<(), HandlerError> {
+        // A node whose lease on its fleet's entities has lapsed acts on none of them: another
+        // node may own this one by now.
+        if let Some(lease) = self.kind.lease()
+            && !lease.is_valid()
+        {
+            self.lapse(context, envelope);
+            return Ok(());
+        }
         // A message's place under its kind's overload limit is held until it is handled.
         let _permit;
         let (message, parent, session, sampling, origin, ticked) = match envelope {
@@ -599,6 +719,9 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
                     return Ok(());
                 }
             },
+            Envelope::HandOff(job) => {
+                return Box::pin(self.hand_off(context, running, job)).await;
+            }
             // It was only asked to run (recovered at start); `started` has run, and may have
             // asked it to stop.
             Envelope::Wake => {
@@ -626,6 +749,9 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
                 };
             }
         };
+        self.cell
+            .last_handled
+            .store(clock::now_millis(), Ordering::Relaxed);
         let event_type = message.event_type();
         let trace = message.trace_context();
         // A timer's message never keeps its entity from passivating.

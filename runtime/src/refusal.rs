@@ -66,6 +66,14 @@ pub enum Refusal {
         /// The entity kind.
         kind: &'static str,
     },
+    /// The entity's fleet placed it on another node: it is not activated here (see
+    /// [`Entities::fence_by`](crate::Entities::fence_by)).
+    NotOwned {
+        /// The entity kind.
+        kind: &'static str,
+        /// The entity key.
+        key: String,
+    },
 }
 
 impl Refusal {
@@ -76,9 +84,9 @@ impl Refusal {
             Refusal::NotBound { .. } | Refusal::NoSession { .. } | Refusal::Detached { .. } => {
                 RefusalCode::NotBound
             }
-            Refusal::KindNotRunning { .. } | Refusal::KindNotServed { .. } => {
-                RefusalCode::Unavailable
-            }
+            Refusal::KindNotRunning { .. }
+            | Refusal::KindNotServed { .. }
+            | Refusal::NotOwned { .. } => RefusalCode::Unavailable,
             Refusal::NoRequest { .. } => RefusalCode::Failed,
             Refusal::Overloaded { .. } => RefusalCode::Overloaded,
         }
@@ -133,6 +141,10 @@ impl fmt::Display for Refusal {
                 f,
                 "the server is overloaded and sheds {what} for now; retry in {} ms",
                 retry_after.as_millis()
+            ),
+            Refusal::NotOwned { kind, key } => write!(
+                f,
+                "{kind} {key} is not this node's: its fleet placed it on another node"
             ),
             Refusal::NoRequest { kind } => write!(
                 f,

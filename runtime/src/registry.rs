@@ -34,6 +34,7 @@ use crate::{
     envelope::Envelope,
     host::{EntityCell, EntityWorker, KindHost, Recovery},
     origin::{SessionId, current_origin},
+    ownership::{Departure, DepartureKind, HandOffJob, HandOffReport, Lease},
     quarantine::{Quarantine, Quarantined},
     refusal::{Refusal, Refused},
     store::StoreError,
@@ -73,10 +74,17 @@ struct Inner<E: Entity> {
     stats: crate::stats::KindStats,
     /// Its overload limit, if configured (`KindConfig::overload`).
     limit: Option<crate::overload::AdaptiveLimit>,
+    /// The node's lease on the kind's entities, if a fleet placed them ([`Entities::lease`]).
+    lease: OnceLock<Lease>,
+    /// Told when an active entity leaves this process ([`Entities::on_departure`]).
+    departures: OnceLock<Arc<Departures<E>>>,
 }
 
-/// What gives an activation its store generation ([`Entities::fence_by`]).
-type Fence<E> = dyn Fn(&<E as Entity>::Key) -> u64 + Send + Sync;
+/// What gives an activation its store generation, or refuses it ([`Entities::fence_by`]).
+type Fence<E> = dyn Fn(&<E as Entity>::Key) -> Option<u64> + Send + Sync;
+
+/// What hears of an active entity leaving this process ([`Entities::on_departure`]).
+type Departures<E> = dyn Fn(&<E as Entity>::Key, Departure) + Send + Sync;
 
 /// All entities of kind `E`: the registry, and the handle to send them messages.
 pub struct Entities<E: Entity> {
@@ -194,6 +202,8 @@ impl<E: Entity> Entities<E> {
                 fence: std::sync::RwLock::new(None),
                 stats: crate::stats::KindStats::default(),
                 limit,
+                lease: OnceLock::new(),
+                departures: OnceLock::new(),
             }),
         };
         if let (Some(limit), Some(runtime)) = (&entities.inner.limit, &entities.inner.runtime) {
@@ -498,11 +508,26 @@ impl<E: Entity> Entities<E> {
             .fence
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-            .map(|fence| fence(key));
+            .clone();
+        let fence = match fence.map(|fence| fence(key)) {
+            None => None,
+            Some(Some(generation)) => Some(generation),
+            // Its fleet placed the key on another node: no activation here.
+            Some(None) => {
+                return Err((
+                    Refusal::NotOwned {
+                        kind: E::KIND,
+                        key: key.to_string(),
+                    },
+                    envelope,
+                ));
+            }
+        };
+        let now = clock::now_millis();
         let cell = Arc::new(EntityCell {
             saved: Mutex::new(recovered),
-            last_active: AtomicU64::new(clock::now_millis()),
+            last_active: AtomicU64::new(now),
+            last_handled: AtomicU64::new(now),
             recovery,
             timers: crate::timer::TimerShared::default(),
             fence,
@@ -624,6 +649,21 @@ impl<E: Entity> Entities<E> {
     where
         E::Key: std::str::FromStr,
     {
+        self.recover_stored_where(|_| true).await
+    }
+
+    /// As [`Entities::recover_stored`], for the stored keys `which` picks only (a fleet node
+    /// running the entities of the shards it just gained).
+    ///
+    /// # Errors
+    /// As [`Entities::recover_stored`].
+    pub async fn recover_stored_where(
+        &self,
+        which: impl Fn(&E::Key) -> bool,
+    ) -> Result<usize, StoreError>
+    where
+        E::Key: std::str::FromStr,
+    {
         let Some(durable) = &self.inner.durable else {
             return Ok(0);
         };
@@ -638,6 +678,9 @@ impl<E: Entity> Entities<E> {
                 );
                 continue;
             };
+            if !which(&key) {
+                continue;
+            }
             match self.push(&key, Envelope::Wake) {
                 Ok(()) => woken += 1,
                 Err((reason, _)) => tracing::warn!(
@@ -710,17 +753,34 @@ impl<E: Entity> Entities<E> {
     /// Fences each activation on its own: `generation(key)`, asked when entity `key`
     /// activates, is the generation all that activation's writes carry (until it passivates,
     /// ends or is given up on; a crash restart keeps it), instead of the kind's
-    /// ([`set_store_generation`](Entities::set_store_generation)). A fleet passes the fencing
-    /// token of the key's shard as this node owns it: an activation that outlives the node's
-    /// ownership keeps the old token, and its writes are refused once the new owner has written
-    /// with the newer one. Replaces an earlier `fence_by`; activations already running keep
-    /// theirs.
-    pub fn fence_by(&self, generation: impl Fn(&E::Key) -> u64 + Send + Sync + 'static) {
+    /// ([`set_store_generation`](Entities::set_store_generation)); `None` refuses the
+    /// activation ([`Refusal::NotOwned`]: the key is another node's). A fleet passes the
+    /// fencing token of the key's shard as this node owns it: an activation that outlives the
+    /// node's ownership keeps the old token, and its writes are refused once the new owner has
+    /// written with the newer one. Replaces an earlier `fence_by`; activations already running
+    /// keep theirs.
+    pub fn fence_by(&self, generation: impl Fn(&E::Key) -> Option<u64> + Send + Sync + 'static) {
         *self
             .inner
             .fence
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(generation));
+    }
+
+    /// Puts the kind's entities under `lease` (a fleet node's, [`Lease`]): before each message
+    /// an entity handles, the lease is checked, and once it has lapsed the message is
+    /// dead-lettered, the activation lapses (forgotten here, its queue dead-lettered, told to
+    /// [`Entities::on_departure`]) and nothing of it runs any more. The first lease set stays.
+    pub fn lease(&self, lease: Lease) {
+        let _ = self.inner.lease.set(lease);
+    }
+
+    /// Tells `hook` of every active entity that leaves this process by
+    /// [`hand_off`](Entities::hand_off), [`release`](Entities::release) or a lapsed
+    /// [`lease`](Entities::lease), with its generation and when it last handled a message (a
+    /// fleet's activation log). The first hook set stays.
+    pub fn on_departure(&self, hook: impl Fn(&E::Key, Departure) + Send + Sync + 'static) {
+        let _ = self.inner.departures.set(Arc::new(hook));
     }
 
     /// Lets go of every entity of this kind whose key `which` picks, on this process only (a
@@ -738,18 +798,10 @@ impl<E: Entity> Entities<E> {
             .filter(|entry| which(entry.key()))
             .map(|entry| entry.key().clone())
             .collect();
-        let mut released = 0;
-        for key in keys {
-            let Some((_, slot)) = self.inner.map.remove(&key) else {
-                continue;
-            };
-            released += 1;
-            let Slot::Active { handle, .. } = slot else {
-                continue;
-            };
-            // Its incarnation (running, or still starting) stops once it sees the mailbox closed.
-            handle.close(format!("released: {reason}"));
-        }
+        let released = keys
+            .iter()
+            .filter(|key| self.release_one(key, reason))
+            .count();
         if released > 0 {
             tracing::info!(
                 game.entity.kind = E::KIND,
@@ -758,6 +810,125 @@ impl<E: Entity> Entities<E> {
             );
         }
         released
+    }
+
+    /// Forgets `key` here (see [`Entities::release`]); returns whether it was known.
+    fn release_one(&self, key: &E::Key, reason: &str) -> bool {
+        let Some((_, slot)) = self.inner.map.remove(key) else {
+            return false;
+        };
+        if let Slot::Active { handle, cell } = slot {
+            // Its incarnation (running, or still starting) stops once it sees the mailbox
+            // closed.
+            handle.close(format!("released: {reason}"));
+            self.inner.departed(key, &cell, DepartureKind::Released);
+        }
+        true
+    }
+
+    /// Hands every entity of this kind whose key `which` picks to its new owner, on this
+    /// process only (a fleet node whose shards moved to a live peer). Each active entity first
+    /// handles what was queued for it before the hand-off (its node still owns it until the new
+    /// owner hears the hand-off is done), then checkpoints, waits until the store has that
+    /// state, sends what was queued behind the hand-off on with `forward` (what `forward`
+    /// refuses is dead-lettered with its reason), is told to
+    /// [`on_departure`](Entities::on_departure) and leaves; a passivated one is forgotten here
+    /// (its snapshot was queued for the store when it passivated). The kind's pending writes
+    /// are then flushed. Waits at most `timeout`: an entity that has not left by then is
+    /// released instead, and counted as unconfirmed (its late writes are fenced once the new
+    /// owner has written).
+    ///
+    /// A later message for a handed-off key activates it here again only if the kind's
+    /// [`fence_by`](Entities::fence_by) lets it (a fleet's refuses keys it does not own).
+    pub async fn hand_off(
+        &self,
+        which: impl Fn(&E::Key) -> bool,
+        forward: impl Fn(&E::Key, E::Message) -> Result<(), String> + Send + Sync + 'static,
+        timeout: Duration,
+    ) -> HandOffReport {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let forward: Arc<crate::ownership::Forward<E>> = Arc::new(forward);
+        let mut report = HandOffReport::default();
+        let keys: Vec<E::Key> = self
+            .inner
+            .map
+            .iter()
+            .filter(|entry| which(entry.key()))
+            .map(|entry| entry.key().clone())
+            .collect();
+        let mut waiting = Vec::new();
+        for key in keys {
+            let handle = match self.inner.map.get(&key).map(|slot| match &*slot {
+                Slot::Active { handle, .. } => Some(handle.clone()),
+                Slot::Passivated(_) => None,
+            }) {
+                // Gone meanwhile (it ended, or passivated and was released).
+                None => continue,
+                Some(Some(handle)) => handle,
+                Some(None) => {
+                    let passivated = self
+                        .inner
+                        .map
+                        .remove_if(&key, |_, slot| matches!(slot, Slot::Passivated(_)));
+                    report.passivated += usize::from(passivated.is_some());
+                    continue;
+                }
+            };
+            let (done, answer) = tokio::sync::oneshot::channel();
+            let mut job = Envelope::HandOff(HandOffJob {
+                forward: forward.clone(),
+                done,
+            });
+            loop {
+                match handle.send(job) {
+                    Ok(sent) => {
+                        self.evicted(&key, sent);
+                        waiting.push((key, answer));
+                        break;
+                    }
+                    Err(SendError::Full(back)) if tokio::time::Instant::now() < deadline => {
+                        // A full mailbox drains at handling speed; the hand-off queues behind it
+                        // as soon as there is room (a back-off, not a wait for an event).
+                        job = back;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    Err(_) => {
+                        report.unconfirmed += 1;
+                        self.release_one(&key, "its hand-off could not be queued in time");
+                        break;
+                    }
+                }
+            }
+        }
+        for (key, answer) in waiting {
+            match tokio::time::timeout_at(deadline, answer).await {
+                Ok(Ok(done)) => {
+                    report.handed_off += 1;
+                    report.forwarded += done.forwarded;
+                    report.dead_lettered += done.dead_lettered;
+                    report.unconfirmed += usize::from(!done.stored);
+                }
+                // Its incarnation was gone before it got there, or it is still busy.
+                Ok(Err(_)) | Err(_) => {
+                    report.unconfirmed += 1;
+                    self.release_one(&key, "it did not hand off in time");
+                }
+            }
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.flush(left).await;
+        if report != HandOffReport::default() {
+            tracing::info!(
+                game.entity.kind = E::KIND,
+                handed_off = report.handed_off,
+                passivated = report.passivated,
+                forwarded = report.forwarded,
+                dead_lettered = report.dead_lettered,
+                unconfirmed = report.unconfirmed,
+                "entities handed off"
+            );
+        }
+        report
     }
 
     /// Whether entity `key` has a live (or starting) incarnation.
@@ -877,9 +1048,54 @@ impl<E: Entity> Entities<E> {
     }
 }
 
+impl<E: Entity> Inner<E> {
+    /// Tells the departure hook that the activation in `cell` left this process.
+    fn departed(&self, key: &E::Key, cell: &EntityCell<E>, kind: DepartureKind) {
+        if let Some(hook) = self.departures.get() {
+            hook(
+                key,
+                Departure {
+                    kind,
+                    generation: cell.fence,
+                    last_handled_unix_ms: crate::ownership::unix_ms_of(
+                        cell.last_handled.load(Ordering::Relaxed),
+                    ),
+                },
+            );
+        }
+    }
+}
+
 impl<E: Entity> KindHost<E> for Inner<E> {
     fn module(&self) -> Option<&E> {
         self.module.get()
+    }
+
+    fn lease(&self) -> Option<&Lease> {
+        self.lease.get()
+    }
+
+    fn leave(
+        &self,
+        key: &E::Key,
+        mine: &ChildRef<Envelope<E>>,
+        cell: &EntityCell<E>,
+        kind: DepartureKind,
+    ) -> Vec<Envelope<E>> {
+        // Removed while holding the entry for writing: no push is in flight, and none reaches
+        // this mailbox afterwards, so what it holds now is all it will ever hold.
+        let removed = self
+            .map
+            .remove_if(
+                key,
+                |_, slot| matches!(slot, Slot::Active { handle, .. } if handle.same_child(mine)),
+            )
+            .is_some();
+        let left = mine.close_taking();
+        if removed {
+            self.departed(key, cell, kind);
+        }
+        left
     }
 
     fn config(&self) -> &KindConfig {

@@ -450,6 +450,15 @@ impl<M> Slot<M> {
         self.wake_current();
     }
 
+    /// As [`Slot::retire`], handing what is still queued to the caller instead of the
+    /// undelivered hook.
+    fn retire_taking(&self) -> VecDeque<M> {
+        self.retired.store(true, Ordering::SeqCst);
+        let left = self.queue.close();
+        self.wake_current();
+        left
+    }
+
     /// Whether the handle closed the mailbox: the incarnation has nothing more to do.
     pub(crate) fn is_retired(&self) -> bool {
         self.retired.load(Ordering::SeqCst)
@@ -548,6 +557,14 @@ impl<M: Send + 'static> ChildRef<M> {
     /// `temporary` child is then not restarted): nothing could reach it any more.
     pub fn close(&self, reason: impl Into<String>) {
         self.slot.retire(reason.into());
+    }
+
+    /// As [`ChildRef::close`], but the messages still queued are returned, oldest first,
+    /// instead of going to the undelivered hook: for a runtime that sends them on to where the
+    /// child now lives (a fleet handing an entity to another node). The caller owns them, and
+    /// with them the promise that none vanishes.
+    pub fn close_taking(&self) -> Vec<M> {
+        self.slot.retire_taking().into()
     }
 
     /// Whether the mailbox is closed (sends fail with [`SendError::Closed`]).
@@ -696,6 +713,29 @@ mod tests {
             "the rest gets a wake of its own"
         );
         actor.stop(None);
+    }
+
+    #[test]
+    fn close_taking_hands_back_both_halves_in_order_and_bypasses_the_hook() {
+        let slot = Arc::new(Slot::<u32>::new(64, Overflow::Reject));
+        let handle = ChildRef::new(slot.clone());
+        let hooked = Arc::new(AtomicUsize::new(0));
+        let counted = hooked.clone();
+        handle.on_undelivered(move |_, _| {
+            counted.fetch_add(1, Ordering::SeqCst);
+        });
+        for message in 0..5 {
+            handle.send(message).unwrap();
+        }
+        // The host took the first batch and handled one; two more arrive behind it.
+        assert_eq!(slot.pop(), Some(0));
+        handle.send(5).unwrap();
+        handle.send(6).unwrap();
+        assert_eq!(handle.close_taking(), vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(hooked.load(Ordering::SeqCst), 0, "the caller owns them");
+        assert!(slot.is_retired());
+        assert!(matches!(handle.send(7), Err(SendError::Closed(7))));
+        assert_eq!(slot.pop(), None);
     }
 
     #[test]

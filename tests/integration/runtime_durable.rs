@@ -2,9 +2,10 @@
 //! write-through), come back in a new registry on the same store (as after a killed process),
 //! with the log replayed; an ended entity's record goes; damaged records are set aside and the
 //! entity goes on from what was good; a fenced writer stops; an activation writes with the
-//! generation it activated with; a released entity stops and comes back from its store; a store
-//! outage degrades durability without stopping entities, and it catches up when the store is
-//! back.
+//! generation it activated with; a released entity stops and comes back from its store; a
+//! handed-off entity writes through what it handled and sends the rest on; past its kind's lease
+//! an entity handles nothing; a store outage degrades durability without stopping entities, and
+//! it catches up when the store is back.
 
 use std::{
     sync::{
@@ -46,6 +47,8 @@ enum Msg {
     Add(u32),
     Get(Reply<Ledger>),
     End,
+    /// Holds the entity until notified (what queues meanwhile waits behind it).
+    Hold(Arc<tokio::sync::Notify>),
 }
 
 impl EntityMessage for Msg {
@@ -54,6 +57,7 @@ impl EntityMessage for Msg {
             Msg::Add(_) => "add",
             Msg::Get(_) => "get",
             Msg::End => "end",
+            Msg::Hold(_) => "hold",
         }
     }
 }
@@ -105,6 +109,7 @@ impl Entity for Accounts {
                 reply.send(ledger.clone());
             }
             Msg::End => context.stop(),
+            Msg::Hold(until) => until.notified().await,
         }
         Ok(())
     }
@@ -473,7 +478,7 @@ async fn each_activation_writes_with_the_generation_it_activated_with() {
     let token = Arc::new(AtomicU64::new(5));
     let held = Arc::clone(&token);
     node.ledgers
-        .fence_by(move |_key: &u64| held.load(Ordering::Relaxed));
+        .fence_by(move |_key: &u64| Some(held.load(Ordering::Relaxed)));
     let generation = |key: &'static str| {
         let store = store.clone();
         async move { store.get("ledger", key).await.unwrap().unwrap().generation }
@@ -581,6 +586,145 @@ async fn a_released_entity_stops_here_its_queued_messages_are_dead_lettered_and_
     let back = get(&node.ledgers, 2).await;
     assert_eq!(back.amounts, amounts(1..6));
     assert_eq!(back.woke, "recovery");
+    node.tree.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handed_off_entity_handles_what_came_first_writes_it_through_and_sends_the_rest_on() {
+    let store: Store = Arc::new(MemoryStore::new());
+    let first = node(Durability::write_behind(store.clone())).await;
+    // The key is this node's until the hand-off takes it: afterwards a send is refused, not
+    // activated here again.
+    let handing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let owned = handing.clone();
+    first
+        .ledgers
+        .fence_by(move |_| (!owned.load(Ordering::SeqCst)).then_some(7));
+    let departed = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let told = departed.clone();
+    first
+        .ledgers
+        .on_departure(move |key, departure| told.lock().unwrap().push((*key, departure)));
+    // (Amounts above the ledger's unlucky 13 and below its cursed 666.)
+    for amount in 100..150 {
+        first.ledgers.send(&2, Msg::Add(amount)).ok().unwrap();
+    }
+    // The entity is held busy (its mailbox empties as it reaches the hold); the hand-off
+    // queues, and more adds behind it.
+    let hold = Arc::new(tokio::sync::Notify::new());
+    first
+        .ledgers
+        .send(&2, Msg::Hold(hold.clone()))
+        .ok()
+        .unwrap();
+    eventually("the entity reaches the hold", LIMIT, || async {
+        first.ledgers.mailbox_depth(&2) == 0
+    })
+    .await;
+    let forwarded = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = forwarded.clone();
+    handing.store(true, Ordering::SeqCst);
+    let handing_off = first.ledgers.clone();
+    let handed = tokio::spawn(async move {
+        handing_off
+            .hand_off(
+                |key| *key == 2,
+                move |key, message| match message {
+                    Msg::Add(amount) => {
+                        sink.lock().unwrap().push((*key, amount));
+                        Ok(())
+                    }
+                    Msg::Get(_) | Msg::End | Msg::Hold(_) => Err("not portable".into()),
+                },
+                LIMIT,
+            )
+            .await
+    });
+    eventually("the hand-off queues", LIMIT, || async {
+        first.ledgers.mailbox_depth(&2) == 1
+    })
+    .await;
+    let mut accepted = (100..150).collect::<Vec<u32>>();
+    for amount in 150..200 {
+        first.ledgers.send(&2, Msg::Add(amount)).ok().unwrap();
+        accepted.push(amount);
+    }
+    hold.notify_one();
+    let report = handed.await.unwrap();
+    // Once it left, a send for it is refused (the key is not this node's), not activated.
+    assert!(first.ledgers.send(&2, Msg::Add(999)).is_err());
+    assert_eq!(report.handed_off, 1, "{report:?}");
+    assert_eq!(report.unconfirmed, 0, "{report:?}");
+    assert_eq!(
+        report.forwarded, 50,
+        "the adds behind the hand-off: {report:?}"
+    );
+    assert_eq!(
+        forwarded
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, amount)| *amount)
+            .collect::<Vec<_>>(),
+        (150..200).collect::<Vec<_>>()
+    );
+    assert!(!first.ledgers.is_active(&2));
+    assert_eq!(first.ledgers.dead_letters().len(), 0);
+    let departures = departed.lock().unwrap().clone();
+    assert_eq!(departures.len(), 1, "{departures:?}");
+    assert_eq!(
+        (
+            departures[0].0,
+            departures[0].1.kind,
+            departures[0].1.generation
+        ),
+        (2, garrison_runtime::DepartureKind::HandedOff, Some(7))
+    );
+
+    // The new owner reads what the old one handled, then takes what was sent on: every
+    // accepted add exactly once, in the order it was sent.
+    let second = node(Durability::write_behind(store.clone())).await;
+    for (key, amount) in forwarded.lock().unwrap().iter() {
+        second.ledgers.send(key, Msg::Add(*amount)).ok().unwrap();
+    }
+    assert_eq!(get(&second.ledgers, 2).await.amounts, accepted);
+    first.tree.stop().await.unwrap();
+    second.tree.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_its_lease_an_entity_handles_nothing_its_message_is_dead_lettered_and_it_is_forgotten()
+{
+    let store: Store = Arc::new(MemoryStore::new());
+    let node = node(Durability::write_behind(store.clone())).await;
+    let lease = garrison_runtime::Lease::new();
+    node.ledgers.lease(lease.clone());
+    let departed = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let told = departed.clone();
+    node.ledgers
+        .on_departure(move |key, departure| told.lock().unwrap().push((*key, departure.kind)));
+    lease.renew_until(std::time::Instant::now() + Duration::from_secs(60));
+    node.ledgers.send(&4, Msg::Add(1)).ok().unwrap();
+    assert_eq!(get(&node.ledgers, 4).await.amounts, vec![1]);
+
+    // The lease lapses (as in a process paused past it): the next message is not handled.
+    lease.revoke();
+    node.ledgers.send(&4, Msg::Add(2)).ok().unwrap();
+    eventually("the entity lapses", LIMIT, || async {
+        !node.ledgers.is_active(&4)
+    })
+    .await;
+    let letters = node.ledgers.dead_letters().snapshot();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert!(letters[0].reason.contains("lease"), "{letters:?}");
+    assert_eq!(
+        departed.lock().unwrap().clone(),
+        vec![(4, garrison_runtime::DepartureKind::Lapsed)]
+    );
+    assert!(node.ledgers.flush(LIMIT).await);
+    // Renewed, it runs again from what it had written: the add it never handled is not there.
+    lease.renew_until(std::time::Instant::now() + Duration::from_secs(60));
+    assert_eq!(get(&node.ledgers, 4).await.amounts, vec![1]);
     node.tree.stop().await.unwrap();
 }
 

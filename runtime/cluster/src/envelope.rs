@@ -23,8 +23,11 @@ pub const MAX_KIND: usize = 64;
 pub const MAX_KEY: usize = 256;
 /// The longest node id an envelope may carry.
 pub const MAX_NODE_ID: usize = 128;
-/// The envelope format this build writes and reads.
-pub const ENVELOPE_VERSION: u8 = 1;
+/// The envelope format this build writes and reads (2: `hops` and `direct`).
+pub const ENVELOPE_VERSION: u8 = 2;
+/// How many times a node forwards an envelope that reached it by a table it has moved on from
+/// (to the shard's owner in its own, newer table): once, so no envelope ever circles.
+pub const MAX_HOPS: u8 = 1;
 
 /// An entity message on its way to the node that owns its shard.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -48,6 +51,11 @@ pub struct Envelope {
     pub trace: Vec<u8>,
     /// The entity message, encoded by its kind.
     pub payload: Vec<u8>,
+    /// Times a node forwarded it on since its sender routed it (at most [`MAX_HOPS`]).
+    pub hops: u8,
+    /// Addressed to the receiving node itself rather than by shard: an entity that lives with
+    /// its player's session (wherever the player connected), not where a shard is placed.
+    pub direct: bool,
 }
 
 /// Why an envelope was refused before it reached an entity.
@@ -91,6 +99,9 @@ impl Envelope {
             self.key.len(),
             self.trace.len(),
         )?;
+        if self.hops > MAX_HOPS {
+            return Err(EnvelopeError::Field("hops"));
+        }
         let bytes = rkyv::to_bytes::<RkyvError>(self)
             .map_err(|error| EnvelopeError::Malformed(error.to_string()))?;
         if bytes.len() > MAX_ENVELOPE {
@@ -122,6 +133,9 @@ impl Envelope {
         )?;
         if !archived.trace.is_empty() {
             trace_of(&archived.trace).ok_or(EnvelopeError::Field("trace"))?;
+        }
+        if archived.hops > MAX_HOPS {
+            return Err(EnvelopeError::Field("hops"));
         }
         let actual = shard_of(archived.kind.as_str(), &archived.key, shards);
         let claimed = archived.shard.to_native();
@@ -197,6 +211,97 @@ fn check_fields(
         return Err(EnvelopeError::Field("trace"));
     }
     Ok(())
+}
+
+impl ArchivedEnvelope {
+    /// The envelope again, owned, forwarded once more by `by`, which routes it with `token`.
+    pub fn forwarded(&self, token: u64) -> Envelope {
+        Envelope {
+            version: ENVELOPE_VERSION,
+            id: self.id.to_native(),
+            from: self.from.as_str().to_owned(),
+            kind: self.kind.as_str().to_owned(),
+            key: self.key.to_vec(),
+            shard: self.shard.to_native(),
+            token,
+            trace: self.trace.to_vec(),
+            payload: self.payload.to_vec(),
+            hops: self.hops + 1,
+            direct: false,
+        }
+    }
+}
+
+/// A node's word to a peer about the shards they share, validated on receipt like an
+/// envelope.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// Shards handed over to the receiver.
+    HandedOff(HandedOff),
+}
+
+/// `from` handed these shards over (table `version` moved them to the receiver): its entities
+/// on them left with their state written through, and what was queued for them was sent on
+/// before this. The receiver may run them now.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct HandedOff {
+    /// The node that owned them.
+    pub from: String,
+    /// The table version that moved them.
+    pub version: u64,
+    /// The shards.
+    pub shards: Vec<u16>,
+}
+
+/// The largest control message a node accepts (a hand-off of every shard of a 4,096-shard
+/// fleet fits).
+pub const MAX_CONTROL: usize = 16 * 1024;
+
+impl Control {
+    /// Encodes the message.
+    ///
+    /// # Errors
+    /// [`EnvelopeError::TooLarge`] past [`MAX_CONTROL`].
+    pub fn encode(&self) -> Result<Vec<u8>, EnvelopeError> {
+        let bytes = rkyv::to_bytes::<RkyvError>(self)
+            .map_err(|error| EnvelopeError::Malformed(error.to_string()))?;
+        if bytes.len() > MAX_CONTROL {
+            return Err(EnvelopeError::TooLarge {
+                len: bytes.len(),
+                max: MAX_CONTROL,
+            });
+        }
+        Ok(bytes.into_vec())
+    }
+
+    /// Validates and decodes received bytes: the archive, the sender's id, and every shard
+    /// below `shards`.
+    ///
+    /// # Errors
+    /// [`EnvelopeError`] for anything else.
+    pub fn decode(bytes: &[u8], shards: u16) -> Result<Control, EnvelopeError> {
+        if bytes.len() > MAX_CONTROL {
+            return Err(EnvelopeError::TooLarge {
+                len: bytes.len(),
+                max: MAX_CONTROL,
+            });
+        }
+        let control = rkyv::from_bytes::<Control, RkyvError>(bytes)
+            .map_err(|error| EnvelopeError::Malformed(error.to_string()))?;
+        match &control {
+            Control::HandedOff(HandedOff {
+                from, shards: list, ..
+            }) => {
+                if from.is_empty() || from.len() > MAX_NODE_ID {
+                    return Err(EnvelopeError::Field("from"));
+                }
+                if list.len() > usize::from(shards) || list.iter().any(|&shard| shard >= shards) {
+                    return Err(EnvelopeError::Field("shards"));
+                }
+            }
+        }
+        Ok(control)
+    }
 }
 
 /// Why a node refused an envelope; the code a [`Refusal`] carries.
@@ -305,6 +410,8 @@ mod tests {
                 flags: 1,
             })),
             payload: b"input".to_vec(),
+            hops: 0,
+            direct: false,
         }
     }
 
@@ -379,6 +486,54 @@ mod tests {
             Envelope::check(&bytes, DEFAULT_SHARDS),
             Err(EnvelopeError::Version(9))
         ));
+    }
+
+    #[test]
+    fn a_forwarded_envelope_counts_its_hop_and_a_second_one_is_refused() {
+        let sent = envelope(&9u64.to_le_bytes()).encode().unwrap();
+        let read = Envelope::check(&sent, DEFAULT_SHARDS).unwrap();
+        let once = read.forwarded(8).encode().unwrap();
+        let read = Envelope::check(&once, DEFAULT_SHARDS).unwrap();
+        assert_eq!((read.hops, read.token.to_native()), (1, 8));
+        assert_eq!(
+            read.forwarded(9).encode(),
+            Err(EnvelopeError::Field("hops"))
+        );
+        let mut forged = envelope(b"k");
+        forged.hops = 2;
+        let bytes = rkyv::to_bytes::<RkyvError>(&forged).unwrap();
+        assert_eq!(
+            Envelope::check(&bytes, DEFAULT_SHARDS).err(),
+            Some(EnvelopeError::Field("hops"))
+        );
+    }
+
+    #[test]
+    fn a_hand_off_round_trips_and_shards_out_of_range_are_refused() {
+        let control = Control::HandedOff(HandedOff {
+            from: "node-a".into(),
+            version: 7,
+            shards: vec![0, 5, 1023],
+        });
+        let bytes = control.encode().unwrap();
+        assert_eq!(Control::decode(&bytes, DEFAULT_SHARDS).unwrap(), control);
+        assert_eq!(
+            Control::decode(&bytes, 1000).err(),
+            Some(EnvelopeError::Field("shards"))
+        );
+        let nobody = Control::HandedOff(HandedOff {
+            from: String::new(),
+            version: 7,
+            shards: vec![],
+        });
+        assert_eq!(
+            Control::decode(&nobody.encode().unwrap(), DEFAULT_SHARDS).err(),
+            Some(EnvelopeError::Field("from"))
+        );
+        assert!(Control::decode(b"garbage", DEFAULT_SHARDS).is_err());
+        for len in 0..bytes.len() {
+            let _ = Control::decode(&bytes[..len], DEFAULT_SHARDS);
+        }
     }
 
     #[test]

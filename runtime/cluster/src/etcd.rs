@@ -15,7 +15,10 @@
 //! owns nothing from that moment ([`Fleet::owned`] is empty): it must stop its entities, and
 //! the store refuses its writes by their older fencing token anyway.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
@@ -37,6 +40,13 @@ pub struct NodeInfo {
     pub address: String,
     /// Its version (a rolling deploy runs two).
     pub version: String,
+    /// Where its peers reach it on ractor_cluster (`host:port`; empty: not reachable).
+    #[serde(default)]
+    pub peer: String,
+    /// It is leaving ([`Fleet::drain`]): the coordinator places no shard on it, so its shards
+    /// move to the others while it still runs and hands them over.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// How a node joins the fleet.
@@ -208,9 +218,14 @@ pub struct Fleet {
     table: watch::Receiver<Arc<Table>>,
     standing: watch::Receiver<Standing>,
     coordinator: watch::Receiver<bool>,
+    members: watch::Receiver<Arc<Members>>,
+    deadline: watch::Receiver<Option<Instant>>,
     stats: Arc<FleetStats>,
     tasks: Vec<JoinHandle<()>>,
 }
+
+/// The fleet's live nodes as etcd has them, by id.
+pub type Members = std::collections::BTreeMap<NodeId, NodeInfo>;
 
 impl Drop for Fleet {
     fn drop(&mut self) {
@@ -240,6 +255,7 @@ impl Fleet {
         let mut client = Client::connect(&config.endpoints, None).await?;
         let keys = Keys::new(&config.namespace, &config.node.id);
         let ttl = i64::try_from(config.lease_ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+        let granted_at = Instant::now();
         let lease = client.lease_grant(ttl, None).await?.id();
         let info = serde_json::to_vec(&config.node).expect("node info serializes");
         // Registered only if no live node has the id.
@@ -261,6 +277,10 @@ impl Fleet {
         let (standing_tx, standing) = watch::channel(Standing::Member);
         let (table_tx, table) = watch::channel(Arc::new(Table::empty(config.shards)));
         let (coordinator_tx, coordinator) = watch::channel(false);
+        let (members_tx, members) = watch::channel(Arc::new(Members::new()));
+        // Granted just now: the lease holds at least until a TTL after the grant was asked for.
+        let (deadline_tx, deadline) =
+            watch::channel(Some(granted_at + lease_margin(config.lease_ttl)));
         let stats = Arc::new(FleetStats::default());
         let tasks = vec![
             tokio::spawn(keep_alive(
@@ -268,7 +288,9 @@ impl Fleet {
                 lease,
                 config.lease_ttl,
                 standing_tx,
+                deadline_tx,
             )),
+            tokio::spawn(follow_members(client.clone(), keys.clone(), members_tx)),
             tokio::spawn(follow_table(
                 client.clone(),
                 keys.clone(),
@@ -292,9 +314,69 @@ impl Fleet {
             table,
             standing,
             coordinator,
+            members,
+            deadline,
             stats,
             tasks,
         })
+    }
+
+    /// The fleet's live nodes as this node last read them.
+    pub fn members(&self) -> Arc<Members> {
+        self.members.borrow().clone()
+    }
+
+    /// A receiver of every change of the fleet's live nodes.
+    pub fn subscribe_members(&self) -> watch::Receiver<Arc<Members>> {
+        self.members.clone()
+    }
+
+    /// Until when this node's lease surely holds, on this process's monotonic clock: a TTL
+    /// (less a tenth, for the clocks' drift) after the last keep-alive etcd confirmed was
+    /// *sent*, so etcd, which counts from when it *received* it, expires the lease no earlier.
+    /// `None` once the lease is known to be gone. A node acts on its shards only before this
+    /// instant: past it, another node may have them.
+    pub fn lease_deadline(&self) -> Option<Instant> {
+        *self.deadline.borrow()
+    }
+
+    /// A receiver of every renewal of [`Fleet::lease_deadline`].
+    pub fn subscribe_lease_deadline(&self) -> watch::Receiver<Option<Instant>> {
+        self.deadline.clone()
+    }
+
+    /// Starts leaving the fleet in order: the node's record says it is draining, so the
+    /// coordinator moves every shard it owns to the other nodes (each a planned hand-off, see
+    /// `fleet`), while the node keeps its lease and serves until it has handed them over; then
+    /// call [`Fleet::leave`]. A fleet of one keeps its shards (there is nowhere to move them).
+    ///
+    /// # Errors
+    /// [`FleetError::Etcd`] when etcd cannot be reached.
+    pub async fn drain(&self) -> Result<(), FleetError> {
+        let keys = Keys::new(&self.config.namespace, &self.config.node.id);
+        let info = NodeInfo {
+            draining: true,
+            ..self.config.node.clone()
+        };
+        let record = serde_json::to_vec(&info).expect("node info serializes");
+        let mut client = self.client.clone();
+        // Only while the node's own record (under its lease) is there.
+        client
+            .txn(
+                Txn::new()
+                    .when([Compare::lease(
+                        keys.node.clone(),
+                        CompareOp::Equal,
+                        self.lease,
+                    )])
+                    .and_then([TxnOp::put(
+                        keys.node,
+                        record,
+                        Some(PutOptions::new().with_lease(self.lease)),
+                    )]),
+            )
+            .await?;
+        Ok(())
     }
 
     /// This node's id.
@@ -359,13 +441,21 @@ impl Fleet {
     }
 }
 
+/// How long a lease surely holds after a keep-alive sent at some instant: its TTL less a tenth
+/// (at least 100 ms less), for the drift between this process's clock and etcd's.
+fn lease_margin(ttl: Duration) -> Duration {
+    ttl.saturating_sub((ttl / 10).max(Duration::from_millis(100)))
+}
+
 /// Refreshes the lease every third of its TTL; the lease is lost when etcd says so (TTL 0) or
-/// when no refresh succeeded for a whole TTL.
+/// when no refresh succeeded for a whole TTL. Every confirmed refresh moves the deadline until
+/// which the lease surely holds.
 async fn keep_alive(
     mut client: Client,
     lease: i64,
     ttl: Duration,
     standing: watch::Sender<Standing>,
+    deadline: watch::Sender<Option<Instant>>,
 ) {
     let every = (ttl / 3).max(Duration::from_millis(100));
     let mut last_ok = tokio::time::Instant::now();
@@ -374,12 +464,18 @@ async fn keep_alive(
         if keeper.is_none() {
             keeper = client.lease_keep_alive(lease).await.ok();
         }
+        let sent_at = Instant::now();
         let refreshed = match &mut keeper {
             Some((sender, stream)) => match sender.keep_alive().await {
                 Ok(()) => match tokio::time::timeout(every, stream.message()).await {
-                    Ok(Ok(Some(response))) if response.ttl() > 0 => true,
+                    Ok(Ok(Some(response))) if response.ttl() > 0 => {
+                        let granted = Duration::from_secs(response.ttl().unsigned_abs());
+                        let _ = deadline.send(Some(sent_at + lease_margin(granted)));
+                        true
+                    }
                     Ok(Ok(Some(_))) => {
                         // TTL 0: etcd no longer knows the lease.
+                        let _ = deadline.send(None);
                         let _ = standing.send(Standing::LeaseLost);
                         return;
                     }
@@ -394,6 +490,7 @@ async fn keep_alive(
         } else {
             keeper = None;
             if last_ok.elapsed() >= ttl {
+                let _ = deadline.send(None);
                 let _ = standing.send(Standing::LeaseLost);
                 return;
             }
@@ -457,6 +554,60 @@ async fn follow_table(
     }
 }
 
+/// Follows the nodes' records: every change of the fleet's live nodes (a join, a lease gone,
+/// a node draining) is published; a malformed record is left out.
+async fn follow_members(mut client: Client, keys: Keys, members: watch::Sender<Arc<Members>>) {
+    loop {
+        let Ok(current) = client
+            .get(keys.nodes.clone(), Some(GetOptions::new().with_prefix()))
+            .await
+        else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let mut known = Members::new();
+        for kv in current.kvs() {
+            if let Ok(info) = serde_json::from_slice::<NodeInfo>(kv.value()) {
+                known.insert(info.id.clone(), info);
+            }
+        }
+        let _ = members.send(Arc::new(known.clone()));
+        let from = current.header().map_or(0, |h| h.revision()) + 1;
+        let Ok(mut stream) = client
+            .watch(
+                keys.nodes.clone(),
+                Some(WatchOptions::new().with_prefix().with_start_revision(from)),
+            )
+            .await
+        else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        while let Ok(Some(response)) = stream.message().await {
+            for event in response.events() {
+                let Some(kv) = event.kv() else { continue };
+                let id = kv
+                    .key()
+                    .strip_prefix(keys.nodes.as_bytes())
+                    .map(|id| String::from_utf8_lossy(id).into_owned());
+                match event.event_type() {
+                    EventType::Put => {
+                        if let Ok(info) = serde_json::from_slice::<NodeInfo>(kv.value()) {
+                            known.insert(info.id.clone(), info);
+                        }
+                    }
+                    EventType::Delete => {
+                        if let Some(id) = id {
+                            known.remove(&id);
+                        }
+                    }
+                }
+            }
+            let _ = members.send(Arc::new(known.clone()));
+        }
+    }
+}
+
 /// Campaigns for the coordinator's election; while leading, rebalances the table whenever the
 /// set of nodes changes.
 async fn coordinate(
@@ -502,9 +653,10 @@ async fn lead(
         let nodes = client
             .get(keys.nodes.clone(), Some(GetOptions::new().with_prefix()))
             .await?;
-        let mut ids = Vec::new();
+        let (mut ids, mut draining) = (Vec::new(), Vec::new());
         for kv in nodes.kvs() {
             match serde_json::from_slice::<NodeInfo>(kv.value()) {
+                Ok(info) if info.draining => draining.push(info.id),
                 Ok(info) => ids.push(info.id),
                 Err(error) => tracing::warn!(
                     key = %String::from_utf8_lossy(kv.key()),
@@ -512,6 +664,10 @@ async fn lead(
                     "a malformed node record is left out of the table"
                 ),
             }
+        }
+        // Draining nodes get no shards while any other node can take them.
+        if ids.is_empty() {
+            ids = draining;
         }
         let revision = nodes.header().map_or(0, |h| h.revision());
         let current = client.get(keys.table.clone(), None).await?;

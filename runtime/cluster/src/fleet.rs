@@ -12,79 +12,275 @@
 //! same validation) and a key on a peer ([`Route::Forwarded`]); a refusal on the owner (a full
 //! mailbox, an unparsable key or payload) comes back as the peer's [`DeadLetter`].
 //!
+//! When the table moves a shard, [`Kinds`] moves its entities with it, one of two ways:
+//! - **hand-off** (the old owner still stands in the fleet: a drain, a newcomer's share): the
+//!   old owner's entities on the shard handle what was queued for them, write their state
+//!   through and leave ([`Entities::hand_off`]), what was queued behind is sent on to the new
+//!   owner, and the old owner tells the new one [`Control::HandedOff`]. Until then the new
+//!   owner keeps every message for the shard in a bounded buffer and activates nothing of it;
+//!   then it runs them in order. No accepted message is lost, and no entity runs on both.
+//! - **release** (the old owner is gone: killed, or its lease lapsed): nobody can hand
+//!   anything over. The old owner, if it still runs, forgets its entities (their queues
+//!   dead-lettered); the new owner runs them from the store at once.
+//!
+//! Kinds whose entities must run without a message ([`Serving::run_on_arrival`]: a room's
+//! clock) are started from the store on every shard the node gains.
+//!
 //! [`DeadLetter`]: crate::node::DeadLetter
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt::Display;
+use std::future::Future;
 use std::marker::PhantomData;
+use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use garrison_protocol::{
     DecodeConfig, Frame, FrameMeta, Message, MessageKind, TraceContext, Validated,
 };
-use garrison_runtime::{Entities, Entity};
+use garrison_runtime::{DepartureKind, Entities, Entity, HandOffReport, Lease};
 
-use crate::envelope::MAX_ENVELOPE;
+use crate::envelope::{Control, HandedOff, MAX_ENVELOPE};
 use crate::node::{Inbox, InboxRefusal, Node, Route, SendError};
 use crate::placement::Table;
 use crate::shard::shard_of;
 
+/// Messages a node keeps, over all shards, for shards it waits to be handed; past it, a message
+/// for one is refused as busy (dead-lettered at its sender).
+pub const MAX_BUFFERED: usize = 65_536;
+/// How long a node waits for a shard's hand-off before it runs the shard's entities from the
+/// store anyway (the old owner hung, or its `HandedOff` was lost): a bound on a drain's pause,
+/// far above a hand-off's usual few milliseconds.
+pub const HANDOFF_WAIT: Duration = Duration::from_secs(10);
+/// How long an old owner's entities have to hand themselves off.
+pub const HANDOFF_TIMEOUT: Duration = Duration::from_secs(5);
+
 type Deliver = dyn Fn(&[u8], &[u8]) -> Result<(), InboxRefusal> + Send + Sync;
 /// Lets go of a kind's entities on the shards marked lost, with a reason; returns how many.
 type Release = dyn Fn(&[bool], &str) -> usize + Send + Sync;
+type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+/// Hands a kind's entities on the shards marked lost to their new owners through the node.
+type HandOff = dyn Fn(Arc<[bool]>, Arc<Node>) -> Boxed<HandOffReport> + Send + Sync;
+/// Runs a kind's stored entities on the shards marked gained; returns how many.
+type Recover = dyn Fn(Arc<[bool]>) -> Boxed<usize> + Send + Sync;
 
 /// One kind served to the fleet.
 #[derive(Clone)]
 struct Served {
     deliver: Arc<Deliver>,
+    /// Served by node ([`Kinds::serve_here`]): reached with [`Node::send_to`], not by shard.
+    here: bool,
     release: Arc<Release>,
+    hand_off: Option<Arc<HandOff>>,
+    recover: Option<Arc<Recover>>,
 }
 
-/// The entity kinds a node serves to its fleet: the node's [`Inbox`]. Give a clone to
-/// [`Node::start`] and [`serve`](Kinds::serve) kinds on it, before or after the node starts.
-///
-/// It also keeps the kinds' entities on the shards the node owns, as the node's table says:
-/// - each activation's writes carry the fencing token of its key's shard in the table the node
-///   acts on when it activates ([`Entities::fence_by`]), 0 for a shard the node does not own.
-///   An activation that outlives the node's ownership keeps its old token, so once the shard's
-///   new owner has written with the newer token, the old one's writes are refused;
-/// - when a table takes shards from the node (they moved, or its lease is gone), the kinds'
-///   entities on them are released ([`Entities::release`]): stopped here, their queued
-///   messages dead-lettered with the reason.
-#[derive(Clone, Default)]
-pub struct Kinds {
-    kinds: Arc<RwLock<HashMap<&'static str, Served>>>,
-    acting: Arc<RwLock<Acting>>,
-    released: Arc<std::sync::atomic::AtomicU64>,
+/// Turns a kind's queued message back into its wire message ([`Serving::portable`]).
+pub type Portable<E, M> = dyn Fn(<E as Entity>::Message) -> Option<M> + Send + Sync;
+
+/// How a kind is served to its fleet, beyond its wire message ([`Kinds::serve_with`]).
+pub struct Serving<E: Entity, M> {
+    /// Turns a message still queued for an entity that is handed off back into the kind's wire
+    /// message, to send it on to the new owner; `None` for a message that cannot leave its
+    /// node (it is dead-lettered with the reason). Without it, every queued message is.
+    pub portable: Option<Box<Portable<E, M>>>,
+    /// Every stored entity of a shard the node gains is started from the store at once
+    /// ([`Entities::recover_stored_where`]), not at its first message: for entities that run
+    /// on their own (a room's clock).
+    pub run_on_arrival: bool,
 }
 
-/// The node the kinds are served on and the table it acts on, as its [`Inbox`] was last told.
+impl<E: Entity, M> Default for Serving<E, M> {
+    fn default() -> Self {
+        Serving {
+            portable: None,
+            run_on_arrival: false,
+        }
+    }
+}
+
+/// A message kept for a shard the node waits to be handed.
+struct Buffered {
+    kind: String,
+    key: Vec<u8>,
+    payload: Vec<u8>,
+    trace: Option<TraceContext>,
+}
+
+/// A shard the table gave this node while its old owner still stands: waiting for its
+/// `HandedOff`, with what came for it meanwhile.
+struct Incoming {
+    from: String,
+    since: Instant,
+    queue: VecDeque<Buffered>,
+}
+
+/// The node the kinds are served on and its shards, as its [`Inbox`] was last told.
 #[derive(Default)]
 struct Acting {
     node: String,
     table: Option<Arc<Table>>,
+    /// The fleet's live nodes, as last told ([`Kinds::members_changed`]); `None` until then (an
+    /// old owner then counts as gone).
+    members: Option<BTreeSet<String>>,
+    /// Whether the node stands in its fleet ([`Kinds::set_member`]): only then does it hand
+    /// off what it loses (a node whose lease is gone has nothing it may still hand over).
+    member: bool,
+    incoming: HashMap<u16, Incoming>,
+    buffered: usize,
 }
 
 impl Acting {
-    /// The fencing token this node holds for `key` of `kind`: its shard's, if the node owns
-    /// it, else 0 (refused by any owner's record).
-    fn token(&self, kind: &str, key: &[u8]) -> u64 {
-        let Some(table) = &self.table else {
-            return 0;
-        };
-        let shards = u16::try_from(table.shards.len()).unwrap_or(u16::MAX);
-        match table.owner(shard_of(kind, key, shards)) {
-            Some((owner, token)) if owner == self.node => token,
-            _ => 0,
+    fn shards(&self) -> u16 {
+        self.table.as_ref().map_or(0, |table| {
+            u16::try_from(table.shards.len()).unwrap_or(u16::MAX)
+        })
+    }
+
+    /// The fencing token this node holds for `key` of `kind`: its shard's, if the node owns it
+    /// and is not still waiting for it to be handed over; else `None` (no activation here).
+    fn token(&self, kind: &str, key: &[u8]) -> Option<(u16, u64)> {
+        let table = self.table.as_ref()?;
+        let shard = shard_of(kind, key, self.shards());
+        match table.owner(shard) {
+            Some((owner, token)) if owner == self.node && !self.incoming.contains_key(&shard.0) => {
+                Some((shard.0, token))
+            }
+            _ => None,
         }
+    }
+}
+
+/// One line of a node's activation log: an entity began or stopped running here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActivationRecord {
+    /// The node.
+    pub node: String,
+    /// The entity kind.
+    pub kind: &'static str,
+    /// The entity key, as text.
+    pub key: String,
+    /// The key's shard.
+    pub shard: u16,
+    /// The fencing token (store generation) of the activation.
+    pub token: u64,
+    /// What happened.
+    pub event: ActivationEvent,
+}
+
+/// What an [`ActivationRecord`] records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActivationEvent {
+    /// It activated here, at this instant (milliseconds since the Unix epoch).
+    Activated {
+        /// When.
+        at_unix_ms: u64,
+    },
+    /// It left this node: nothing of it ran here after `last_handled_unix_ms`.
+    Departed {
+        /// How it left.
+        how: DepartureKind,
+        /// When it last handled a message here (milliseconds since the Unix epoch).
+        last_handled_unix_ms: u64,
+    },
+}
+
+type LogSink = dyn Fn(ActivationRecord) + Send + Sync;
+
+#[derive(Default)]
+struct Counters {
+    released: AtomicU64,
+    handed_off: AtomicU64,
+    handoffs: AtomicU64,
+    forwarded: AtomicU64,
+    unconfirmed: AtomicU64,
+    recovered: AtomicU64,
+    arrivals: AtomicU64,
+    buffered: AtomicU64,
+    buffer_refused: AtomicU64,
+    undeliverable: AtomicU64,
+    waits_expired: AtomicU64,
+    /// The last hand-off's duration, from the table change to the `HandedOff` sent, in µs.
+    last_handoff_us: AtomicU64,
+}
+
+/// What a node's [`Kinds`] did with its shards.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KindsStats {
+    /// Entities released because their shards left the node with nobody to hand them to.
+    pub released: u64,
+    /// Entities handed off to their shards' new owners.
+    pub handed_off: u64,
+    /// Hand-offs done (one per table change that moved shards to live peers).
+    pub handoffs: u64,
+    /// Messages queued for entities handed off, sent on to the new owners.
+    pub forwarded: u64,
+    /// Entities whose last state was not confirmed, or that did not hand off in time.
+    pub unconfirmed: u64,
+    /// Stored entities started on shards the node gained.
+    pub recovered: u64,
+    /// Shards that became runnable here (handed over, or taken from a node that is gone).
+    pub arrivals: u64,
+    /// Messages kept for shards waiting to be handed over, so far.
+    pub buffered: u64,
+    /// Messages refused because the hand-off buffer was full.
+    pub buffer_refused: u64,
+    /// Buffered messages their entity refused when the shard became runnable (logged).
+    pub undeliverable: u64,
+    /// Shards run from the store after waiting [`HANDOFF_WAIT`] for a hand-off.
+    pub waits_expired: u64,
+    /// The last hand-off's duration, from the table change to its `HandedOff`.
+    pub last_handoff: Duration,
+    /// Shards waiting for a hand-off now.
+    pub incoming: usize,
+}
+
+struct Inner {
+    kinds: RwLock<HashMap<&'static str, Served>>,
+    acting: RwLock<Acting>,
+    lease: Lease,
+    node: OnceLock<Weak<Node>>,
+    log: OnceLock<Arc<LogSink>>,
+    counters: Counters,
+}
+
+/// The entity kinds a node serves to its fleet: the node's [`Inbox`]. Give a clone to
+/// [`Node::start`], [`attach`](Kinds::attach) the node, and [`serve`](Kinds::serve) kinds on
+/// it, before or after the node starts.
+///
+/// It keeps the kinds' entities on the shards the node owns, as the node's table says:
+/// - each activation's writes carry the fencing token of its key's shard in the table the node
+///   acts on when it activates ([`Entities::fence_by`]); a key whose shard the node does not
+///   own (or waits to be handed) is not activated here at all. An activation that outlives the
+///   node's ownership keeps its old token, so once the shard's new owner has written with the
+///   newer token, the old one's writes are refused;
+/// - every sharded kind is under the node's [`Lease`] ([`Kinds::lease`]): past it, nothing of
+///   them is handled here;
+/// - when a table moves shards, their entities are handed off or released (see the module
+///   documentation), and the shards the node gains wait for their hand-off when their old owner
+///   still stands.
+#[derive(Clone)]
+pub struct Kinds {
+    inner: Arc<Inner>,
+}
+
+impl Default for Kinds {
+    fn default() -> Self {
+        Kinds::new()
     }
 }
 
 impl std::fmt::Debug for Kinds {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kinds = self.kinds.read().unwrap_or_else(PoisonError::into_inner);
+        let kinds = self
+            .inner
+            .kinds
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         f.debug_set().entries(kinds.keys()).finish()
     }
 }
@@ -94,10 +290,80 @@ fn is_kind<M: Message>(kind: MessageKind) -> bool {
     kind == M::KIND
 }
 
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}
+
+/// Decodes, validates and delivers one frame of `M` to `entities`, wrapped.
+fn deliver_to<E, M>(
+    entities: &Entities<E>,
+    wrap: &(impl Fn(Validated<M>) -> E::Message + Send + Sync),
+    key: &[u8],
+    payload: &[u8],
+) -> Result<(), InboxRefusal>
+where
+    E: Entity,
+    E::Key: FromStr,
+    M: Message,
+{
+    let config = DecodeConfig {
+        max_frame_len: MAX_ENVELOPE,
+        known_kind: is_kind::<M>,
+    };
+    let key = std::str::from_utf8(key)
+        .ok()
+        .and_then(|text| text.parse::<E::Key>().ok())
+        .ok_or_else(|| {
+            InboxRefusal::Rejected(format!(
+                "the key ({} bytes) is not a {} key",
+                key.len(),
+                E::KIND
+            ))
+        })?;
+    let message = Frame::decode_exact(Bytes::copy_from_slice(payload), &config)
+        .and_then(Frame::validate::<M>)
+        .map_err(|error| {
+            InboxRefusal::Rejected(format!("not a valid {} for {}: {error}", M::NAME, E::KIND))
+        })?;
+    entities
+        .send(&key, wrap(message))
+        .map_err(|refused| InboxRefusal::Rejected(refused.reason.to_string()))
+}
+
 impl Kinds {
     /// No kinds yet.
     pub fn new() -> Self {
-        Kinds::default()
+        Kinds {
+            inner: Arc::new(Inner {
+                kinds: RwLock::default(),
+                acting: RwLock::default(),
+                lease: Lease::new(),
+                node: OnceLock::new(),
+                log: OnceLock::new(),
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    /// Gives the kinds the node they are served on (after [`Node::start`]): a hand-off sends
+    /// what was queued on, and its `HandedOff`, through it. The first node stays.
+    pub fn attach(&self, node: &Arc<Node>) {
+        let _ = self.inner.node.set(Arc::downgrade(node));
+    }
+
+    /// The node's lease every sharded kind is under: renewed by the fleet member
+    /// (`member::run`), revoked when the lease is gone. Holds forever until renewed with a
+    /// deadline (a node without a fleet).
+    pub fn lease(&self) -> &Lease {
+        &self.inner.lease
+    }
+
+    /// Sends every [`ActivationRecord`] (an entity of a sharded kind activated here, or left)
+    /// to `sink`. The first sink stays.
+    pub fn activation_log(&self, sink: impl Fn(ActivationRecord) + Send + Sync + 'static) {
+        let _ = self.inner.log.set(Arc::new(sink));
     }
 
     /// Serves `entities` to the fleet: a message for one of its keys, sent from any node as an
@@ -112,10 +378,20 @@ impl Kinds {
         E::Key: FromStr,
         M: Message,
     {
-        let config = DecodeConfig {
-            max_frame_len: MAX_ENVELOPE,
-            known_kind: is_kind::<M>,
-        };
+        self.serve_with(entities, wrap, Serving::default());
+    }
+
+    /// As [`Kinds::serve`], with how the kind's entities move between nodes ([`Serving`]).
+    pub fn serve_with<E, M>(
+        &self,
+        entities: Entities<E>,
+        wrap: impl Fn(Validated<M>) -> E::Message + Send + Sync + 'static,
+        serving: Serving<E, M>,
+    ) where
+        E: Entity,
+        E::Key: FromStr,
+        M: Message,
+    {
         let releasing = entities.clone();
         let release = move |lost: &[bool], reason: &str| {
             let shards = u16::try_from(lost.len()).unwrap_or(u16::MAX);
@@ -127,52 +403,341 @@ impl Kinds {
                 reason,
             )
         };
-        let acting = Arc::clone(&self.acting);
+        let fencing = Arc::downgrade(&self.inner);
         entities.fence_by(move |key: &E::Key| {
-            acting
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .token(E::KIND, key.to_string().as_bytes())
+            let inner = fencing.upgrade()?;
+            if !inner.lease.is_valid() {
+                return None;
+            }
+            let text = key.to_string();
+            let (node, (shard, token)) = {
+                let acting = inner.acting.read().unwrap_or_else(PoisonError::into_inner);
+                (acting.node.clone(), acting.token(E::KIND, text.as_bytes())?)
+            };
+            inner.record(ActivationRecord {
+                node,
+                kind: E::KIND,
+                key: text,
+                shard,
+                token,
+                event: ActivationEvent::Activated {
+                    at_unix_ms: unix_ms(),
+                },
+            });
+            Some(token)
         });
-        let deliver = move |key: &[u8], payload: &[u8]| -> Result<(), InboxRefusal> {
-            let key = std::str::from_utf8(key)
-                .ok()
-                .and_then(|text| text.parse::<E::Key>().ok())
-                .ok_or_else(|| {
-                    InboxRefusal::Rejected(format!(
-                        "the key ({} bytes) is not a {} key",
-                        key.len(),
-                        E::KIND
-                    ))
-                })?;
-            let message = Frame::decode_exact(Bytes::copy_from_slice(payload), &config)
-                .and_then(Frame::validate::<M>)
-                .map_err(|error| {
-                    InboxRefusal::Rejected(format!(
-                        "not a valid {} for {}: {error}",
-                        M::NAME,
-                        E::KIND
-                    ))
-                })?;
-            entities
-                .send(&key, wrap(message))
-                .map_err(|refused| InboxRefusal::Rejected(refused.reason.to_string()))
+        entities.lease(self.inner.lease.clone());
+        let logging = Arc::downgrade(&self.inner);
+        entities.on_departure(move |key, departure| {
+            let Some(inner) = logging.upgrade() else {
+                return;
+            };
+            let text = key.to_string();
+            let (node, shards) = {
+                let acting = inner.acting.read().unwrap_or_else(PoisonError::into_inner);
+                (acting.node.clone(), acting.shards())
+            };
+            inner.record(ActivationRecord {
+                node,
+                kind: E::KIND,
+                shard: shard_of(E::KIND, text.as_bytes(), shards.max(1)).0,
+                key: text,
+                token: departure.generation.unwrap_or(0),
+                event: ActivationEvent::Departed {
+                    how: departure.kind,
+                    last_handled_unix_ms: departure.last_handled_unix_ms,
+                },
+            });
+        });
+        let portable = serving.portable.map(Arc::new);
+        let handing = entities.clone();
+        let hand_off = move |lost: Arc<[bool]>, node: Arc<Node>| -> Boxed<HandOffReport> {
+            let entities = handing.clone();
+            let portable = portable.clone();
+            Box::pin(async move {
+                let shards = u16::try_from(lost.len()).unwrap_or(u16::MAX);
+                let which = move |key: &E::Key| {
+                    let shard = shard_of(E::KIND, key.to_string().as_bytes(), shards);
+                    lost.get(usize::from(shard.0)).copied().unwrap_or(false)
+                };
+                let forward = move |key: &E::Key, message: E::Message| {
+                    let Some(portable) = &portable else {
+                        return Err(format!("{} messages cannot leave their node", E::KIND));
+                    };
+                    let wire = portable(message)
+                        .ok_or_else(|| format!("the {} message cannot leave its node", E::KIND))?;
+                    let frame = garrison_protocol::encode_frame(&wire, FrameMeta::default())
+                        .map_err(|error| format!("it did not encode: {error}"))?;
+                    node.send(E::KIND, key.to_string().as_bytes(), frame.wire(), None)
+                        .map(|_| ())
+                        .map_err(|error| error.to_string())
+                };
+                entities.hand_off(which, forward, HANDOFF_TIMEOUT).await
+            })
         };
-        self.kinds
+        let recover = serving.run_on_arrival.then(|| {
+            let recovering = entities.clone();
+            Arc::new(move |gained: Arc<[bool]>| -> Boxed<usize> {
+                let entities = recovering.clone();
+                Box::pin(async move {
+                    let shards = u16::try_from(gained.len()).unwrap_or(u16::MAX);
+                    let which = |key: &E::Key| {
+                        let shard = shard_of(E::KIND, key.to_string().as_bytes(), shards);
+                        gained.get(usize::from(shard.0)).copied().unwrap_or(false)
+                    };
+                    match entities.recover_stored_where(which).await {
+                        Ok(woken) => woken,
+                        Err(error) => {
+                            tracing::error!(
+                                kind = E::KIND,
+                                %error,
+                                "the entities of the shards gained could not be listed in the store"
+                            );
+                            0
+                        }
+                    }
+                })
+            }) as Arc<Recover>
+        });
+        let deliver = move |key: &[u8], payload: &[u8]| deliver_to(&entities, &wrap, key, payload);
+        self.inner
+            .kinds
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(
                 E::KIND,
                 Served {
                     deliver: Arc::new(deliver),
+                    here: false,
                     release: Arc::new(release),
+                    hand_off: Some(Arc::new(hand_off)),
+                    recover,
                 },
             );
     }
 
-    /// Entities released so far because their shards left this node.
+    /// Serves `entities` by node rather than by shard: its entities live where their player's
+    /// session is (the node the player connected to), reached from other nodes with
+    /// [`Node::send_to`] naming that node; no shard, token or hand-off applies to them.
+    pub fn serve_here<E, M>(
+        &self,
+        entities: Entities<E>,
+        wrap: impl Fn(Validated<M>) -> E::Message + Send + Sync + 'static,
+    ) where
+        E: Entity,
+        E::Key: FromStr,
+        M: Message,
+    {
+        let deliver = move |key: &[u8], payload: &[u8]| deliver_to(&entities, &wrap, key, payload);
+        self.inner
+            .kinds
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                E::KIND,
+                Served {
+                    deliver: Arc::new(deliver),
+                    here: true,
+                    release: Arc::new(|_: &[bool], _: &str| 0),
+                    hand_off: None,
+                    recover: None,
+                },
+            );
+    }
+
+    /// Entities released so far because their shards left this node with nobody to hand them
+    /// to.
     pub fn released(&self) -> u64 {
-        self.released.load(std::sync::atomic::Ordering::Relaxed)
+        self.inner.counters.released.load(Ordering::Relaxed)
+    }
+
+    /// What the kinds did with their shards so far.
+    pub fn stats(&self) -> KindsStats {
+        let c = &self.inner.counters;
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        KindsStats {
+            released: get(&c.released),
+            handed_off: get(&c.handed_off),
+            handoffs: get(&c.handoffs),
+            forwarded: get(&c.forwarded),
+            unconfirmed: get(&c.unconfirmed),
+            recovered: get(&c.recovered),
+            arrivals: get(&c.arrivals),
+            buffered: get(&c.buffered),
+            buffer_refused: get(&c.buffer_refused),
+            undeliverable: get(&c.undeliverable),
+            waits_expired: get(&c.waits_expired),
+            last_handoff: Duration::from_micros(get(&c.last_handoff_us)),
+            incoming: self
+                .inner
+                .acting
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .incoming
+                .len(),
+        }
+    }
+
+    /// Tells the kinds whether their node stands in its fleet (its lease holds): a node that
+    /// stands hands off the shards it loses; one that does not releases them.
+    pub fn set_member(&self, member: bool) {
+        self.inner
+            .acting
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .member = member;
+    }
+
+    /// Tells the kinds the fleet's live nodes: a shard waiting to be handed by a node that is
+    /// no longer among them runs from the store now.
+    pub fn members_changed(&self, members: BTreeSet<String>) {
+        let gone: Vec<u16> = {
+            let mut acting = self
+                .inner
+                .acting
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            let gone = acting
+                .incoming
+                .iter()
+                .filter(|(_, incoming)| !members.contains(&incoming.from))
+                .map(|(shard, _)| *shard)
+                .collect();
+            acting.members = Some(members);
+            gone
+        };
+        if !gone.is_empty() {
+            tracing::warn!(
+                shards = gone.len(),
+                "the node handing shards over left the fleet: they run from the store"
+            );
+            self.inner.arrive(&gone);
+        }
+    }
+
+    /// Runs from the store the shards that waited [`HANDOFF_WAIT`] for a hand-off. The fleet
+    /// member calls it every second.
+    pub fn sweep(&self) {
+        let expired: Vec<u16> = self
+            .inner
+            .acting
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .incoming
+            .iter()
+            .filter(|(_, incoming)| incoming.since.elapsed() >= HANDOFF_WAIT)
+            .map(|(shard, _)| *shard)
+            .collect();
+        if !expired.is_empty() {
+            self.inner
+                .counters
+                .waits_expired
+                .fetch_add(expired.len() as u64, Ordering::Relaxed);
+            tracing::warn!(
+                shards = expired.len(),
+                "no hand-off came within {HANDOFF_WAIT:?}: the shards run from the store"
+            );
+            self.inner.arrive(&expired);
+        }
+    }
+}
+
+impl Inner {
+    fn record(&self, record: ActivationRecord) {
+        if let Some(sink) = self.log.get() {
+            sink(record);
+        }
+    }
+
+    fn served(&self) -> Vec<Served> {
+        self.kinds
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    fn served_kind(&self, kind: &str) -> Result<Served, InboxRefusal> {
+        self.kinds
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(kind)
+            .cloned()
+            .ok_or_else(|| InboxRefusal::UnknownKind(kind.to_owned()))
+    }
+
+    /// `shards` may run here now: what was kept for them is delivered in order, and the kinds
+    /// that run on their own start their stored entities there.
+    fn arrive(self: &Arc<Self>, shards: &[u16]) {
+        let (queues, size) = {
+            let mut acting = self.acting.write().unwrap_or_else(PoisonError::into_inner);
+            let size = usize::from(acting.shards());
+            let queues: Vec<VecDeque<Buffered>> = shards
+                .iter()
+                .filter_map(|shard| acting.incoming.remove(shard))
+                .map(|incoming| incoming.queue)
+                .collect();
+            acting.buffered -= queues.iter().map(VecDeque::len).sum::<usize>();
+            (queues, size)
+        };
+        self.counters
+            .arrivals
+            .fetch_add(shards.len() as u64, Ordering::Relaxed);
+        for buffered in queues.into_iter().flatten() {
+            let delivered = self
+                .served_kind(&buffered.kind)
+                .and_then(|served| (served.deliver)(&buffered.key, &buffered.payload));
+            if let Err(error) = delivered {
+                self.counters.undeliverable.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    kind = %buffered.kind,
+                    traced = buffered.trace.is_some(),
+                    %error,
+                    "a message kept for a shard's hand-off was refused by its entity"
+                );
+            }
+        }
+        self.recover(shards, size);
+    }
+
+    /// Starts the stored entities of `shards` of every kind that runs on its own.
+    fn recover(self: &Arc<Self>, shards: &[u16], size: usize) {
+        if shards.is_empty() || size == 0 {
+            return;
+        }
+        let recovering: Vec<Arc<Recover>> = self
+            .served()
+            .into_iter()
+            .filter_map(|served| served.recover)
+            .collect();
+        if recovering.is_empty() {
+            return;
+        }
+        let mut gained = vec![false; size];
+        for &shard in shards {
+            if let Some(slot) = gained.get_mut(usize::from(shard)) {
+                *slot = true;
+            }
+        }
+        let gained: Arc<[bool]> = gained.into();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!("shards gained off a tokio runtime: their entities wait for a message");
+            return;
+        };
+        for recover in recovering {
+            let gained = Arc::clone(&gained);
+            let counting = Arc::downgrade(self);
+            runtime.spawn(async move {
+                let woken = recover(gained).await;
+                if let Some(inner) = counting.upgrade() {
+                    inner
+                        .counters
+                        .recovered
+                        .fetch_add(woken as u64, Ordering::Relaxed);
+                }
+            });
+        }
     }
 }
 
@@ -182,60 +747,291 @@ impl Inbox for Kinds {
         kind: &str,
         key: &[u8],
         payload: &[u8],
-        _trace: Option<TraceContext>,
+        trace: Option<TraceContext>,
     ) -> Result<(), InboxRefusal> {
         // The frame carries the trace context itself; the envelope's copy is for the router.
-        let deliver = self
-            .kinds
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(kind)
-            .map(|served| Arc::clone(&served.deliver))
-            .ok_or_else(|| InboxRefusal::UnknownKind(kind.to_owned()))?;
-        deliver(key, payload)
+        let served = self.inner.served_kind(kind)?;
+        if served.here {
+            return Err(InboxRefusal::Rejected(format!(
+                "{kind} is served by node, not by shard: address the node its entity lives on"
+            )));
+        }
+        {
+            let waiting = !self
+                .inner
+                .acting
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .incoming
+                .is_empty();
+            if waiting {
+                let mut acting = self
+                    .inner
+                    .acting
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let shard = shard_of(kind, key, acting.shards().max(1)).0;
+                let full = acting.buffered >= MAX_BUFFERED;
+                if let Some(incoming) = acting.incoming.get_mut(&shard) {
+                    if full {
+                        self.inner
+                            .counters
+                            .buffer_refused
+                            .fetch_add(1, Ordering::Relaxed);
+                        return Err(InboxRefusal::Rejected(format!(
+                            "busy: shard {shard} waits for its hand-off and the node keeps no more \
+                             than {MAX_BUFFERED} messages meanwhile"
+                        )));
+                    }
+                    incoming.queue.push_back(Buffered {
+                        kind: kind.to_owned(),
+                        key: key.to_vec(),
+                        payload: payload.to_vec(),
+                        trace,
+                    });
+                    acting.buffered += 1;
+                    self.inner.counters.buffered.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+            }
+        }
+        (served.deliver)(key, payload)
+    }
+
+    fn deliver_direct(
+        &self,
+        kind: &str,
+        key: &[u8],
+        payload: &[u8],
+        _trace: Option<TraceContext>,
+    ) -> Result<(), InboxRefusal> {
+        let served = self.inner.served_kind(kind)?;
+        if !served.here {
+            return Err(InboxRefusal::Rejected(format!(
+                "{kind} is sharded: it is addressed by its key's shard, not by node"
+            )));
+        }
+        (served.deliver)(key, payload)
     }
 
     fn table_changed(&self, node: &str, table: &Table) {
-        // The shards the last table gave this node and this one does not.
-        let lost: Vec<bool> = {
-            let mut acting = self.acting.write().unwrap_or_else(PoisonError::into_inner);
-            let lost = match &acting.table {
-                Some(last) if acting.node == node && last.shards.len() == table.shards.len() => {
-                    last.shards
-                        .iter()
-                        .zip(&table.shards)
-                        .map(|(was, now)| {
-                            was.node.as_deref() == Some(node) && now.node.as_deref() != Some(node)
-                        })
-                        .collect()
+        let shards = table.shards.len();
+        // Per shard, what this table does to this node against the last one it acted on.
+        let (lost_to_peers, released, arrived) = {
+            let mut acting = self
+                .inner
+                .acting
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            let last = match &acting.table {
+                Some(last) if acting.node == node && last.shards.len() == shards => {
+                    Some(Arc::clone(last))
                 }
-                _ => Vec::new(),
+                _ => None,
             };
+            let mut handing: BTreeMap<String, Vec<u16>> = BTreeMap::new();
+            let mut released = vec![false; shards];
+            let mut arrived = Vec::new();
+            for (index, now) in table.shards.iter().enumerate() {
+                let shard = index as u16;
+                let was = last
+                    .as_ref()
+                    .and_then(|last| last.shards[index].node.clone());
+                let mine_now = now.node.as_deref() == Some(node);
+                let mine_before = was.as_deref() == Some(node);
+                match (mine_before, mine_now) {
+                    (true, false) => {
+                        if let Some(incoming) = acting.incoming.remove(&shard) {
+                            // Moved on before its hand-off came: what waited for it goes on
+                            // to its newer owner through the node's routing.
+                            acting.buffered -= incoming.queue.len();
+                            drop(incoming);
+                        }
+                        match (&now.node, acting.member) {
+                            (Some(peer), true) => {
+                                handing.entry(peer.clone()).or_default().push(shard)
+                            }
+                            _ => released[index] = true,
+                        }
+                    }
+                    (false, true) => {
+                        let standing = |peer: &String| {
+                            acting
+                                .members
+                                .as_ref()
+                                .is_some_and(|members| members.contains(peer))
+                        };
+                        match was {
+                            Some(peer) if peer != node && standing(&peer) => {
+                                acting.incoming.insert(
+                                    shard,
+                                    Incoming {
+                                        from: peer,
+                                        since: Instant::now(),
+                                        queue: VecDeque::new(),
+                                    },
+                                );
+                            }
+                            _ => arrived.push(shard),
+                        }
+                    }
+                    _ => {}
+                }
+            }
             acting.node = node.to_owned();
             acting.table = Some(Arc::new(table.clone()));
-            lost
+            (handing, released, arrived)
         };
-        let moved = lost.iter().filter(|&&lost| lost).count();
-        if moved == 0 {
-            return;
+        let moved = released.iter().filter(|&&lost| lost).count();
+        if moved > 0 {
+            let reason = format!(
+                "{moved} shard(s) left node {node} at table version {}",
+                table.version
+            );
+            let count: usize = self
+                .inner
+                .served()
+                .iter()
+                .map(|served| (served.release)(&released, &reason))
+                .sum();
+            self.inner
+                .counters
+                .released
+                .fetch_add(count as u64, Ordering::Relaxed);
         }
-        let reason = format!(
-            "{moved} shard(s) left node {node} at table version {}",
-            table.version
+        if !arrived.is_empty() {
+            self.inner
+                .counters
+                .arrivals
+                .fetch_add(arrived.len() as u64, Ordering::Relaxed);
+            self.inner.recover(&arrived, shards);
+        }
+        if !lost_to_peers.is_empty() {
+            self.hand_off(node, table.version, shards, lost_to_peers);
+        }
+    }
+
+    fn accepting(&self) -> bool {
+        self.inner.lease.is_valid()
+    }
+
+    fn handed_off(&self, from: &str, version: u64, shards: &[u16]) {
+        let ready: Vec<u16> = {
+            let acting = self
+                .inner
+                .acting
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            shards
+                .iter()
+                .copied()
+                .filter(|shard| {
+                    acting
+                        .incoming
+                        .get(shard)
+                        .is_some_and(|incoming| incoming.from == from)
+                })
+                .collect()
+        };
+        tracing::info!(
+            %from,
+            version,
+            shards = ready.len(),
+            "shards handed over: their entities run here now"
         );
-        let kinds: Vec<Served> = self
-            .kinds
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
+        self.inner.arrive(&ready);
+    }
+}
+
+impl Kinds {
+    /// Hands the entities of the shards this node lost to live peers over, then tells each new
+    /// owner, in the background: the node goes on routing meanwhile.
+    fn hand_off(&self, node: &str, version: u64, shards: usize, lost: BTreeMap<String, Vec<u16>>) {
+        let started = Instant::now();
+        let Some(peer_node) = self.inner.node.get().and_then(Weak::upgrade) else {
+            // No node attached to send anything through: nothing can be handed over.
+            let mut released = vec![false; shards];
+            for shard in lost.values().flatten() {
+                released[usize::from(*shard)] = true;
+            }
+            let reason = "no node is attached to hand the shards over through";
+            let count: usize = self
+                .inner
+                .served()
+                .iter()
+                .map(|served| (served.release)(&released, reason))
+                .sum();
+            self.inner
+                .counters
+                .released
+                .fetch_add(count as u64, Ordering::Relaxed);
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!("a hand-off off a tokio runtime cannot run");
+            return;
+        };
+        let mut marked = vec![false; shards];
+        for shard in lost.values().flatten() {
+            marked[usize::from(*shard)] = true;
+        }
+        let marked: Arc<[bool]> = marked.into();
+        let handing: Vec<Arc<HandOff>> = self
+            .inner
+            .served()
+            .into_iter()
+            .filter_map(|served| served.hand_off)
             .collect();
-        let released: usize = kinds
-            .iter()
-            .map(|served| (served.release)(&lost, &reason))
-            .sum();
-        self.released
-            .fetch_add(released as u64, std::sync::atomic::Ordering::Relaxed);
+        let inner = Arc::downgrade(&self.inner);
+        let me = node.to_owned();
+        runtime.spawn(async move {
+            let mut total = HandOffReport::default();
+            for hand_off in handing {
+                let report = hand_off(Arc::clone(&marked), Arc::clone(&peer_node)).await;
+                total.handed_off += report.handed_off;
+                total.passivated += report.passivated;
+                total.forwarded += report.forwarded;
+                total.dead_lettered += report.dead_lettered;
+                total.unconfirmed += report.unconfirmed;
+            }
+            for (peer, shards) in lost {
+                let handed = Control::HandedOff(HandedOff {
+                    from: me.clone(),
+                    version,
+                    shards,
+                });
+                if let Err(error) = peer_node.control(&peer, &handed) {
+                    tracing::warn!(
+                        node = %me, %peer, %error,
+                        "the hand-off could not be told: the new owner runs the shards after \
+                         {HANDOFF_WAIT:?}"
+                    );
+                }
+            }
+            let took = started.elapsed();
+            if let Some(inner) = inner.upgrade() {
+                let c = &inner.counters;
+                c.handoffs.fetch_add(1, Ordering::Relaxed);
+                c.handed_off
+                    .fetch_add(total.handed_off as u64, Ordering::Relaxed);
+                c.forwarded
+                    .fetch_add(total.forwarded as u64, Ordering::Relaxed);
+                c.unconfirmed
+                    .fetch_add(total.unconfirmed as u64, Ordering::Relaxed);
+                c.last_handoff_us
+                    .store(took.as_micros() as u64, Ordering::Relaxed);
+            }
+            tracing::info!(
+                node = %me,
+                version,
+                handed_off = total.handed_off,
+                forwarded = total.forwarded,
+                dead_lettered = total.dead_lettered,
+                unconfirmed = total.unconfirmed,
+                took_us = took.as_micros() as u64,
+                "shards handed off"
+            );
+        });
     }
 }
 
@@ -287,22 +1083,14 @@ where
     /// sender's trace context) in the frame.
     ///
     /// # Errors
-    /// As [`Node::send`]; [`SendError::Envelope`] also when `message` does not encode.
+    /// As [`Node::send`]; [`SendError::Encode`] also when `message` does not encode.
     pub fn send(
         &self,
         key: &E::Key,
         message: &M,
         trace: Option<TraceContext>,
     ) -> Result<Route, SendError> {
-        let frame = garrison_protocol::encode_frame(
-            message,
-            FrameMeta {
-                seq: 0,
-                trace,
-                reply: false,
-            },
-        )
-        .map_err(|error| SendError::Encode(error.to_string()))?;
+        let frame = encode(message, trace)?;
         self.node.send(
             E::KIND,
             key.to_string().as_bytes(),
@@ -310,82 +1098,43 @@ where
             trace.as_ref(),
         )
     }
-}
 
-/// A node acting on its fleet's shard table ([`follow`]). Dropping it stops following: the node
-/// keeps the last table it was given.
-#[cfg(feature = "etcd")]
-#[derive(Debug)]
-pub struct Following {
-    task: tokio::task::JoinHandle<()>,
-    applied: Arc<std::sync::atomic::AtomicU64>,
-}
+    /// Sends `message` to entity `key` on node `node` itself (a kind served there with
+    /// [`Kinds::serve_here`]: it lives with its player's session).
+    ///
+    /// # Errors
+    /// As [`Node::send_to`]; [`SendError::Encode`] also when `message` does not encode.
+    pub fn send_to(
+        &self,
+        node: &str,
+        key: &E::Key,
+        message: &M,
+        trace: Option<TraceContext>,
+    ) -> Result<Route, SendError> {
+        let frame = encode(message, trace)?;
+        self.node.send_to(
+            node,
+            E::KIND,
+            key.to_string().as_bytes(),
+            frame.wire(),
+            trace.as_ref(),
+        )
+    }
 
-#[cfg(feature = "etcd")]
-impl Drop for Following {
-    fn drop(&mut self) {
-        self.task.abort();
+    /// The node the handle sends through.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
     }
 }
 
-#[cfg(feature = "etcd")]
-impl Following {
-    /// How many tables the node has been given so far (one per table version read, and one
-    /// per change of its standing).
-    pub fn applied(&self) -> u64 {
-        self.applied.load(std::sync::atomic::Ordering::Relaxed)
-    }
-}
-
-/// Keeps `node` acting on `fleet`'s shard table: every table the fleet member reads from etcd
-/// becomes the table the node routes and accepts by (and, through its [`Kinds`], the one its
-/// activations take their fencing tokens from). Once the member's lease is gone, the node acts
-/// on the table with none of the shards its own: it delivers nothing more to its entities
-/// (local sends are [`SendError::NoOwner`], peers' messages are refused as `NotOwner`) and new
-/// activations get token 0, whatever the last table it read says, until the new owners are
-/// known from etcd. Must be called on a tokio runtime.
-#[cfg(feature = "etcd")]
-pub fn follow(fleet: &crate::etcd::Fleet, node: Arc<Node>) -> Following {
-    use crate::etcd::Standing;
-    let (mut tables, mut standing) = (fleet.subscribe(), fleet.subscribe_standing());
-    let applied = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let counted = Arc::clone(&applied);
-    let task = tokio::spawn(async move {
-        loop {
-            let table = Arc::clone(&tables.borrow_and_update());
-            let member = *standing.borrow_and_update() == Standing::Member;
-            let acting = if member {
-                (*table).clone()
-            } else {
-                without(&table, node.id())
-            };
-            match node.set_table(acting) {
-                Ok(()) => {
-                    counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                Err(error) => tracing::error!(
-                    node = node.id(),
-                    version = table.version,
-                    "the fleet's table does not fit this node, which keeps its last one: {error}"
-                ),
-            }
-            tokio::select! {
-                changed = tables.changed() => if changed.is_err() { return },
-                changed = standing.changed() => if changed.is_err() { return },
-            }
-        }
-    });
-    Following { task, applied }
-}
-
-/// `table` with none of `node`'s shards assigned.
-#[cfg(feature = "etcd")]
-fn without(table: &Table, node: &str) -> Table {
-    let mut table = table.clone();
-    for assignment in &mut table.shards {
-        if assignment.node.as_deref() == Some(node) {
-            assignment.node = None;
-        }
-    }
-    table
+fn encode<M: Message>(message: &M, trace: Option<TraceContext>) -> Result<Frame, SendError> {
+    garrison_protocol::encode_frame(
+        message,
+        FrameMeta {
+            seq: 0,
+            trace,
+            reply: false,
+        },
+    )
+    .map_err(|error| SendError::Encode(error.to_string()))
 }

@@ -18,17 +18,24 @@
 //!   a peer refused.
 //!
 //! - `fleet` (feature `nodes`): runtime entity kinds served to the fleet, fenced by their
-//!   shards' tokens and released when their shards leave the node; a handle that sends a
-//!   kind's message to the node that owns its key's shard; and (with `etcd`) `follow`, which
-//!   keeps a node on its fleet member's table and owning nothing once its lease is gone.
+//!   shards' tokens and under the node's lease; when the table moves a shard, its entities are
+//!   handed off to the new owner (state written through, queued messages sent on, the new owner
+//!   waiting for the hand-off) or, when the old owner is gone, released there and run from the
+//!   store here; a handle that sends a kind's message to the node that owns its key's shard
+//!   (or, for kinds that live with their player's session, to a named node); the activation
+//!   log.
 //!
-//! Planned handoff (drain) and the battle sample as a fleet come next.
+//! - `member` (features `etcd` and `nodes`): a node at work in its fleet: connected to its
+//!   peers, acting on the fleet's table, its lease renewed, owning nothing once the lease is
+//!   gone.
 
 pub mod envelope;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 #[cfg(feature = "nodes")]
 pub mod fleet;
+#[cfg(all(feature = "etcd", feature = "nodes"))]
+pub mod member;
 #[cfg(feature = "nodes")]
 pub mod node;
 pub mod placement;

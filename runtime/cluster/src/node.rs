@@ -32,8 +32,8 @@ use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage, Racto
 use thiserror::Error;
 
 use crate::envelope::{
-    ENVELOPE_VERSION, Envelope, EnvelopeError, MAX_ENVELOPE, MAX_NODE_ID, Refusal, RefusalReason,
-    trace_bytes,
+    Control, ENVELOPE_VERSION, Envelope, EnvelopeError, MAX_ENVELOPE, MAX_NODE_ID, Refusal,
+    RefusalReason, trace_bytes,
 };
 use crate::placement::{NodeId, Table};
 use crate::shard::{ShardId, shard_of};
@@ -47,14 +47,23 @@ pub fn router_group(node: &str) -> String {
 /// A peer that sends more is disconnected by ractor_cluster before the frame is allocated.
 pub const MAX_FRAME: u64 = MAX_ENVELOPE as u64 + 64 * 1024;
 
-/// What a router takes from its peers. Both carry rkyv bytes validated on receipt.
+/// What a router takes from its peers. All carry rkyv bytes validated on receipt.
 #[derive(RactorClusterMessage)]
 pub enum RouterMsg {
     /// An [`Envelope`] for an entity on this node.
     Deliver(Vec<u8>),
     /// A [`Refusal`] of an envelope this node sent.
     Refused(Vec<u8>),
+    /// A [`Control`] message from a peer.
+    Control(Vec<u8>),
 }
+
+/// Envelopes (and hand-offs) a node keeps while its table is behind the one they were routed
+/// by, at most; past it, refused as [`RefusalReason::Behind`].
+pub const MAX_PARKED: usize = 16_384;
+/// How long a parked envelope waits for the node's table to catch up before it is refused as
+/// [`RefusalReason::Behind`].
+pub const PARK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why an [`Inbox`] did not take a message.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -79,11 +88,37 @@ pub trait Inbox: Send + Sync + 'static {
         trace: Option<TraceContext>,
     ) -> Result<(), InboxRefusal>;
 
+    /// Delivers one message addressed to this node itself ([`Node::send_to`]), not by shard:
+    /// for kinds whose entities live where their player's session is. Refused by default.
+    fn deliver_direct(
+        &self,
+        kind: &str,
+        key: &[u8],
+        payload: &[u8],
+        trace: Option<TraceContext>,
+    ) -> Result<(), InboxRefusal> {
+        let _ = (key, payload, trace);
+        Err(InboxRefusal::UnknownKind(kind.to_owned()))
+    }
+
     /// Told the table node `node` acts on, before the node routes or accepts by it (at
     /// [`Node::start`] and every [`Node::set_table`]): the entity runtime takes each shard's
     /// fencing token from it. Nothing by default.
     fn table_changed(&self, node: &str, table: &Table) {
         let _ = (node, table);
+    }
+
+    /// Peer `from` handed over `shards` (moved to this node by table `version`, which this
+    /// node's table has reached): their entities may run here now. Nothing by default.
+    fn handed_off(&self, from: &str, version: u64, shards: &[u16]) {
+        let _ = (from, version, shards);
+    }
+
+    /// Whether this node may act on its shards now (its fleet lease holds). While it may not,
+    /// what peers send for them is kept until the table moves on (then relayed to the new
+    /// owner) instead of reaching entities that would only drop it. Always by default.
+    fn accepting(&self) -> bool {
+        true
     }
 }
 
@@ -225,6 +260,14 @@ pub struct NodeStats {
     pub bad_refusals: u64,
     /// Peer sessions closed before they authenticated (a wrong cookie, not a node at all).
     pub unauthenticated: u64,
+    /// Envelopes routed by a table this node had moved on from, sent on to the shard's owner.
+    pub relayed: u64,
+    /// Envelopes and hand-offs kept until this node's table caught up with their sender's.
+    pub parked: u64,
+    /// Messages addressed to this node itself, delivered ([`Node::send_to`]).
+    pub direct: u64,
+    /// Control messages from peers that failed validation.
+    pub bad_controls: u64,
 }
 
 impl NodeStats {
@@ -244,9 +287,28 @@ struct Counters {
     refusals_unsent: AtomicU64,
     bad_refusals: AtomicU64,
     unauthenticated: AtomicU64,
+    relayed: AtomicU64,
+    parked: AtomicU64,
+    direct: AtomicU64,
+    bad_controls: AtomicU64,
 }
 
 type DeadLetterSink = Box<dyn Fn(DeadLetter) + Send + Sync>;
+
+/// An envelope or hand-off routed by a newer table than this node's, kept until it catches up.
+struct Parked {
+    since: std::time::Instant,
+    what: ParkedKind,
+}
+
+enum ParkedKind {
+    Envelope(Vec<u8>),
+    HandedOff {
+        from: String,
+        version: u64,
+        shards: Vec<u16>,
+    },
+}
 
 struct Shared {
     id: NodeId,
@@ -256,6 +318,7 @@ struct Shared {
     dead_letters: Mutex<Option<DeadLetterSink>>,
     counters: Counters,
     next_id: AtomicU64,
+    parked: Mutex<std::collections::VecDeque<Parked>>,
 }
 
 impl Shared {
@@ -294,6 +357,11 @@ impl Shared {
     }
 
     fn take(&self, bytes: &[u8]) {
+        self.take_parked_since(bytes, None);
+    }
+
+    /// Takes an envelope; `since`: when it was first parked, if it was.
+    fn take_parked_since(&self, bytes: &[u8], since: Option<std::time::Instant>) {
         let envelope = match Envelope::check(bytes, self.shards) {
             Ok(envelope) => envelope,
             Err(error) => {
@@ -319,27 +387,63 @@ impl Shared {
         let shard = envelope.shard.to_native();
         let token = envelope.token.to_native();
         let id = envelope.id.to_native();
-        let owner = {
-            let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
-            table
-                .owner(ShardId(shard))
-                .map(|(node, token)| (node.to_owned(), token))
-        };
-        let refusal = match owner {
-            Some((node, mine)) if node == self.id => {
-                if token > mine {
-                    Some((
-                        RefusalReason::Behind,
-                        format!("routed by token {token}, this node holds shard {shard} at {mine}"),
-                    ))
-                } else {
-                    None
+        if envelope.direct {
+            let delivered = self.inbox.deliver_direct(
+                envelope.kind.as_str(),
+                &envelope.key,
+                &envelope.payload,
+                envelope.trace_context(),
+            );
+            return match delivered {
+                Ok(()) => Shared::add(&self.counters.direct),
+                Err(error) => {
+                    let reason = match error {
+                        InboxRefusal::UnknownKind(_) => RefusalReason::UnknownKind,
+                        InboxRefusal::Rejected(_) => RefusalReason::Rejected,
+                    };
+                    self.refuse(
+                        id,
+                        envelope.from.as_str(),
+                        envelope.kind.as_str(),
+                        shard,
+                        reason,
+                        error.to_string(),
+                    );
                 }
+            };
+        }
+        let (owner, mine) = {
+            let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
+            let assignment = &table.shards[usize::from(shard)];
+            (assignment.node.clone(), assignment.token)
+        };
+        let lapsed = owner.as_deref() == Some(self.id.as_str()) && !self.inbox.accepting();
+        if token > mine || lapsed {
+            // The sender routed by a newer table than this node has: this node may be the
+            // shard's new owner and not know it yet, or may have lost it. Or this node's lease
+            // lapsed: its table is about to lose the shard. Kept until its table catches up
+            // (then delivered or relayed), or refused as behind after a while.
+            self.park(ParkedKind::Envelope(bytes.to_vec()), since);
+            return;
+        }
+        let refusal = match owner {
+            Some(node) if node == self.id => None,
+            Some(node) => {
+                // Routed by a table this node has moved on from: sent on, once, to the owner
+                // it knows, rather than dead-lettered at a sender that is merely behind.
+                if envelope.hops < crate::envelope::MAX_HOPS
+                    && let Some(router) = peer_router(&node)
+                    && let Ok(bytes) = envelope.forwarded(mine).encode()
+                    && router.cast(RouterMsg::Deliver(bytes)).is_ok()
+                {
+                    Shared::add(&self.counters.relayed);
+                    return;
+                }
+                Some((
+                    RefusalReason::NotOwner,
+                    format!("shard {shard} is owned by `{node}` at token {mine}"),
+                ))
             }
-            Some((node, at)) => Some((
-                RefusalReason::NotOwner,
-                format!("shard {shard} is owned by `{node}` at token {at}"),
-            )),
             None => Some((
                 RefusalReason::NotOwner,
                 format!("shard {shard} has no owner in this node's table"),
@@ -397,6 +501,124 @@ impl Shared {
             Err(error) => {
                 Shared::add(&self.counters.bad_refusals);
                 tracing::warn!(node = %self.id, %error, "refusal from a peer failed validation");
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Keeps what was routed by a newer table than this node's until it catches up, at most
+    /// [`MAX_PARKED`] of them (past it, the oldest is refused as behind).
+    fn park(&self, what: ParkedKind, since: Option<std::time::Instant>) {
+        if since.is_none() {
+            Shared::add(&self.counters.parked);
+        }
+        let overflow = {
+            let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
+            parked.push_back(Parked {
+                since: since.unwrap_or_else(std::time::Instant::now),
+                what,
+            });
+            (parked.len() > MAX_PARKED)
+                .then(|| parked.pop_front())
+                .flatten()
+        };
+        if let Some(oldest) = overflow {
+            self.expire(
+                oldest,
+                "more than MAX_PARKED envelopes wait for this node's table",
+            );
+        }
+    }
+
+    /// Takes again what waited for the table: what it has caught up with is delivered, what
+    /// waited past [`PARK_TIMEOUT`] is refused as behind, the rest waits on.
+    fn unpark(&self) {
+        let waiting: Vec<Parked> = self
+            .parked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+            .collect();
+        let version = self
+            .table
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .version;
+        for parked in waiting {
+            if parked.since.elapsed() >= PARK_TIMEOUT {
+                self.expire(parked, "this node's table did not catch up in time");
+                continue;
+            }
+            match parked.what {
+                // Taken again: delivered, refused, or parked again if still ahead.
+                ParkedKind::Envelope(bytes) => self.take_parked_since(&bytes, Some(parked.since)),
+                ParkedKind::HandedOff {
+                    from,
+                    version: handed,
+                    shards,
+                } if handed <= version => self.inbox.handed_off(&from, handed, &shards),
+                what => self
+                    .parked
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push_back(Parked {
+                        since: parked.since,
+                        what,
+                    }),
+            }
+        }
+    }
+
+    /// Refuses what waited too long for the table.
+    fn expire(&self, parked: Parked, why: &str) {
+        match parked.what {
+            ParkedKind::Envelope(bytes) => match Envelope::check(&bytes, self.shards) {
+                Ok(envelope) => self.refuse(
+                    envelope.id.to_native(),
+                    envelope.from.as_str(),
+                    envelope.kind.as_str(),
+                    envelope.shard.to_native(),
+                    RefusalReason::Behind,
+                    format!("routed by token {}: {why}", envelope.token.to_native()),
+                ),
+                Err(_) => Shared::add(&self.counters.refused[RefusalReason::Behind as usize - 1]),
+            },
+            ParkedKind::HandedOff { from, version, .. } => tracing::warn!(
+                node = %self.id, %from, version,
+                "a hand-off for a table this node never reached was dropped: {why}"
+            ),
+        }
+    }
+
+    fn control(&self, bytes: &[u8]) {
+        match Control::decode(bytes, self.shards) {
+            Ok(Control::HandedOff(crate::envelope::HandedOff {
+                from,
+                version,
+                shards,
+            })) => {
+                let current = self
+                    .table
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .version;
+                if version > current {
+                    self.park(
+                        ParkedKind::HandedOff {
+                            from,
+                            version,
+                            shards,
+                        },
+                        None,
+                    );
+                } else {
+                    self.inbox.handed_off(&from, version, &shards);
+                }
+            }
+            Err(error) => {
+                Shared::add(&self.counters.bad_controls);
+                tracing::warn!(node = %self.id, %error, "control message from a peer failed validation");
             }
         }
     }
@@ -461,6 +683,7 @@ impl Actor for Router {
         match message {
             RouterMsg::Deliver(bytes) => self.shared.take(&bytes),
             RouterMsg::Refused(bytes) => self.shared.refused(&bytes),
+            RouterMsg::Control(bytes) => self.shared.control(&bytes),
         }
         Ok(())
     }
@@ -541,6 +764,7 @@ impl Node {
             dead_letters: Mutex::new(None),
             counters: Counters::default(),
             next_id: AtomicU64::new(1),
+            parked: Mutex::new(std::collections::VecDeque::new()),
         });
         let (server, addr) = spawn_server(&config).await?;
         server
@@ -561,6 +785,26 @@ impl Node {
         )
         .await
         .map_err(|error| StartError::Spawn(error.to_string()))?;
+        // Parked envelopes time out even when no table comes: a second's sweep, while the node
+        // lives.
+        let sweeping = Arc::downgrade(&shared);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                every.tick().await;
+                let Some(shared) = sweeping.upgrade() else {
+                    return;
+                };
+                let waiting = !shared
+                    .parked
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .is_empty();
+                if waiting {
+                    shared.unpark();
+                }
+            }
+        });
         Ok(Node {
             shared,
             server,
@@ -638,6 +882,48 @@ impl Node {
             Shared::add(&self.shared.counters.local);
             return Ok(Route::Local);
         }
+        self.cast(owner, kind, key, shard, token, payload, trace, false)
+    }
+
+    /// Sends one message to the entity `key` of `kind` on node `node` itself, whatever the
+    /// table says: for kinds whose entities live where their player's session is (the node
+    /// the player connected to), served there with the inbox's
+    /// [`deliver_direct`](Inbox::deliver_direct). To this node, delivered at once.
+    ///
+    /// # Errors
+    /// [`SendError::Unreachable`] when `node` is not connected, [`SendError::Envelope`] when
+    /// the message does not fit an envelope, [`SendError::Refused`] from this node's inbox.
+    pub fn send_to(
+        &self,
+        node: &str,
+        kind: &str,
+        key: &[u8],
+        payload: &[u8],
+        trace: Option<&TraceContext>,
+    ) -> Result<Route, SendError> {
+        if node == self.shared.id {
+            self.shared
+                .inbox
+                .deliver_direct(kind, key, payload, trace.copied())?;
+            Shared::add(&self.shared.counters.direct);
+            return Ok(Route::Local);
+        }
+        let shard = shard_of(kind, key, self.shared.shards);
+        self.cast(node.to_owned(), kind, key, shard, 0, payload, trace, true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn cast(
+        &self,
+        owner: NodeId,
+        kind: &str,
+        key: &[u8],
+        shard: ShardId,
+        token: u64,
+        payload: &[u8],
+        trace: Option<&TraceContext>,
+        direct: bool,
+    ) -> Result<Route, SendError> {
         let router = peer_router(&owner).ok_or_else(|| SendError::Unreachable(owner.clone()))?;
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let bytes = Envelope {
@@ -650,6 +936,8 @@ impl Node {
             token,
             trace: trace_bytes(trace),
             payload: payload.to_vec(),
+            hops: 0,
+            direct,
         }
         .encode()?;
         router
@@ -657,6 +945,20 @@ impl Node {
             .map_err(|_| SendError::Unreachable(owner.clone()))?;
         Shared::add(&self.shared.counters.forwarded);
         Ok(Route::Forwarded { node: owner, id })
+    }
+
+    /// Tells peer `peer` a [`Control`] message (a hand-off), fire-and-forget like every cast
+    /// between nodes.
+    ///
+    /// # Errors
+    /// [`SendError::Unreachable`] when `peer` is not connected; [`SendError::Envelope`] when
+    /// the message is too large.
+    pub fn control(&self, peer: &str, control: &Control) -> Result<(), SendError> {
+        let bytes = control.encode()?;
+        let router = peer_router(peer).ok_or_else(|| SendError::Unreachable(peer.to_owned()))?;
+        router
+            .cast(RouterMsg::Control(bytes))
+            .map_err(|_| SendError::Unreachable(peer.to_owned()))
     }
 
     /// Where this node's messages refused by a peer go (they are counted and logged in any
@@ -675,13 +977,17 @@ impl Node {
         check_shards(&table, self.shared.shards)?;
         // Told under the lock, so tables set from two threads reach the inbox in the order
         // the node takes them.
-        let mut current = self
-            .shared
-            .table
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        self.shared.inbox.table_changed(&self.shared.id, &table);
-        *current = table;
+        {
+            let mut current = self
+                .shared
+                .table
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            self.shared.inbox.table_changed(&self.shared.id, &table);
+            *current = table;
+        }
+        // What was routed by this table (or an older one) before it arrived is taken now.
+        self.shared.unpark();
         Ok(())
     }
 
@@ -707,6 +1013,10 @@ impl Node {
             refusals_unsent: get(&c.refusals_unsent),
             bad_refusals: get(&c.bad_refusals),
             unauthenticated: get(&c.unauthenticated),
+            relayed: get(&c.relayed),
+            parked: get(&c.parked),
+            direct: get(&c.direct),
+            bad_controls: get(&c.bad_controls),
         }
     }
 

@@ -48,6 +48,8 @@ async fn node(endpoint: &str, namespace: &str, id: &str) -> Fleet {
         id: id.into(),
         address: format!("127.0.0.1:7{}", id.len()),
         version: "test".into(),
+        peer: String::new(),
+        draining: false,
     };
     Fleet::join(FleetConfig::new(vec![endpoint.into()], namespace, info))
         .await
@@ -212,6 +214,8 @@ async fn a_node_whose_lease_is_gone_owns_nothing_and_a_duplicate_is_refused() {
             id: "a".into(),
             address: "127.0.0.1:1".into(),
             version: "test".into(),
+            peer: String::new(),
+            draining: false,
         },
     ))
     .await;
@@ -281,19 +285,20 @@ async fn a_malformed_table_is_ignored_by_followers_and_rebuilt_with_newer_tokens
     assert!(rebuilt.shards.iter().all(|s| s.token > newest_old));
 }
 
-/// A node on ractor_cluster acting on the fleet's table from etcd (`fleet::follow`).
+/// A node on ractor_cluster acting on the fleet's table from etcd (`member::run`).
 #[cfg(feature = "nodes")]
 mod acting {
     use std::net::{IpAddr, Ipv4Addr};
     use std::sync::Arc;
     use std::time::Duration;
 
-    use garrison_cluster::fleet::{Kinds, Sharded, follow};
+    use garrison_cluster::fleet::{Kinds, Sharded};
+    use garrison_cluster::member;
     use garrison_cluster::node::{Node, NodeConfig, Route, SendError};
     use garrison_cluster::{DEFAULT_SHARDS, Table, shard_of};
     use garrison_protocol::{Schema, Validated, messages, snapshot::Snapshot};
     use garrison_runtime::prelude::supervisor;
-    use garrison_runtime::store::{MemoryStore, Store, Write};
+    use garrison_runtime::store::{MemoryStore, Outcome, Store, Write};
     use garrison_runtime::{
         Durability, Entities, Entity, EntityContext, EntityMessage, HandlerError, KindConfig,
     };
@@ -424,7 +429,7 @@ mod acting {
         // Alone in the fleet, the node routes every key to its own entities, and each writes
         // with the token of its shard.
         let a = member(&endpoint, &ns, "a").await;
-        let following = follow(&a, node.clone());
+        let following = member::run(&a, node.clone(), kinds.clone());
         until(
             "the node acts on a table of its own",
             Duration::from_secs(10),
@@ -471,17 +476,48 @@ mod acting {
         let (_, kept_token) = owner_of(&second, kept[0]).unwrap();
         until_stored(&store, kept[0], (kept_token, 2)).await;
 
-        // The moved counters' activations here went with their shards; the kept ones run on.
-        assert!(kinds.released() >= moved.len() as u64);
+        // b still stands in the fleet, so the moved counters are handed off to it: each left
+        // after writing its state through (the store has every bump, with a's token). b has
+        // no node on ractor_cluster here, so nobody hears the hand-off; the kept ones run on.
+        until(
+            "the moved counters are handed off",
+            Duration::from_secs(10),
+            || kinds.stats().handed_off >= moved.len() as u64,
+        )
+        .await;
         assert!(moved.iter().all(|key| !counters.is_active(key)));
         assert!(kept.iter().all(|key| counters.is_active(key)));
+        assert_eq!(kinds.released(), 0, "nothing was dropped on the floor");
+        for key in &moved {
+            let (_, ours) = owner_of(&first, *key).unwrap();
+            assert_eq!(stored(&store, *key).await, Some((ours, 1)), "counter {key}");
+        }
 
-        // b's owner writes a moved counter with its newer token. An activation of it here (a
-        // send straight to the entities, not through the fleet) holds no token of its own
-        // (0): its write is refused and the owner's state stands.
+        // A send straight to the entities (not through the fleet) for a key the node does not
+        // own activates nothing here: the fleet placed it elsewhere.
         let (_, theirs) = owner_of(&second, moved[0]).unwrap();
         let (_, ours) = owner_of(&first, moved[0]).unwrap();
         assert!(theirs > ours);
+        let bump = garrison_protocol::encode_frame(
+            &Bump { by: 1 },
+            garrison_protocol::FrameMeta::default(),
+        )
+        .unwrap();
+        let bump = bump.validate::<Bump>().unwrap();
+        let Err(refused) = counters.send(&moved[0], CounterMsg(bump)) else {
+            panic!("activated on a node that does not own it");
+        };
+        assert_eq!(
+            refused.reason,
+            garrison_runtime::Refusal::NotOwned {
+                kind: "counter",
+                key: moved[0].to_string()
+            }
+        );
+        assert!(!counters.is_active(&moved[0]));
+
+        // b's owner writes a moved counter with its newer token; a's late write with its old
+        // one (an activation that outlived its shard, as a paused node's would) is refused.
         let snapshot = garrison_protocol::snapshot::write(&Count { count: 100 }).unwrap();
         store
             .write(&[Write::Put {
@@ -489,24 +525,21 @@ mod acting {
                 key: moved[0].to_string(),
                 generation: theirs,
                 log_from: 0,
+                snapshot: snapshot.clone(),
+            }])
+            .await
+            .unwrap();
+        let late = store
+            .write(&[Write::Put {
+                kind: "counter".into(),
+                key: moved[0].to_string(),
+                generation: ours,
+                log_from: 0,
                 snapshot,
             }])
             .await
             .unwrap();
-        let fenced = counters.durability().unwrap().fenced;
-        let bump = garrison_protocol::encode_frame(
-            &Bump { by: 1 },
-            garrison_protocol::FrameMeta::default(),
-        )
-        .unwrap();
-        let bump = bump.validate::<Bump>().unwrap();
-        counters.send(&moved[0], CounterMsg(bump)).ok().unwrap();
-        until(
-            "the old activation's write is fenced",
-            Duration::from_secs(10),
-            || counters.durability().unwrap().fenced > fenced,
-        )
-        .await;
+        assert_eq!(late, vec![Outcome::Fenced { stored: theirs }]);
         assert_eq!(stored(&store, moved[0]).await, Some((theirs, 100)));
 
         // a's lease goes (as if it had expired while a was paused): from then on the node

@@ -1,6 +1,7 @@
 //! Two nodes in two processes on loopback, on ractor_cluster: messages forwarded to the owner
-//! of their shard in order, every kind of bad input from a peer refused, counted and
-//! dead-lettered at its sender, intruders without the cookie refused, and a killed peer noticed.
+//! of their shard in order, a message routed by a stale table relayed once to the owner, every
+//! kind of bad input from a peer refused, counted and dead-lettered at its sender, intruders
+//! without the cookie refused, and a killed peer noticed.
 //!
 //! Node `b` is this test binary run again with `GARRISON_NODE_ROLE=b` (its entry is the test
 //! `peer_process`, a no-op otherwise); it prints `@@ ` lines on stdout and takes commands on
@@ -97,29 +98,52 @@ async fn two_nodes_forward_refuse_bad_input_and_notice_a_killed_peer() {
 
     // Bad envelopes cast straight to b's router, each refused back to a with its reason.
     let router = peer_router("b").expect("b's router");
-    let envelope = |id: u64, kind: &str, key: &[u8], shard: Option<u16>, token: Option<u64>| {
-        let real = shard_of(kind, key, SHARDS);
-        Envelope {
-            version: ENVELOPE_VERSION,
-            id,
-            from: "a".into(),
-            kind: kind.into(),
-            key: key.to_vec(),
-            shard: shard.unwrap_or(real.0),
-            token: token.unwrap_or_else(|| table.owner(real).map_or(0, |(_, token)| token)),
-            trace: Vec::new(),
-            payload: b"x".to_vec(),
-        }
-        .encode()
-        .expect("encodes")
-    };
+    let envelope =
+        |id: u64, kind: &str, key: &[u8], shard: Option<u16>, token: Option<u64>, hops: u8| {
+            let real = shard_of(kind, key, SHARDS);
+            Envelope {
+                version: ENVELOPE_VERSION,
+                id,
+                from: "a".into(),
+                kind: kind.into(),
+                key: key.to_vec(),
+                shard: shard.unwrap_or(real.0),
+                token: token.unwrap_or_else(|| table.owner(real).map_or(0, |(_, token)| token)),
+                trace: Vec::new(),
+                payload: b"x".to_vec(),
+                hops,
+                direct: false,
+            }
+            .encode()
+            .expect("encodes")
+        };
     let echo_shard = shard_of("echo", &echo, SHARDS);
     let echo_token = table.owner(echo_shard).expect("owned").1;
     let casts = [
-        envelope(9001, "echo", &key_owned(&table, "echo", "a"), None, None),
-        envelope(9002, "echo", &echo, None, Some(echo_token + 1)),
-        envelope(9003, "nope", &key_owned(&table, "nope", "b"), None, None),
-        envelope(9004, "echo", &echo, Some((echo_shard.0 + 1) % SHARDS), None),
+        // Relayed once already, for a shard b does not own: refused, never relayed again.
+        envelope(9001, "echo", &key_owned(&table, "echo", "a"), None, None, 1),
+        // Routed by a newer table than b has: kept until b's table catches up, which it never
+        // does here, then refused as behind.
+        envelope(9002, "echo", &echo, None, Some(echo_token + 1), 0),
+        envelope(9003, "nope", &key_owned(&table, "nope", "b"), None, None, 0),
+        envelope(
+            9004,
+            "echo",
+            &echo,
+            Some((echo_shard.0 + 1) % SHARDS),
+            None,
+            0,
+        ),
+        // Sent to b for a shard a owns (as by a sender whose table is behind): b relays it to
+        // a, once, instead of refusing it.
+        envelope(
+            9005,
+            "reply",
+            &key_owned(&table, "reply", "a"),
+            None,
+            None,
+            0,
+        ),
         vec![0xff; 100],
         vec![0; MAX_ENVELOPE + 1],
     ];
@@ -129,7 +153,14 @@ async fn two_nodes_forward_refuse_bad_input_and_notice_a_killed_peer() {
     router
         .cast(RouterMsg::Refused(vec![1, 2, 3]))
         .expect("cast to b");
-    let deadline = Instant::now() + Duration::from_secs(10);
+    router
+        .cast(RouterMsg::Control(vec![9, 9, 9]))
+        .expect("cast to b");
+    assert_eq!(
+        within("the relayed reply", Duration::from_secs(10), replies.recv()).await,
+        Some(b"x".to_vec())
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
     while dead.lock().unwrap().len() < 4 {
         assert!(
             Instant::now() < deadline,
@@ -187,7 +218,11 @@ async fn two_nodes_forward_refuse_bad_input_and_notice_a_killed_peer() {
     let stats = loop {
         b.command("stats");
         let stats = stats_of(&b.expect("stats ", Duration::from_secs(10)));
-        if stats["unauthenticated"] >= 2 && stats["malformed"] >= 3 && stats["bad_refusals"] >= 1 {
+        if stats["unauthenticated"] >= 2
+            && stats["malformed"] >= 3
+            && stats["bad_refusals"] >= 1
+            && stats["bad_controls"] >= 1
+        {
             break stats;
         }
         assert!(Instant::now() < deadline, "b's counters: {stats:?}");
@@ -199,6 +234,9 @@ async fn two_nodes_forward_refuse_bad_input_and_notice_a_killed_peer() {
     assert_eq!(stats["behind"], 1, "{stats:?}");
     assert_eq!(stats["unknown_kind"], 1, "{stats:?}");
     assert_eq!(stats["bad_refusals"], 1, "{stats:?}");
+    assert_eq!(stats["bad_controls"], 1, "{stats:?}");
+    assert_eq!(stats["relayed"], 1, "{stats:?}");
+    assert_eq!(stats["parked"], 1, "{stats:?}");
 
     // b is unaffected.
     echo_round(1000, 1010);
@@ -214,14 +252,17 @@ async fn two_nodes_forward_refuse_bad_input_and_notice_a_killed_peer() {
     }
     // The router counts a delivery after the inbox took it: wait for the last count.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while a.stats().received < 1010 {
+    while a.stats().received < 1011 {
         assert!(Instant::now() < deadline, "a's counters: {:?}", a.stats());
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let mine = a.stats();
     assert_eq!(mine.forwarded, 1010);
     assert_eq!(mine.local, 1);
-    assert_eq!(mine.received, 1010, "the replies from b");
+    assert_eq!(
+        mine.received, 1011,
+        "the replies from b, and the one b relayed"
+    );
     assert_eq!(mine.dead_letters, 4);
     assert_eq!(mine.bad_refusals, 0);
 
@@ -308,7 +349,8 @@ async fn node_b() {
             let stats = node.stats();
             println!(
                 "@@ stats received={} malformed={} not_owner={} behind={} unknown_kind={} \
-                 rejected={} bad_refusals={} unauthenticated={} refusals_unsent={}",
+                 rejected={} bad_refusals={} unauthenticated={} refusals_unsent={} \
+                 bad_controls={} relayed={} parked={}",
                 stats.received,
                 stats.refused(RefusalReason::Malformed),
                 stats.refused(RefusalReason::NotOwner),
@@ -318,6 +360,9 @@ async fn node_b() {
                 stats.bad_refusals,
                 stats.unauthenticated,
                 stats.refusals_unsent,
+                stats.bad_controls,
+                stats.relayed,
+                stats.parked,
             );
         }
     }

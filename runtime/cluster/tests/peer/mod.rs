@@ -108,6 +108,16 @@ impl Peer {
         stdin.flush().expect("flush to the peer");
     }
 
+    /// Sends the peer signal `name` (`STOP`, `CONT`) by its pid.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{name} {}", self.child.id());
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
