@@ -119,6 +119,17 @@ pub struct Refused {
     pub retry_after_ms: u32,
 }
 
+/// The player's session moved to another node of the fleet (its room runs there): reconnect to
+/// `address` with the same ticket and resume. The server closes the connection right after, with
+/// close code 34 (`moved`).
+#[derive(Archive, Serialize, Deserialize, Schema, Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    /// The node's gateway, `host:port`.
+    pub address: String,
+    /// The node's id in its fleet.
+    pub node: String,
+}
+
 messages! {
     /// Garrison's control messages.
     pub enum Control {
@@ -126,5 +137,6 @@ messages! {
         0xFF01 => Welcome(Welcome),
         0xFF02 => Close(Close),
         0xFF03 => Refused(Refused),
+        0xFF04 => Redirect(Redirect),
     }
 }

@@ -35,6 +35,10 @@ pub trait Outbound: Send + Sync + 'static {
 
     /// Tells the connection it was replaced by a newer one; it should close with that reason.
     fn replaced(&self) {}
+
+    /// Tells the connection its session moved to another node (a `Redirect` was queued); it
+    /// should close with that reason once what is queued is written.
+    fn moved(&self) {}
 }
 
 /// A bounded tokio channel is an outbound queue: `try_send`, never waiting.

@@ -55,6 +55,9 @@ pub enum SessionEvent {
     /// The session closed for good (the grace window ran out, or the server closed it); its
     /// bindings are released right after this event.
     Closed,
+    /// The session moved to another node of the fleet ([`Sessions::redirect`]): its player goes
+    /// on there, and it is closed here; its bindings are released right after this event.
+    Moved,
 }
 
 /// Tells the entity behind `target` (a `Target<E>`) of `event`, if its kind makes a message of
@@ -411,14 +414,44 @@ impl Session {
     }
 
     fn close(&self) {
+        self.close_with(SessionEvent::Closed);
+    }
+
+    fn close_with(&self, event: SessionEvent) {
         let mut state = self.write();
         if !state.closed && state.generation > 0 {
-            state.notify(self.inner.id, SessionEvent::Closed);
+            state.notify(self.inner.id, event);
         }
         state.closed = true;
         state.connection = None;
         // The bindings hold registry handles: release them with the session.
         state.bindings.clear();
+    }
+
+    /// Queues `redirect` and closes the connection as moved, then closes the session, all under
+    /// its write lock: no push can land between the redirect and the close.
+    fn redirect(&self, redirect: Frame) -> Result<(), Refusal> {
+        let mut state = self.write();
+        if state.closed {
+            return Err(Refusal::NoSession {
+                session: self.inner.id,
+            });
+        }
+        let Some(connection) = state.connection.take() else {
+            return Err(Refusal::Detached {
+                session: self.inner.id,
+            });
+        };
+        let queued = connection.push(redirect);
+        connection.moved();
+        if state.generation > 0 {
+            state.notify(self.inner.id, SessionEvent::Moved);
+        }
+        state.closed = true;
+        state.bindings.clear();
+        queued.map_err(|_| Refusal::OutboundFull {
+            session: self.inner.id,
+        })
     }
 }
 
@@ -544,6 +577,33 @@ impl Sessions {
         }) {
             session.close();
         }
+    }
+
+    /// Moves session `id` to another node of the fleet: its client is sent a
+    /// [`Redirect`](garrison_protocol::control::Redirect) to `address` (node `node`) and its
+    /// connection closes as `moved` (code 34) once what was queued before is written; the
+    /// session is closed here at once, its bindings told [`SessionEvent::Moved`] and released.
+    /// Unlike a session that closes for good, the gateway's closed hook does not run: the
+    /// player goes on, on the other node.
+    ///
+    /// # Errors
+    /// [`Refusal::NoSession`] when it is not open, [`Refusal::Detached`] when it has no
+    /// connection (its client reconnects wherever it will and is redirected then),
+    /// [`Refusal::OutboundFull`] when the connection could not take the redirect (it closes as
+    /// moved all the same, and the session is closed here).
+    pub fn redirect(&self, id: SessionId, address: &str, node: &str) -> Result<(), Refusal> {
+        let redirect = garrison_protocol::control::Redirect {
+            address: address.to_owned(),
+            node: node.to_owned(),
+        };
+        let frame = encode(&redirect, FrameMeta::default(), id)?;
+        let session = self.get(id).ok_or(Refusal::NoSession { session: id })?;
+        let redirected = session.redirect(frame);
+        if !matches!(redirected, Err(Refusal::Detached { .. })) {
+            self.sessions
+                .remove_if(&id, |_, open| open.same_session(&session));
+        }
+        redirected
     }
 
     /// Closes session `id` for good: bindings and connection are dropped, and handles to it

@@ -1,8 +1,8 @@
 //! The gateway's edges: a closed client reads its `Close` (never a reset), the `Close` says what
 //! was wrong, a client that never reads is bounded by the outbound queue rather than the kernel's
 //! buffers, a refusing session hook changes nothing, tickets have a maximum lifetime, a client
-//! built against other message layouts is told so, and a frame that crashes its entity is
-//! answered.
+//! built against other message layouts is told so, a frame that crashes its entity is
+//! answered, and a session moved to another node tells its client where to go.
 
 use std::time::Duration;
 
@@ -392,5 +392,67 @@ async fn a_request_is_answered_with_its_seq_and_the_reply_flag_and_a_push_is_not
             Ok(Control::Refused(_))
         ));
     }
+    world.gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_session_tells_its_client_where_to_go_and_is_not_closed_for_good() {
+    use garrison_client::{Client, ClientConfig, Event};
+
+    let world = world(|config| config.reconnect_grace = Duration::from_millis(100)).await;
+    let address = world.gateway.tcp_addr().expect("a TCP listener");
+    let mut client = Client::<TestMessage>::connect(ClientConfig::new(
+        address,
+        ticket::mint(KEY, 41, ticket::unix_now() + 60),
+    ))
+    .await
+    .expect("connects");
+    eventually("the session is open", LIMIT, || async {
+        world.sessions.contains(SessionId(41))
+    })
+    .await;
+    world
+        .sessions
+        .redirect(SessionId(41), "127.0.0.1:7801", "node-b")
+        .expect("redirected");
+    assert!(
+        !world.sessions.contains(SessionId(41)),
+        "closed here at once"
+    );
+    let mut events = Vec::new();
+    while let Some(event) = tokio::time::timeout(LIMIT, client.next())
+        .await
+        .expect("the client hears")
+    {
+        match event {
+            Event::Redirected { address, node } => {
+                events.push(format!("redirect {address} {node}"))
+            }
+            Event::Closed { code, .. } => events.push(format!("closed {code:?}")),
+            Event::Message(_) => {}
+            other => events.push(format!("{other:?}")),
+        }
+    }
+    assert_eq!(
+        events,
+        vec![
+            "redirect 127.0.0.1:7801 node-b".to_owned(),
+            format!("closed Some({})", CloseCode::Moved.code())
+        ]
+    );
+    // The player goes on elsewhere: past the reconnect grace, the closed hook has not run.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        world.closed.lock().unwrap().is_empty(),
+        "{:?}",
+        world.closed
+    );
+    // A session that is not open cannot be moved.
+    assert!(
+        world
+            .sessions
+            .redirect(SessionId(41), "127.0.0.1:7801", "node-b")
+            .is_err()
+    );
     world.gateway.shutdown().await;
 }

@@ -170,6 +170,7 @@ async fn a_dropped_connection_resumes_with_the_same_ticket_and_the_game_goes_on(
                 Event::Message(_) => {}
                 Event::Closed { reason, .. } => panic!("closed: {reason}"),
                 Event::Refused { reason, .. } => panic!("refused: {reason}"),
+                Event::Redirected { address, .. } => panic!("redirected to {address}"),
             }
         }
     })

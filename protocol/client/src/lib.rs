@@ -244,6 +244,15 @@ pub enum Event<P> {
         /// Whether the server resumed the session.
         resumed: bool,
     },
+    /// The server moved the player's session to another node of its fleet: connect to
+    /// `address` with the same ticket and resume there. The connection closes right after
+    /// ([`Event::Closed`] with code 34, `moved`), and this client does not reconnect by itself.
+    Redirected {
+        /// The node's gateway, `host:port`.
+        address: String,
+        /// The node's id.
+        node: String,
+    },
     /// The session ended: the server closed it (`code`), or resuming failed (`None`). The
     /// last event.
     Closed {
@@ -454,7 +463,10 @@ impl<P: Protocol> Client<P> {
             match self.events.recv().await? {
                 Event::Message(message) => return Some(message),
                 Event::Closed { .. } => return None,
-                Event::Disconnected { .. } | Event::Reconnected { .. } | Event::Refused { .. } => {}
+                Event::Disconnected { .. }
+                | Event::Reconnected { .. }
+                | Event::Refused { .. }
+                | Event::Redirected { .. } => {}
             }
         }
     }
@@ -767,11 +779,23 @@ async fn serve<P: Protocol>(
                     continue;
                 }
                 if Control::knows(frame.kind()) {
-                    if let Ok(Control::Close(close)) = Control::validate(frame) {
-                        return Ended::Closed {
-                            code: Some(close.code.to_native()),
-                            reason: close.reason.to_string(),
-                        };
+                    match Control::validate(frame) {
+                        Ok(Control::Close(close)) => {
+                            return Ended::Closed {
+                                code: Some(close.code.to_native()),
+                                reason: close.reason.to_string(),
+                            };
+                        }
+                        Ok(Control::Redirect(redirect)) => {
+                            let redirected = Event::Redirected {
+                                address: redirect.address.to_string(),
+                                node: redirect.node.to_string(),
+                            };
+                            if inbox.send(redirected).await.is_err() {
+                                return Ended::Client;
+                            }
+                        }
+                        _ => {}
                     }
                     continue;
                 }

@@ -75,6 +75,9 @@ close_codes! {
     /// The server is overloaded and sheds new sessions; the `Refused` before this close says
     /// when to retry.
     Overloaded = 33, "overloaded", "the server is overloaded; try again after the retry-after";
+    /// The session moved to another node of the fleet; the `Redirect` before this close says
+    /// where to reconnect.
+    Moved = 34, "moved", "the session moved to another node; reconnect where the Redirect says";
 }
 
 impl CloseCode {

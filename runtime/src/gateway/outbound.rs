@@ -306,6 +306,10 @@ impl Outbound for OutboundQueue {
         self.replaced.store(true, Ordering::Release);
         self.close(CloseCode::Replaced);
     }
+
+    fn moved(&self) {
+        self.close(CloseCode::Moved);
+    }
 }
 
 #[cfg(test)]

@@ -96,6 +96,14 @@ pub struct BotReport {
     pub inputs_sent: u32,
     /// Of those, the ones sent with a sampled trace context.
     pub inputs_traced: u32,
+    /// Times a server redirected it to another node of its fleet (its room's), and it
+    /// reconnected there.
+    pub redirects: u32,
+    /// Times it came back on another node of the fleet after its server went away (killed,
+    /// drained, or silent past [`BotOptions::silence`]).
+    pub failovers: u32,
+    /// Resumes the server refused while its room was moving (it asked again).
+    pub resume_retries: u32,
     /// Matches that ended while it played (it then joined again).
     pub matches_ended: u32,
     /// Match results whose kills and checksum equal the bot's own mirror of the last frame.
@@ -129,6 +137,13 @@ pub struct BotOptions {
     /// and releases them); it sends its buttons every `input_every` frames whether they changed
     /// or not. 60 or more: new random buttons with every input.
     pub button_changes: u32,
+    /// Every gateway of the server's fleet (empty: just the one it was given). When its server
+    /// goes away, the bot comes back on the next one in turn (with
+    /// [`BotOptions::server_restarts`]).
+    pub fleet: Arc<[SocketAddr]>,
+    /// While matched, a server that sends nothing for this long counts as gone (a paused or
+    /// partitioned node): the bot leaves it for another.
+    pub silence: Option<Duration>,
 }
 
 impl Default for BotOptions {
@@ -141,9 +156,14 @@ impl Default for BotOptions {
             server_restarts: None,
             updates: Updates::Inputs,
             button_changes: DEFAULT_BUTTON_CHANGES,
+            fleet: Arc::from(Vec::new()),
+            silence: None,
         }
     }
 }
+
+/// The close code of a session moved to another node (`CloseCode::Moved`), after a `Redirect`.
+const MOVED: u16 = 34;
 
 /// Button changes per second by default: a player pressing or releasing about six times a
 /// second.
@@ -230,6 +250,13 @@ struct Bot {
     /// Live frames received ahead of the catch-up, while resuming.
     pending: BTreeMap<u32, Pending>,
     resuming: bool,
+    /// Where the server redirected it (its room's node), until it reconnects there.
+    redirect: Option<SocketAddr>,
+    /// It reconnected on its room's node before its match started there: the `MatchStart` it
+    /// gets is followed by a catch-up.
+    arriving: bool,
+    /// Its resume was refused (its room is moving): asked again after this pause.
+    resume_again: Option<Duration>,
     /// A join was refused (busy); it is sent again after a pause.
     rejoin: bool,
     /// How long the server asked it to wait before joining again.
@@ -271,6 +298,16 @@ impl Bot {
             }
         }
         Ok(connection)
+    }
+
+    /// The gateway after the current one in its fleet's list (the current one when it has no
+    /// list, or is not on it).
+    fn next_server(&self) -> SocketAddr {
+        let fleet = &self.options.fleet;
+        match fleet.iter().position(|address| *address == self.address) {
+            Some(at) => fleet[(at + 1) % fleet.len()],
+            None => fleet.first().copied().unwrap_or(self.address),
+        }
     }
 
     /// The join it sends.
@@ -405,8 +442,22 @@ impl Bot {
                 self.retry_after = retry_after;
                 return Ok(false);
             }
+            // Its resume refused while its room moves between nodes: asked again shortly.
+            Event::Refused {
+                code, retry_after, ..
+            } if self.resuming => {
+                self.report.shed += u32::from(code == RefusalCode::Overloaded.code());
+                self.report.resume_retries += 1;
+                self.resume_again = Some(retry_after.unwrap_or(Duration::from_millis(100)));
+                return Ok(false);
+            }
             Event::Refused { code, .. } => {
                 self.report.shed += u32::from(code == RefusalCode::Overloaded.code());
+                return Ok(false);
+            }
+            // Where to go; the close (code 34) follows.
+            Event::Redirected { address, .. } => {
+                self.redirect = address.parse().ok();
                 return Ok(false);
             }
             Event::Closed {
@@ -447,6 +498,9 @@ impl Bot {
                     delay: start.input_delay.to_native(),
                     tick: Duration::from_micros(u64::from(start.tick_micros.to_native())),
                 });
+                // A match it arrived at late (on its room's node): the frames played so far
+                // come as a catch-up; live ones wait for it.
+                self.resuming = std::mem::take(&mut self.arriving);
             }
             ServerMessage::FrameUpdate(update) => {
                 let Some(playing) = &self.playing else {
@@ -673,14 +727,19 @@ async fn come_back(
     };
     let until = (Instant::now() + window).min(deadline);
     let mut pause = Duration::from_millis(20);
+    let first = bot.address;
+    // A fleet's next node first: the one that went away may be gone for good.
+    bot.address = bot.next_server();
     loop {
         match bot.connect().await {
             Ok(connection) => {
                 bot.report.server_restarts += 1;
+                bot.report.failovers += u32::from(bot.address != first);
                 bot.report.verified_at_reconnect = bot.report.verified;
                 return Ok(connection);
             }
             Err(error) if error.server_gone() && Instant::now() + pause < until => {
+                bot.address = bot.next_server();
                 // A reconnect policy's back-off, not a test's wait.
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_millis(500));
@@ -688,6 +747,23 @@ async fn come_back(
             Err(error) => return Err(error),
         }
     }
+}
+
+/// Reconnects where the server redirected the bot (its room's node).
+async fn follow_redirect(
+    bot: &mut Bot,
+    connection: &Connection,
+    to: SocketAddr,
+) -> Result<Connection, BotError> {
+    bot.count_traffic(connection);
+    bot.dropped_traffic = Traffic {
+        bytes_in: bot.report.bytes_in,
+        bytes_out: bot.report.bytes_out,
+    };
+    bot.address = to;
+    bot.report.redirects += 1;
+    bot.arriving = bot.playing.is_none();
+    bot.connect().await
 }
 
 /// Handles one event: answers it, and joins again when due. `Ok(true)`: the bot is done.
@@ -709,6 +785,17 @@ async fn on_event(
     }
     if std::mem::take(&mut bot.join_again) {
         connection.send(&bot.join()).await?;
+    }
+    if let Some(pause) = bot.resume_again.take()
+        && let Some(playing) = &bot.playing
+    {
+        let resume = Resume {
+            frame: playing.mirror.world().frame,
+            updates: bot.options.updates,
+        };
+        // A back-off the server asked for, not a wait for an event.
+        tokio::time::sleep(pause).await;
+        connection.send(&resume).await?;
     }
     if std::mem::take(&mut bot.rejoin) {
         bot.joins += 1;
@@ -774,6 +861,9 @@ pub async fn play(
         sent: BTreeMap::new(),
         pending: BTreeMap::new(),
         resuming: false,
+        redirect: None,
+        arriving: false,
+        resume_again: None,
         rejoin: false,
         retry_after: None,
         join_again: false,
@@ -786,9 +876,15 @@ pub async fn play(
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let matched = bot.playing.is_some();
+        // While matched, a silent server counts as gone (see `BotOptions::silence`).
+        let silence = bot.options.silence.filter(|_| matched);
+        let wait = silence.map_or(remaining, |silence| silence.min(remaining));
         tokio::select! {
-            next = tokio::time::timeout(remaining, connection.next()) => {
+            next = tokio::time::timeout(wait, connection.next()) => {
                 let outcome = match next {
+                    Err(_) if wait < remaining => Err(BotError::Ended(format!(
+                        "the server sent nothing for {wait:?}"
+                    ))),
                     Err(_) => {
                         bot.count_traffic(&connection);
                         return Ok(bot.report);
@@ -799,6 +895,10 @@ pub async fn play(
                 match (outcome, bot.options.server_restarts) {
                     (Ok(true), _) => return Ok(bot.report),
                     (Ok(false), _) => {}
+                    (Err(BotError::Closed { code: MOVED, .. }), _) if bot.redirect.is_some() => {
+                        let to = bot.redirect.take().expect("checked");
+                        connection = follow_redirect(&mut bot, &connection, to).await?;
+                    }
                     (Err(error), Some(window)) if error.server_gone() => {
                         connection = come_back(&mut bot, &connection, window, deadline).await?;
                     }

@@ -58,6 +58,15 @@ pub struct BotArgs {
     /// runs in this process.
     #[arg(long)]
     pub server: Option<SocketAddr>,
+    /// Every gateway of a fleet of servers (`serve --cluster`), comma-separated: the bots
+    /// spread over them, follow their redirects to their rooms' nodes, and when a node goes
+    /// away come back on the next (implies `--server` is the first when it is not given).
+    #[arg(long, value_delimiter = ',')]
+    pub fleet: Vec<SocketAddr>,
+    /// While matched, a server that sends a bot nothing for this many milliseconds counts as
+    /// gone (a paused node): the bot moves to the next one of `--fleet`; 0: never.
+    #[arg(long, default_value_t = 0)]
+    pub silence_ms: u64,
     /// The key tickets are signed with (must match the server's).
     #[arg(long, default_value = DEMO_KEY)]
     pub key: String,
@@ -440,7 +449,7 @@ pub fn match_frames(seconds: u64) -> u32 {
 /// # Errors
 /// When the server cannot start or the flags contradict each other.
 pub async fn run_once(args: &BotArgs, clients: u64, progress: bool) -> Result<Summary, Error> {
-    let remote = args.server.is_some() || args.spawn_server.is_some();
+    let remote = args.server.is_some() || args.spawn_server.is_some() || !args.fleet.is_empty();
     if remote && args.room_panic_every > 0 {
         return Err("--room-panic-every needs the in-process server (no --server)".into());
     }
@@ -458,7 +467,11 @@ pub async fn run_once(args: &BotArgs, clients: u64, progress: bool) -> Result<Su
     let spawned_address = spawned
         .as_ref()
         .and_then(|child| child.lock().ok()?.as_ref().map(ServerProcess::address));
-    let (server, address) = match args.server.or(spawned_address) {
+    let (server, address) = match args
+        .server
+        .or(spawned_address)
+        .or(args.fleet.first().copied())
+    {
         Some(address) => (None, address),
         None => {
             let mut config = local_server(args.room_size, &args.key)?;
@@ -521,6 +534,13 @@ pub async fn run_once(args: &BotArgs, clients: u64, progress: bool) -> Result<Su
                     Updates::Inputs
                 },
                 button_changes: args.button_changes,
+                fleet: Arc::from(args.fleet.clone()),
+                silence: (args.silence_ms > 0).then(|| Duration::from_millis(args.silence_ms)),
+            };
+            // Spread over the fleet's gateways, if there are several.
+            let address = match args.fleet.len() {
+                0 => address,
+                nodes => args.fleet[index % nodes],
             };
             tokio::spawn(play(
                 address,
