@@ -991,6 +991,17 @@ impl Node {
         Ok(())
     }
 
+    /// The node that owns the entity `key` of `kind` by this node's table, with its token.
+    pub fn owner_of(&self, kind: &str, key: &[u8]) -> Option<(NodeId, u64)> {
+        let shard = shard_of(kind, key, self.shared.shards);
+        self.shared
+            .table
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .owner(shard)
+            .map(|(node, token)| (node.to_owned(), token))
+    }
+
     /// A copy of the table this node routes by.
     pub fn table(&self) -> Table {
         self.shared

@@ -29,6 +29,7 @@ pub mod player;
 pub mod plot;
 pub mod process;
 pub mod proto;
+pub mod reach;
 pub mod report;
 pub mod room;
 pub mod run;

@@ -1,26 +1,24 @@
 //! The matchmaker: one entity queueing players until a room of `room_size` fills, then seating
-//! them and starting the room. Departed players leave the queue.
+//! them and starting the room. Departed players leave the queue. In a fleet it is one sharded
+//! entity; each waiting player is kept with the node its session is on, and the room it starts
+//! seats them there.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
-};
+use std::sync::{Arc, atomic::Ordering};
 
-use garrison_runtime::{
-    Activation, Entities, Entity, EntityContext, EntityMessage, HandlerError, SessionId,
-};
+use garrison_runtime::{Activation, Entity, EntityContext, EntityMessage, HandlerError, SessionId};
 use rkyv::{Archive, Deserialize, Serialize};
 
-use crate::{
-    player::{Player, PlayerMsg},
-    room::{Room, RoomMsg},
-    server::ServerStats,
-};
+use crate::{reach::Reaching, room::RoomMsg, server::ServerStats};
 
 /// The matchmaker's messages.
 pub enum MatchmakerMsg {
     /// A session asks for a room.
-    Join(SessionId),
+    Join {
+        /// The player's session.
+        session: SessionId,
+        /// The node its session is on (empty on one node).
+        node: String,
+    },
     /// A waiting session is gone for good.
     Leave(SessionId),
 }
@@ -28,33 +26,33 @@ pub enum MatchmakerMsg {
 impl EntityMessage for MatchmakerMsg {
     fn event_type(&self) -> &'static str {
         match self {
-            MatchmakerMsg::Join(_) => "join",
+            MatchmakerMsg::Join { .. } => "join",
             MatchmakerMsg::Leave(_) => "leave",
         }
     }
 }
 
-/// Players waiting for a room.
+/// Players waiting for a room, with the node each one's session is on, and the last room id
+/// handed out (kept with the queue, so a matchmaker restarted, or moved to another node of a
+/// fleet, never hands out a room id twice).
 #[derive(Archive, Serialize, Deserialize, Default, Debug)]
 pub struct Waiting {
     sessions: Vec<u64>,
+    nodes: Vec<String>,
+    last_room: u64,
 }
 
 impl garrison_protocol::Snapshot for Waiting {
     const SCHEMA: &'static str = "battle.matchmaker";
-    const VERSION: u16 = 1;
+    const VERSION: u16 = 2;
 }
 
 /// The matchmaker kind.
 pub struct Matchmaker {
     /// Players per room.
     pub room_size: usize,
-    /// The players it seats.
-    pub players: Entities<Player>,
-    /// The rooms it starts.
-    pub rooms: Entities<Room>,
-    /// The last room id handed out.
-    pub next_room: Arc<AtomicU64>,
+    /// How it seats players and starts rooms.
+    pub reach: Reaching,
     /// Where it counts the queue.
     pub stats: Arc<ServerStats>,
 }
@@ -80,11 +78,30 @@ impl Entity for Matchmaker {
         waiting: &mut Waiting,
     ) -> Result<(), HandlerError> {
         match message {
-            MatchmakerMsg::Join(session) if !waiting.sessions.contains(&session.0) => {
-                waiting.sessions.push(session.0);
+            MatchmakerMsg::Join { session, node } => {
+                match waiting
+                    .sessions
+                    .iter()
+                    .position(|&queued| queued == session.0)
+                {
+                    // Already waiting: it may have come back on another node.
+                    Some(at) => waiting.nodes[at] = node,
+                    None => {
+                        waiting.sessions.push(session.0);
+                        waiting.nodes.push(node);
+                    }
+                }
             }
-            MatchmakerMsg::Join(_) => {}
-            MatchmakerMsg::Leave(session) => waiting.sessions.retain(|&queued| queued != session.0),
+            MatchmakerMsg::Leave(session) => {
+                if let Some(at) = waiting
+                    .sessions
+                    .iter()
+                    .position(|&queued| queued == session.0)
+                {
+                    waiting.sessions.remove(at);
+                    waiting.nodes.remove(at);
+                }
+            }
         }
         context.checkpoint();
         self.stats
@@ -94,26 +111,28 @@ impl Entity for Matchmaker {
             return Ok(());
         }
         let players = std::mem::take(&mut waiting.sessions);
+        let nodes = std::mem::take(&mut waiting.nodes);
         self.stats.waiting.store(0, Ordering::Relaxed);
-        let room = self.next_room.fetch_add(1, Ordering::Relaxed) + 1;
-        for (slot, player) in players.iter().enumerate() {
-            // The player keeps its seat (checkpointed); the room binds the session to it before
-            // it tells the client the match started, so no input can come before the binding.
-            let placed = PlayerMsg::Placed {
-                room,
-                slot: slot as u8,
-            };
-            self.players.send(player, placed).map_err(|refused| {
-                format!("player {player} refused its seat: {}", refused.reason)
-            })?;
+        waiting.last_room += 1;
+        let room = waiting.last_room;
+        if !self.reach.rooms_seat_players() {
+            for (slot, player) in players.iter().enumerate() {
+                // The player keeps its seat (checkpointed); the room binds the session to it
+                // before it tells the client the match started, so no input can come before
+                // the binding.
+                self.reach
+                    .place("", *player, room, slot as u8)
+                    .map_err(|refused| format!("player {player} refused its seat: {refused}"))?;
+            }
         }
         let start = RoomMsg::Start {
             players,
+            nodes,
             seed: room.wrapping_mul(0x9e37_79b9),
         };
-        self.rooms
-            .send(&room, start)
-            .map_err(|refused| format!("room {room} refused its start: {}", refused.reason))?;
+        self.reach
+            .room(room, start)
+            .map_err(|refused| format!("room {room} refused its start: {refused}"))?;
         Ok(())
     }
 }

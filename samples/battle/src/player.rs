@@ -3,6 +3,12 @@
 //! session to its room with the seat so the gateway sends inputs straight there, forwards
 //! resumes, passes a spectator's `Watch` to the room it names (or picks one), and leaves its
 //! queue or its room when its session closes for good.
+//!
+//! In a fleet it lives where its player's session is (the node the player connected to), and
+//! its state is in the fleet's store. A player whose room runs on another node is redirected
+//! there once its seat is stored ([`PlayerMsg::Moved`]), and the entity here lets go: the one on
+//! the room's node picks the seat up from the store when the client arrives (its `Join` asks
+//! the room for the match so far, its `Resume` for the frames it missed).
 
 use std::sync::Arc;
 
@@ -14,8 +20,9 @@ use garrison_runtime::{
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::{
-    matchmaker::{Matchmaker, MatchmakerMsg},
+    matchmaker::MatchmakerMsg,
     proto::MatchEnd,
+    reach::{Home, Reaching},
     room::{Room, RoomMsg},
     spectators::Spectators,
 };
@@ -45,6 +52,9 @@ pub enum PlayerMsg {
     MatchEnded(MatchEnd),
     /// The player's session closed for good (it did not come back within the grace window).
     Leave,
+    /// The player's room runs on another node (it was placed there, or the fleet moved it):
+    /// its session is redirected there, and the entity here lets go.
+    Moved,
 }
 
 impl EntityMessage for PlayerMsg {
@@ -56,6 +66,7 @@ impl EntityMessage for PlayerMsg {
             PlayerMsg::Watch { .. } => "watch",
             PlayerMsg::MatchEnded(_) => "match_ended",
             PlayerMsg::Leave => "leave",
+            PlayerMsg::Moved => "moved",
         }
     }
 }
@@ -88,9 +99,14 @@ impl garrison_protocol::Snapshot for PlayerState {
 pub struct Player {
     /// The open sessions.
     pub sessions: Arc<Sessions>,
-    /// The matchmaker it joins through.
-    pub matchmakers: Entities<Matchmaker>,
-    /// The rooms it plays in (or watches).
+    /// How it reaches the matchmaker and its room (on this node, or across a fleet).
+    pub reach: Reaching,
+    /// The players seated in a room here, with their room: a fleet that moves a room moves
+    /// them with it.
+    pub seated: Arc<DashMap<u64, u64>>,
+    /// The player kind itself (a moved player lets go of its entity here).
+    pub players: Entities<Player>,
+    /// The rooms on this node, which sessions bind to (and spectators watch).
     pub rooms: Entities<Room>,
     /// The rooms playing now, which a spectator may watch.
     pub playing: Arc<DashMap<u64, ()>>,
@@ -102,6 +118,7 @@ impl Player {
     /// Binds `player`'s session to its room, with its seat (a player whose session already
     /// closed has nothing to bind).
     fn seated(&self, player: u64, seat: Seat) {
+        self.seated.insert(player, seat.room);
         if let Some(session) = self.sessions.get(SessionId(player)) {
             session.bind_with(&self.rooms, seat.room, seat);
         }
@@ -109,8 +126,27 @@ impl Player {
 
     /// Withdraws `player`'s binding to its room.
     fn unseated(&self, player: u64) {
+        self.seated.remove(&player);
         if let Some(session) = self.sessions.get(SessionId(player)) {
             session.unbind::<Room>();
+        }
+    }
+
+    /// The player's room runs elsewhere: its session goes there (a redirect), and this node
+    /// lets go of the player without writing anything more (its seat is in the store). Its
+    /// room is somewhere nobody knows yet: it is told to ask again.
+    fn move_to(&self, player: u64, seat: Seat, home: Home) {
+        match home {
+            Home::Here => self.seated(player, seat),
+            Home::There { node, address } => {
+                self.seated.remove(&player);
+                if let Err(refused) = self.sessions.redirect(SessionId(player), &address, &node) {
+                    tracing::debug!(player, %refused, "a moved player's session was not redirected");
+                }
+                self.players
+                    .release(|key| *key == player, &format!("its room runs on {node}"));
+            }
+            Home::Unknown => self.busy(player, "the room is moving; ask again"),
         }
     }
 
@@ -159,17 +195,37 @@ impl Entity for Player {
         let player = *context.key();
         match (message, state.seat) {
             (PlayerMsg::Join, None) => {
-                let join = MatchmakerMsg::Join(SessionId(player));
-                if self.matchmakers.send(&0, join).is_err() {
+                let join = MatchmakerMsg::Join {
+                    session: SessionId(player),
+                    node: self.reach.node().to_owned(),
+                };
+                if self.reach.matchmaker(join).is_err() {
                     self.busy(player, "the matchmaker is busy; join again");
                 }
             }
-            // Already seated: the match goes on (a reconnecting client resumes instead).
+            // Seated and on its room's node with no match in hand (it came here after a
+            // redirect): the room sends the match from its start. On one node the match goes
+            // on (a reconnecting client resumes instead).
+            (PlayerMsg::Join, Some(seat)) if self.reach.rooms_seat_players() => {
+                match self.reach.home(seat.room) {
+                    Home::Here => {
+                        self.seated(player, seat);
+                        if self
+                            .reach
+                            .room(seat.room, RoomMsg::Arrived { slot: seat.slot })
+                            .is_err()
+                        {
+                            self.busy(player, "the room is busy; join again");
+                        }
+                    }
+                    home => self.move_to(player, seat, home),
+                }
+            }
             (PlayerMsg::Join, Some(_)) => {}
             (PlayerMsg::Placed { room, slot }, _) => {
                 if !self.sessions.contains(SessionId(player)) {
                     // Placed after its session closed for good: give the seat back at once.
-                    let _ = self.rooms.send(&room, RoomMsg::Left { slot });
+                    let _ = self.reach.room(room, RoomMsg::Left { slot });
                     context.stop();
                     return Ok(());
                 }
@@ -179,8 +235,23 @@ impl Entity for Player {
                 state.seat = Some(seat);
                 state.last_result = None;
                 context.checkpoint();
-                self.seated(player, seat);
+                match self.reach.home(room) {
+                    Home::Here => self.seated(player, seat),
+                    // Its room runs elsewhere: redirected once the seat is stored, by a message
+                    // to itself that queues behind this one's write.
+                    _ => {
+                        self.seated.insert(player, room);
+                        let _ = self.players.send(&player, PlayerMsg::Moved);
+                    }
+                }
             }
+            (PlayerMsg::Moved, Some(seat)) => {
+                let home = self.reach.home(seat.room);
+                if home != Home::Unknown {
+                    self.move_to(player, seat, home);
+                }
+            }
+            (PlayerMsg::Moved, None) => {}
             (PlayerMsg::MatchEnded(result), Some(seat)) if seat.room == result.room => {
                 self.unseated(player);
                 state.seat = None;
@@ -193,30 +264,36 @@ impl Entity for Player {
                 match seat {
                     Some(seat) => {
                         let _ = self
-                            .rooms
-                            .send(&seat.room, RoomMsg::Left { slot: seat.slot });
+                            .reach
+                            .room(seat.room, RoomMsg::Left { slot: seat.slot });
                     }
                     None => {
                         let leave = MatchmakerMsg::Leave(SessionId(player));
-                        let _ = self.matchmakers.send(&0, leave);
+                        let _ = self.reach.matchmaker(leave);
                     }
                 }
+                self.seated.remove(&player);
                 // Nothing of the player stays behind.
                 context.stop();
             }
-            (PlayerMsg::Resume { from }, Some(seat)) => {
-                let resume = RoomMsg::Resume {
-                    slot: seat.slot,
-                    from,
-                };
-                if self
-                    .rooms
-                    .send_for(SessionId(player), &seat.room, resume)
-                    .is_err()
-                {
-                    self.busy(player, "the room is busy; resume again");
+            (PlayerMsg::Resume { from }, Some(seat)) => match self.reach.home(seat.room) {
+                Home::Here => {
+                    // A client back on another node of the fleet binds here.
+                    self.seated(player, seat);
+                    let resume = RoomMsg::Resume {
+                        slot: seat.slot,
+                        from,
+                    };
+                    if self
+                        .reach
+                        .room_for(SessionId(player), seat.room, resume)
+                        .is_err()
+                    {
+                        self.busy(player, "the room is busy; resume again");
+                    }
                 }
-            }
+                home => self.move_to(player, seat, home),
+            },
             (PlayerMsg::Watch { .. }, Some(seat)) => {
                 let _ = context.refuse(
                     RefusalCode::Rejected,

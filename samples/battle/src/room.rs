@@ -26,6 +26,7 @@ use crate::{
     packed,
     player::{Player, PlayerMsg, Seat},
     proto::{Catchup, FrameInputs, FrameUpdate, MatchEnd, MatchStart, Resync, SPECTATOR},
+    reach::Reaching,
     server::ServerStats,
     spectators::Spectators,
 };
@@ -36,8 +37,17 @@ pub enum RoomMsg {
     Start {
         /// Player ids, by slot.
         players: Vec<u64>,
+        /// The node each player's session is on, by slot (a fleet's; empty on one node).
+        nodes: Vec<String>,
         /// The world's seed.
         seed: u64,
+    },
+    /// The player in this slot came to the room's node with no match in hand (a fleet
+    /// redirected it here after it was seated): it is sent the match from its start, then the
+    /// frames played since.
+    Arrived {
+        /// The player's slot.
+        slot: u8,
     },
     /// A player's input.
     Input {
@@ -76,6 +86,7 @@ impl EntityMessage for RoomMsg {
     fn event_type(&self) -> &'static str {
         match self {
             RoomMsg::Start { .. } => "start",
+            RoomMsg::Arrived { .. } => "arrived",
             RoomMsg::Input { .. } => "input",
             RoomMsg::Resume { .. } => "resume",
             RoomMsg::Watch { .. } => "watch",
@@ -145,6 +156,8 @@ impl RoomLog {
 #[derive(Archive, Serialize, Deserialize, Debug, Default)]
 pub struct RoomState {
     players: Vec<u64>,
+    /// The world's seed (a player arriving late is sent the match from its start).
+    seed: u64,
     engine: Option<Lockstep>,
     /// A bit per slot whose player left.
     departed: u64,
@@ -157,7 +170,8 @@ pub struct RoomState {
 
 impl Snapshot for RoomState {
     const SCHEMA: &'static str = "battle.room";
-    const VERSION: u16 = 1;
+    // 2: `seed`.
+    const VERSION: u16 = 2;
 }
 
 /// How rooms play.
@@ -194,6 +208,8 @@ pub struct Room {
     pub spectators: Arc<Spectators>,
     /// The room kind itself: a starting room binds its players' sessions to it.
     pub rooms: Entities<Room>,
+    /// How it seats its players in a fleet (their sessions may be on other nodes).
+    pub reach: Reaching,
     /// Counters.
     pub stats: Arc<ServerStats>,
 }
@@ -360,6 +376,38 @@ impl Room {
         self.release(room, state, context);
     }
 
+    /// A seated player arrived with no match in hand: its session is bound to its seat, and it
+    /// is sent the match's start (frame 0, the seed's world) and the frames played since, as a
+    /// catch-up (or a snapshot when too far behind), before the next live frame.
+    fn arrived(&self, room: u64, slot: u8, state: &RoomState) -> Result<(), HandlerError> {
+        let (Some(engine), Some(player)) = (&state.engine, state.players.get(usize::from(slot)))
+        else {
+            return Ok(());
+        };
+        let session = SessionId(*player);
+        if let Some(open) = self.sessions.get(session) {
+            open.bind_with(&self.rooms, room, Seat { room, slot });
+        }
+        let config = engine.config();
+        let world = crate::sim::World::new(state.seed, config.players);
+        let start = MatchStart {
+            room,
+            slot,
+            players: state.players.len() as u8,
+            seed: state.seed,
+            frame: 0,
+            input_delay: config.input_delay,
+            tick_micros: u32::try_from(self.settings.tick.as_micros()).unwrap_or(u32::MAX),
+            units: world.units.clone(),
+            rng: world.rng,
+        };
+        let _ = self.sessions.send_message(session, &start);
+        let frame = catch_up(engine, 0, self.settings.resend_limit)?;
+        self.stats.resumes.fetch_add(1, Ordering::Relaxed);
+        let _ = self.sessions.push(session, frame);
+        Ok(())
+    }
+
     /// Answers a `Watch`: the session that sent it becomes a spectator and gets the world at the
     /// next frame, or is refused (the room is full of spectators, or not playing).
     fn watch(
@@ -486,7 +534,11 @@ impl Entity for Room {
             return Ok(());
         }
         match message {
-            RoomMsg::Start { players, seed } => {
+            RoomMsg::Start {
+                players,
+                nodes,
+                seed,
+            } => {
                 if state.engine.is_some() {
                     return Ok(());
                 }
@@ -525,12 +577,23 @@ impl Entity for Room {
                     };
                     let _ = self.sessions.send_message(SessionId(*player), &start);
                 }
+                // In a fleet, each player is told its seat on the node its session is on (and
+                // goes to this room's node from there).
+                if self.reach.rooms_seat_players() {
+                    for (slot, (player, node)) in players.iter().zip(&nodes).enumerate() {
+                        if let Err(refused) = self.reach.place(node, *player, room, slot as u8) {
+                            tracing::warn!(room, player, %node, %refused, "a player was not told its seat");
+                        }
+                    }
+                }
                 state.players = players;
+                state.seed = seed;
                 self.stats.rooms.fetch_add(1, Ordering::Relaxed);
                 context.checkpoint();
                 context.timer(Room::clock(&self.settings))?;
                 self.playing.insert(room, ());
             }
+            RoomMsg::Arrived { slot } => self.arrived(room, slot, state)?,
             RoomMsg::Input {
                 slot,
                 frame,

@@ -26,6 +26,7 @@ use crate::{
     matchmaker::Matchmaker,
     player::{Player, PlayerMsg, Seat},
     proto::{ArchivedUpdates, ClientMessage},
+    reach::{Local, Reaching},
     room::{Room, RoomMsg, RoomSettings},
     spectators::Spectators,
 };
@@ -218,6 +219,9 @@ impl BattleServer {
             // bound a join is refused as busy and the client retries.
             mailbox_capacity: 16_384,
             zone: zone.clone(),
+            // Its queue and its last room id survive a restart on a store (a room id is never
+            // handed out twice while rooms of an earlier run still play).
+            durability: durability.clone(),
             ..KindConfig::default()
         })?;
         let rooms = Entities::<Room>::declare(KindConfig {
@@ -228,18 +232,24 @@ impl BattleServer {
             durability,
             ..KindConfig::default()
         })?;
+        let reach: Reaching = Arc::new(Local {
+            rooms: rooms.clone(),
+            matchmakers: matchmakers.clone(),
+            players: players.clone(),
+        });
+        let seated = Arc::new(DashMap::new());
         players.serve(Player {
             sessions: sessions.clone(),
-            matchmakers: matchmakers.clone(),
+            reach: reach.clone(),
+            seated: seated.clone(),
+            players: players.clone(),
             rooms: rooms.clone(),
             playing: playing.clone(),
             spectators: spectators.clone(),
         })?;
         matchmakers.serve(Matchmaker {
             room_size: config.room_size,
-            players: players.clone(),
-            rooms: rooms.clone(),
-            next_room: Arc::new(AtomicU64::new(0)),
+            reach: reach.clone(),
             stats: stats.clone(),
         })?;
         rooms.serve(Room {
@@ -257,6 +267,7 @@ impl BattleServer {
             full_updates: full_updates.clone(),
             spectators: spectators.clone(),
             rooms: rooms.clone(),
+            reach: reach.clone(),
             stats: stats.clone(),
         })?;
         // The whole node: players' sessions, the matchmaker, the rooms. Each kind is a dynamic
