@@ -280,7 +280,8 @@ impl<E: Entity, K: KindHost<E>> EntityWorker<E, K> {
             }
             Err(error) => {
                 return Err(self.abandon(format!(
-                    "its state could not be read ({error}); it was not started fresh, which                      would overwrite that state"
+                    "its state could not be read ({error}); it was not started fresh, which would \
+                     overwrite that state"
                 )));
             }
         };
@@ -343,7 +344,8 @@ impl<E: Entity, K: KindHost<E>> EntityWorker<E, K> {
         );
         let _entered = span.enter();
         tracing::error!(
-            "stored entity state is damaged: the record is set aside for inspection and the              entity goes on from what was good"
+            "stored entity state is damaged: the record is set aside for inspection and the \
+             entity goes on from what was good"
         );
         durable.count_set_aside();
         if let Some(snapshot) = snapshot {
@@ -496,7 +498,8 @@ impl<E: Entity, K: KindHost<E>> EntityWorker<E, K> {
     /// The kind's lease has lapsed: `envelope` and everything queued are dead-lettered, and
     /// the activation leaves this process without writing anything more.
     fn lapse(&self, context: &WorkerContext<Envelope<E>>, envelope: Envelope<E>) {
-        let reason = "not handled: this node's lease on its fleet's entities has lapsed (another                       node may own the entity now)";
+        let reason = "not handled: this node's lease on its fleet's entities has lapsed (another \
+                      node may own the entity now)";
         let key = self.key.to_string();
         let rest = self.kind.leave(
             &self.key,
@@ -586,7 +589,8 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
                         game.entity.key = %self.key,
                         entry = saved.log_from + at as u64,
                         %error,
-                        "log replay refused an entry: the entity goes on from the state before                          it, and the rest of the log is dropped"
+                        "log replay refused an entry: the entity goes on from the state before \
+                         it, and the rest of the log is dropped"
                     );
                     self.cell.saved().log.truncate(at);
                     must_checkpoint = true;

@@ -35,25 +35,10 @@ pub fn child(store: &str) {
         .ok()
         .and_then(|listen| listen.parse().ok())
         .expect("the listen address");
-    let mut args = ServeArgs {
-        listen,
-        room_size: 8,
-        key: KEY.to_owned(),
-        match_seconds: 600,
-        data_dir: PathBuf::new(),
-        store: None,
-        store_namespace: String::new(),
-        memory_only: false,
-        metrics: None,
-        cause_summary_secs: 60,
-        overload: "none".to_owned(),
-        breaker_base_qps: 30_000.0,
-        ws_listen: None,
-        web: None,
-        web_js: PathBuf::new(),
-        dev_tickets: false,
-        spectators_per_room: garrison_battle::run::DEFAULT_SPECTATORS_PER_ROOM,
-    };
+    let mut args = ServeArgs::new(listen);
+    args.key = KEY.to_owned();
+    args.match_seconds = 600;
+    args.overload = "none".to_owned();
     match store.split_once(':') {
         Some(("redb", dir)) => args.data_dir = PathBuf::from(dir),
         Some(("redis", rest)) => {

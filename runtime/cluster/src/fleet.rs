@@ -189,6 +189,159 @@ pub enum ActivationEvent {
     },
 }
 
+impl std::fmt::Display for ActivationRecord {
+    /// One line: `node kind key shard token activated AT` or `node kind key shard token HOW
+    /// LAST_HANDLED` (milliseconds since the Unix epoch; `HOW` is `handed_off`, `released` or
+    /// `lapsed`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (what, at) = match self.event {
+            ActivationEvent::Activated { at_unix_ms } => ("activated", at_unix_ms),
+            ActivationEvent::Departed {
+                how,
+                last_handled_unix_ms,
+            } => (how.as_str(), last_handled_unix_ms),
+        };
+        write!(
+            f,
+            "{} {} {} {} {} {what} {at}",
+            self.node, self.kind, self.key, self.shard, self.token
+        )
+    }
+}
+
+impl ActivationRecord {
+    /// Reads a line written by [`ActivationRecord`]'s `Display`. The kind is given back as
+    /// `kinds` names it (the log names kinds by their `KIND`).
+    ///
+    /// # Errors
+    /// What is wrong with the line.
+    pub fn parse(line: &str, kinds: &[&'static str]) -> Result<ActivationRecord, String> {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [node, kind, key, shard, token, what, at] = fields[..] else {
+            return Err(format!("not an activation record: {line:?}"));
+        };
+        let kind = kinds
+            .iter()
+            .copied()
+            .find(|known| *known == kind)
+            .ok_or_else(|| format!("unknown kind {kind:?} in {line:?}"))?;
+        let number = |field: &str| {
+            field
+                .parse::<u64>()
+                .map_err(|error| format!("{field:?} in {line:?}: {error}"))
+        };
+        let at = number(at)?;
+        let how = match what {
+            "activated" => None,
+            "handed_off" => Some(DepartureKind::HandedOff),
+            "released" => Some(DepartureKind::Released),
+            "lapsed" => Some(DepartureKind::Lapsed),
+            other => return Err(format!("unknown event {other:?} in {line:?}")),
+        };
+        Ok(ActivationRecord {
+            node: node.to_owned(),
+            kind,
+            key: key.to_owned(),
+            shard: u16::try_from(number(shard)?).map_err(|error| error.to_string())?,
+            token: number(token)?,
+            event: match how {
+                None => ActivationEvent::Activated { at_unix_ms: at },
+                Some(how) => ActivationEvent::Departed {
+                    how,
+                    last_handled_unix_ms: at,
+                },
+            },
+        })
+    }
+}
+
+/// What [`check_activations`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ActivationCheck {
+    /// Entities that ran on more than one node (they moved).
+    pub moved: usize,
+    /// Runs checked (an activation and its departure, or its node's end).
+    pub runs: usize,
+}
+
+/// Checks that no entity ran on two nodes at once, from the activation logs of a fleet's
+/// nodes: per entity, each node's runs (from an activation to the last message its departure
+/// reports; a run without a departure lasts until `ended[node]`, the instant that node died,
+/// or for ever) must not overlap another node's, and a later run on another node must hold a
+/// higher fencing token.
+///
+/// # Errors
+/// The first overlap found, described.
+pub fn check_activations(
+    records: &[ActivationRecord],
+    ended: &HashMap<String, u64>,
+) -> Result<ActivationCheck, String> {
+    type Run<'a> = (u64, u64, &'a str, u64);
+    let mut runs: BTreeMap<(&str, &str), Vec<Run<'_>>> = BTreeMap::new();
+    let mut open: HashMap<(&str, &str, &str), (u64, u64)> = HashMap::new();
+    let mut sorted: Vec<&ActivationRecord> = records.iter().collect();
+    sorted.sort_by_key(|record| match record.event {
+        ActivationEvent::Activated { at_unix_ms } => at_unix_ms,
+        ActivationEvent::Departed {
+            last_handled_unix_ms,
+            ..
+        } => last_handled_unix_ms,
+    });
+    for record in sorted {
+        let at = (record.node.as_str(), record.kind, record.key.as_str());
+        match record.event {
+            ActivationEvent::Activated { at_unix_ms } => {
+                open.insert(at, (at_unix_ms, record.token));
+            }
+            ActivationEvent::Departed {
+                last_handled_unix_ms,
+                ..
+            } => {
+                if let Some((from, token)) = open.remove(&at) {
+                    runs.entry((at.1, at.2)).or_default().push((
+                        from,
+                        last_handled_unix_ms,
+                        at.0,
+                        token,
+                    ));
+                }
+            }
+        }
+    }
+    for ((node, kind, key), (from, token)) in open {
+        let until = ended.get(node).copied().unwrap_or(u64::MAX);
+        runs.entry((kind, key))
+            .or_default()
+            .push((from, until, node, token));
+    }
+    let mut check = ActivationCheck::default();
+    for ((kind, key), mut spans) in runs {
+        spans.sort();
+        check.runs += spans.len();
+        let nodes: BTreeSet<&str> = spans.iter().map(|span| span.2).collect();
+        check.moved += usize::from(nodes.len() > 1);
+        for pair in spans.windows(2) {
+            let (first, second) = (pair[0], pair[1]);
+            if first.2 == second.2 {
+                continue;
+            }
+            if first.1 > second.0 {
+                return Err(format!(
+                    "{kind} {key} ran on {} (token {}, until {}) and on {} (token {}, from {}) at once",
+                    first.2, first.3, first.1, second.2, second.3, second.0
+                ));
+            }
+            if second.3 <= first.3 {
+                return Err(format!(
+                    "{kind} {key}: its run on {} holds token {}, not above {}'s {}",
+                    second.2, second.3, first.2, first.3
+                ));
+            }
+        }
+    }
+    Ok(check)
+}
+
 type LogSink = dyn Fn(ActivationRecord) + Send + Sync;
 
 #[derive(Default)]
@@ -206,6 +359,8 @@ struct Counters {
     waits_expired: AtomicU64,
     /// The last hand-off's duration, from the table change to the `HandedOff` sent, in µs.
     last_handoff_us: AtomicU64,
+    /// Hand-offs under way.
+    handing: AtomicU64,
 }
 
 /// What a node's [`Kinds`] did with its shards.
@@ -237,6 +392,8 @@ pub struct KindsStats {
     pub last_handoff: Duration,
     /// Shards waiting for a hand-off now.
     pub incoming: usize,
+    /// Hand-offs this node is doing now (its entities on the way out).
+    pub handing: u64,
 }
 
 struct Inner {
@@ -518,7 +675,8 @@ impl Kinds {
 
     /// Serves `entities` by node rather than by shard: its entities live where their player's
     /// session is (the node the player connected to), reached from other nodes with
-    /// [`Node::send_to`] naming that node; no shard, token or hand-off applies to them.
+    /// [`Node::send_to`] naming that node; no shard, token or hand-off applies to them, but the
+    /// node's [`Lease`] does.
     pub fn serve_here<E, M>(
         &self,
         entities: Entities<E>,
@@ -528,6 +686,10 @@ impl Kinds {
         E::Key: FromStr,
         M: Message,
     {
+        // A node whose lease lapsed acts for its players no more either: they went to other
+        // nodes, and what its stale sessions would do for them (leave their rooms) must not
+        // happen.
+        entities.lease(self.inner.lease.clone());
         let deliver = move |key: &[u8], payload: &[u8]| deliver_to(&entities, &wrap, key, payload);
         self.inner
             .kinds
@@ -568,6 +730,7 @@ impl Kinds {
             undeliverable: get(&c.undeliverable),
             waits_expired: get(&c.waits_expired),
             last_handoff: Duration::from_micros(get(&c.last_handoff_us)),
+            handing: get(&c.handing),
             incoming: self
                 .inner
                 .acting
@@ -984,6 +1147,8 @@ impl Kinds {
             .collect();
         let inner = Arc::downgrade(&self.inner);
         let me = node.to_owned();
+        // Counted from the table change, so whoever sees the table moved sees it under way.
+        self.inner.counters.handing.fetch_add(1, Ordering::SeqCst);
         runtime.spawn(async move {
             let mut total = HandOffReport::default();
             for hand_off in handing {
@@ -1020,6 +1185,7 @@ impl Kinds {
                     .fetch_add(total.unconfirmed as u64, Ordering::Relaxed);
                 c.last_handoff_us
                     .store(took.as_micros() as u64, Ordering::Relaxed);
+                c.handing.fetch_sub(1, Ordering::SeqCst);
             }
             tracing::info!(
                 node = %me,
@@ -1137,4 +1303,77 @@ fn encode<M: Message>(message: &M, trace: Option<TraceContext>) -> Result<Frame,
         },
     )
     .map_err(|error| SendError::Encode(error.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(node: &str, key: &str, token: u64, event: ActivationEvent) -> ActivationRecord {
+        ActivationRecord {
+            node: node.to_owned(),
+            kind: "room",
+            key: key.to_owned(),
+            shard: 7,
+            token,
+            event,
+        }
+    }
+
+    fn activated(at_unix_ms: u64) -> ActivationEvent {
+        ActivationEvent::Activated { at_unix_ms }
+    }
+
+    fn left(how: DepartureKind, last_handled_unix_ms: u64) -> ActivationEvent {
+        ActivationEvent::Departed {
+            how,
+            last_handled_unix_ms,
+        }
+    }
+
+    #[test]
+    fn a_record_reads_back_from_its_line_and_a_bad_line_is_an_error() {
+        for event in [activated(5), left(DepartureKind::Lapsed, 9)] {
+            let written = record("node-a", "12", 3, event);
+            let line = written.to_string();
+            assert_eq!(ActivationRecord::parse(&line, &["room"]), Ok(written));
+        }
+        assert!(ActivationRecord::parse("node-a room 12 7 3 activated", &["room"]).is_err());
+        assert!(ActivationRecord::parse("node-a tally 12 7 3 activated 5", &["room"]).is_err());
+        assert!(ActivationRecord::parse("node-a room 12 7 3 vanished 5", &["room"]).is_err());
+        assert!(ActivationRecord::parse("node-a room 12 99999 3 activated 5", &["room"]).is_err());
+    }
+
+    #[test]
+    fn runs_on_two_nodes_must_not_overlap_and_the_later_holds_the_newer_token() {
+        let handed = [
+            record("a", "1", 3, activated(100)),
+            record("a", "1", 3, left(DepartureKind::HandedOff, 200)),
+            record("b", "1", 5, activated(210)),
+        ];
+        let check = check_activations(&handed, &HashMap::new()).unwrap();
+        assert_eq!((check.moved, check.runs), (1, 2));
+        // b activated while a still handled messages.
+        let overlapping = [
+            record("a", "1", 3, activated(100)),
+            record("a", "1", 3, left(DepartureKind::Lapsed, 300)),
+            record("b", "1", 5, activated(210)),
+        ];
+        assert!(check_activations(&overlapping, &HashMap::new()).is_err());
+        // A node killed at 150 left no departure: its run ends there.
+        let killed = [
+            record("a", "1", 3, activated(100)),
+            record("b", "1", 5, activated(210)),
+        ];
+        let ended = HashMap::from([("a".to_owned(), 150)]);
+        assert!(check_activations(&killed, &ended).is_ok());
+        assert!(check_activations(&killed, &HashMap::new()).is_err());
+        // The later run with an older token.
+        let stale = [
+            record("a", "1", 5, activated(100)),
+            record("a", "1", 5, left(DepartureKind::Released, 150)),
+            record("b", "1", 3, activated(210)),
+        ];
+        assert!(check_activations(&stale, &HashMap::new()).is_err());
+    }
 }

@@ -1032,7 +1032,7 @@ impl Node {
     }
 
     /// Stops the router and the node server; peers see the session close.
-    pub async fn stop(self) {
+    pub async fn stop(&self) {
         let _ = self
             .router
             .stop_and_wait(None, Some(Duration::from_secs(5)))

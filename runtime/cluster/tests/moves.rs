@@ -21,7 +21,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use garrison_cluster::etcd::{Fleet, FleetConfig, NodeInfo, Standing};
-use garrison_cluster::fleet::{ActivationEvent, ActivationRecord, Kinds, Serving, Sharded};
+use garrison_cluster::fleet::{
+    ActivationEvent, ActivationRecord, Kinds, Serving, Sharded, check_activations,
+};
 use garrison_cluster::member::{self, Member};
 use garrison_cluster::node::{DeadLetter, Node, NodeConfig, Route};
 use garrison_cluster::{Table, shard_of};
@@ -342,125 +344,17 @@ fn peer_log(b: &mut Peer) -> Vec<ActivationRecord> {
         if line == "-end" {
             return records;
         }
-        records.push(parse_record(line.trim()));
+        records.push(ActivationRecord::parse(line.trim(), &["counter"]).expect("a record"));
     }
 }
 
-fn print_record(record: &ActivationRecord) -> String {
-    match record.event {
-        ActivationEvent::Activated { at_unix_ms } => format!(
-            "{} {} {} {} {} activated {at_unix_ms}",
-            record.node, record.kind, record.key, record.shard, record.token
-        ),
-        ActivationEvent::Departed {
-            how,
-            last_handled_unix_ms,
-        } => format!(
-            "{} {} {} {} {} {} {last_handled_unix_ms}",
-            record.node,
-            record.kind,
-            record.key,
-            record.shard,
-            record.token,
-            how.as_str()
-        ),
-    }
-}
-
-fn parse_record(line: &str) -> ActivationRecord {
-    let fields: Vec<&str> = line.split(' ').collect();
-    let number = |at: usize| fields[at].parse::<u64>().expect("a number");
-    let event = match fields[5] {
-        "activated" => ActivationEvent::Activated {
-            at_unix_ms: number(6),
-        },
-        how => ActivationEvent::Departed {
-            how: match how {
-                "handed_off" => garrison_runtime::DepartureKind::HandedOff,
-                "released" => garrison_runtime::DepartureKind::Released,
-                "lapsed" => garrison_runtime::DepartureKind::Lapsed,
-                other => panic!("departure {other}"),
-            },
-            last_handled_unix_ms: number(6),
-        },
-    };
-    ActivationRecord {
-        node: fields[0].to_owned(),
-        kind: "counter",
-        key: fields[2].to_owned(),
-        shard: number(3) as u16,
-        token: number(4),
-        event,
-    }
-}
-
-/// No counter ran on two nodes at once: per key, each node's runs (from an activation to
-/// the last message its departure reports; a run with no departure lasts to `end`, the
-/// instant its node died or the end of the test) do not overlap another node's. Returns how
-/// many keys ran on both nodes.
+/// No counter ran on two nodes at once (see `fleet::check_activations`); returns how many
+/// ran on both.
 fn no_key_ran_twice(records: &[ActivationRecord], end: &HashMap<String, u64>) -> usize {
-    let mut runs: BTreeMap<&str, Vec<(u64, u64, &str, u64)>> = BTreeMap::new();
-    let mut open: HashMap<(&str, &str), (u64, u64)> = HashMap::new();
-    let mut sorted: Vec<&ActivationRecord> = records.iter().collect();
-    sorted.sort_by_key(|record| match record.event {
-        ActivationEvent::Activated { at_unix_ms } => at_unix_ms,
-        ActivationEvent::Departed {
-            last_handled_unix_ms,
-            ..
-        } => last_handled_unix_ms,
-    });
-    for record in sorted {
-        let at = (record.node.as_str(), record.key.as_str());
-        match record.event {
-            ActivationEvent::Activated { at_unix_ms } => {
-                open.insert(at, (at_unix_ms, record.token));
-            }
-            ActivationEvent::Departed {
-                last_handled_unix_ms,
-                ..
-            } => {
-                if let Some((from, token)) = open.remove(&at) {
-                    runs.entry(at.1)
-                        .or_default()
-                        .push((from, last_handled_unix_ms, at.0, token));
-                }
-            }
-        }
+    match check_activations(records, end) {
+        Ok(check) => check.moved,
+        Err(overlap) => panic!("{overlap}"),
     }
-    for ((node, key), (from, token)) in open {
-        let until = end.get(node).copied().unwrap_or(u64::MAX);
-        runs.entry(key)
-            .or_default()
-            .push((from, until, node, token));
-    }
-    let mut both = 0;
-    for (key, mut spans) in runs {
-        spans.sort();
-        let nodes: std::collections::BTreeSet<&str> = spans.iter().map(|span| span.2).collect();
-        both += usize::from(nodes.len() > 1);
-        for pair in spans.windows(2) {
-            let (first, second) = (pair[0], pair[1]);
-            if first.2 != second.2 {
-                assert!(
-                    first.1 <= second.0,
-                    "counter {key} ran on {} (token {}, until {}) and {} (token {}, from {}) at once",
-                    first.2,
-                    first.3,
-                    first.1,
-                    second.2,
-                    second.3,
-                    second.0
-                );
-                assert!(
-                    second.3 > first.3,
-                    "counter {key}: the later run's token {} is not above {}",
-                    second.3,
-                    first.3
-                );
-            }
-        }
-    }
-    both
 }
 
 fn spawn_b(etcd: &str, redis: &str, ns: &str, durability: &str, a: &str, b: &str) -> Peer {
@@ -847,7 +741,7 @@ fn peer_process() {
                 }
                 "log" => {
                     for record in b.log.lock().unwrap().iter() {
-                        println!("@@ log {}", print_record(record));
+                        println!("@@ log {record}");
                     }
                     println!("@@ log-end");
                 }

@@ -895,9 +895,16 @@ pub async fn play(
                 match (outcome, bot.options.server_restarts) {
                     (Ok(true), _) => return Ok(bot.report),
                     (Ok(false), _) => {}
-                    (Err(BotError::Closed { code: MOVED, .. }), _) if bot.redirect.is_some() => {
+                    (Err(BotError::Closed { code: MOVED, .. }), window) if bot.redirect.is_some() => {
                         let to = bot.redirect.take().expect("checked");
-                        connection = follow_redirect(&mut bot, &connection, to).await?;
+                        connection = match (follow_redirect(&mut bot, &connection, to).await, window) {
+                            (Ok(connection), _) => connection,
+                            // Sent to a node that went away meanwhile: any other will do.
+                            (Err(error), Some(window)) if error.server_gone() => {
+                                come_back(&mut bot, &connection, window, deadline).await?
+                            }
+                            (Err(error), _) => return Err(error),
+                        };
                     }
                     (Err(error), Some(window)) if error.server_gone() => {
                         connection = come_back(&mut bot, &connection, window, deadline).await?;

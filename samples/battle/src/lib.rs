@@ -22,6 +22,8 @@
 //! ```
 
 pub mod bots;
+#[cfg(feature = "fleet")]
+pub mod fleet;
 pub mod lockstep;
 pub mod matchmaker;
 pub mod packed;

@@ -15,7 +15,12 @@ use std::{
 pub struct ServerProcess {
     child: Child,
     address: SocketAddr,
+    /// Its stdout's lines after `listening on`, the last [`KEPT_LINES`] of them.
+    lines: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
 }
+
+/// How many of a server's latest stdout lines are kept ([`ServerProcess::last_line`]).
+const KEPT_LINES: usize = 256;
 
 impl ServerProcess {
     /// Runs `command` (its stdout piped here) and waits for its `listening on ADDRESS` line.
@@ -49,9 +54,54 @@ impl ServerProcess {
                 }
             }
         };
-        // The rest of its stdout is drained so it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Ok(ServerProcess { child, address })
+        // The rest of its stdout is drained so it never blocks on a full pipe; the latest lines
+        // are kept for whoever asks what it said.
+        let kept = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+        let keeping = kept.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let mut kept = keeping
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if kept.len() == KEPT_LINES {
+                    kept.pop_front();
+                }
+                kept.push_back(line);
+            }
+        });
+        Ok(ServerProcess {
+            child,
+            address,
+            lines: kept,
+        })
+    }
+
+    /// The latest line it printed that starts with `prefix`, among its last 256.
+    pub fn last_line(&self, prefix: &str) -> Option<String> {
+        self.output().last_line(prefix)
+    }
+
+    /// What it prints, readable after it exited too.
+    pub fn output(&self) -> Output {
+        Output(self.lines.clone())
+    }
+
+    /// Sends it signal `name` (`STOP`, `CONT`) by its pid.
+    ///
+    /// # Errors
+    /// When `kill` fails.
+    pub fn signal(&self, name: &str) -> Result<(), String> {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(&pid)
+            .status()
+            .map_err(|error| error.to_string())?;
+        if sent.success() {
+            Ok(())
+        } else {
+            Err(format!("kill -{name} {pid} failed"))
+        }
     }
 
     /// Where it listens.
@@ -105,6 +155,23 @@ impl ServerProcess {
             // Polling a child's exit with a deadline: there is no event to wait on.
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+}
+
+/// A server's latest stdout lines ([`ServerProcess::output`]).
+#[derive(Debug, Clone)]
+pub struct Output(std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>);
+
+impl Output {
+    /// The latest line that starts with `prefix`, among the last 256.
+    pub fn last_line(&self, prefix: &str) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .rev()
+            .find(|line| line.starts_with(prefix))
+            .cloned()
     }
 }
 

@@ -59,6 +59,12 @@ pub struct Summary {
     pub reconnects: u32,
     /// Of those, the ones resynchronized from a snapshot.
     pub resyncs: u32,
+    /// Redirects the bots followed to their rooms' nodes (a fleet).
+    pub redirects: u32,
+    /// Times a bot came back on another node after its server went away (a fleet).
+    pub failovers: u32,
+    /// Times a bot came back after its server went away, on the same node or another.
+    pub server_restarts: u32,
     /// Matches that ended while the bots played.
     pub matches_ended: u32,
     /// Match results the bots verified against their own mirrors.
@@ -148,6 +154,9 @@ impl Summary {
             mismatched: sum(|report| report.mismatched),
             reconnects: sum(|report| report.reconnects),
             resyncs: sum(|report| report.resyncs),
+            redirects: ok.iter().map(|report| report.redirects).sum(),
+            failovers: ok.iter().map(|report| report.failovers).sum(),
+            server_restarts: ok.iter().map(|report| report.server_restarts).sum(),
             // Every bot, matched now or not: a bot between matches has results too.
             matches_ended: ok.iter().map(|report| report.matches_ended).sum(),
             results_verified: ok.iter().map(|report| report.results_verified).sum(),
@@ -205,7 +214,7 @@ impl Summary {
              inputs executed as sent {}  replaced (late) {}  mismatched {}\n\
              frame deviation {} (behind at the end {})  desyncs {}  (checksums verified {}, frame deltas differing {})\n\
              reconnects {} (resynced from a snapshot {})  room restarts {}  process CPU {}{}\n\
-             matches ended {} (results verified {}, differing {})",
+             matches ended {} (results verified {}, differing {}){}",
             self.clients,
             self.rooms,
             self.frames,
@@ -234,6 +243,14 @@ impl Summary {
             self.matches_ended,
             self.results_verified,
             self.result_mismatches,
+            if self.redirects + self.server_restarts > 0 {
+                format!(
+                    "\nredirects followed {}  servers gone and come back to {} (on another node {})",
+                    self.redirects, self.server_restarts, self.failovers
+                )
+            } else {
+                String::new()
+            },
         )
     }
 
@@ -260,6 +277,9 @@ impl Summary {
             "mismatched": self.mismatched,
             "reconnects": self.reconnects,
             "resyncs": self.resyncs,
+            "redirects": self.redirects,
+            "failovers": self.failovers,
+            "server_restarts": self.server_restarts,
             "restarts": self.restarts,
             "cpu_seconds": self.cpu_seconds,
             "server_cpu_seconds": self.server_cpu_seconds,

@@ -215,6 +215,40 @@ pub struct ServeArgs {
     /// Spectators a room takes (a client's `Watch` beyond is refused as busy; 0: none).
     #[arg(long, default_value_t = DEFAULT_SPECTATORS_PER_ROOM)]
     pub spectators_per_room: usize,
+    /// Run as a node of a fleet: `etcd=http://127.0.0.1:2379` (comma-separated URLs). Needs a
+    /// build with the `fleet` feature and `--store redis://...`, the store every node shares.
+    #[arg(long, requires = "store")]
+    pub cluster: Option<String>,
+    /// This node's id in its fleet (by default `node-PORT`, after the `--listen` port).
+    #[arg(long)]
+    pub node_id: Option<String>,
+    /// Where the fleet's other nodes reach this one (ractor_cluster; port 0: any free one).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub peer_listen: SocketAddr,
+    /// The fleet's name: the prefix of its keys in etcd.
+    #[arg(long, default_value = "battle")]
+    pub fleet_name: String,
+    /// The secret every node of the fleet shares.
+    #[arg(long, env = "GARRISON_FLEET_COOKIE", default_value = DEMO_KEY)]
+    pub fleet_cookie: String,
+    /// Append this node's activation log (a room or the matchmaker activated or left here) to
+    /// this file.
+    #[arg(long)]
+    pub activation_log: Option<PathBuf>,
+    /// Seconds a node of a fleet keeps its shards after it stops answering etcd (its lease).
+    #[arg(long, default_value_t = 3)]
+    pub lease_seconds: u64,
+}
+
+impl ServeArgs {
+    /// The settings of a `serve` with nothing but `listen` and `store` given (a test's child).
+    pub fn new(listen: SocketAddr) -> Self {
+        use clap::FromArgMatches;
+        let matches = <ServeArgs as clap::Args>::augment_args(clap::Command::new("serve"))
+            .no_binary_name(true)
+            .get_matches_from(["--listen", &listen.to_string()]);
+        ServeArgs::from_arg_matches(&matches).expect("the defaults parse")
+    }
 }
 
 /// Spectators a room takes by default.
@@ -247,7 +281,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
             Some(Arc::new(store) as garrison_runtime::store::Store)
         }
     };
-    let server = BattleServer::start(config).await?;
+    let server = match &args.cluster {
+        None => BattleServer::start(config).await?,
+        Some(cluster) => start_node(config, &args, cluster).await?,
+    };
     let address = server.gateway.tcp_addr().ok_or("no TCP listener")?;
     let endpoint = match args.metrics {
         Some(at) => {
@@ -290,6 +327,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
     let mut summarized = 0;
     let stopping = stop_signal();
     tokio::pin!(stopping);
+    let mut status = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             stopped = &mut stopping => {
@@ -297,6 +335,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
                 break;
             }
             _ = summaries.tick() => summarized = summarize_causes(&server, summarized),
+            // A fleet's node says what it holds every second (the `cluster` demo reads it).
+            _ = status.tick(), if args.cluster.is_some() => print_node_status(&server),
         }
     }
     if let Some(endpoint) = &endpoint {
@@ -317,6 +357,76 @@ pub async fn serve(args: ServeArgs) -> Result<(), Error> {
     } else {
         Err("stopped, but the store did not take every checkpoint".into())
     }
+}
+
+/// Starts `serve`'s server as a node of the fleet `--cluster` names.
+#[cfg(feature = "fleet")]
+async fn start_node(
+    config: ServerConfig,
+    args: &ServeArgs,
+    cluster: &str,
+) -> Result<BattleServer, Error> {
+    let etcd: Vec<String> = cluster
+        .strip_prefix("etcd=")
+        .ok_or("--cluster takes etcd=URL[,URL...]")?
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    let node_id = args
+        .node_id
+        .clone()
+        .unwrap_or_else(|| format!("node-{}", args.listen.port()));
+    let settings = crate::fleet::FleetSettings {
+        etcd,
+        namespace: args.fleet_name.clone(),
+        node_id: node_id.clone(),
+        peer_listen: args.peer_listen,
+        advertise: None,
+        cookie: args.fleet_cookie.clone(),
+        activation_log: args.activation_log.clone(),
+        lease_ttl: Duration::from_secs(args.lease_seconds.max(1)),
+    };
+    let server = BattleServer::start_in_fleet(config, settings).await?;
+    eprintln!(
+        "node {node_id} of fleet {} on etcd {cluster}",
+        args.fleet_name
+    );
+    Ok(server)
+}
+
+#[cfg(not(feature = "fleet"))]
+async fn start_node(_: ServerConfig, _: &ServeArgs, _: &str) -> Result<BattleServer, Error> {
+    Err("this garrison-battle was built without the fleet: build it with `--features fleet`".into())
+}
+
+/// One line of what a fleet's node holds (`fleet node=ID shards=N rooms=N ...`).
+fn print_node_status(server: &BattleServer) {
+    #[cfg(feature = "fleet")]
+    if let Some(fleet) = server.fleet() {
+        let report = fleet.report();
+        let census = server.census();
+        println!(
+            "fleet node={} shards={} rooms={} players={} sessions={} handoffs={} handed_off={} \
+             last_handoff_us={} arrivals={} recovered={} released={} buffered={} forwarded={} \
+             received={}",
+            fleet.id(),
+            report.shards,
+            census.rooms,
+            census.players,
+            census.sessions,
+            report.kinds.handoffs,
+            report.kinds.handed_off,
+            report.kinds.last_handoff.as_micros(),
+            report.kinds.arrivals,
+            report.kinds.recovered,
+            report.kinds.released,
+            report.kinds.buffered,
+            report.forwarded,
+            report.received,
+        );
+    }
+    #[cfg(not(feature = "fleet"))]
+    let _ = server;
 }
 
 /// The protection `--overload` names (`none` for anything else).

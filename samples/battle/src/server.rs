@@ -80,6 +80,26 @@ pub enum Protection {
     Breaker(garrison_runtime::overload::BreakerConfig),
 }
 
+/// What a fleet's node prepared before its modules are served (feature `fleet`).
+#[cfg(feature = "fleet")]
+type Prepared = crate::fleet::Prepared;
+#[cfg(not(feature = "fleet"))]
+type Prepared = std::convert::Infallible;
+
+/// A fleet to join (feature `fleet`: [`crate::fleet::FleetSettings`]); without the feature
+/// there is none.
+#[cfg(feature = "fleet")]
+pub type Joining = crate::fleet::FleetSettings;
+/// A fleet to join (feature `fleet`); without the feature there is none.
+#[cfg(not(feature = "fleet"))]
+pub type Joining = std::convert::Infallible;
+
+/// The node's place in its fleet, when it has one.
+#[cfg(feature = "fleet")]
+type Membership = crate::fleet::Running;
+#[cfg(not(feature = "fleet"))]
+type Membership = std::convert::Infallible;
+
 /// The protection a running server applies.
 #[derive(Debug, Clone)]
 enum Guard {
@@ -178,6 +198,7 @@ pub struct BattleServer {
     playing: Arc<DashMap<u64, ()>>,
     spectators: Arc<Spectators>,
     guard: Guard,
+    fleet: Option<Membership>,
 }
 
 impl BattleServer {
@@ -188,6 +209,27 @@ impl BattleServer {
     /// [`MAX_ROOM_SIZE`] players (or none).
     pub async fn start(
         config: ServerConfig,
+    ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        BattleServer::start_with(config, None).await
+    }
+
+    /// Starts the tree and the gateway as one node of a fleet (see [`crate::fleet`]): rooms and
+    /// the matchmaker on the shards this node owns, players where their sessions are.
+    ///
+    /// # Errors
+    /// As [`BattleServer::start`]; also when the configuration has no store (a fleet keeps its
+    /// state in one store every node reaches), or the fleet cannot be joined.
+    #[cfg(feature = "fleet")]
+    pub async fn start_in_fleet(
+        config: ServerConfig,
+        fleet: Joining,
+    ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        BattleServer::start_with(config, Some(fleet)).await
+    }
+
+    async fn start_with(
+        config: ServerConfig,
+        joining: Option<Joining>,
     ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         if !(1..=MAX_ROOM_SIZE).contains(&config.room_size) {
             return Err(format!(
@@ -208,10 +250,21 @@ impl BattleServer {
             Some(store) => Durability::write_behind(store.clone()),
             None => Durability::Memory,
         };
+        // In a fleet another node may pick a player or the matchmaker up at any moment: their
+        // state is in the store before their next message (a join a minute, a seat a match).
+        let handed_over = match (&config.store, &joining) {
+            (Some(store), Some(_)) => Durability::write_through(store.clone()),
+            (None, Some(_)) => {
+                return Err(
+                    "a fleet keeps its state in a store every node reaches: give one".into(),
+                );
+            }
+            (_, None) => durability.clone(),
+        };
         let players = Entities::<Player>::declare(KindConfig {
             checkpoint: Checkpoint::OnDemand,
             zone: zone.clone(),
-            durability: durability.clone(),
+            durability: handed_over.clone(),
             ..KindConfig::default()
         })?;
         let matchmakers = Entities::<Matchmaker>::declare(KindConfig {
@@ -221,7 +274,7 @@ impl BattleServer {
             zone: zone.clone(),
             // Its queue and its last room id survive a restart on a store (a room id is never
             // handed out twice while rooms of an earlier run still play).
-            durability: durability.clone(),
+            durability: handed_over,
             ..KindConfig::default()
         })?;
         let rooms = Entities::<Room>::declare(KindConfig {
@@ -232,11 +285,24 @@ impl BattleServer {
             durability,
             ..KindConfig::default()
         })?;
-        let reach: Reaching = Arc::new(Local {
-            rooms: rooms.clone(),
-            matchmakers: matchmakers.clone(),
-            players: players.clone(),
-        });
+        let (reach, prepared): (Reaching, Option<Prepared>) = match joining {
+            None => (
+                Arc::new(Local {
+                    rooms: rooms.clone(),
+                    matchmakers: matchmakers.clone(),
+                    players: players.clone(),
+                }),
+                None,
+            ),
+            #[cfg(feature = "fleet")]
+            Some(settings) => {
+                let prepared =
+                    crate::fleet::prepare(settings, &players, &matchmakers, &rooms).await?;
+                (prepared.reach(), Some(prepared))
+            }
+            #[cfg(not(feature = "fleet"))]
+            Some(never) => match never {},
+        };
         let seated = Arc::new(DashMap::new());
         players.serve(Player {
             sessions: sessions.clone(),
@@ -311,6 +377,7 @@ impl BattleServer {
             }
         };
         let routing = guard.clone();
+        let following = reach.clone();
         let own = players.clone();
         let leaving = players.clone();
         let choosing = full_updates.clone();
@@ -328,13 +395,36 @@ impl BattleServer {
                 match message {
                     // The hot path: straight to the room the session is bound to, stamped with
                     // the seat its binding carries.
-                    ClientMessage::Input(input) => session
-                        .send_with::<Room, Seat>(|_, seat| RoomMsg::Input {
-                            slot: seat.slot,
-                            frame: input.frame.to_native(),
-                            buttons: input.buttons,
-                        })
-                        .map_err(|refused| refused.reason),
+                    ClientMessage::Input(input) => {
+                        let mut seat_of = None;
+                        let sent = session.send_with::<Room, Seat>(|_, seat| {
+                            seat_of = Some(*seat);
+                            RoomMsg::Input {
+                                slot: seat.slot,
+                                frame: input.frame.to_native(),
+                                buttons: input.buttons,
+                            }
+                        });
+                        match (sent, seat_of) {
+                            (Ok(()), _) => Ok(()),
+                            // Its room left this node (a fleet moved it): the input follows it,
+                            // as its player is about to.
+                            (Err(refused), Some(seat))
+                                if matches!(
+                                    refused.reason,
+                                    garrison_runtime::Refusal::NotOwned { .. }
+                                ) =>
+                            {
+                                let input = RoomMsg::Input {
+                                    slot: seat.slot,
+                                    frame: input.frame.to_native(),
+                                    buttons: input.buttons,
+                                };
+                                following.room(seat.room, input).map_err(|_| refused.reason)
+                            }
+                            (Err(refused), _) => Err(refused.reason),
+                        }
+                    }
                     ClientMessage::Join(join) => {
                         choose(&choosing, session.player(), &join.updates);
                         session
@@ -375,12 +465,26 @@ impl BattleServer {
         .requires(&matchmakers)
         .requires(&rooms)
         .start()?;
-        // The matches a previous run of the server left in the store play on from the frame
-        // they stopped on, whether or not their players come back.
-        let recovered = rooms.recover_stored().await?;
-        if recovered > 0 {
-            tracing::info!(rooms = recovered, "matches recovered from the store");
-        }
+        let fleet = match prepared {
+            // A fleet runs the stored rooms of the shards each node gains.
+            #[cfg(feature = "fleet")]
+            Some(prepared) => {
+                let address = gateway.tcp_addr().ok_or("a fleet's node listens on TCP")?;
+                Some(crate::fleet::join(prepared, address, seated, players.clone()).await?)
+            }
+            #[cfg(not(feature = "fleet"))]
+            Some(never) => match never {},
+            None => {
+                let _ = seated;
+                // The matches a previous run of the server left in the store play on from the
+                // frame they stopped on, whether or not their players come back.
+                let recovered = rooms.recover_stored().await?;
+                if recovered > 0 {
+                    tracing::info!(rooms = recovered, "matches recovered from the store");
+                }
+                None
+            }
+        };
         Ok(BattleServer {
             gateway,
             tree,
@@ -391,7 +495,14 @@ impl BattleServer {
             playing,
             spectators,
             guard,
+            fleet,
         })
+    }
+
+    /// The node's place in its fleet (`serve --cluster`), when it has one.
+    #[cfg(feature = "fleet")]
+    pub fn fleet(&self) -> Option<&crate::fleet::Running> {
+        self.fleet.as_ref()
     }
 
     /// Crashes every playing room once (fault injection): each restarts from its checkpoint.
@@ -423,6 +534,25 @@ impl BattleServer {
     /// checkpoint and log entry still waiting is written to the store (at most 10 s). Returns
     /// whether everything reached the store.
     pub async fn stop(self) -> bool {
+        // A node of a fleet hands its rooms over first: their players are redirected to the
+        // rooms' new nodes, and nothing of them is lost.
+        #[cfg(feature = "fleet")]
+        if let Some(fleet) = &self.fleet {
+            match fleet.drain(Duration::from_secs(10)).await {
+                Some(took) => {
+                    let report = fleet.report();
+                    println!(
+                        "drained node={} took_ms={} handoff_us={} handed_off={} forwarded={}",
+                        fleet.id(),
+                        took.as_millis(),
+                        report.kinds.last_handoff.as_micros(),
+                        report.kinds.handed_off,
+                        report.kinds.forwarded,
+                    );
+                }
+                None => tracing::warn!("the drain did not finish within 10 s"),
+            }
+        }
         self.gateway.shutdown().await;
         // No input arrives any more: the rooms handle (and log) the ones already queued before
         // the tree stops (whatever is still queued then is dead-lettered), at most 2 s.
@@ -433,6 +563,14 @@ impl BattleServer {
         let flushed = rooms && players;
         if !flushed {
             tracing::error!("the store did not take every checkpoint within 10 s before the stop");
+        }
+        #[cfg(feature = "fleet")]
+        if let Some(fleet) = self.fleet {
+            fleet.leave().await;
+        }
+        #[cfg(not(feature = "fleet"))]
+        if let Some(never) = self.fleet {
+            match never {}
         }
         flushed
     }
