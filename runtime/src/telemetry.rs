@@ -137,6 +137,20 @@ pub(crate) fn remote_parent(trace: &TraceContext) -> opentelemetry::Context {
     opentelemetry::Context::new().with_remote_span_context(span_context)
 }
 
+/// A span for work that arrived from another process with `trace` (a fleet's node receiving a
+/// message another node sent from inside a traced span): a child of that remote span, so what
+/// the work causes here joins the sender's trace. `Span::none()` without a trace context, or
+/// with one whose sampled flag is off. Enter it while handing the work on: an entity message
+/// sent inside it is handled in a child span.
+pub fn remote_span(name: &'static str, trace: Option<&TraceContext>) -> tracing::Span {
+    let Some(trace) = trace.filter(|trace| trace.flags & 1 == 1) else {
+        return tracing::Span::none();
+    };
+    let span = tracing::info_span!("garrison.fleet.receive", otel.name = name);
+    let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, remote_parent(trace));
+    span
+}
+
 /// `garrison.sampled`: the field marking a root span Garrison's head sampling kept.
 pub const HEAD_SAMPLED: &str = "garrison.sampled";
 

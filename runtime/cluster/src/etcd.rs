@@ -62,10 +62,15 @@ pub struct FleetConfig {
     pub lease_ttl: Duration,
     /// Virtual shards (every node of a fleet must agree).
     pub shards: u16,
+    /// How long joining waits for a live node with the same id to go (the node's previous
+    /// process, killed: its lease expires within a TTL) before it refuses with
+    /// [`FleetError::DuplicateNode`].
+    pub join_wait: Duration,
 }
 
 impl FleetConfig {
-    /// A node `node` of fleet `namespace` on etcd at `endpoints`: 3 s leases, 1,024 shards.
+    /// A node `node` of fleet `namespace` on etcd at `endpoints`: 3 s leases, 1,024 shards, and
+    /// up to 6 s for a previous process of the node to be gone.
     pub fn new(endpoints: Vec<String>, namespace: impl Into<String>, node: NodeInfo) -> Self {
         FleetConfig {
             endpoints,
@@ -73,6 +78,7 @@ impl FleetConfig {
             node,
             lease_ttl: Duration::from_secs(3),
             shards: DEFAULT_SHARDS,
+            join_wait: Duration::from_secs(6),
         }
     }
 }
@@ -255,25 +261,35 @@ impl Fleet {
         let mut client = Client::connect(&config.endpoints, None).await?;
         let keys = Keys::new(&config.namespace, &config.node.id);
         let ttl = i64::try_from(config.lease_ttl.as_secs().max(1)).unwrap_or(i64::MAX);
-        let granted_at = Instant::now();
-        let lease = client.lease_grant(ttl, None).await?.id();
         let info = serde_json::to_vec(&config.node).expect("node info serializes");
-        // Registered only if no live node has the id.
-        let registered = client
-            .txn(
-                Txn::new()
-                    .when([Compare::version(keys.node.clone(), CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(
-                        keys.node.clone(),
-                        info,
-                        Some(PutOptions::new().with_lease(lease)),
-                    )]),
-            )
-            .await?;
-        if !registered.succeeded() {
+        // Registered only if no live node has the id; a previous process of this node (killed)
+        // holds it until its lease expires. Each try takes a fresh lease, so none runs out
+        // while it waits.
+        let giving_up = tokio::time::Instant::now() + config.join_wait;
+        let (lease, granted_at) = loop {
+            let granted_at = Instant::now();
+            let lease = client.lease_grant(ttl, None).await?.id();
+            let registered = client
+                .txn(
+                    Txn::new()
+                        .when([Compare::version(keys.node.clone(), CompareOp::Equal, 0)])
+                        .and_then([TxnOp::put(
+                            keys.node.clone(),
+                            info.clone(),
+                            Some(PutOptions::new().with_lease(lease)),
+                        )]),
+                )
+                .await?;
+            if registered.succeeded() {
+                break (lease, granted_at);
+            }
             let _ = client.lease_revoke(lease).await;
-            return Err(FleetError::DuplicateNode(config.node.id.clone()));
-        }
+            if tokio::time::Instant::now() >= giving_up {
+                return Err(FleetError::DuplicateNode(config.node.id.clone()));
+            }
+            // A back-off while the old lease runs out (no event tells when).
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         let (standing_tx, standing) = watch::channel(Standing::Member);
         let (table_tx, table) = watch::channel(Arc::new(Table::empty(config.shards)));
         let (coordinator_tx, coordinator) = watch::channel(false);

@@ -266,15 +266,15 @@ pub struct ActivationCheck {
 
 /// Checks that no entity ran on two nodes at once, from the activation logs of a fleet's
 /// nodes: per entity, each node's runs (from an activation to the last message its departure
-/// reports; a run without a departure lasts until `ended[node]`, the instant that node died,
-/// or for ever) must not overlap another node's, and a later run on another node must hold a
-/// higher fencing token.
+/// reports; a run without a departure lasts until the first instant in `deaths[node]` after it
+/// began, when that node was killed, or for ever) must not overlap another node's, and a later
+/// run on another node must hold a higher fencing token.
 ///
 /// # Errors
 /// The first overlap found, described.
 pub fn check_activations(
     records: &[ActivationRecord],
-    ended: &HashMap<String, u64>,
+    deaths: &HashMap<String, Vec<u64>>,
 ) -> Result<ActivationCheck, String> {
     type Run<'a> = (u64, u64, &'a str, u64);
     let mut runs: BTreeMap<(&str, &str), Vec<Run<'_>>> = BTreeMap::new();
@@ -309,7 +309,10 @@ pub fn check_activations(
         }
     }
     for ((node, kind, key), (from, token)) in open {
-        let until = ended.get(node).copied().unwrap_or(u64::MAX);
+        let until = deaths
+            .get(node)
+            .and_then(|deaths| deaths.iter().copied().filter(|at| *at >= from).min())
+            .unwrap_or(u64::MAX);
         runs.entry((kind, key))
             .or_default()
             .push((from, until, node, token));
@@ -484,6 +487,10 @@ where
         .map_err(|error| {
             InboxRefusal::Rejected(format!("not a valid {} for {}: {error}", M::NAME, E::KIND))
         })?;
+    // Sent from inside a traced span on its node: handled here in that trace.
+    let span =
+        garrison_runtime::telemetry::remote_span(M::NAME, message.frame().header().trace.as_ref());
+    let _entered = span.enter();
     entities
         .send(&key, wrap(message))
         .map_err(|refused| InboxRefusal::Rejected(refused.reason.to_string()))
@@ -1365,7 +1372,7 @@ mod tests {
             record("a", "1", 3, activated(100)),
             record("b", "1", 5, activated(210)),
         ];
-        let ended = HashMap::from([("a".to_owned(), 150)]);
+        let ended = HashMap::from([("a".to_owned(), vec![50, 150])]);
         assert!(check_activations(&killed, &ended).is_ok());
         assert!(check_activations(&killed, &HashMap::new()).is_err());
         // The later run with an older token.

@@ -206,20 +206,29 @@ async fn a_node_whose_lease_is_gone_owns_nothing_and_a_duplicate_is_refused() {
         all_see(&[&a, &b], &["a", "b"])
     })
     .await;
-    // A second node with a live id is refused.
-    let duplicate = Fleet::join(FleetConfig::new(
-        vec![endpoint.clone()],
-        &ns,
-        NodeInfo {
-            id: "a".into(),
-            address: "127.0.0.1:1".into(),
-            version: "test".into(),
-            peer: String::new(),
-            draining: false,
-        },
-    ))
+    // A second node with a live id is refused (after waiting a moment for it to go).
+    let info = |id: &str| NodeInfo {
+        id: id.into(),
+        address: "127.0.0.1:1".into(),
+        version: "test".into(),
+        peer: String::new(),
+        draining: false,
+    };
+    let duplicate = Fleet::join(FleetConfig {
+        join_wait: Duration::from_millis(300),
+        ..FleetConfig::new(vec![endpoint.clone()], &ns, info("a"))
+    })
     .await;
     assert!(matches!(duplicate, Err(FleetError::DuplicateNode(id)) if id == "a"));
+    // A node killed and started again takes its id back once its old lease expires.
+    let c = node(&endpoint, &ns, "c").await;
+    drop(c);
+    let restarted = Instant::now();
+    let c = Fleet::join(FleetConfig::new(vec![endpoint.clone()], &ns, info("c")))
+        .await
+        .expect("the restarted node joins once the old lease is gone");
+    assert!(restarted.elapsed() < Duration::from_secs(6));
+    c.leave().await.unwrap();
     assert!(!b.owned().is_empty());
     // b's lease goes (as if it had expired while b was paused): b finds out and owns nothing,
     // and a takes every shard.

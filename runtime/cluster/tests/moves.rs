@@ -350,7 +350,7 @@ fn peer_log(b: &mut Peer) -> Vec<ActivationRecord> {
 
 /// No counter ran on two nodes at once (see `fleet::check_activations`); returns how many
 /// ran on both.
-fn no_key_ran_twice(records: &[ActivationRecord], end: &HashMap<String, u64>) -> usize {
+fn no_key_ran_twice(records: &[ActivationRecord], end: &HashMap<String, Vec<u64>>) -> usize {
     match check_activations(records, end) {
         Ok(check) => check.moved,
         Err(overlap) => panic!("{overlap}"),
@@ -537,7 +537,10 @@ async fn a_killed_node_s_entities_run_on_from_the_store_once_its_lease_expires()
     }
     println!("  kill: {lost} adds b's fleet took and b had not handled were lost with it");
     let records = a.log.lock().unwrap().clone();
-    no_key_ran_twice(&records, &HashMap::from([(b_id.clone(), killed_unix)]));
+    no_key_ran_twice(
+        &records,
+        &HashMap::from([(b_id.clone(), vec![killed_unix])]),
+    );
     drop(a.member);
     a.fleet.leave().await.expect("a leaves");
     a.tree.stop().await.expect("the tree stops");

@@ -294,7 +294,7 @@ impl Bot {
                 connection.send(&Resume { frame, updates }).await?;
             }
             None => {
-                connection.send(&self.join()).await?;
+                self.send_join(&connection).await?;
             }
         }
         Ok(connection)
@@ -316,6 +316,26 @@ impl Bot {
             mode: 0,
             updates: self.options.updates,
         }
+    }
+
+    /// Sends its join, inside a `battle.bot.join` span whose trace context rides in the frame
+    /// when it traces (the matchmaking it causes, on whichever nodes, joins that trace).
+    async fn send_join(&self, connection: &Connection) -> Result<(), BotError> {
+        if !self.options.trace {
+            connection.send(&self.join()).await?;
+            return Ok(());
+        }
+        let span = tracing::info_span!(
+            "battle.bot.join",
+            game.session.id = self.player,
+            game.event.type = "join",
+        );
+        let trace = garrison_runtime::telemetry::trace_context(&span);
+        connection
+            .send_traced(&self.join(), trace)
+            .instrument(span)
+            .await?;
+        Ok(())
     }
 
     /// The bytes moved so far, over all its connections, into the report.
@@ -617,6 +637,12 @@ impl Bot {
                 let frame = resync.frame.to_native();
                 // A room restarted from its store can be behind what this bot simulated.
                 self.report.rewound += self.report.next_frame.saturating_sub(frame);
+                // The frames it runs again are new frames: what it saw of them before does not
+                // count against their new broadcast (frame deviation).
+                let room = self.report.room;
+                self.report
+                    .arrivals
+                    .retain(|arrival| arrival.room != room || arrival.frame < frame);
                 self.report.next_frame = frame;
                 self.pending.retain(|pending, _| *pending >= frame);
                 self.report.resyncs += 1;
@@ -784,7 +810,7 @@ async fn on_event(
         return Ok(true);
     }
     if std::mem::take(&mut bot.join_again) {
-        connection.send(&bot.join()).await?;
+        bot.send_join(connection).await?;
     }
     if let Some(pause) = bot.resume_again.take()
         && let Some(playing) = &bot.playing
@@ -803,7 +829,7 @@ async fn on_event(
         // as long as the server asked.
         let backoff = Duration::from_millis(10 * u64::from(bot.joins.min(20)));
         tokio::time::sleep(backoff.max(bot.retry_after.take().unwrap_or_default())).await;
-        connection.send(&bot.join()).await?;
+        bot.send_join(connection).await?;
     }
     Ok(false)
 }

@@ -460,6 +460,8 @@ pub async fn join(
     };
     let fleet = Fleet::join(FleetConfig {
         lease_ttl: settings.lease_ttl,
+        // A restarted node waits for its killed predecessor's lease to run out.
+        join_wait: settings.lease_ttl * 2,
         ..FleetConfig::new(settings.etcd.clone(), &settings.namespace, info)
     })
     .await?;
@@ -540,10 +542,20 @@ impl Running {
     }
 
     /// Hands every shard over to the other nodes (a planned stop): marks the node draining,
-    /// waits until it owns nothing and its hand-offs are done (at most `timeout`), and returns
-    /// how long that took. A fleet of one keeps its shards (the wait ends at `timeout`).
+    /// waits until it owns nothing, its hand-offs are done and its seated players are
+    /// redirected (at most `timeout`), and returns how long that took; `None` when it did not
+    /// finish in time, or there is no other node to take the shards.
     pub async fn drain(&self, timeout: Duration) -> Option<Duration> {
         let started = Instant::now();
+        let others = self
+            .fleet
+            .members()
+            .values()
+            .any(|info| info.id != self.node.id() && !info.draining);
+        if !others {
+            tracing::info!("no other node to hand the shards to: nothing to drain");
+            return None;
+        }
         if let Err(error) = self.fleet.drain().await {
             tracing::error!(%error, "the drain could not be announced");
             return None;

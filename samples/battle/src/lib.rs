@@ -23,6 +23,8 @@
 
 pub mod bots;
 #[cfg(feature = "fleet")]
+pub mod cluster;
+#[cfg(feature = "fleet")]
 pub mod fleet;
 pub mod lockstep;
 pub mod matchmaker;

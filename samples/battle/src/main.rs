@@ -6,6 +6,9 @@
 //! `serve`: the server alone, for `battle-bots --server`; matches are kept in a store (redb in
 //! `--data-dir`, or Redis with `--store`), so a restart resumes them.
 //!
+//! `cluster` (a build with `--features fleet`): three `serve --cluster` nodes on loopback with
+//! bots across them and a node drained or killed every few seconds.
+//!
 //! Traces go to an OTLP endpoint only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 
 use clap::{Parser, Subcommand};
@@ -29,17 +32,27 @@ enum Command {
     /// Prints the battle protocol's wire schema (JSON: every message's layout and the layout
     /// hash clients send); `samples/battle/schema.json` is this output.
     Schema,
+    /// Runs a fleet of nodes on loopback (etcd and Redis, started here when installed), bots
+    /// across them, and a chaos switch that drains or kills a node every few seconds; prints
+    /// what each node did (a build with `--features fleet`).
+    #[cfg(feature = "fleet")]
+    Cluster(garrison_battle::cluster::ClusterArgs),
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let _telemetry = telemetry::install(&TelemetryConfig::from_env("battle-server"))?;
-    match Cli::parse().command {
+    let telemetry = telemetry::install(&TelemetryConfig::from_env("battle-server"))?;
+    let result = match Cli::parse().command {
         Command::Demo(args) => run::main(args).await,
         Command::Serve(args) => run::serve(args).await,
+        #[cfg(feature = "fleet")]
+        Command::Cluster(args) => garrison_battle::cluster::main(args).await,
         Command::Schema => {
             print!("{}", garrison_battle::proto::schema().to_json());
             Ok(())
         }
-    }
+    };
+    // What the exporter still holds goes out before the process ends.
+    telemetry.shutdown(std::time::Duration::from_secs(5)).await;
+    result
 }

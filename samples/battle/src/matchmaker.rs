@@ -8,7 +8,11 @@ use std::sync::{Arc, atomic::Ordering};
 use garrison_runtime::{Activation, Entity, EntityContext, EntityMessage, HandlerError, SessionId};
 use rkyv::{Archive, Deserialize, Serialize};
 
-use crate::{reach::Reaching, room::RoomMsg, server::ServerStats};
+use crate::{
+    reach::{Home, Reaching},
+    room::RoomMsg,
+    server::ServerStats,
+};
 
 /// The matchmaker's messages.
 pub enum MatchmakerMsg {
@@ -110,11 +114,20 @@ impl Entity for Matchmaker {
         if waiting.sessions.len() < self.room_size {
             return Ok(());
         }
+        // A room id whose node is known: in a fleet, a node that just died still owns its
+        // shards until its lease expires, and a room started there would start nowhere.
+        let Some(room) = (1..=64)
+            .map(|next| waiting.last_room + next)
+            .find(|room| self.reach.home(*room) != Home::Unknown)
+        else {
+            // Every id tried waits for the fleet to place it: the players wait for the next
+            // join to try again.
+            return Ok(());
+        };
+        waiting.last_room = room;
         let players = std::mem::take(&mut waiting.sessions);
         let nodes = std::mem::take(&mut waiting.nodes);
         self.stats.waiting.store(0, Ordering::Relaxed);
-        waiting.last_room += 1;
-        let room = waiting.last_room;
         if !self.reach.rooms_seat_players() {
             for (slot, player) in players.iter().enumerate() {
                 // The player keeps its seat (checkpointed); the room binds the session to it
@@ -126,13 +139,19 @@ impl Entity for Matchmaker {
             }
         }
         let start = RoomMsg::Start {
-            players,
-            nodes,
+            players: players.clone(),
+            nodes: nodes.clone(),
             seed: room.wrapping_mul(0x9e37_79b9),
         };
-        self.reach
-            .room(room, start)
-            .map_err(|refused| format!("room {room} refused its start: {refused}"))?;
+        if let Err(refused) = self.reach.room(room, start) {
+            // Not started: the players wait for the next try, none is lost to a crash.
+            tracing::warn!(room, %refused, "a room refused its start: its players wait again");
+            waiting.sessions = players;
+            waiting.nodes = nodes;
+            self.stats
+                .waiting
+                .store(waiting.sessions.len() as u64, Ordering::Relaxed);
+        }
         Ok(())
     }
 }

@@ -219,7 +219,8 @@ pub struct ServeArgs {
     /// build with the `fleet` feature and `--store redis://...`, the store every node shares.
     #[arg(long, requires = "store")]
     pub cluster: Option<String>,
-    /// This node's id in its fleet (by default `node-PORT`, after the `--listen` port).
+    /// This node's id in its fleet (by default `node-PORT`, after the `--listen` port, or
+    /// `node-pidPID` when the port is 0).
     #[arg(long)]
     pub node_id: Option<String>,
     /// Where the fleet's other nodes reach this one (ractor_cluster; port 0: any free one).
@@ -375,7 +376,10 @@ async fn start_node(
     let node_id = args
         .node_id
         .clone()
-        .unwrap_or_else(|| format!("node-{}", args.listen.port()));
+        .unwrap_or_else(|| match args.listen.port() {
+            0 => format!("node-pid{}", std::process::id()),
+            port => format!("node-{port}"),
+        });
     let settings = crate::fleet::FleetSettings {
         etcd,
         namespace: args.fleet_name.clone(),
@@ -408,7 +412,7 @@ fn print_node_status(server: &BattleServer) {
         println!(
             "fleet node={} shards={} rooms={} players={} sessions={} handoffs={} handed_off={} \
              last_handoff_us={} arrivals={} recovered={} released={} buffered={} forwarded={} \
-             received={}",
+             received={} inputs={} frames={}",
             fleet.id(),
             report.shards,
             census.rooms,
@@ -423,6 +427,14 @@ fn print_node_status(server: &BattleServer) {
             report.kinds.buffered,
             report.forwarded,
             report.received,
+            server
+                .stats
+                .inputs
+                .load(std::sync::atomic::Ordering::Relaxed),
+            server
+                .stats
+                .frames
+                .load(std::sync::atomic::Ordering::Relaxed),
         );
     }
     #[cfg(not(feature = "fleet"))]

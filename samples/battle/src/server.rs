@@ -542,12 +542,14 @@ impl BattleServer {
                 Some(took) => {
                     let report = fleet.report();
                     println!(
-                        "drained node={} took_ms={} handoff_us={} handed_off={} forwarded={}",
+                        "drained node={} took_ms={} handoff_us={} handed_off={} forwarded={} \
+                         inputs={}",
                         fleet.id(),
                         took.as_millis(),
                         report.kinds.last_handoff.as_micros(),
                         report.kinds.handed_off,
                         report.kinds.forwarded,
+                        self.stats.inputs.load(Ordering::Relaxed),
                     );
                 }
                 None => tracing::warn!("the drain did not finish within 10 s"),

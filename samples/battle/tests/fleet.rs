@@ -9,6 +9,9 @@
 //! - A node **paused** (SIGSTOP) past its lease, then resumed: the others take its rooms, and
 //!   once awake it runs nothing of them (checked from the three nodes' activation logs: no room
 //!   ran on two nodes at once).
+//! - With a real Jaeger (`GARRISON_JAEGER_QUERY`, OTLP on 127.0.0.1:4317): a traced `Join`
+//!   leaves one trace across the nodes it crossed (the player's node, the matchmaker's, the
+//!   room's).
 //!
 //! Each node is killed by its pid when the test ends; the tests run one at a time (a fleet of
 //! three and its bots fill this machine's two cores).
@@ -16,19 +19,18 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    path::PathBuf,
-    process::{Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use garrison_battle::{
     bots::{BotOptions, BotReport, play},
-    process::ServerProcess,
+    cluster::{LocalFleet, back_after, field},
 };
 use garrison_cluster::fleet::{ActivationEvent, ActivationRecord, check_activations};
 
-const KEY: &str = "fleet test key";
+/// The key `LocalFleet`'s nodes sign tickets with.
+const KEY: &str = "cluster demo key";
 const BOTS: u64 = 24;
 /// The tests share the machine: one fleet at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -57,119 +59,20 @@ fn unix_ms() -> u64 {
         .map_or(0, |since| since.as_millis() as u64)
 }
 
-/// A fleet of three nodes.
-struct Fleet {
-    nodes: Vec<Option<ServerProcess>>,
-    addresses: Vec<SocketAddr>,
-    logs: Vec<PathBuf>,
-    dir: PathBuf,
-}
-
-impl Fleet {
-    fn start(test: &str, etcd: &str, redis: &str) -> Fleet {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| since.as_nanos());
-        let name = format!("fleet-{test}-{}-{nanos}", std::process::id());
-        let dir = std::env::temp_dir().join(&name);
-        std::fs::create_dir_all(&dir).expect("a temporary directory");
-        let mut fleet = Fleet {
-            nodes: Vec::new(),
-            addresses: Vec::new(),
-            logs: Vec::new(),
-            dir,
-        };
-        for index in 1..=3 {
-            let log = fleet.dir.join(format!("activations-n{index}.log"));
-            let node = ServerProcess::start(
-                Command::new(env!("CARGO_BIN_EXE_garrison-battle"))
-                    .args(["serve", "--listen", "127.0.0.1:0", "--overload", "none"])
-                    .args(["--match-seconds", "600", "--key", KEY])
-                    .args(["--store", redis, "--store-namespace", &name])
-                    .args(["--cluster", &format!("etcd={etcd}"), "--fleet-name", &name])
-                    .args(["--node-id", &format!("n{index}")])
-                    .arg("--activation-log")
-                    .arg(&log)
-                    .env("RUST_LOG", "warn")
-                    .stderr(Stdio::inherit()),
-            )
-            .expect("a node starts");
-            fleet.addresses.push(node.address());
-            fleet.nodes.push(Some(node));
-            fleet.logs.push(log);
-        }
-        fleet
-    }
-
-    /// Every node has printed a status line with `shards=` adding up to all of them.
-    fn settled(&self) -> bool {
-        let owned: usize = self
-            .nodes
-            .iter()
-            .flatten()
-            .filter_map(|node| field(&node.last_line("fleet ")?, "shards"))
-            .sum();
-        owned == 1024
-    }
-
-    /// The live node holding the most rooms, by its last status line.
-    fn busiest(&self) -> usize {
-        (0..self.nodes.len())
-            .filter_map(|index| {
-                let line = self.nodes[index].as_ref()?.last_line("fleet ")?;
-                Some((field(&line, "rooms")?, index))
-            })
-            .max()
-            .expect("a node with rooms")
-            .1
-    }
-
-    fn activation_log(&self) -> Vec<ActivationRecord> {
-        self.logs
-            .iter()
-            .filter_map(|path| std::fs::read_to_string(path).ok())
-            .flat_map(|text| {
-                text.lines()
-                    .map(|line| {
-                        ActivationRecord::parse(line, &["room", "matchmaker"])
-                            .expect("an activation record")
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    }
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        self.nodes.clear();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A `key=value` field of a status line.
-fn field(line: &str, key: &str) -> Option<usize> {
-    line.split_whitespace()
-        .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
-        .and_then(|value| value.parse().ok())
-}
-
-/// Polls `condition` every 20 ms until it holds; fails naming `what` after `limit`.
-fn until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) -> Result<(), String> {
-    let start = Instant::now();
-    while !condition() {
-        if start.elapsed() > limit {
-            return Err(format!("{what}: not within {limit:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
+fn fleet(test: &str, etcd: &str, redis: &str) -> Result<LocalFleet, String> {
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_garrison-battle"));
+    let fleet =
+        LocalFleet::start(binary, test, etcd, redis, 3, &[]).map_err(|error| error.to_string())?;
+    fleet
+        .settle(Duration::from_secs(30))
+        .map_err(|error| error.to_string())?;
+    Ok(fleet)
 }
 
 /// 24 bots spread over the fleet until `deadline`, surviving their nodes going away.
 fn bots(
     runtime: &tokio::runtime::Runtime,
-    fleet: &Fleet,
+    fleet: &LocalFleet,
     deadline: Instant,
 ) -> Vec<tokio::task::JoinHandle<Result<BotReport, garrison_battle::bots::BotError>>> {
     let everywhere: Arc<[SocketAddr]> = Arc::from(fleet.addresses.clone());
@@ -233,6 +136,10 @@ fn played(label: &str, reports: &[BotReport]) -> Result<(u32, u32, u32), String>
     Ok((replaced, redirects, failovers))
 }
 
+fn activations(fleet: &LocalFleet) -> Result<Vec<ActivationRecord>, String> {
+    fleet.activation_log().map_err(|error| error.to_string())
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -249,16 +156,13 @@ fn a_drained_node_hands_its_rooms_over_and_no_input_is_lost() -> Result<(), Stri
     let _one = ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(|poison| poison.into_inner());
-    let mut fleet = Fleet::start("drain", &etcd, &redis);
-    until("the fleet settles", Duration::from_secs(30), || {
-        fleet.settled()
-    })?;
+    let mut fleet = fleet("drain", &etcd, &redis)?;
     let runtime = runtime();
     let deadline = Instant::now() + Duration::from_secs(10);
     let bots = bots(&runtime, &fleet, deadline);
     // The scenario's own timing: the rooms play a while before the drain.
     std::thread::sleep(Duration::from_secs(4));
-    let busiest = fleet.busiest();
+    let busiest = fleet.busiest().ok_or("no node has rooms")?;
     let node = fleet.nodes[busiest].take().expect("running");
     let rooms = field(&node.last_line("fleet ").unwrap_or_default(), "rooms").unwrap_or(0);
     let output = node.output();
@@ -267,15 +171,42 @@ fn a_drained_node_hands_its_rooms_over_and_no_input_is_lost() -> Result<(), Stri
         .map_err(|error| format!("node {pid}'s graceful stop: {error}"))?;
     let drained = output.last_line("drained ");
     let reports = reports(&runtime, bots)?;
-    let (replaced, redirects, failovers) = played("drain", &reports)?;
+    let (late, redirects, failovers) = played("drain", &reports)?;
+    let drained = drained.ok_or("the drained node printed no drain line")?;
     println!(
-        "  drain: node n{} with {rooms} rooms: {}",
-        busiest + 1,
-        drained.unwrap_or_else(|| "no drain line".into())
+        "  drain: node n{} with {rooms} rooms: {drained}",
+        busiest + 1
     );
-    if replaced > 0 {
+    // Every input a bot sent reached a room: the drained node's rooms before the hand-off, the
+    // others' after (kept for them while the hand-off ran, or sent on by the drained node). The
+    // survivors report their counts every second: polled until they add up, with a deadline.
+    let sent: usize = reports
+        .iter()
+        .map(|report| report.inputs_sent as usize)
+        .sum();
+    let before = field(&drained, "inputs").unwrap_or(0);
+    let started = Instant::now();
+    let handled = loop {
+        let handled = before
+            + fleet
+                .status()
+                .iter()
+                .flatten()
+                .filter_map(|line| field(line, "inputs"))
+                .sum::<usize>();
+        if handled >= sent || started.elapsed() > Duration::from_secs(5) {
+            break handled;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    println!(
+        "  drain: inputs sent {sent}, handled by a room {handled}; {late} ran late (the bots' \
+         redirect and catch-up)"
+    );
+    if handled < sent {
         return Err(format!(
-            "{replaced} inputs were lost or late across the drain"
+            "{} inputs were lost across the drain",
+            sent - handled
         ));
     }
     if redirects == 0 {
@@ -286,7 +217,7 @@ fn a_drained_node_hands_its_rooms_over_and_no_input_is_lost() -> Result<(), Stri
             "{failovers} bots lost their node and came back elsewhere: a drain redirects them"
         ));
     }
-    check_activations(&fleet.activation_log(), &HashMap::new())?;
+    check_activations(&activations(&fleet)?, &HashMap::new())?;
     Ok(())
 }
 
@@ -298,16 +229,13 @@ fn a_killed_node_s_rooms_are_back_within_five_seconds_with_no_desync() -> Result
     let _one = ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(|poison| poison.into_inner());
-    let mut fleet = Fleet::start("kill", &etcd, &redis);
-    until("the fleet settles", Duration::from_secs(30), || {
-        fleet.settled()
-    })?;
+    let mut fleet = fleet("kill", &etcd, &redis)?;
     let runtime = runtime();
     let deadline = Instant::now() + Duration::from_secs(14);
     let bots = bots(&runtime, &fleet, deadline);
     std::thread::sleep(Duration::from_secs(4));
-    let busiest = fleet.busiest();
-    let victim = format!("n{}", busiest + 1);
+    let busiest = fleet.busiest().ok_or("no node has rooms")?;
+    let victim = LocalFleet::id(busiest);
     fleet.nodes[busiest].take().expect("running").kill()?;
     let killed_at = unix_ms();
     let reports = reports(&runtime, bots)?;
@@ -316,24 +244,11 @@ fn a_killed_node_s_rooms_are_back_within_five_seconds_with_no_desync() -> Result
         return Err("no bot came back on another node".into());
     }
     // Each room the victim ran is back on a survivor: when, after the kill?
-    let records = fleet.activation_log();
-    let ran_there: Vec<&str> = records
-        .iter()
-        .filter(|record| record.node == victim && record.kind == "room")
-        .map(|record| record.key.as_str())
-        .collect();
-    let mut back = Vec::new();
-    for room in &ran_there {
-        let again = records.iter().find_map(|record| match record.event {
-            ActivationEvent::Activated { at_unix_ms }
-                if record.key == *room && record.node != victim && at_unix_ms >= killed_at =>
-            {
-                Some(at_unix_ms - killed_at)
-            }
-            _ => None,
-        });
-        back.push(again.ok_or_else(|| format!("room {room} did not run again"))?);
-    }
+    let records = activations(&fleet)?;
+    let mut back = back_after(&records, &victim, killed_at)
+        .into_iter()
+        .collect::<Option<Vec<u64>>>()
+        .ok_or("a room of the killed node did not run again")?;
     back.sort_unstable();
     println!(
         "  kill: node {victim}'s {} rooms back after {back:?} ms",
@@ -344,7 +259,7 @@ fn a_killed_node_s_rooms_are_back_within_five_seconds_with_no_desync() -> Result
             "goal: every room back within 5 s of the kill, got {back:?} ms"
         ));
     }
-    check_activations(&records, &HashMap::from([(victim, killed_at)]))?;
+    check_activations(&records, &HashMap::from([(victim, vec![killed_at])]))?;
     Ok(())
 }
 
@@ -356,17 +271,14 @@ fn a_node_paused_past_its_lease_runs_nothing_when_it_wakes() -> Result<(), Strin
     let _one = ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(|poison| poison.into_inner());
-    let fleet = Fleet::start("pause", &etcd, &redis);
-    until("the fleet settles", Duration::from_secs(30), || {
-        fleet.settled()
-    })?;
+    let fleet = fleet("pause", &etcd, &redis)?;
     let runtime = runtime();
     let deadline = Instant::now() + Duration::from_secs(16);
     let bots = bots(&runtime, &fleet, deadline);
     std::thread::sleep(Duration::from_secs(4));
-    let busiest = fleet.busiest();
+    let busiest = fleet.busiest().ok_or("no node has rooms")?;
     let paused = fleet.nodes[busiest].as_ref().expect("running");
-    let victim = format!("n{}", busiest + 1);
+    let victim = LocalFleet::id(busiest);
     paused.signal("STOP")?;
     let stopped_at = unix_ms();
     // Past its 3 s lease: the others take its shards.
@@ -375,7 +287,7 @@ fn a_node_paused_past_its_lease_runs_nothing_when_it_wakes() -> Result<(), Strin
     let woke_at = unix_ms();
     let reports = reports(&runtime, bots)?;
     played("pause", &reports)?;
-    let records = fleet.activation_log();
+    let records = activations(&fleet)?;
     // Whatever it ran, it left by the lease (lapsed or released) and handled nothing after
     // its pause.
     let late: Vec<&ActivationRecord> = records
@@ -399,6 +311,133 @@ fn a_node_paused_past_its_lease_runs_nothing_when_it_wakes() -> Result<(), Strin
     );
     if check.moved == 0 {
         return Err("no room moved off the paused node".into());
+    }
+    Ok(())
+}
+
+#[test]
+fn a_join_forwarded_across_nodes_is_one_trace_in_jaeger() -> Result<(), String> {
+    use garrison_runtime::telemetry::{self, OtlpProtocol, TelemetryConfig};
+
+    let Some((etcd, redis)) = settings() else {
+        return Ok(());
+    };
+    let Ok(query) = std::env::var("GARRISON_JAEGER_QUERY") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs this test against a real Jaeger: .ci/run sets GARRISON_JAEGER_QUERY"
+        );
+        eprintln!("skipped: set GARRISON_JAEGER_QUERY (and run Jaeger's OTLP on 127.0.0.1:4317)");
+        return Ok(());
+    };
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos());
+    let tag = format!("{}-{nanos}", std::process::id());
+    let service = format!("fleet-{tag}-{{node}}");
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_garrison-battle"));
+    let mut fleet = LocalFleet::start(
+        binary,
+        "traces",
+        &etcd,
+        &redis,
+        3,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+            ("OTEL_SERVICE_NAME", &service),
+        ],
+    )
+    .map_err(|error| error.to_string())?;
+    fleet
+        .settle(Duration::from_secs(30))
+        .map_err(|error| error.to_string())?;
+    let runtime = runtime();
+    let bots_service = format!("fleet-bots-{tag}");
+    let guard = runtime.block_on(async {
+        telemetry::install(&TelemetryConfig {
+            service_name: bots_service.clone(),
+            endpoint: Some("http://127.0.0.1:4317".into()),
+            protocol: OtlpProtocol::Grpc,
+            sample_ratio: 1.0,
+            log_filter: "warn".into(),
+            trace_filter: "info".into(),
+        })
+        .map_err(|error| error.to_string())
+    })?;
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let everywhere: Arc<[SocketAddr]> = Arc::from(fleet.addresses.clone());
+    let bots: Vec<_> = (1..=8u64)
+        .map(|player| {
+            let options = BotOptions {
+                trace: true,
+                fleet: everywhere.clone(),
+                server_restarts: Some(Duration::from_secs(10)),
+                ..BotOptions::default()
+            };
+            let address = everywhere[player as usize % everywhere.len()];
+            runtime.spawn(play(
+                address,
+                KEY.as_bytes().to_vec(),
+                player,
+                deadline,
+                options,
+            ))
+        })
+        .collect();
+    let reports = reports(&runtime, bots)?;
+    played("traces", &reports)?;
+    runtime.block_on(guard.flush());
+    // The nodes export on their own; a graceful stop flushes what they hold.
+    for index in 0..fleet.nodes.len() {
+        if let Some(node) = fleet.nodes[index].take() {
+            node.terminate(Duration::from_secs(30))?;
+        }
+    }
+    let nodes: Vec<String> = (0..3)
+        .map(|index| format!("fleet-{tag}-{}", LocalFleet::id(index)))
+        .collect();
+    // Jaeger indexes what it received within a moment; polled with a deadline.
+    let started = Instant::now();
+    let crossing = loop {
+        let url = format!(
+            "{query}/api/traces?service={bots_service}&operation=battle.bot.join&limit=1000&lookback=1h"
+        );
+        let traces: serde_json::Value = ureq::get(&url)
+            .timeout(Duration::from_secs(30))
+            .call()
+            .map_err(|error| format!("GET {url}: {error}"))?
+            .into_json()
+            .map_err(|error| error.to_string())?;
+        let crossing = traces["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|trace| {
+                let services: std::collections::BTreeSet<String> = trace["processes"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|(_, process)| process["serviceName"].as_str())
+                    .filter(|name| nodes.iter().any(|node| node == name))
+                    .map(str::to_owned)
+                    .collect();
+                services
+            })
+            .max_by_key(std::collections::BTreeSet::len)
+            .unwrap_or_default();
+        if crossing.len() >= 2 || started.elapsed() > Duration::from_secs(30) {
+            break crossing;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    println!("  traces: a bot's join crossed {crossing:?} in one trace");
+    if crossing.len() < 2 {
+        return Err(format!(
+            "no join's trace spans two nodes (widest: {crossing:?})"
+        ));
     }
     Ok(())
 }
