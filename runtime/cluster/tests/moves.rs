@@ -37,6 +37,9 @@ use peer::{COOKIE, Peer, ROLE, SHARDS, stats_of};
 use rkyv::{Archive, Deserialize, Serialize};
 
 const KEYS: u32 = 64;
+/// One scenario at a time: their nodes share this process's ractor process groups, and a peer
+/// killed or paused in one must not be what another measures.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const NAMESPACE: &str = "GARRISON_MOVES_NAMESPACE";
 const DURABILITY: &str = "GARRISON_MOVES_DURABILITY";
 const PEER_ID: &str = "GARRISON_MOVES_PEER_ID";
@@ -385,6 +388,7 @@ async fn a_drained_node_hands_its_entities_over_and_no_accepted_message_is_lost(
     let Some((etcd, redis)) = settings() else {
         return;
     };
+    let _one = ONE_AT_A_TIME.lock().await;
     let ns = namespace("drain");
     let (a_id, b_id) = ids("drain");
     let a = start(&a_id, &etcd, &redis, &ns, false).await;
@@ -469,6 +473,7 @@ async fn a_killed_node_s_entities_run_on_from_the_store_once_its_lease_expires()
     let Some((etcd, redis)) = settings() else {
         return;
     };
+    let _one = ONE_AT_A_TIME.lock().await;
     let ns = namespace("kill");
     let (a_id, b_id) = ids("kill");
     let a = start(&a_id, &etcd, &redis, &ns, true).await;
@@ -554,6 +559,7 @@ async fn a_node_paused_past_its_lease_runs_nothing_when_it_wakes() {
     let Some((etcd, redis)) = settings() else {
         return;
     };
+    let _one = ONE_AT_A_TIME.lock().await;
     let ns = namespace("pause");
     let (a_id, b_id) = ids("pause");
     let a = start(&a_id, &etcd, &redis, &ns, false).await;
