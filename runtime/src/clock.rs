@@ -54,6 +54,21 @@ pub fn now_millis() -> u64 {
     clock().millis.load(Ordering::Relaxed)
 }
 
+/// Milliseconds since the Unix epoch at the instant the clock read `millis` ([`now_millis`]),
+/// converted with the precise clock, not the coarse one (which may lag by the time its thread
+/// was not scheduled: right after the process was paused, say).
+pub fn unix_ms_of(millis: u64) -> u64 {
+    let at = clock().epoch + Duration::from_millis(millis);
+    let now = Instant::now();
+    let unix = std::time::SystemTime::now();
+    let then = match now.checked_duration_since(at) {
+        Some(ago) => unix.checked_sub(ago),
+        None => unix.checked_add(at.duration_since(now)),
+    };
+    then.and_then(|then| then.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |since| since.as_millis() as u64)
+}
+
 /// CPU seconds (user + system) this process has used so far, from `/proc/self/stat` (Linux).
 pub fn process_cpu_seconds() -> Option<f64> {
     cpu_seconds_in("/proc/self/stat")
@@ -92,5 +107,29 @@ mod tests {
         let after = cpu_seconds_of(std::process::id()).unwrap();
         assert!(after >= before + 0.05, "{before} -> {after}");
         assert_eq!(cpu_seconds_of(u32::MAX), None, "no such process");
+    }
+
+    #[test]
+    fn a_coarse_reading_converts_to_the_wall_clock_time_it_was_taken() {
+        let unix = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64
+        };
+        let before = unix();
+        let read = now_millis();
+        let after = unix();
+        let converted = unix_ms_of(read);
+        // The reading lags real time by its resolution plus scheduling delay, never leads it.
+        assert!(converted <= after + 1, "{converted} after {after}");
+        assert!(
+            converted + 1_000 >= before,
+            "{converted} long before {before}"
+        );
+        // An older reading converts to an older time, by the difference (to the millisecond).
+        let older = read.saturating_sub(500);
+        let apart = unix_ms_of(read) - unix_ms_of(older);
+        assert!(apart.abs_diff(read - older) <= 1, "{apart} ms apart");
     }
 }

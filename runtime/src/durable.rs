@@ -576,6 +576,35 @@ impl<E: Entity> Durable<E> {
     }
 }
 
+impl<E: Entity> Durable<E> {
+    /// Waits until none of `keys` waits to be written, at most `timeout`; returns how many
+    /// still do.
+    pub(crate) async fn flush_keys(&self, keys: &[E::Key], timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let written = self.written.notified();
+            tokio::pin!(written);
+            written.as_mut().enable();
+            let left_dirty = keys
+                .iter()
+                .filter(|key| self.dirty.contains_key(*key))
+                .count();
+            if left_dirty == 0 {
+                return 0;
+            }
+            self.urgent.store(true, Ordering::Relaxed);
+            self.wake.notify_one();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(left, written).await.is_err() {
+                return keys
+                    .iter()
+                    .filter(|key| self.dirty.contains_key(*key))
+                    .count();
+            }
+        }
+    }
+}
+
 impl<E: Entity> Drop for Durable<E> {
     fn drop(&mut self) {
         // The writer, if idle, wakes, finds the kind gone and ends (letting go of the store).

@@ -103,19 +103,36 @@ pub(crate) fn refuse(origin: &Origin, kind: &'static str) {
 
 /// What a `DropOldest` mailbox evicted to make room, from any pusher (a sender, a timer): a
 /// message becomes a dead letter with the reason; a timer's tick (no accepted message) is
-/// counted as skipped.
+/// counted as skipped; a hand-off is never evicted: it is queued again at the back of
+/// `mailbox` (the entity then handles what came meanwhile before it leaves), evicting the next
+/// oldest in its place.
 pub(crate) fn evicted<E: Entity>(
-    envelope: Envelope<E>,
+    mut envelope: Envelope<E>,
+    mailbox: &garrison_supervisor::ChildRef<Envelope<E>>,
     key: &dyn std::fmt::Display,
     dead_letters: &DeadLetters,
     ticks_skipped: &AtomicU64,
 ) {
-    if matches!(envelope, Envelope::Tick { .. }) {
-        ticks_skipped.fetch_add(1, Ordering::Relaxed);
-        return;
-    }
-    let reason = "evicted: the mailbox was full and its kind's overflow policy is DropOldest";
-    if let Some(letter) = envelope.dead_letter(key.to_string(), reason.to_owned()) {
-        dead_letters.record(letter);
+    loop {
+        match envelope {
+            Envelope::Tick { .. } => {
+                ticks_skipped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Envelope::HandOff(job) => match mailbox.send(Envelope::HandOff(job)) {
+                Ok(garrison_supervisor::Sent::Evicted(next)) => envelope = next,
+                // Queued; or the mailbox closed meanwhile, and the hand-off's waiter hears its
+                // answer dropped (the entity left some other way).
+                Ok(_) | Err(_) => return,
+            },
+            other => {
+                let reason =
+                    "evicted: the mailbox was full and its kind's overflow policy is DropOldest";
+                if let Some(letter) = other.dead_letter(key.to_string(), reason.to_owned()) {
+                    dead_letters.record(letter);
+                }
+                return;
+            }
+        }
     }
 }

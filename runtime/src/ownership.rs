@@ -97,15 +97,22 @@ pub enum DepartureKind {
     Released,
     /// Its kind's [`Lease`] had lapsed when a message came: not handled, forgotten here.
     Lapsed,
+    /// Passivated: idle, its state kept as a snapshot (and written to its store); a next
+    /// message activates it again.
+    Passivated,
+    /// Stopped for good: it asked to stop (its record is removed).
+    Stopped,
 }
 
 impl DepartureKind {
-    /// A short label (`handed_off`, `released`, `lapsed`).
+    /// A short label (`handed_off`, `released`, `lapsed`, `passivated`, `stopped`).
     pub fn as_str(self) -> &'static str {
         match self {
             DepartureKind::HandedOff => "handed_off",
             DepartureKind::Released => "released",
             DepartureKind::Lapsed => "lapsed",
+            DepartureKind::Passivated => "passivated",
+            DepartureKind::Stopped => "stopped",
         }
     }
 }
@@ -160,14 +167,6 @@ pub(crate) struct HandedOff {
     pub(crate) stored: bool,
     pub(crate) forwarded: usize,
     pub(crate) dead_lettered: usize,
-}
-
-/// Milliseconds since the Unix epoch of the coarse clock's reading `coarse_ms`.
-pub(crate) fn unix_ms_of(coarse_ms: u64) -> u64 {
-    let now_unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis() as u64);
-    now_unix.saturating_sub(crate::clock::now_millis().saturating_sub(coarse_ms))
 }
 
 #[cfg(test)]

@@ -413,7 +413,7 @@ impl<E: Entity> Entities<E> {
             match &*slot {
                 Slot::Active { handle, .. } => match handle.send(envelope) {
                     Ok(sent) => {
-                        self.evicted(key, sent);
+                        self.evicted(key, handle, sent);
                         return Ok(());
                     }
                     Err(SendError::Full(envelope)) => {
@@ -441,7 +441,7 @@ impl<E: Entity> Entities<E> {
                 // Someone activated it between our read and this write.
                 Slot::Active { handle, cell } => match handle.send(envelope) {
                     Ok(sent) => {
-                        self.evicted(key, sent);
+                        self.evicted(key, handle, sent);
                         return Ok(());
                     }
                     Err(SendError::Full(envelope)) => {
@@ -469,10 +469,10 @@ impl<E: Entity> Entities<E> {
 
     /// Dead-letters the message a `DropOldest` mailbox evicted to make room (an evicted timer
     /// tick is counted as skipped).
-    fn evicted(&self, key: &E::Key, sent: Sent<Envelope<E>>) {
+    fn evicted(&self, key: &E::Key, handle: &ChildRef<Envelope<E>>, sent: Sent<Envelope<E>>) {
         if let Sent::Evicted(envelope) = sent {
             let (letters, skipped) = (&self.inner.dead_letters, &self.inner.timers.skipped);
-            crate::envelope::evicted(envelope, key, letters, skipped);
+            crate::envelope::evicted(envelope, handle, key, letters, skipped);
         }
     }
 
@@ -833,10 +833,11 @@ impl<E: Entity> Entities<E> {
     /// state, sends what was queued behind the hand-off on with `forward` (what `forward`
     /// refuses is dead-lettered with its reason), is told to
     /// [`on_departure`](Entities::on_departure) and leaves; a passivated one is forgotten here
-    /// (its snapshot was queued for the store when it passivated). The kind's pending writes
-    /// are then flushed. Waits at most `timeout`: an entity that has not left by then is
-    /// released instead, and counted as unconfirmed (its late writes are fenced once the new
-    /// owner has written).
+    /// (its snapshot was queued for the store when it passivated), and the hand-off waits for
+    /// that snapshot to be written. Waits at most `timeout`: an entity that has not left by
+    /// then is released instead, and it and any snapshot not yet written are counted as
+    /// unconfirmed (a fleet then does not tell the new owner, which waits before it reads the
+    /// store; late writes are fenced once the new owner has written).
     ///
     /// A later message for a handed-off key activates it here again only if the kind's
     /// [`fence_by`](Entities::fence_by) lets it (a fleet's refuses keys it does not own).
@@ -857,6 +858,8 @@ impl<E: Entity> Entities<E> {
             .map(|entry| entry.key().clone())
             .collect();
         let mut waiting = Vec::new();
+        // Passivated entities forgotten here: their snapshots may still wait for the store.
+        let mut snapshots = Vec::new();
         for key in keys {
             let handle = match self.inner.map.get(&key).map(|slot| match &*slot {
                 Slot::Active { handle, .. } => Some(handle.clone()),
@@ -870,7 +873,10 @@ impl<E: Entity> Entities<E> {
                         .inner
                         .map
                         .remove_if(&key, |_, slot| matches!(slot, Slot::Passivated(_)));
-                    report.passivated += usize::from(passivated.is_some());
+                    if passivated.is_some() {
+                        report.passivated += 1;
+                        snapshots.push(key);
+                    }
                     continue;
                 }
             };
@@ -882,7 +888,7 @@ impl<E: Entity> Entities<E> {
             loop {
                 match handle.send(job) {
                     Ok(sent) => {
-                        self.evicted(&key, sent);
+                        self.evicted(&key, &handle, sent);
                         waiting.push((key, answer));
                         break;
                     }
@@ -915,8 +921,14 @@ impl<E: Entity> Entities<E> {
                 }
             }
         }
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        self.flush(left).await;
+        // The active ones wrote through as they left; only the snapshots are waited for (not
+        // the whole kind's writes, which on a busy node are never all done at once).
+        if let Some(durable) = &self.inner.durable
+            && !snapshots.is_empty()
+        {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            report.unconfirmed += durable.flush_keys(&snapshots, left).await;
+        }
         if report != HandOffReport::default() {
             tracing::info!(
                 game.entity.kind = E::KIND,
@@ -1057,7 +1069,7 @@ impl<E: Entity> Inner<E> {
                 Departure {
                     kind,
                     generation: cell.fence,
-                    last_handled_unix_ms: crate::ownership::unix_ms_of(
+                    last_handled_unix_ms: crate::clock::unix_ms_of(
                         cell.last_handled.load(Ordering::Relaxed),
                     ),
                 },
@@ -1127,13 +1139,18 @@ impl<E: Entity> KindHost<E> for Inner<E> {
         let Some(mut entry) = self.map.get_mut(key) else {
             return false;
         };
-        let owned = matches!(&*entry, Slot::Active { handle, .. } if handle.same_child(mine));
+        let cell = match &*entry {
+            Slot::Active { handle, cell } if handle.same_child(mine) => Arc::clone(cell),
+            _ => return false,
+        };
         // Holding the entry for writing: no push is in flight, so the depth is exact.
-        if !owned || mine.depth() > 0 {
+        if mine.depth() > 0 {
             return false;
         }
         *entry = Slot::Passivated(snapshot);
         then();
+        drop(entry);
+        self.departed(key, &cell, DepartureKind::Passivated);
         true
     }
 
@@ -1153,16 +1170,22 @@ impl<E: Entity> KindHost<E> for Inner<E> {
         // Removing holds the entry for writing: no push is in flight, so the depth is exact,
         // and `then` runs before any next activation can take the key.
         let mut then = Some(then);
-        self.map
-            .remove_if(key, |_, slot| {
-                let mine = matches!(slot, Slot::Active { handle, .. } if handle.same_child(mine))
-                    && mine.depth() == 0;
-                if mine && let Some(then) = then.take() {
-                    then();
-                }
-                mine
-            })
-            .is_some()
+        let removed = self.map.remove_if(key, |_, slot| {
+            let mine = matches!(slot, Slot::Active { handle, .. } if handle.same_child(mine))
+                && mine.depth() == 0;
+            if mine && let Some(then) = then.take() {
+                then();
+            }
+            mine
+        });
+        match removed {
+            Some((key, Slot::Active { cell, .. })) => {
+                self.departed(&key, &cell, DepartureKind::Stopped);
+                true
+            }
+            Some(_) => true,
+            None => false,
+        }
     }
 }
 

@@ -353,7 +353,7 @@ impl<E: Entity> Timers<E> {
                     Ok(sent) => {
                         if let Sent::Evicted(envelope) = sent {
                             let (letters, skipped) = (&sink.dead_letters, &sink.counters.skipped);
-                            crate::envelope::evicted(envelope, &key, letters, skipped);
+                            crate::envelope::evicted(envelope, &mailbox, &key, letters, skipped);
                         }
                         if period.is_none() {
                             return;

@@ -693,6 +693,83 @@ async fn a_handed_off_entity_handles_what_came_first_writes_it_through_and_sends
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_drop_oldest_mailbox_evicts_messages_never_the_hand_off() {
+    let store: Store = Arc::new(MemoryStore::new());
+    let node = node_with(
+        Durability::write_behind(store.clone()),
+        KindConfig {
+            mailbox_capacity: 4,
+            overflow: garrison_supervisor::Overflow::DropOldest,
+            ..KindConfig::default()
+        },
+    )
+    .await;
+    node.ledgers.send(&5, Msg::Add(100)).ok().unwrap();
+    let hold = Arc::new(tokio::sync::Notify::new());
+    node.ledgers.send(&5, Msg::Hold(hold.clone())).ok().unwrap();
+    eventually("the entity reaches the hold", LIMIT, || async {
+        node.ledgers.mailbox_depth(&5) == 0
+    })
+    .await;
+    let forwarded = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = forwarded.clone();
+    let handing_off = node.ledgers.clone();
+    let handed = tokio::spawn(async move {
+        handing_off
+            .hand_off(
+                |key| *key == 5,
+                move |_, message| match message {
+                    Msg::Add(amount) => {
+                        sink.lock().unwrap().push(amount);
+                        Ok(())
+                    }
+                    Msg::Get(_) | Msg::End | Msg::Hold(_) => Err("not portable".into()),
+                },
+                LIMIT,
+            )
+            .await
+    });
+    eventually("the hand-off queues", LIMIT, || async {
+        node.ledgers.mailbox_depth(&5) == 1
+    })
+    .await;
+    // Twenty adds into a mailbox of four: the hand-off reaches the front and would be the
+    // oldest evicted; it is queued again instead, and the adds before it are dead-lettered.
+    for amount in 200..220 {
+        node.ledgers.send(&5, Msg::Add(amount)).ok().unwrap();
+    }
+    hold.notify_one();
+    let report = handed.await.unwrap();
+    assert_eq!(report.handed_off, 1, "{report:?}");
+    assert_eq!(report.unconfirmed, 0, "{report:?}");
+    let letters = node.ledgers.dead_letters().snapshot();
+    assert!(
+        letters
+            .iter()
+            .all(|letter| letter.reason.contains("DropOldest")),
+        "{letters:?}"
+    );
+    let letters = letters.len();
+    // Every add is handled (its state handed over through the store), sent on, or
+    // dead-lettered with the eviction's reason.
+    let reader = node_with(
+        Durability::write_behind(store.clone()),
+        KindConfig::default(),
+    )
+    .await;
+    let handled = get(&reader.ledgers, 5).await.amounts;
+    reader.tree.stop().await.unwrap();
+    let sent_on = forwarded.lock().unwrap().len();
+    assert_eq!(
+        handled.len() - 1 + sent_on + letters,
+        20,
+        "handled {handled:?}, sent on {sent_on}, dead-lettered {letters}"
+    );
+    assert!(letters >= 16, "the mailbox held four: {letters} evicted");
+    node.tree.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_its_lease_an_entity_handles_nothing_its_message_is_dead_lettered_and_it_is_forgotten()
 {
     let store: Store = Arc::new(MemoryStore::new());

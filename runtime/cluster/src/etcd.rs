@@ -101,6 +101,35 @@ pub enum FleetError {
         /// What was wrong.
         reason: String,
     },
+    /// This node's record is gone from etcd (its lease expired): it is no member to drain.
+    #[error("node {0} is not in the fleet any more (its lease expired)")]
+    NotMember(NodeId),
+    /// etcd did not answer in time.
+    #[error("etcd did not answer {what} within {waited:?}")]
+    TimedOut {
+        /// The call.
+        what: &'static str,
+        /// How long it waited.
+        waited: Duration,
+    },
+}
+
+/// How long a call to etcd made on the way out ([`Fleet::drain`], [`Fleet::leave`]) waits for
+/// its answer: a node stopping must not hang on an unreachable etcd.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `call`, or [`FleetError::TimedOut`] after [`CALL_TIMEOUT`].
+async fn in_time<T>(
+    what: &'static str,
+    call: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, FleetError> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(answer) => Ok(answer?),
+        Err(_) => Err(FleetError::TimedOut {
+            what,
+            waited: CALL_TIMEOUT,
+        }),
+    }
 }
 
 /// Where this node stands.
@@ -122,58 +151,75 @@ struct TableRecord {
     owners: Vec<i32>,
     /// Per shard: its fencing token.
     tokens: Vec<u64>,
+    /// Per shard: an index into `nodes` of its owner before its token's change, or -1 for
+    /// none (absent in records written before it existed: no shard names one).
+    #[serde(default)]
+    froms: Vec<i32>,
 }
 
 fn encode_table(table: &Table) -> Vec<u8> {
-    let mut nodes: Vec<NodeId> = table.loads().keys().map(|n| (*n).to_owned()).collect();
-    nodes.sort();
-    let owners = table
+    let mut nodes: Vec<NodeId> = table
         .shards
         .iter()
-        .map(|a| match &a.node {
-            Some(node) => nodes.binary_search(node).map_or(-1, |i| i as i32),
-            None => -1,
-        })
+        .flat_map(|a| a.node.iter().chain(a.from.iter()))
+        .cloned()
         .collect();
+    nodes.sort();
+    nodes.dedup();
+    let index = |node: &Option<NodeId>| match node {
+        Some(node) => nodes.binary_search(node).map_or(-1, |i| i as i32),
+        None => -1,
+    };
+    let owners = table.shards.iter().map(|a| index(&a.node)).collect();
+    let froms = table.shards.iter().map(|a| index(&a.from)).collect();
     let tokens = table.shards.iter().map(|a| a.token).collect();
     let record = TableRecord {
         version: table.version,
         nodes,
         owners,
         tokens,
+        froms,
     };
     serde_json::to_vec(&record).expect("a table serializes")
 }
 
 /// Reads a table record, checking it is whole: `shards` shards, owners that exist.
 fn decode_table(bytes: &[u8], shards: u16) -> Result<Table, String> {
-    let record: TableRecord = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let mut record: TableRecord = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     let count = usize::from(shards);
-    if record.owners.len() != count || record.tokens.len() != count {
+    if record.froms.is_empty() {
+        record.froms = vec![-1; record.owners.len()];
+    }
+    if record.owners.len() != count || record.tokens.len() != count || record.froms.len() != count {
         return Err(format!(
-            "{} owners and {} tokens for {count} shards",
+            "{} owners, {} tokens and {} previous owners for {count} shards",
             record.owners.len(),
-            record.tokens.len()
+            record.tokens.len(),
+            record.froms.len()
         ));
     }
+    let node = |index: i32| -> Result<Option<NodeId>, String> {
+        match index {
+            -1 => Ok(None),
+            i => Ok(Some(
+                record
+                    .nodes
+                    .get(usize::try_from(i).map_err(|_| format!("owner {i}"))?)
+                    .ok_or_else(|| format!("owner {i} of {} nodes", record.nodes.len()))?
+                    .clone(),
+            )),
+        }
+    };
     let shards = record
         .owners
         .iter()
         .zip(&record.tokens)
-        .map(|(owner, token)| {
-            let node = match *owner {
-                -1 => None,
-                i => Some(
-                    record
-                        .nodes
-                        .get(usize::try_from(i).map_err(|_| format!("owner {i}"))?)
-                        .ok_or_else(|| format!("owner {i} of {} nodes", record.nodes.len()))?
-                        .clone(),
-                ),
-            };
+        .zip(&record.froms)
+        .map(|((owner, token), from)| {
             Ok(Assignment {
-                node,
+                node: node(*owner)?,
                 token: *token,
+                from: node(*from)?,
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
@@ -367,7 +413,9 @@ impl Fleet {
     /// call [`Fleet::leave`]. A fleet of one keeps its shards (there is nowhere to move them).
     ///
     /// # Errors
-    /// [`FleetError::Etcd`] when etcd cannot be reached.
+    /// [`FleetError::Etcd`] when etcd cannot be reached, [`FleetError::TimedOut`] when it does
+    /// not answer within [`CALL_TIMEOUT`], [`FleetError::NotMember`] when the node's record is
+    /// gone (its lease expired: its shards move without a hand-off).
     pub async fn drain(&self) -> Result<(), FleetError> {
         let keys = Keys::new(&self.config.namespace, &self.config.node.id);
         let info = NodeInfo {
@@ -377,8 +425,9 @@ impl Fleet {
         let record = serde_json::to_vec(&info).expect("node info serializes");
         let mut client = self.client.clone();
         // Only while the node's own record (under its lease) is there.
-        client
-            .txn(
+        let done = in_time(
+            "the drain",
+            client.txn(
                 Txn::new()
                     .when([Compare::lease(
                         keys.node.clone(),
@@ -390,8 +439,12 @@ impl Fleet {
                         record,
                         Some(PutOptions::new().with_lease(self.lease)),
                     )]),
-            )
-            .await?;
+            ),
+        )
+        .await?;
+        if !done.succeeded() {
+            return Err(FleetError::NotMember(self.config.node.id.clone()));
+        }
         Ok(())
     }
 
@@ -447,12 +500,13 @@ impl Fleet {
     /// once and the coordinator rebalances without waiting for a TTL.
     ///
     /// # Errors
-    /// [`FleetError::Etcd`] when etcd cannot be reached (the lease then expires on its own).
+    /// [`FleetError::Etcd`] when etcd cannot be reached, [`FleetError::TimedOut`] when it does
+    /// not answer within [`CALL_TIMEOUT`] (the lease then expires on its own).
     pub async fn leave(mut self) -> Result<(), FleetError> {
         for task in &self.tasks {
             task.abort();
         }
-        self.client.lease_revoke(self.lease).await?;
+        in_time("the lease's revoke", self.client.lease_revoke(self.lease)).await?;
         Ok(())
     }
 }
@@ -782,6 +836,10 @@ mod tests {
         let (table, _) = Table::empty(64).rebalance(&nodes);
         let bytes = encode_table(&table);
         assert_eq!(decode_table(&bytes, 64).unwrap(), table);
+        // After a node left, its shards name it as their previous owner, and it is kept.
+        let (moved, _) = table.rebalance(&nodes[..2]);
+        assert!(moved.shards.iter().any(|a| a.from.as_deref() == Some("c")));
+        assert_eq!(decode_table(&encode_table(&moved), 64).unwrap(), moved);
         assert!(decode_table(&bytes, 65).is_err(), "another shard count");
         assert!(decode_table(b"{", 64).is_err());
         let damaged =
@@ -794,12 +852,24 @@ mod tests {
             nodes: vec!["a".into()],
             owners: vec![3; 64],
             tokens: vec![1; 64],
+            froms: Vec::new(),
         })
         .unwrap();
         assert!(
             decode_table(&bad_owner, 64)
                 .unwrap_err()
                 .contains("owner 3")
+        );
+        // A record from before previous owners were kept reads with none.
+        let older = serde_json::to_vec(&serde_json::json!({
+            "version": 1, "nodes": ["a"], "owners": vec![0; 64], "tokens": vec![1; 64],
+        }))
+        .unwrap();
+        let read = decode_table(&older, 64).unwrap();
+        assert!(
+            read.shards
+                .iter()
+                .all(|a| a.node.as_deref() == Some("a") && a.from.is_none())
         );
     }
 }

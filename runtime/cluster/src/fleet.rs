@@ -18,7 +18,12 @@
 //!   through and leave ([`Entities::hand_off`]), what was queued behind is sent on to the new
 //!   owner, and the old owner tells the new one [`Control::HandedOff`]. Until then the new
 //!   owner keeps every message for the shard in a bounded buffer and activates nothing of it;
-//!   then it runs them in order. No accepted message is lost, and no entity runs on both.
+//!   then it runs them first and in order. No accepted message is lost, and no entity runs on
+//!   both. The node waited on is the one the table names ([`Assignment::from`]), and until
+//!   the fleet's members are known it counts as standing; a shard that moves on again before
+//!   its hand-off came is told on to its newer owner when that hand-off arrives.
+//!
+//! [`Assignment::from`]: crate::placement::Assignment::from
 //! - **release** (the old owner is gone: killed, or its lease lapsed): nobody can hand
 //!   anything over. The old owner, if it still runs, forgets its entities (their queues
 //!   dead-lettered); the new owner runs them from the store at once.
@@ -117,6 +122,22 @@ struct Incoming {
     from: String,
     since: Instant,
     queue: VecDeque<Buffered>,
+    /// Handed over: its queue is being delivered, one message at a time, and what comes for
+    /// the shard meanwhile still queues behind it, so the entities get everything in order.
+    draining: bool,
+}
+
+/// A shard this node lost while it still waited for it to be handed over: it never ran here,
+/// so its new owner's hand-off must come from the node this one waited on. Told on when that
+/// node's `HandedOff` comes here, when that node leaves the fleet, or after [`HANDOFF_WAIT`].
+struct Forward {
+    /// The node this one waited on.
+    from: String,
+    /// The shard's new owner, waiting on this node.
+    to: String,
+    /// The table version that gave it to `to`.
+    version: u64,
+    since: Instant,
 }
 
 /// The node the kinds are served on and its shards, as its [`Inbox`] was last told.
@@ -125,12 +146,14 @@ struct Acting {
     node: String,
     table: Option<Arc<Table>>,
     /// The fleet's live nodes, as last told ([`Kinds::members_changed`]); `None` until then (an
-    /// old owner then counts as gone).
+    /// old owner then counts as standing: its shards wait for its hand-off, or for
+    /// [`HANDOFF_WAIT`]).
     members: Option<BTreeSet<String>>,
     /// Whether the node stands in its fleet ([`Kinds::set_member`]): only then does it hand
     /// off what it loses (a node whose lease is gone has nothing it may still hand over).
     member: bool,
     incoming: HashMap<u16, Incoming>,
+    forwarding: HashMap<u16, Forward>,
     buffered: usize,
 }
 
@@ -146,10 +169,12 @@ impl Acting {
     fn token(&self, kind: &str, key: &[u8]) -> Option<(u16, u64)> {
         let table = self.table.as_ref()?;
         let shard = shard_of(kind, key, self.shards());
+        let waiting = self
+            .incoming
+            .get(&shard.0)
+            .is_some_and(|incoming| !incoming.draining);
         match table.owner(shard) {
-            Some((owner, token)) if owner == self.node && !self.incoming.contains_key(&shard.0) => {
-                Some((shard.0, token))
-            }
+            Some((owner, token)) if owner == self.node && !waiting => Some((shard.0, token)),
             _ => None,
         }
     }
@@ -191,8 +216,7 @@ pub enum ActivationEvent {
 
 impl std::fmt::Display for ActivationRecord {
     /// One line: `node kind key shard token activated AT` or `node kind key shard token HOW
-    /// LAST_HANDLED` (milliseconds since the Unix epoch; `HOW` is `handed_off`, `released` or
-    /// `lapsed`).
+    /// LAST_HANDLED` (milliseconds since the Unix epoch; `HOW` is a [`DepartureKind`]'s label).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (what, at) = match self.event {
             ActivationEvent::Activated { at_unix_ms } => ("activated", at_unix_ms),
@@ -236,6 +260,8 @@ impl ActivationRecord {
             "handed_off" => Some(DepartureKind::HandedOff),
             "released" => Some(DepartureKind::Released),
             "lapsed" => Some(DepartureKind::Lapsed),
+            "passivated" => Some(DepartureKind::Passivated),
+            "stopped" => Some(DepartureKind::Stopped),
             other => return Err(format!("unknown event {other:?} in {line:?}")),
         };
         Ok(ActivationRecord {
@@ -267,8 +293,9 @@ pub struct ActivationCheck {
 /// Checks that no entity ran on two nodes at once, from the activation logs of a fleet's
 /// nodes: per entity, each node's runs (from an activation to the last message its departure
 /// reports; a run without a departure lasts until the first instant in `deaths[node]` after it
-/// began, when that node was killed, or for ever) must not overlap another node's, and a later
-/// run on another node must hold a higher fencing token.
+/// began, when that node was killed, or until the same node activates it again, or for ever)
+/// must not overlap another node's, and a later run on another node must hold a higher fencing
+/// token.
 ///
 /// # Errors
 /// The first overlap found, described.
@@ -291,7 +318,24 @@ pub fn check_activations(
         let at = (record.node.as_str(), record.kind, record.key.as_str());
         match record.event {
             ActivationEvent::Activated { at_unix_ms } => {
-                open.insert(at, (at_unix_ms, record.token));
+                // Activated again on the same node with no departure logged between: the
+                // earlier run ended by then (one incarnation per key per process), at the
+                // node's death if it died meanwhile (a restart writing on the same log).
+                if let Some((from, token)) = open.insert(at, (at_unix_ms, record.token)) {
+                    let until = deaths
+                        .get(at.0)
+                        .and_then(|deaths| {
+                            deaths
+                                .iter()
+                                .copied()
+                                .filter(|death| (from..=at_unix_ms).contains(death))
+                                .min()
+                        })
+                        .unwrap_or(at_unix_ms);
+                    runs.entry((at.1, at.2))
+                        .or_default()
+                        .push((from, until, at.0, token));
+                }
             }
             ActivationEvent::Departed {
                 last_handled_unix_ms,
@@ -395,6 +439,9 @@ pub struct KindsStats {
     pub last_handoff: Duration,
     /// Shards waiting for a hand-off now.
     pub incoming: usize,
+    /// Shards this node lost while it waited for them: their new owners wait on this node to
+    /// tell on the hand-off it waited for.
+    pub forwarding: usize,
     /// Hand-offs this node is doing now (its entities on the way out).
     pub handing: u64,
 }
@@ -525,7 +572,9 @@ impl Kinds {
     }
 
     /// Sends every [`ActivationRecord`] (an entity of a sharded kind activated here, or left)
-    /// to `sink`. The first sink stays.
+    /// to `sink`. The first sink stays. The sink runs where the entity activates or leaves,
+    /// with its registry entry held, and may run inside a table change: keep it short (a
+    /// buffered write, a channel), and never call back into the node from it.
     pub fn activation_log(&self, sink: impl Fn(ActivationRecord) + Send + Sync + 'static) {
         let _ = self.inner.log.set(Arc::new(sink));
     }
@@ -724,6 +773,11 @@ impl Kinds {
     pub fn stats(&self) -> KindsStats {
         let c = &self.inner.counters;
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let acting = self
+            .inner
+            .acting
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         KindsStats {
             released: get(&c.released),
             handed_off: get(&c.handed_off),
@@ -738,13 +792,8 @@ impl Kinds {
             waits_expired: get(&c.waits_expired),
             last_handoff: Duration::from_micros(get(&c.last_handoff_us)),
             handing: get(&c.handing),
-            incoming: self
-                .inner
-                .acting
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .incoming
-                .len(),
+            incoming: acting.incoming.len(),
+            forwarding: acting.forwarding.len(),
         }
     }
 
@@ -761,21 +810,23 @@ impl Kinds {
     /// Tells the kinds the fleet's live nodes: a shard waiting to be handed by a node that is
     /// no longer among them runs from the store now.
     pub fn members_changed(&self, members: BTreeSet<String>) {
-        let gone: Vec<u16> = {
+        let (me, gone, forwards) = {
             let mut acting = self
                 .inner
                 .acting
                 .write()
                 .unwrap_or_else(PoisonError::into_inner);
-            let gone = acting
+            let gone: Vec<u16> = acting
                 .incoming
                 .iter()
-                .filter(|(_, incoming)| !members.contains(&incoming.from))
+                .filter(|(_, incoming)| !incoming.draining && !members.contains(&incoming.from))
                 .map(|(shard, _)| *shard)
                 .collect();
+            let forwards = take_forwards(&mut acting, |forward| !members.contains(&forward.from));
             acting.members = Some(members);
-            gone
+            (acting.node.clone(), gone, forwards)
         };
+        self.inner.tell_forwards(&me, forwards, "left the fleet");
         if !gone.is_empty() {
             tracing::warn!(
                 shards = gone.len(),
@@ -785,19 +836,31 @@ impl Kinds {
         }
     }
 
-    /// Runs from the store the shards that waited [`HANDOFF_WAIT`] for a hand-off. The fleet
-    /// member calls it every second.
+    /// Runs from the store the shards that waited [`HANDOFF_WAIT`] for a hand-off (and tells
+    /// on the waits of shards this node lost meanwhile). The fleet member calls it every
+    /// second.
     pub fn sweep(&self) {
-        let expired: Vec<u16> = self
-            .inner
-            .acting
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .incoming
-            .iter()
-            .filter(|(_, incoming)| incoming.since.elapsed() >= HANDOFF_WAIT)
-            .map(|(shard, _)| *shard)
-            .collect();
+        let (me, expired, forwards) = {
+            let mut acting = self
+                .inner
+                .acting
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            let expired: Vec<u16> = acting
+                .incoming
+                .iter()
+                .filter(|(_, incoming)| {
+                    !incoming.draining && incoming.since.elapsed() >= HANDOFF_WAIT
+                })
+                .map(|(shard, _)| *shard)
+                .collect();
+            let forwards = take_forwards(&mut acting, |forward| {
+                forward.since.elapsed() >= HANDOFF_WAIT
+            });
+            (acting.node.clone(), expired, forwards)
+        };
+        self.inner
+            .tell_forwards(&me, forwards, &format!("waited {HANDOFF_WAIT:?}"));
         if !expired.is_empty() {
             self.inner
                 .counters
@@ -810,6 +873,43 @@ impl Kinds {
             self.inner.arrive(&expired);
         }
     }
+}
+
+/// Tells `peer` a hand-off, waiting for the peer to be reached until `until` (a node that just
+/// joined is connected to after the table that gave it shards): past it, the new owner runs
+/// the shards after its own wait.
+async fn tell(node: &Node, peer: &str, control: &Control, until: Instant) {
+    loop {
+        match node.control(peer, control) {
+            Ok(()) => return,
+            Err(SendError::Unreachable(_)) if Instant::now() < until => {
+                // Polled: a session comes up within the fleet's connect wait; there is no
+                // event to wait on across every way it can come up.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(error) => {
+                tracing::warn!(
+                    node = node.id(), %peer, %error,
+                    "a hand-off could not be told: the new owner runs the shards after \
+                     {HANDOFF_WAIT:?}"
+                );
+                return;
+            }
+        }
+    }
+}
+
+/// Takes the forwards `done` says are due.
+fn take_forwards(acting: &mut Acting, done: impl Fn(&Forward) -> bool) -> Vec<(u16, Forward)> {
+    let due: Vec<u16> = acting
+        .forwarding
+        .iter()
+        .filter(|(_, forward)| done(forward))
+        .map(|(shard, _)| *shard)
+        .collect();
+    due.into_iter()
+        .filter_map(|shard| Some((shard, acting.forwarding.remove(&shard)?)))
+        .collect()
 }
 
 impl Inner {
@@ -840,21 +940,50 @@ impl Inner {
     /// `shards` may run here now: what was kept for them is delivered in order, and the kinds
     /// that run on their own start their stored entities there.
     fn arrive(self: &Arc<Self>, shards: &[u16]) {
-        let (queues, size) = {
+        let (draining, size) = {
             let mut acting = self.acting.write().unwrap_or_else(PoisonError::into_inner);
             let size = usize::from(acting.shards());
-            let queues: Vec<VecDeque<Buffered>> = shards
-                .iter()
-                .filter_map(|shard| acting.incoming.remove(shard))
-                .map(|incoming| incoming.queue)
-                .collect();
-            acting.buffered -= queues.iter().map(VecDeque::len).sum::<usize>();
-            (queues, size)
+            let mut draining = Vec::with_capacity(shards.len());
+            for shard in shards {
+                if let Some(incoming) = acting.incoming.get_mut(shard)
+                    && !incoming.draining
+                {
+                    incoming.draining = true;
+                    draining.push(*shard);
+                }
+            }
+            (draining, size)
         };
         self.counters
             .arrivals
-            .fetch_add(shards.len() as u64, Ordering::Relaxed);
-        for buffered in queues.into_iter().flatten() {
+            .fetch_add(draining.len() as u64, Ordering::Relaxed);
+        for &shard in &draining {
+            self.drain(shard);
+        }
+        self.recover(&draining, size);
+    }
+
+    /// Delivers what was kept for `shard`, one message at a time, until its queue is empty (what
+    /// comes for it meanwhile queues behind, so order holds); then the shard is the node's like
+    /// any other. Stops if the shard moved on meanwhile (its queue was sent on).
+    fn drain(&self, shard: u16) {
+        loop {
+            let buffered = {
+                let mut acting = self.acting.write().unwrap_or_else(PoisonError::into_inner);
+                let Some(incoming) = acting.incoming.get_mut(&shard) else {
+                    return;
+                };
+                match incoming.queue.pop_front() {
+                    Some(buffered) => {
+                        acting.buffered -= 1;
+                        buffered
+                    }
+                    None => {
+                        acting.incoming.remove(&shard);
+                        return;
+                    }
+                }
+            };
             let delivered = self
                 .served_kind(&buffered.kind)
                 .and_then(|served| (served.deliver)(&buffered.key, &buffered.payload));
@@ -862,13 +991,97 @@ impl Inner {
                 self.counters.undeliverable.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     kind = %buffered.kind,
+                    shard,
                     traced = buffered.trace.is_some(),
                     %error,
-                    "a message kept for a shard's hand-off was refused by its entity"
+                    "a message kept for a shard's hand-off was refused by its entity: dropped"
                 );
             }
         }
-        self.recover(shards, size);
+    }
+
+    /// Tells each new owner waiting on this node for a shard it lost before it was handed it
+    /// that the hand-off it waited for is done.
+    fn tell_forwards(&self, me: &str, forwards: Vec<(u16, Forward)>, why: &str) {
+        if forwards.is_empty() {
+            return;
+        }
+        let Some(node) = self.node.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        let mut told: BTreeMap<(String, u64), Vec<u16>> = BTreeMap::new();
+        for (shard, forward) in forwards {
+            tracing::info!(
+                node = %me, shard, from = %forward.from, to = %forward.to,
+                "a shard lost before it was handed here is handed on: {why}"
+            );
+            told.entry((forward.to, forward.version))
+                .or_default()
+                .push(shard);
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!(
+                node = %me,
+                "hand-offs off a tokio runtime cannot be told on: the new owners run the shards \
+                 after {HANDOFF_WAIT:?}"
+            );
+            return;
+        };
+        let until = Instant::now() + HANDOFF_WAIT;
+        for ((to, version), shards) in told {
+            let handed = Control::HandedOff(HandedOff {
+                from: me.to_owned(),
+                version,
+                shards,
+            });
+            let node = Arc::clone(&node);
+            runtime.spawn(async move { tell(&node, &to, &handed, until).await });
+        }
+    }
+
+    /// Sends on, by the node's table, what was kept for shards that moved on before they were
+    /// handed here (in the background: the node's table is being replaced).
+    fn reroute(self: &Arc<Self>, queue: Vec<Buffered>) {
+        if queue.is_empty() {
+            return;
+        }
+        let node = self.node.get().and_then(Weak::upgrade);
+        let runtime = tokio::runtime::Handle::try_current();
+        let (Some(node), Ok(runtime)) = (node, runtime) else {
+            self.counters
+                .undeliverable
+                .fetch_add(queue.len() as u64, Ordering::Relaxed);
+            tracing::error!(
+                messages = queue.len(),
+                "messages kept for shards that moved on cannot be sent on (no node or runtime): \
+                 dropped"
+            );
+            return;
+        };
+        let counting = Arc::downgrade(self);
+        runtime.spawn(async move {
+            let mut failed = 0_u64;
+            for buffered in queue {
+                if let Err(error) = node.send(
+                    &buffered.kind,
+                    &buffered.key,
+                    &buffered.payload,
+                    buffered.trace.as_ref(),
+                ) {
+                    failed += 1;
+                    tracing::warn!(
+                        kind = %buffered.kind, %error,
+                        "a message kept for a shard that moved on could not be sent on: dropped"
+                    );
+                }
+            }
+            if let Some(inner) = counting.upgrade() {
+                inner
+                    .counters
+                    .undeliverable
+                    .fetch_add(failed, Ordering::Relaxed);
+            }
+        });
     }
 
     /// Starts the stored entities of `shards` of every kind that runs on its own.
@@ -926,43 +1139,46 @@ impl Inbox for Kinds {
                 "{kind} is served by node, not by shard: address the node its entity lives on"
             )));
         }
-        {
-            let waiting = !self
+        let waiting = {
+            let acting = self
                 .inner
                 .acting
                 .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .incoming
-                .is_empty();
-            if waiting {
-                let mut acting = self
-                    .inner
-                    .acting
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner);
+                .unwrap_or_else(PoisonError::into_inner);
+            if acting.incoming.is_empty() {
+                None
+            } else {
                 let shard = shard_of(kind, key, acting.shards().max(1)).0;
-                let full = acting.buffered >= MAX_BUFFERED;
-                if let Some(incoming) = acting.incoming.get_mut(&shard) {
-                    if full {
-                        self.inner
-                            .counters
-                            .buffer_refused
-                            .fetch_add(1, Ordering::Relaxed);
-                        return Err(InboxRefusal::Rejected(format!(
-                            "busy: shard {shard} waits for its hand-off and the node keeps no more \
-                             than {MAX_BUFFERED} messages meanwhile"
-                        )));
-                    }
-                    incoming.queue.push_back(Buffered {
-                        kind: kind.to_owned(),
-                        key: key.to_vec(),
-                        payload: payload.to_vec(),
-                        trace,
-                    });
-                    acting.buffered += 1;
-                    self.inner.counters.buffered.fetch_add(1, Ordering::Relaxed);
-                    return Ok(());
+                acting.incoming.contains_key(&shard).then_some(shard)
+            }
+        };
+        if let Some(shard) = waiting {
+            let mut acting = self
+                .inner
+                .acting
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            let full = acting.buffered >= MAX_BUFFERED;
+            if let Some(incoming) = acting.incoming.get_mut(&shard) {
+                if full {
+                    self.inner
+                        .counters
+                        .buffer_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Err(InboxRefusal::Rejected(format!(
+                        "busy: shard {shard} waits for its hand-off and the node keeps no more \
+                         than {MAX_BUFFERED} messages meanwhile"
+                    )));
                 }
+                incoming.queue.push_back(Buffered {
+                    kind: kind.to_owned(),
+                    key: key.to_vec(),
+                    payload: payload.to_vec(),
+                    trace,
+                });
+                acting.buffered += 1;
+                self.inner.counters.buffered.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
             }
         }
         (served.deliver)(key, payload)
@@ -987,7 +1203,7 @@ impl Inbox for Kinds {
     fn table_changed(&self, node: &str, table: &Table) {
         let shards = table.shards.len();
         // Per shard, what this table does to this node against the last one it acted on.
-        let (lost_to_peers, released, arrived) = {
+        let (lost_to_peers, released, arrived, reroute) = {
             let mut acting = self
                 .inner
                 .acting
@@ -999,58 +1215,83 @@ impl Inbox for Kinds {
                 }
                 _ => None,
             };
+            let member = acting.member;
             let mut handing: BTreeMap<String, Vec<u16>> = BTreeMap::new();
             let mut released = vec![false; shards];
             let mut arrived = Vec::new();
+            let mut reroute = Vec::new();
             for (index, now) in table.shards.iter().enumerate() {
                 let shard = index as u16;
-                let was = last
-                    .as_ref()
-                    .and_then(|last| last.shards[index].node.clone());
+                let before = last.as_ref().map(|last| &last.shards[index]);
+                let mine_before = before.is_some_and(|before| before.node.as_deref() == Some(node));
                 let mine_now = now.node.as_deref() == Some(node);
-                let mine_before = was.as_deref() == Some(node);
-                match (mine_before, mine_now) {
-                    (true, false) => {
-                        if let Some(incoming) = acting.incoming.remove(&shard) {
-                            // Moved on before its hand-off came: what waited for it goes on
-                            // to its newer owner through the node's routing.
-                            acting.buffered -= incoming.queue.len();
-                            drop(incoming);
+                // Taken away and given back between two tables this node saw: what ran here
+                // is stale, and the shard comes from the node that had it meanwhile.
+                let came_back =
+                    mine_before && mine_now && before.is_some_and(|b| b.token != now.token);
+                if mine_before && (!mine_now || came_back) {
+                    let waited = acting.incoming.remove(&shard);
+                    let ran_here = waited.as_ref().is_none_or(|waited| waited.draining);
+                    if let Some(waited) = waited {
+                        // What waited for it goes on to its newer owner through the node's
+                        // routing.
+                        acting.buffered -= waited.queue.len();
+                        reroute.extend(waited.queue);
+                        if !waited.draining
+                            && !came_back
+                            && member
+                            && let Some(to) = &now.node
+                        {
+                            // Never ran here: the new owner's hand-off is the one this node
+                            // waited for, told on when it comes.
+                            acting.forwarding.insert(
+                                shard,
+                                Forward {
+                                    from: waited.from,
+                                    to: to.clone(),
+                                    version: table.version,
+                                    since: waited.since,
+                                },
+                            );
                         }
-                        match (&now.node, acting.member) {
+                    }
+                    if ran_here {
+                        match (&now.node, member && !came_back) {
                             (Some(peer), true) => {
                                 handing.entry(peer.clone()).or_default().push(shard)
                             }
                             _ => released[index] = true,
                         }
                     }
-                    (false, true) => {
-                        let standing = |peer: &String| {
-                            acting
-                                .members
-                                .as_ref()
-                                .is_some_and(|members| members.contains(peer))
-                        };
-                        match was {
-                            Some(peer) if peer != node && standing(&peer) => {
-                                acting.incoming.insert(
-                                    shard,
-                                    Incoming {
-                                        from: peer,
-                                        since: Instant::now(),
-                                        queue: VecDeque::new(),
-                                    },
-                                );
-                            }
-                            _ => arrived.push(shard),
+                }
+                if mine_now && (!mine_before || came_back) {
+                    // The node that had it before this table's change hands it over, if it
+                    // still stands (an unknown fleet counts as standing: the wait is bounded).
+                    let standing = |peer: &str| {
+                        acting
+                            .members
+                            .as_ref()
+                            .is_none_or(|members| members.contains(peer))
+                    };
+                    match &now.from {
+                        Some(peer) if peer != node && standing(peer) => {
+                            acting.incoming.insert(
+                                shard,
+                                Incoming {
+                                    from: peer.clone(),
+                                    since: Instant::now(),
+                                    queue: VecDeque::new(),
+                                    draining: false,
+                                },
+                            );
                         }
+                        _ => arrived.push(shard),
                     }
-                    _ => {}
                 }
             }
             acting.node = node.to_owned();
             acting.table = Some(Arc::new(table.clone()));
-            (handing, released, arrived)
+            (handing, released, arrived, reroute)
         };
         let moved = released.iter().filter(|&&lost| lost).count();
         if moved > 0 {
@@ -1069,6 +1310,7 @@ impl Inbox for Kinds {
                 .released
                 .fetch_add(count as u64, Ordering::Relaxed);
         }
+        self.inner.reroute(reroute);
         if !arrived.is_empty() {
             self.inner
                 .counters
@@ -1086,29 +1328,42 @@ impl Inbox for Kinds {
     }
 
     fn handed_off(&self, from: &str, version: u64, shards: &[u16]) {
-        let ready: Vec<u16> = {
-            let acting = self
+        let (me, ready, forwards) = {
+            let mut acting = self
                 .inner
                 .acting
-                .read()
+                .write()
                 .unwrap_or_else(PoisonError::into_inner);
-            shards
+            let ready: Vec<u16> = shards
                 .iter()
                 .copied()
                 .filter(|shard| {
                     acting
                         .incoming
                         .get(shard)
-                        .is_some_and(|incoming| incoming.from == from)
+                        .is_some_and(|incoming| incoming.from == from && !incoming.draining)
                 })
-                .collect()
+                .collect();
+            let forwards: Vec<(u16, Forward)> = shards
+                .iter()
+                .filter_map(|shard| {
+                    if acting.forwarding.get(shard)?.from != from {
+                        return None;
+                    }
+                    Some((*shard, acting.forwarding.remove(shard)?))
+                })
+                .collect();
+            (acting.node.clone(), ready, forwards)
         };
         tracing::info!(
             %from,
             version,
             shards = ready.len(),
+            forwarded = forwards.len(),
             "shards handed over: their entities run here now"
         );
+        self.inner
+            .tell_forwards(&me, forwards, &format!("{from} handed them over"));
         self.inner.arrive(&ready);
     }
 }
@@ -1116,15 +1371,27 @@ impl Inbox for Kinds {
 impl Kinds {
     /// Hands the entities of the shards this node lost to live peers over, then tells each new
     /// owner, in the background: the node goes on routing meanwhile.
-    fn hand_off(&self, node: &str, version: u64, shards: usize, lost: BTreeMap<String, Vec<u16>>) {
+    fn hand_off(
+        &self,
+        node: &str,
+        version: u64,
+        shards: usize,
+        mut lost: BTreeMap<String, Vec<u16>>,
+    ) {
         let started = Instant::now();
-        let Some(peer_node) = self.inner.node.get().and_then(Weak::upgrade) else {
-            // No node attached to send anything through: nothing can be handed over.
+        let peer_node = self.inner.node.get().and_then(Weak::upgrade);
+        let runtime = tokio::runtime::Handle::try_current();
+        let (Some(peer_node), Ok(runtime)) = (peer_node, runtime) else {
+            // Nothing can be handed over: no node to send through, or no runtime to do it on.
+            // The entities are let go of here and now (the new owners run them from the store
+            // after their wait), so they never run on two nodes.
             let mut released = vec![false; shards];
             for shard in lost.values().flatten() {
                 released[usize::from(*shard)] = true;
             }
-            let reason = "no node is attached to hand the shards over through";
+            let reason = "the shards could not be handed over (no node attached, or off a tokio \
+                          runtime)";
+            tracing::error!(node, "{reason}: their entities are released");
             let count: usize = self
                 .inner
                 .served()
@@ -1137,26 +1404,53 @@ impl Kinds {
                 .fetch_add(count as u64, Ordering::Relaxed);
             return;
         };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::error!("a hand-off off a tokio runtime cannot run");
-            return;
-        };
         let mut marked = vec![false; shards];
         for shard in lost.values().flatten() {
             marked[usize::from(*shard)] = true;
         }
         let marked: Arc<[bool]> = marked.into();
-        let handing: Vec<Arc<HandOff>> = self
-            .inner
-            .served()
-            .into_iter()
-            .filter_map(|served| served.hand_off)
+        let served = self.inner.served();
+        let handing: Vec<Arc<HandOff>> = served
+            .iter()
+            .filter_map(|served| served.hand_off.clone())
             .collect();
+        let releasing: Vec<Arc<Release>> =
+            served.into_iter().map(|served| served.release).collect();
+        let lease = self.inner.lease.clone();
         let inner = Arc::downgrade(&self.inner);
         let me = node.to_owned();
         // Counted from the table change, so whoever sees the table moved sees it under way.
         self.inner.counters.handing.fetch_add(1, Ordering::SeqCst);
         runtime.spawn(async move {
+            // A new owner that just joined may not be connected yet: what is queued behind a
+            // hand-off is sent on to it, so the hand-off starts once it can be (or after
+            // HANDOFF_TIMEOUT, when what cannot be sent on is dead-lettered with the reason).
+            for peer in lost.keys() {
+                while !peer_node.reaches(peer)
+                    && started.elapsed() < HANDOFF_TIMEOUT
+                    && lease.is_valid()
+                {
+                    // Polled, as in `tell`.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            if !lease.is_valid() {
+                // The lease went meanwhile: nothing may be handed over any more.
+                let reason = "the node's lease lapsed before its hand-off began";
+                let count: usize = releasing
+                    .iter()
+                    .map(|release| release(&marked, reason))
+                    .sum();
+                tracing::warn!(node = %me, version, released = count, "{reason}: released");
+                if let Some(inner) = inner.upgrade() {
+                    inner
+                        .counters
+                        .released
+                        .fetch_add(count as u64, Ordering::Relaxed);
+                    inner.counters.handing.fetch_sub(1, Ordering::SeqCst);
+                }
+                return;
+            }
             let mut total = HandOffReport::default();
             for hand_off in handing {
                 let report = hand_off(Arc::clone(&marked), Arc::clone(&peer_node)).await;
@@ -1166,19 +1460,24 @@ impl Kinds {
                 total.dead_lettered += report.dead_lettered;
                 total.unconfirmed += report.unconfirmed;
             }
+            if total.unconfirmed > 0 {
+                // Some state may not be in the store yet (a write-through that timed out, an
+                // entity that did not answer): the new owners are not told, so they wait
+                // HANDOFF_WAIT before they read it, giving a late write the time to land.
+                tracing::warn!(
+                    node = %me, version, unconfirmed = total.unconfirmed,
+                    "a hand-off is not confirmed: the new owners run the shards after \
+                     {HANDOFF_WAIT:?}"
+                );
+                lost.clear();
+            }
             for (peer, shards) in lost {
                 let handed = Control::HandedOff(HandedOff {
                     from: me.clone(),
                     version,
                     shards,
                 });
-                if let Err(error) = peer_node.control(&peer, &handed) {
-                    tracing::warn!(
-                        node = %me, %peer, %error,
-                        "the hand-off could not be told: the new owner runs the shards after \
-                         {HANDOFF_WAIT:?}"
-                    );
-                }
+                tell(&peer_node, &peer, &handed, started + HANDOFF_WAIT).await;
             }
             let took = started.elapsed();
             if let Some(inner) = inner.upgrade() {
@@ -1382,5 +1681,32 @@ mod tests {
             record("b", "1", 3, activated(210)),
         ];
         assert!(check_activations(&stale, &HashMap::new()).is_err());
+        // A node killed at 150 and restarted on the same log: its first run ended at the
+        // kill, and still counts (here it overlaps b's).
+        let restarted = [
+            record("a", "1", 3, activated(100)),
+            record("b", "1", 5, activated(120)),
+            record("a", "1", 7, activated(400)),
+        ];
+        let killed_at = HashMap::from([("a".to_owned(), vec![150])]);
+        let overlap = check_activations(&restarted, &killed_at).unwrap_err();
+        assert!(overlap.contains("until 150"), "{overlap}");
+        // Passivated, then run elsewhere, then back: three runs, none overlapping.
+        let passivated = [
+            record("a", "1", 3, activated(100)),
+            record("a", "1", 3, left(DepartureKind::Passivated, 140)),
+            record("b", "1", 5, activated(150)),
+            record("b", "1", 5, left(DepartureKind::HandedOff, 190)),
+            record("a", "1", 7, activated(200)),
+        ];
+        let check = check_activations(&passivated, &HashMap::new()).unwrap();
+        assert_eq!((check.moved, check.runs), (1, 3));
+        for how in [DepartureKind::Passivated, DepartureKind::Stopped] {
+            let written = record("a", "1", 3, left(how, 9));
+            assert_eq!(
+                ActivationRecord::parse(&written.to_string(), &["room"]),
+                Ok(written)
+            );
+        }
     }
 }

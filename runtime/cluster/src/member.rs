@@ -65,12 +65,19 @@ pub fn run(fleet: &Fleet, node: Arc<Node>, kinds: Kinds) -> Member {
     let task = tokio::spawn(async move {
         let mut sweep = tokio::time::interval(Duration::from_secs(1));
         let mut acted_on: Option<(u64, bool)> = None;
+        // Until etcd's first read of the members, the kinds are not told any: an old owner
+        // then counts as standing (its shards wait for its hand-off, boundedly), not as gone.
+        let mut members_known = false;
         loop {
             match *deadline.borrow_and_update() {
                 Some(until) => kinds.lease().renew_until(until),
                 None => kinds.lease().revoke(),
             }
-            let live = Arc::clone(&members.borrow_and_update());
+            let live = {
+                let read = members.borrow_and_update();
+                members_known |= read.has_changed();
+                Arc::clone(&read)
+            };
             for info in live.values() {
                 let Ok(addr) = info.peer.parse::<SocketAddr>() else {
                     continue;
@@ -98,7 +105,9 @@ pub fn run(fleet: &Fleet, node: Arc<Node>, kinds: Kinds) -> Member {
                         .remove(&peer);
                 });
             }
-            kinds.members_changed(live.keys().cloned().collect());
+            if members_known {
+                kinds.members_changed(live.keys().cloned().collect());
+            }
             let table = Arc::clone(&tables.borrow_and_update());
             let member = *standing.borrow_and_update() == Standing::Member;
             if acted_on != Some((table.version, member)) {
@@ -123,7 +132,13 @@ pub fn run(fleet: &Fleet, node: Arc<Node>, kinds: Kinds) -> Member {
             tokio::select! {
                 changed = tables.changed() => if changed.is_err() { return },
                 changed = standing.changed() => if changed.is_err() { return },
-                changed = members.changed() => if changed.is_err() { return },
+                changed = members.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    // `changed` marks the value seen: known from here on.
+                    members_known = true;
+                }
                 changed = deadline.changed() => if changed.is_err() { return },
                 _ = sweep.tick() => kinds.sweep(),
             }

@@ -21,7 +21,7 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -103,7 +103,8 @@ pub trait Inbox: Send + Sync + 'static {
 
     /// Told the table node `node` acts on, before the node routes or accepts by it (at
     /// [`Node::start`] and every [`Node::set_table`]): the entity runtime takes each shard's
-    /// fencing token from it. Nothing by default.
+    /// fencing token from it. Nothing by default. It runs with the node's table locked: it
+    /// must not call the node back (what must be sent, it sends from a task).
     fn table_changed(&self, node: &str, table: &Table) {
         let _ = (node, table);
     }
@@ -298,6 +299,8 @@ type DeadLetterSink = Box<dyn Fn(DeadLetter) + Send + Sync>;
 /// An envelope or hand-off routed by a newer table than this node's, kept until it catches up.
 struct Parked {
     since: std::time::Instant,
+    /// The envelope's shard (none for a hand-off).
+    shard: Option<u16>,
     what: ParkedKind,
 }
 
@@ -319,6 +322,11 @@ struct Shared {
     counters: Counters,
     next_id: AtomicU64,
     parked: Mutex<std::collections::VecDeque<Parked>>,
+    /// How many are parked (read without the lock on every envelope taken).
+    parked_len: AtomicUsize,
+    /// Held while an envelope or a control message is taken, and through a whole unparking:
+    /// one at a time, so what waited is taken before what came after it.
+    taking: Mutex<()>,
 }
 
 impl Shared {
@@ -357,7 +365,19 @@ impl Shared {
     }
 
     fn take(&self, bytes: &[u8]) {
+        let _one = self.taking.lock().unwrap_or_else(PoisonError::into_inner);
         self.take_parked_since(bytes, None);
+    }
+
+    /// Whether an envelope for `shard` is parked: a newer one then parks behind it.
+    fn parked_for(&self, shard: u16) -> bool {
+        self.parked_len.load(Ordering::Acquire) > 0
+            && self
+                .parked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .any(|parked| parked.shard == Some(shard))
     }
 
     /// Takes an envelope; `since`: when it was first parked, if it was.
@@ -418,12 +438,13 @@ impl Shared {
             (assignment.node.clone(), assignment.token)
         };
         let lapsed = owner.as_deref() == Some(self.id.as_str()) && !self.inbox.accepting();
-        if token > mine || lapsed {
+        if token > mine || lapsed || self.parked_for(shard) {
             // The sender routed by a newer table than this node has: this node may be the
             // shard's new owner and not know it yet, or may have lost it. Or this node's lease
             // lapsed: its table is about to lose the shard. Kept until its table catches up
-            // (then delivered or relayed), or refused as behind after a while.
-            self.park(ParkedKind::Envelope(bytes.to_vec()), since);
+            // (then delivered or relayed), or refused as behind after a while. And what comes
+            // for a shard while something for it is kept waits behind it, in order.
+            self.park(ParkedKind::Envelope(bytes.to_vec()), Some(shard), since);
             return;
         }
         let refusal = match owner {
@@ -509,7 +530,7 @@ impl Shared {
 impl Shared {
     /// Keeps what was routed by a newer table than this node's until it catches up, at most
     /// [`MAX_PARKED`] of them (past it, the oldest is refused as behind).
-    fn park(&self, what: ParkedKind, since: Option<std::time::Instant>) {
+    fn park(&self, what: ParkedKind, shard: Option<u16>, since: Option<std::time::Instant>) {
         if since.is_none() {
             Shared::add(&self.counters.parked);
         }
@@ -517,11 +538,14 @@ impl Shared {
             let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
             parked.push_back(Parked {
                 since: since.unwrap_or_else(std::time::Instant::now),
+                shard,
                 what,
             });
-            (parked.len() > MAX_PARKED)
+            let oldest = (parked.len() > MAX_PARKED)
                 .then(|| parked.pop_front())
-                .flatten()
+                .flatten();
+            self.parked_len.store(parked.len(), Ordering::Release);
+            oldest
         };
         if let Some(oldest) = overflow {
             self.expire(
@@ -534,12 +558,12 @@ impl Shared {
     /// Takes again what waited for the table: what it has caught up with is delivered, what
     /// waited past [`PARK_TIMEOUT`] is refused as behind, the rest waits on.
     fn unpark(&self) {
-        let waiting: Vec<Parked> = self
-            .parked
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .drain(..)
-            .collect();
+        let _one = self.taking.lock().unwrap_or_else(PoisonError::into_inner);
+        let waiting: Vec<Parked> = {
+            let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
+            self.parked_len.store(0, Ordering::Release);
+            parked.drain(..).collect()
+        };
         let version = self
             .table
             .read()
@@ -558,14 +582,7 @@ impl Shared {
                     version: handed,
                     shards,
                 } if handed <= version => self.inbox.handed_off(&from, handed, &shards),
-                what => self
-                    .parked
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push_back(Parked {
-                        since: parked.since,
-                        what,
-                    }),
+                what => self.park(what, None, Some(parked.since)),
             }
         }
     }
@@ -610,6 +627,7 @@ impl Shared {
                             version,
                             shards,
                         },
+                        None,
                         None,
                     );
                 } else {
@@ -683,7 +701,14 @@ impl Actor for Router {
         match message {
             RouterMsg::Deliver(bytes) => self.shared.take(&bytes),
             RouterMsg::Refused(bytes) => self.shared.refused(&bytes),
-            RouterMsg::Control(bytes) => self.shared.control(&bytes),
+            RouterMsg::Control(bytes) => {
+                let _one = self
+                    .shared
+                    .taking
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                self.shared.control(&bytes);
+            }
         }
         Ok(())
     }
@@ -765,6 +790,8 @@ impl Node {
             counters: Counters::default(),
             next_id: AtomicU64::new(1),
             parked: Mutex::new(std::collections::VecDeque::new()),
+            parked_len: AtomicUsize::new(0),
+            taking: Mutex::new(()),
         });
         let (server, addr) = spawn_server(&config).await?;
         server
@@ -795,12 +822,7 @@ impl Node {
                 let Some(shared) = sweeping.upgrade() else {
                     return;
                 };
-                let waiting = !shared
-                    .parked
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .is_empty();
-                if waiting {
+                if shared.parked_len.load(Ordering::Acquire) > 0 {
                     shared.unpark();
                 }
             }

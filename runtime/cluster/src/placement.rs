@@ -28,6 +28,10 @@ pub struct Assignment {
     pub node: Option<NodeId>,
     /// The table version at which this shard last changed owner: its fencing token.
     pub token: u64,
+    /// Its owner before that change (`None` for a shard placed for the first time): the node
+    /// a new owner waits on to hand the shard's entities over, even when it never saw the
+    /// table that node held it in.
+    pub from: Option<NodeId>,
 }
 
 /// The shard -> node table.
@@ -57,6 +61,7 @@ impl Table {
                 Assignment {
                     node: None,
                     token: 0,
+                    from: None,
                 };
                 usize::from(shards)
             ],
@@ -112,8 +117,9 @@ impl Table {
         let mut moves = Moves::default();
         if nodes.is_empty() {
             for assignment in &mut next.shards {
-                if assignment.node.take().is_some() {
+                if let Some(was) = assignment.node.take() {
                     assignment.token = version;
+                    assignment.from = Some(was);
                     moves.moved += 1;
                 }
             }
@@ -147,7 +153,10 @@ impl Table {
                 } else {
                     moves.placed += 1;
                 }
-                assignment.node = Some(node.to_owned());
+                // An unowned shard keeps the last owner it had, if any.
+                if let Some(was) = assignment.node.replace(node.to_owned()) {
+                    assignment.from = Some(was);
+                }
                 assignment.token = version;
             }
         }
@@ -205,7 +214,12 @@ mod tests {
         assert_eq!(table.version, 1);
         let loads: Vec<usize> = table.loads().values().copied().collect();
         assert_eq!(loads, vec![342, 341, 341]);
-        assert!(table.shards.iter().all(|a| a.token == 1));
+        assert!(
+            table
+                .shards
+                .iter()
+                .all(|a| a.token == 1 && a.from.is_none())
+        );
         // The same nodes again: nothing moves, the version stays.
         let (same, moves) = table.rebalance(&names(0..3));
         assert_eq!((same.version, moves), (1, Moves::default()));
@@ -220,6 +234,7 @@ mod tests {
             } else {
                 assert_eq!(after.node.as_deref(), Some("node-003"));
                 assert_eq!(after.token, 2, "shard {shard} moved at version 2");
+                assert_eq!(after.from, before.node, "shard {shard} names who had it");
             }
         }
         assert_eq!(joined.owned_by("node-003").count(), 256);
@@ -227,6 +242,21 @@ mod tests {
         let (none, moves) = joined.rebalance(&[]);
         assert_eq!(moves.moved, 1024);
         assert!(none.shards.iter().all(|a| a.node.is_none()));
+        assert!(
+            none.shards
+                .iter()
+                .zip(&joined.shards)
+                .all(|(a, b)| a.from == b.node)
+        );
+        // Placed again: an unowned shard keeps naming the last node that had it.
+        let (again, _) = none.rebalance(&names(5..6));
+        assert!(
+            again
+                .shards
+                .iter()
+                .zip(&joined.shards)
+                .all(|(a, b)| a.from == b.node)
+        );
     }
 
     #[test]

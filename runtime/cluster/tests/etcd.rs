@@ -565,7 +565,11 @@ mod acting {
             node.table().owned_by("a").next().is_none()
         })
         .await;
-        assert!(kept.iter().all(|key| !counters.is_active(key)), "released");
+        assert!(
+            kept.iter().all(|key| !counters.is_active(key)),
+            "released: {:?}",
+            kinds.stats()
+        );
         let refused = sharded.send(&kept[0], &Bump { by: 1 }, None);
         assert!(
             matches!(

@@ -2,6 +2,8 @@
 //! (`GARRISON_ETCD_ENDPOINT`, `GARRISON_REDIS_URL`; `.ci/run` starts both on 127.0.0.1):
 //! node `a` (this process) adds to 64 counters by key through the fleet the whole time, while
 //! node `b` (this binary run again as a peer, killed by its pid at the end)
+//! - **joins** while `a` runs every counter: its share is handed over by `a` (never run from
+//!   the store meanwhile), and after `b` drains again every accepted add is counted once;
 //! - **drains**: its shards move to `a` with a hand-off; every add `a`'s fleet accepted is in
 //!   the counters' totals (none lost, none counted twice), nothing is dead-lettered, and no
 //!   counter ran on both nodes at once (the activation logs of both);
@@ -44,6 +46,8 @@ const NAMESPACE: &str = "GARRISON_MOVES_NAMESPACE";
 const DURABILITY: &str = "GARRISON_MOVES_DURABILITY";
 const PEER_ID: &str = "GARRISON_MOVES_PEER_ID";
 const SELF_ID: &str = "GARRISON_MOVES_SELF_ID";
+/// Where a node also appends its activation log, a line at a time (so it outlives a kill).
+const LOG_FILE: &str = "GARRISON_MOVES_LOG_FILE";
 
 /// Add `by` to a counter.
 #[derive(Archive, Serialize, Deserialize, Schema, Debug)]
@@ -169,7 +173,21 @@ async fn start(id: &str, etcd: &str, redis: &str, ns: &str, through: bool) -> Te
     );
     let log = Arc::new(Mutex::new(Vec::new()));
     let logging = log.clone();
-    kinds.activation_log(move |record| logging.lock().unwrap().push(record));
+    let file = std::env::var(LOG_FILE).ok().map(|path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("the activation log file")
+    });
+    kinds.activation_log(move |record| {
+        let mut log = logging.lock().unwrap();
+        if let Some(mut file) = file.as_ref() {
+            use std::io::Write as _;
+            writeln!(file, "{record}").expect("the activation log is written");
+        }
+        log.push(record);
+    });
     let config = NodeConfig {
         id: id.into(),
         cookie: COOKIE.into(),
@@ -361,17 +379,30 @@ fn no_key_ran_twice(records: &[ActivationRecord], end: &HashMap<String, Vec<u64>
 }
 
 fn spawn_b(etcd: &str, redis: &str, ns: &str, durability: &str, a: &str, b: &str) -> Peer {
-    let b = Peer::spawn(
-        "moves-b",
-        &[
-            ("GARRISON_ETCD_ENDPOINT", etcd.to_owned()),
-            ("GARRISON_REDIS_URL", redis.to_owned()),
-            (NAMESPACE, ns.to_owned()),
-            (DURABILITY, durability.to_owned()),
-            (SELF_ID, b.to_owned()),
-            (PEER_ID, a.to_owned()),
-        ],
-    );
+    spawn_b_logging(etcd, redis, ns, durability, a, b, None)
+}
+
+fn spawn_b_logging(
+    etcd: &str,
+    redis: &str,
+    ns: &str,
+    durability: &str,
+    a: &str,
+    b: &str,
+    log_file: Option<&std::path::Path>,
+) -> Peer {
+    let mut env = vec![
+        ("GARRISON_ETCD_ENDPOINT", etcd.to_owned()),
+        ("GARRISON_REDIS_URL", redis.to_owned()),
+        (NAMESPACE, ns.to_owned()),
+        (DURABILITY, durability.to_owned()),
+        (SELF_ID, b.to_owned()),
+        (PEER_ID, a.to_owned()),
+    ];
+    if let Some(path) = log_file {
+        env.push((LOG_FILE, path.display().to_string()));
+    }
+    let b = Peer::spawn("moves-b", &env);
     b.expect("ready", Duration::from_secs(60));
     b
 }
@@ -466,6 +497,111 @@ async fn a_drained_node_hands_its_entities_over_and_no_accepted_message_is_lost(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newcomer_takes_its_share_by_hand_off_while_messages_flow() {
+    if std::env::var(ROLE).is_ok() {
+        return;
+    }
+    let Some((etcd, redis)) = settings() else {
+        return;
+    };
+    let _one = ONE_AT_A_TIME.lock().await;
+    let ns = namespace("join");
+    let (a_id, b_id) = ids("join");
+    let a = start(&a_id, &etcd, &redis, &ns, false).await;
+    let dead = Arc::new(Mutex::new(Vec::<DeadLetter>::new()));
+    let sink = dead.clone();
+    a.node
+        .on_dead_letter(move |letter| sink.lock().unwrap().push(letter));
+    until("a owns every shard", Duration::from_secs(20), || {
+        a.node.table().owned_by(&a_id).count() == usize::from(SHARDS)
+    })
+    .await;
+    // Every counter runs on a; then b joins while a keeps sending.
+    let mut sent = Sent::default();
+    let mut rounds = 0;
+    send_until(&a, &mut sent, |_| {
+        rounds += 1;
+        rounds == 50
+    })
+    .await;
+    let (etcd_b, redis_b, ns_b, a_b, b_b) = (
+        etcd.clone(),
+        redis.clone(),
+        ns.clone(),
+        a_id.clone(),
+        b_id.clone(),
+    );
+    let joining = tokio::task::spawn_blocking(move || {
+        spawn_b(&etcd_b, &redis_b, &ns_b, "behind", &a_b, &b_b)
+    });
+    send_until(&a, &mut sent, |_| joining.is_finished()).await;
+    let mut b = joining.await.expect("b started");
+    let started = Instant::now();
+    let mut joined = None;
+    send_until(&a, &mut sent, |_| {
+        let stats = a.kinds.stats();
+        if joined.is_none()
+            && a.node.table().owned_by(&b_id).count() == usize::from(SHARDS) / 2
+            && stats.handoffs >= 1
+            && stats.handing == 0
+        {
+            joined = Some(started.elapsed());
+        }
+        joined.is_some_and(|joined| started.elapsed() > joined + Duration::from_millis(500))
+            || started.elapsed() > Duration::from_secs(30)
+    })
+    .await;
+    let joined = joined.expect("a handed b its share within 30 s");
+    let on_b: Vec<u32> = (0..KEYS)
+        .filter(|key| owner(&a.node.table(), *key) == Some(b_id.clone()))
+        .collect();
+    b.command("stats");
+    let stats = stats_of(&b.expect("stats ", Duration::from_secs(10)));
+    println!(
+        "  join: a handed b its share {joined:?} after b was up ({} entities handed off, last \
+         hand-off {:?}); b kept {} adds until then, and ran {} shards: {stats:?}",
+        a.kinds.stats().handed_off,
+        a.kinds.stats().last_handoff,
+        stats["buffered"],
+        stats["arrivals"],
+    );
+    // The shards came by hand-off, not by waiting the hand-off out.
+    assert_eq!(stats["expired"], 0, "b ran shards without their hand-off");
+    assert_eq!(stats["arrivals"], u64::from(SHARDS) / 2, "{stats:?}");
+    assert!(a.kinds.stats().handed_off >= on_b.len() as u64);
+
+    // b drains back to a, as in the drain test: then every accepted add is in the store once.
+    b.command("drain");
+    b.expect("drained ", Duration::from_secs(20));
+    let mut rounds = 0;
+    send_until(&a, &mut sent, |_| {
+        rounds += 1;
+        rounds == 20
+    })
+    .await;
+    let totals = stored_totals(&a).await;
+    for key in 0..KEYS {
+        assert_eq!(totals[&key], sent.total(key), "counter {key}");
+    }
+    assert_eq!(dead_letters(&a, &dead), 0, "{:?}", dead.lock().unwrap());
+    println!(
+        "  join: {} adds accepted, every one counted once ({} refused while b's session came up)",
+        (0..KEYS).map(|key| sent.total(key)).sum::<u64>(),
+        sent.refused
+    );
+    // No counter ran on both nodes at once, and b's share ran on both in turn.
+    let mut records = peer_log(&mut b);
+    records.extend(a.log.lock().unwrap().iter().cloned());
+    let moved = no_key_ran_twice(&records, &HashMap::new());
+    assert!(moved >= on_b.len(), "{moved} keys ran on both nodes");
+    b.command("stop");
+    b.expect("stopped", Duration::from_secs(20));
+    drop(a.member);
+    a.fleet.leave().await.expect("a leaves");
+    a.tree.stop().await.expect("the tree stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_s_entities_run_on_from_the_store_once_its_lease_expires() {
     if std::env::var(ROLE).is_ok() {
         return;
@@ -477,7 +613,10 @@ async fn a_killed_node_s_entities_run_on_from_the_store_once_its_lease_expires()
     let ns = namespace("kill");
     let (a_id, b_id) = ids("kill");
     let a = start(&a_id, &etcd, &redis, &ns, true).await;
-    let mut b = spawn_b(&etcd, &redis, &ns, "through", &a_id, &b_id);
+    // b's activation log survives its kill in a file.
+    let b_log = std::env::temp_dir().join(format!("{ns}-b.log"));
+    let _ = std::fs::remove_file(&b_log);
+    let mut b = spawn_b_logging(&etcd, &redis, &ns, "through", &a_id, &b_id, Some(&b_log));
     paired(&a, &mut b, &b_id).await;
     let on_b: Vec<u32> = (0..KEYS)
         .filter(|key| owner(&a.node.table(), *key) == Some(b_id.clone()))
@@ -493,7 +632,6 @@ async fn a_killed_node_s_entities_run_on_from_the_store_once_its_lease_expires()
     b.kill();
     let killed = Instant::now();
     let killed_unix = unix_ms();
-    let _ = &killed_unix;
     // a keeps sending: b's keys are unreachable until the table gives them to a, then run
     // here from the store.
     let mut back = None;
@@ -541,10 +679,30 @@ async fn a_killed_node_s_entities_run_on_from_the_store_once_its_lease_expires()
         }
     }
     println!("  kill: {lost} adds b's fleet took and b had not handled were lost with it");
-    let records = a.log.lock().unwrap().clone();
-    no_key_ran_twice(
+    // b's runs (until its kill) and a's do not overlap.
+    let mut records: Vec<ActivationRecord> = std::fs::read_to_string(&b_log)
+        .expect("b's activation log")
+        .lines()
+        .map(|line| ActivationRecord::parse(line, &["counter"]).expect("a record"))
+        .collect();
+    let _ = std::fs::remove_file(&b_log);
+    assert!(
+        records.iter().filter(|record| record.node == b_id).count() >= on_b.len(),
+        "b logged its activations"
+    );
+    records.extend(a.log.lock().unwrap().iter().cloned());
+    let moved = no_key_ran_twice(
         &records,
         &HashMap::from([(b_id.clone(), vec![killed_unix])]),
+    );
+    assert!(
+        moved >= on_b.len(),
+        "{moved} counters ran on both nodes: {:?} / a's: {:?}",
+        records
+            .iter()
+            .filter(|record| record.key == on_b[0].to_string())
+            .collect::<Vec<_>>(),
+        a.log.lock().unwrap().iter().take(5).collect::<Vec<_>>()
     );
     drop(a.member);
     a.fleet.leave().await.expect("a leaves");
@@ -659,7 +817,15 @@ async fn a_node_paused_past_its_lease_runs_nothing_when_it_wakes() {
     assert!(!lapsed_late, "b handled a message after a took over");
     records.extend(a.log.lock().unwrap().iter().cloned());
     let both = no_key_ran_twice(&records, &HashMap::new());
-    assert!(both >= on_b.len(), "{both}");
+    assert!(
+        both >= on_b.len(),
+        "{both} ran on both: {:?}; a: {:?}",
+        records
+            .iter()
+            .filter(|record| record.key == on_b[0].to_string())
+            .collect::<Vec<_>>(),
+        a.kinds.stats()
+    );
     b.command("stop");
     b.expect("stopped", Duration::from_secs(20));
     drop(a.member);
@@ -707,7 +873,8 @@ fn peer_process() {
                     let node = b.node.stats();
                     println!(
                         "@@ stats version={} reaches={} lease_lost={} active={} owned={} \
-                         parked={} relayed={} behind={} not_owner={} dead_letters={} fenced={}",
+                         parked={} relayed={} behind={} not_owner={} dead_letters={} fenced={} \
+                         arrivals={} expired={} buffered={}",
                         table.version,
                         u8::from(b.node.reaches(&peer)),
                         u8::from(b.fleet.standing() == Standing::LeaseLost),
@@ -721,6 +888,9 @@ fn peer_process() {
                         b.counters
                             .durability()
                             .map_or(0, |durability| durability.fenced),
+                        b.kinds.stats().arrivals,
+                        b.kinds.stats().waits_expired,
+                        b.kinds.stats().buffered,
                     );
                 }
                 "drain" => {
@@ -731,7 +901,13 @@ fn peer_process() {
                     while b.node.table().owned_by(&me).next().is_some()
                         || b.kinds.stats().handoffs == 0
                     {
-                        assert!(Instant::now() < deadline, "b did not drain");
+                        assert!(
+                            Instant::now() < deadline,
+                            "b did not drain: it owns {} shards at table version {}, {:?}",
+                            b.node.table().owned_by(&me).count(),
+                            b.node.table().version,
+                            b.kinds.stats()
+                        );
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                     let stats = b.kinds.stats();
