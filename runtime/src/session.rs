@@ -56,7 +56,8 @@ pub enum SessionEvent {
     /// bindings are released right after this event.
     Closed,
     /// The session moved to another node of the fleet ([`Sessions::redirect`]): its player goes
-    /// on there, and it is closed here; its bindings are released right after this event.
+    /// on there, and it is closed here; the frames its client sent before it heard of the move
+    /// still reach the bindings, which are released when the old connection ends.
     Moved,
 }
 
@@ -109,6 +110,10 @@ struct SessionState {
     bindings: Vec<Binding>,
     /// Set when the session is closed for good: sends and pushes are refused.
     closed: bool,
+    /// Set when the session moved to another node ([`Sessions::redirect`]): it is closed, but
+    /// what its old connection still reads (sent before the client heard of the move) goes on
+    /// to its bindings until that connection ends.
+    moved: bool,
 }
 
 struct SessionInner {
@@ -238,7 +243,7 @@ impl Session {
     /// the entity's registry refuses; the message is handed back.
     pub fn send<E: Entity>(&self, message: E::Message) -> Result<(), Refused<E::Message>> {
         let state = self.read();
-        if state.closed {
+        if state.closed && !state.moved {
             return Err(Refused::new(
                 Refusal::NoSession {
                     session: self.inner.id,
@@ -448,7 +453,9 @@ impl Session {
             state.notify(self.inner.id, SessionEvent::Moved);
         }
         state.closed = true;
-        state.bindings.clear();
+        // The bindings stay for the frames the old connection still reads: the client sent
+        // them before it heard of the move. They go with the session, when that connection ends.
+        state.moved = true;
         queued.map_err(|_| Refusal::OutboundFull {
             session: self.inner.id,
         })
@@ -582,8 +589,10 @@ impl Sessions {
     /// Moves session `id` to another node of the fleet: its client is sent a
     /// [`Redirect`](garrison_protocol::control::Redirect) to `address` (node `node`) and its
     /// connection closes as `moved` (code 34) once what was queued before is written; the
-    /// session is closed here at once, its bindings told [`SessionEvent::Moved`] and released.
-    /// Unlike a session that closes for good, the gateway's closed hook does not run: the
+    /// session is closed here at once (pushes are refused) and its bindings told
+    /// [`SessionEvent::Moved`]. The frames its old connection reads until the client ends it
+    /// (those sent before the client heard of the move) still go to its bindings, so no input
+    /// in flight is lost; the bindings are released with that connection. Unlike a session that closes for good, the gateway's closed hook does not run: the
     /// player goes on, on the other node.
     ///
     /// # Errors

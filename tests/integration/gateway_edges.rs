@@ -2,7 +2,8 @@
 //! was wrong, a client that never reads is bounded by the outbound queue rather than the kernel's
 //! buffers, a refusing session hook changes nothing, tickets have a maximum lifetime, a client
 //! built against other message layouts is told so, a frame that crashes its entity is
-//! answered, and a session moved to another node tells its client where to go.
+//! answered, and a session moved to another node tells its client where to go and loses none
+//! of the inputs the client sent before it heard.
 
 use std::time::Duration;
 
@@ -19,7 +20,9 @@ use garrison_tests::{
     wire::{Chat, TestMessage},
 };
 
-use crate::gateway_hostile::{Client, KEY, Transport, encode, hello, world, world_with_hook};
+use crate::gateway_hostile::{
+    Client, KEY, Transport, encode, hello, input, world, world_with_hook,
+};
 
 const LIMIT: Duration = Duration::from_secs(10);
 
@@ -455,4 +458,63 @@ async fn a_moved_session_tells_its_client_where_to_go_and_is_not_closed_for_good
             .is_err()
     );
     world.gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_a_client_sent_before_it_heard_of_its_move_or_a_shutdown_still_reach_its_entity() {
+    let cases = [
+        (43, Transport::Tcp, CloseCode::Moved),
+        (44, Transport::WebSocket, CloseCode::Moved),
+        (45, Transport::Tcp, CloseCode::ServerShutdown),
+        (46, Transport::WebSocket, CloseCode::ServerShutdown),
+    ];
+    for (player, transport, code) in cases {
+        let world = world(|_| {}).await;
+        let mut client = Client::connect(&world, transport).await;
+        client.handshake(player).await;
+        let mut gateway = Some(world.gateway);
+        let shutdown = if code == CloseCode::Moved {
+            world
+                .sessions
+                .redirect(SessionId(player), "127.0.0.1:7801", "node-b")
+                .expect("redirected");
+            None
+        } else {
+            gateway
+                .take()
+                .map(|gateway| tokio::spawn(gateway.shutdown()))
+        };
+        let mut heard = Vec::new();
+        let close = loop {
+            let frame = client.recv().await.expect("the close");
+            match Control::validate(frame) {
+                Ok(Control::Close(close)) => break close.code.to_native(),
+                Ok(Control::Redirect(_)) => heard.push("redirect"),
+                _ => heard.push("something else"),
+            }
+        };
+        assert_eq!(close, code.code(), "{transport:?}");
+        let expected: &[&str] = if code == CloseCode::Moved {
+            &["redirect"]
+        } else {
+            &[]
+        };
+        assert_eq!(heard, expected, "{transport:?} {code:?}");
+        // Sent after the server began to close, as a playing client does in the round trip
+        // before it reads the close: the server cannot tell these from earlier ones.
+        for seq in 1..=50 {
+            client.send_raw(input(player, seq)).await;
+        }
+        client.finish_sending().await;
+        eventually("every input reached the pilot", LIMIT, || async {
+            world.inputs.lock().unwrap().get(&player) == Some(&50)
+        })
+        .await;
+        if let Some(shutdown) = shutdown {
+            shutdown.await.expect("the gateway shut down");
+        }
+        if let Some(gateway) = gateway {
+            gateway.shutdown().await;
+        }
+    }
 }

@@ -42,6 +42,8 @@ impl Snapshot for Seen {
 struct Pilot {
     sessions: Arc<Sessions>,
     pilots: Option<Entities<Pilot>>,
+    /// The inputs pilots handled, by pilot.
+    inputs: Arc<std::sync::Mutex<std::collections::HashMap<u64, u32>>>,
 }
 
 impl Entity for Pilot {
@@ -83,6 +85,12 @@ impl Entity for Pilot {
             }
         }
         if let TestMessage::Input(input) = &message {
+            *self
+                .inputs
+                .lock()
+                .unwrap()
+                .entry(*context.key())
+                .or_default() += 1;
             let echo = Input {
                 entity: *context.key(),
                 x: input.x.to_native(),
@@ -105,6 +113,8 @@ pub struct World {
     pub tree: SupervisorRef,
     /// Players whose sessions closed for good, in order (`on_session_closed`).
     pub closed: Arc<std::sync::Mutex<Vec<u64>>>,
+    /// The inputs each pilot handled.
+    pub inputs: Arc<std::sync::Mutex<std::collections::HashMap<u64, u32>>>,
 }
 
 pub async fn world(config: impl FnOnce(&mut GatewayConfig)) -> World {
@@ -119,10 +129,12 @@ pub async fn world_with_hook(
 ) -> World {
     let sessions = Arc::new(Sessions::new());
     let pilots = Entities::declare(KindConfig::default()).unwrap();
+    let inputs: Arc<std::sync::Mutex<_>> = Arc::default();
     pilots
         .serve(Pilot {
             sessions: sessions.clone(),
             pilots: Some(pilots.clone()),
+            inputs: inputs.clone(),
         })
         .unwrap();
     let tree = SupervisorBuilder::new("game")
@@ -168,6 +180,7 @@ pub async fn world_with_hook(
         sessions,
         tree,
         closed,
+        inputs,
     }
 }
 
@@ -762,6 +775,7 @@ async fn a_gateway_routing_to_a_kind_not_running_or_not_served_fails_to_start_an
         Pilot {
             sessions: sessions.clone(),
             pilots: None,
+            inputs: Arc::default(),
         },
         KindConfig::default(),
     )

@@ -86,6 +86,14 @@ impl CloseCode {
         self as u16
     }
 
+    /// Whether the frames a session's client sent before it heard of this close are still
+    /// routed while the connection closes: yes when the server closes for a reason of its own
+    /// (moving the session to another node, shutting down), so no input in flight is lost; no
+    /// when the client is at fault or was replaced (they are read and discarded).
+    pub fn routes_in_flight(self) -> bool {
+        matches!(self, CloseCode::Moved | CloseCode::ServerShutdown)
+    }
+
     /// The code with this wire value, if it is one.
     pub fn from_code(code: u16) -> Option<CloseCode> {
         CloseCode::ALL

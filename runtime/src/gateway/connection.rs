@@ -819,9 +819,15 @@ impl<P: Protocol> StreamHandler<Inbound> for Connection<P> {
             Inbound::Invalid(code, reason) => return self.close(code, reason),
             Inbound::Ended => return self.ended(context),
         };
-        if self.outbound.closing().is_some() {
-            // Closing: drain and discard until the writer has sent the `Close`.
-            return;
+        match self.outbound.closing() {
+            None => {}
+            // Closed by the server for a reason of its own (a move to another node, a
+            // shutdown): what the client sent before it heard is still routed (a moved session
+            // keeps its bindings for it), so no input in flight is lost.
+            Some(code) if code.routes_in_flight() && self.session.is_some() => {}
+            // Closing because of the client: drain and discard until the writer has sent the
+            // `Close`.
+            Some(_) => return,
         }
         let length = frame.wire().len();
         self.shared
