@@ -592,8 +592,9 @@ impl Sessions {
     /// session is closed here at once (pushes are refused) and its bindings told
     /// [`SessionEvent::Moved`]. The frames its old connection reads until the client ends it
     /// (those sent before the client heard of the move) still go to its bindings, so no input
-    /// in flight is lost; the bindings are released with that connection. Unlike a session that closes for good, the gateway's closed hook does not run: the
-    /// player goes on, on the other node.
+    /// in flight is lost; the bindings are released with the session, once that connection
+    /// ends. Unlike a session that closes for good, the gateway's closed hook does not run:
+    /// the player goes on, on the other node.
     ///
     /// # Errors
     /// [`Refusal::NoSession`] when it is not open, [`Refusal::Detached`] when it has no
