@@ -93,6 +93,7 @@ impl FrameCodec {
     /// # Errors
     /// [`Error::Encode`] when the message cannot be serialized and [`Error::Oversize`] when the
     /// frame would exceed the configured maximum; `dst` is left as it was in both cases.
+    #[inline]
     pub fn encode_message<M: Message>(
         &mut self,
         message: &M,
@@ -200,6 +201,7 @@ impl tokio_util::codec::Decoder for FrameCodec {
     type Item = Frame;
     type Error = Error;
 
+    #[inline]
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, Error> {
         match scan(src, &self.config)? {
             Scan::NeedMore { need, .. } => {
@@ -240,6 +242,7 @@ impl tokio_util::codec::Decoder for FrameCodec {
 }
 
 /// Splits a whole frame off the front of `src` without copying it.
+#[inline]
 fn split_frame(
     src: &mut BytesMut,
     header: FrameHeader,

@@ -162,6 +162,7 @@ pub(crate) enum Scan {
 
 /// Checks the front of `buf` as far as it goes. Every check runs as soon as its bytes are
 /// present, so a hostile length, version, flag or kind is refused before the rest arrives.
+#[inline]
 pub(crate) fn scan(buf: &[u8], config: &DecodeConfig) -> Result<Scan, Error> {
     let Some(prefix) = buf.first_chunk::<LENGTH_PREFIX_LEN>() else {
         return Ok(Scan::NeedMore {
@@ -257,6 +258,7 @@ pub struct Frame {
 }
 
 impl Frame {
+    #[inline]
     pub(crate) fn from_parts(header: FrameHeader, wire: Bytes, payload_offset: usize) -> Self {
         debug_assert!(payload_offset <= FIXED_HEADER_LEN + TRACE_CONTEXT_LEN);
         Frame {

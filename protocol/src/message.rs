@@ -42,6 +42,7 @@ impl DecodeConfig {
 
 /// Validates `payload` as an archive of `M` that covers every byte of it (see `strict`),
 /// borrowing it.
+#[inline]
 pub(crate) fn access<M: Message>(payload: &[u8], kind: MessageKind) -> Result<&M::Archived, Error> {
     let root = rkyv::api::root_position::<M::Archived>(payload.len());
     rkyv::api::access_pos_with_context::<M::Archived, _, RkyvError>(
@@ -80,6 +81,7 @@ impl Frame {
     ///
     /// # Errors
     /// As [`Frame::access`].
+    #[inline]
     pub fn validate<M: Message>(self) -> Result<Validated<M>, Error> {
         self.access::<M>()?;
         Ok(Validated {
