@@ -158,6 +158,15 @@ struct Acting {
 }
 
 impl Acting {
+    /// The shards still waiting for a hand-off (not draining one already) that `due` picks.
+    fn waiting(&self, due: impl Fn(&Incoming) -> bool) -> Vec<u16> {
+        self.incoming
+            .iter()
+            .filter(|(_, incoming)| !incoming.draining && due(incoming))
+            .map(|(shard, _)| *shard)
+            .collect()
+    }
+
     fn shards(&self) -> u16 {
         self.table.as_ref().map_or(0, |table| {
             u16::try_from(table.shards.len()).unwrap_or(u16::MAX)
@@ -624,7 +633,7 @@ impl Kinds {
             }
             let text = key.to_string();
             let (node, (shard, token)) = {
-                let acting = inner.acting.read().unwrap_or_else(PoisonError::into_inner);
+                let acting = inner.acting();
                 (acting.node.clone(), acting.token(E::KIND, text.as_bytes())?)
             };
             inner.record(ActivationRecord {
@@ -647,7 +656,7 @@ impl Kinds {
             };
             let text = key.to_string();
             let (node, shards) = {
-                let acting = inner.acting.read().unwrap_or_else(PoisonError::into_inner);
+                let acting = inner.acting();
                 (acting.node.clone(), acting.shards())
             };
             inner.record(ActivationRecord {
@@ -773,11 +782,7 @@ impl Kinds {
     pub fn stats(&self) -> KindsStats {
         let c = &self.inner.counters;
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        let acting = self
-            .inner
-            .acting
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let acting = self.inner.acting();
         KindsStats {
             released: get(&c.released),
             handed_off: get(&c.handed_off),
@@ -800,28 +805,15 @@ impl Kinds {
     /// Tells the kinds whether their node stands in its fleet (its lease holds): a node that
     /// stands hands off the shards it loses; one that does not releases them.
     pub fn set_member(&self, member: bool) {
-        self.inner
-            .acting
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .member = member;
+        self.inner.acting_mut().member = member;
     }
 
     /// Tells the kinds the fleet's live nodes: a shard waiting to be handed by a node that is
     /// no longer among them runs from the store now.
     pub fn members_changed(&self, members: BTreeSet<String>) {
         let (me, gone, forwards) = {
-            let mut acting = self
-                .inner
-                .acting
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
-            let gone: Vec<u16> = acting
-                .incoming
-                .iter()
-                .filter(|(_, incoming)| !incoming.draining && !members.contains(&incoming.from))
-                .map(|(shard, _)| *shard)
-                .collect();
+            let mut acting = self.inner.acting_mut();
+            let gone = acting.waiting(|incoming| !members.contains(&incoming.from));
             let forwards = take_forwards(&mut acting, |forward| !members.contains(&forward.from));
             acting.members = Some(members);
             (acting.node.clone(), gone, forwards)
@@ -841,19 +833,8 @@ impl Kinds {
     /// second.
     pub fn sweep(&self) {
         let (me, expired, forwards) = {
-            let mut acting = self
-                .inner
-                .acting
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
-            let expired: Vec<u16> = acting
-                .incoming
-                .iter()
-                .filter(|(_, incoming)| {
-                    !incoming.draining && incoming.since.elapsed() >= HANDOFF_WAIT
-                })
-                .map(|(shard, _)| *shard)
-                .collect();
+            let mut acting = self.inner.acting_mut();
+            let expired = acting.waiting(|incoming| incoming.since.elapsed() >= HANDOFF_WAIT);
             let forwards = take_forwards(&mut acting, |forward| {
                 forward.since.elapsed() >= HANDOFF_WAIT
             });
@@ -901,18 +882,24 @@ async fn tell(node: &Node, peer: &str, control: &Control, until: Instant) {
 
 /// Takes the forwards `done` says are due.
 fn take_forwards(acting: &mut Acting, done: impl Fn(&Forward) -> bool) -> Vec<(u16, Forward)> {
-    let due: Vec<u16> = acting
+    acting
         .forwarding
-        .iter()
-        .filter(|(_, forward)| done(forward))
-        .map(|(shard, _)| *shard)
-        .collect();
-    due.into_iter()
-        .filter_map(|shard| Some((shard, acting.forwarding.remove(&shard)?)))
+        .extract_if(|_, forward| done(forward))
         .collect()
 }
 
 impl Inner {
+    /// What the kinds act on, to read (a poisoned lock only means a panic elsewhere while it
+    /// was held: the state is still consistent between statements).
+    fn acting(&self) -> std::sync::RwLockReadGuard<'_, Acting> {
+        self.acting.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What the kinds act on, to change.
+    fn acting_mut(&self) -> std::sync::RwLockWriteGuard<'_, Acting> {
+        self.acting.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn record(&self, record: ActivationRecord) {
         if let Some(sink) = self.log.get() {
             sink(record);
@@ -941,7 +928,7 @@ impl Inner {
     /// that run on their own start their stored entities there.
     fn arrive(self: &Arc<Self>, shards: &[u16]) {
         let (draining, size) = {
-            let mut acting = self.acting.write().unwrap_or_else(PoisonError::into_inner);
+            let mut acting = self.acting_mut();
             let size = usize::from(acting.shards());
             let mut draining = Vec::with_capacity(shards.len());
             for shard in shards {
@@ -969,7 +956,7 @@ impl Inner {
     fn drain(&self, shard: u16) {
         loop {
             let buffered = {
-                let mut acting = self.acting.write().unwrap_or_else(PoisonError::into_inner);
+                let mut acting = self.acting_mut();
                 let Some(incoming) = acting.incoming.get_mut(&shard) else {
                     return;
                 };
@@ -1140,11 +1127,7 @@ impl Inbox for Kinds {
             )));
         }
         let waiting = {
-            let acting = self
-                .inner
-                .acting
-                .read()
-                .unwrap_or_else(PoisonError::into_inner);
+            let acting = self.inner.acting();
             if acting.incoming.is_empty() {
                 None
             } else {
@@ -1153,11 +1136,7 @@ impl Inbox for Kinds {
             }
         };
         if let Some(shard) = waiting {
-            let mut acting = self
-                .inner
-                .acting
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut acting = self.inner.acting_mut();
             let full = acting.buffered >= MAX_BUFFERED;
             if let Some(incoming) = acting.incoming.get_mut(&shard) {
                 if full {
@@ -1204,11 +1183,7 @@ impl Inbox for Kinds {
         let shards = table.shards.len();
         // Per shard, what this table does to this node against the last one it acted on.
         let (lost_to_peers, released, arrived, reroute) = {
-            let mut acting = self
-                .inner
-                .acting
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut acting = self.inner.acting_mut();
             let last = match &acting.table {
                 Some(last) if acting.node == node && last.shards.len() == shards => {
                     Some(Arc::clone(last))
@@ -1329,11 +1304,7 @@ impl Inbox for Kinds {
 
     fn handed_off(&self, from: &str, version: u64, shards: &[u16]) {
         let (me, ready, forwards) = {
-            let mut acting = self
-                .inner
-                .acting
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut acting = self.inner.acting_mut();
             let ready: Vec<u16> = shards
                 .iter()
                 .copied()

@@ -332,6 +332,40 @@ async fn send_until(a: &TestNode, sent: &mut Sent, mut done: impl FnMut(&mut Sen
     }
 }
 
+/// Rounds every 5 ms, `rounds` of them.
+async fn send_rounds(a: &TestNode, sent: &mut Sent, rounds: usize) {
+    let mut done = 0;
+    send_until(a, sent, |_| {
+        done += 1;
+        done == rounds
+    })
+    .await;
+}
+
+/// The counters `a`'s table places on node `id`.
+fn keys_on(a: &TestNode, id: &str) -> Vec<u32> {
+    let table = a.node.table();
+    (0..KEYS)
+        .filter(|key| owner(&table, *key).as_deref() == Some(id))
+        .collect()
+}
+
+/// `a`'s dead letters from here on, as its node hands them over.
+fn collect_dead_letters(a: &TestNode) -> Arc<Mutex<Vec<DeadLetter>>> {
+    let dead = Arc::new(Mutex::new(Vec::new()));
+    let sink = dead.clone();
+    a.node
+        .on_dead_letter(move |letter| sink.lock().unwrap().push(letter));
+    dead
+}
+
+/// `a` leaves its fleet and stops its tree.
+async fn leave(a: TestNode) {
+    drop(a.member);
+    a.fleet.leave().await.expect("a leaves");
+    a.tree.stop().await.expect("the tree stops");
+}
+
 /// Every counter's total in the store, once `a` has written everything it has.
 async fn stored_totals(a: &TestNode) -> BTreeMap<u32, u64> {
     assert!(
@@ -423,25 +457,15 @@ async fn a_drained_node_hands_its_entities_over_and_no_accepted_message_is_lost(
     let ns = namespace("drain");
     let (a_id, b_id) = ids("drain");
     let a = start(&a_id, &etcd, &redis, &ns, false).await;
-    let dead = Arc::new(Mutex::new(Vec::<DeadLetter>::new()));
-    let sink = dead.clone();
-    a.node
-        .on_dead_letter(move |letter| sink.lock().unwrap().push(letter));
+    let dead = collect_dead_letters(&a);
     let mut b = spawn_b(&etcd, &redis, &ns, "behind", &a_id, &b_id);
     paired(&a, &mut b, &b_id).await;
-    let on_b: Vec<u32> = (0..KEYS)
-        .filter(|key| owner(&a.node.table(), *key) == Some(b_id.clone()))
-        .collect();
+    let on_b = keys_on(&a, &b_id);
     assert!(!on_b.is_empty());
 
     // Adds flow to both nodes; b drains in the middle of them and a keeps sending.
     let mut sent = Sent::default();
-    let mut rounds = 0;
-    send_until(&a, &mut sent, |_| {
-        rounds += 1;
-        rounds == 100
-    })
-    .await;
+    send_rounds(&a, &mut sent, 100).await;
     b.command("drain");
     let started = Instant::now();
     let mut drained = None;
@@ -491,9 +515,7 @@ async fn a_drained_node_hands_its_entities_over_and_no_accepted_message_is_lost(
 
     b.command("stop");
     b.expect("stopped", Duration::from_secs(20));
-    drop(a.member);
-    a.fleet.leave().await.expect("a leaves");
-    a.tree.stop().await.expect("the tree stops");
+    leave(a).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -508,22 +530,14 @@ async fn a_newcomer_takes_its_share_by_hand_off_while_messages_flow() {
     let ns = namespace("join");
     let (a_id, b_id) = ids("join");
     let a = start(&a_id, &etcd, &redis, &ns, false).await;
-    let dead = Arc::new(Mutex::new(Vec::<DeadLetter>::new()));
-    let sink = dead.clone();
-    a.node
-        .on_dead_letter(move |letter| sink.lock().unwrap().push(letter));
+    let dead = collect_dead_letters(&a);
     until("a owns every shard", Duration::from_secs(20), || {
         a.node.table().owned_by(&a_id).count() == usize::from(SHARDS)
     })
     .await;
     // Every counter runs on a; then b joins while a keeps sending.
     let mut sent = Sent::default();
-    let mut rounds = 0;
-    send_until(&a, &mut sent, |_| {
-        rounds += 1;
-        rounds == 50
-    })
-    .await;
+    send_rounds(&a, &mut sent, 50).await;
     let (etcd_b, redis_b, ns_b, a_b, b_b) = (
         etcd.clone(),
         redis.clone(),
@@ -552,9 +566,7 @@ async fn a_newcomer_takes_its_share_by_hand_off_while_messages_flow() {
     })
     .await;
     let joined = joined.expect("a handed b its share within 30 s");
-    let on_b: Vec<u32> = (0..KEYS)
-        .filter(|key| owner(&a.node.table(), *key) == Some(b_id.clone()))
-        .collect();
+    let on_b = keys_on(&a, &b_id);
     b.command("stats");
     let stats = stats_of(&b.expect("stats ", Duration::from_secs(10)));
     println!(
@@ -573,12 +585,7 @@ async fn a_newcomer_takes_its_share_by_hand_off_while_messages_flow() {
     // b drains back to a, as in the drain test: then every accepted add is in the store once.
     b.command("drain");
     b.expect("drained ", Duration::from_secs(20));
-    let mut rounds = 0;
-    send_until(&a, &mut sent, |_| {
-        rounds += 1;
-        rounds == 20
-    })
-    .await;
+    send_rounds(&a, &mut sent, 20).await;
     let totals = stored_totals(&a).await;
     for key in 0..KEYS {
         assert_eq!(totals[&key], sent.total(key), "counter {key}");
@@ -596,9 +603,7 @@ async fn a_newcomer_takes_its_share_by_hand_off_while_messages_flow() {
     assert!(moved >= on_b.len(), "{moved} keys ran on both nodes");
     b.command("stop");
     b.expect("stopped", Duration::from_secs(20));
-    drop(a.member);
-    a.fleet.leave().await.expect("a leaves");
-    a.tree.stop().await.expect("the tree stops");
+    leave(a).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -618,17 +623,10 @@ async fn a_killed_node_s_entities_run_on_from_the_store_once_its_lease_expires()
     let _ = std::fs::remove_file(&b_log);
     let mut b = spawn_b_logging(&etcd, &redis, &ns, "through", &a_id, &b_id, Some(&b_log));
     paired(&a, &mut b, &b_id).await;
-    let on_b: Vec<u32> = (0..KEYS)
-        .filter(|key| owner(&a.node.table(), *key) == Some(b_id.clone()))
-        .collect();
+    let on_b = keys_on(&a, &b_id);
 
     let mut sent = Sent::default();
-    let mut rounds = 0;
-    send_until(&a, &mut sent, |_| {
-        rounds += 1;
-        rounds == 100
-    })
-    .await;
+    send_rounds(&a, &mut sent, 100).await;
     b.kill();
     let killed = Instant::now();
     let killed_unix = unix_ms();
@@ -704,9 +702,7 @@ async fn a_killed_node_s_entities_run_on_from_the_store_once_its_lease_expires()
             .collect::<Vec<_>>(),
         a.log.lock().unwrap().iter().take(5).collect::<Vec<_>>()
     );
-    drop(a.member);
-    a.fleet.leave().await.expect("a leaves");
-    a.tree.stop().await.expect("the tree stops");
+    leave(a).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -723,17 +719,10 @@ async fn a_node_paused_past_its_lease_runs_nothing_when_it_wakes() {
     let a = start(&a_id, &etcd, &redis, &ns, false).await;
     let mut b = spawn_b(&etcd, &redis, &ns, "behind", &a_id, &b_id);
     paired(&a, &mut b, &b_id).await;
-    let on_b: Vec<u32> = (0..KEYS)
-        .filter(|key| owner(&a.node.table(), *key) == Some(b_id.clone()))
-        .collect();
+    let on_b = keys_on(&a, &b_id);
 
     let mut sent = Sent::default();
-    let mut rounds = 0;
-    send_until(&a, &mut sent, |_| {
-        rounds += 1;
-        rounds == 100
-    })
-    .await;
+    send_rounds(&a, &mut sent, 100).await;
     b.signal("STOP");
     let paused = Instant::now();
     // a takes b's shards once b's lease expires, and its counters run here from the store.
@@ -752,12 +741,7 @@ async fn a_node_paused_past_its_lease_runs_nothing_when_it_wakes() {
     let a_took = unix_ms();
     let took_over = Instant::now();
     // A few more rounds on a, then b wakes up.
-    let mut rounds = 0;
-    send_until(&a, &mut sent, |_| {
-        rounds += 1;
-        rounds == 20
-    })
-    .await;
+    send_rounds(&a, &mut sent, 20).await;
     b.signal("CONT");
     // b learns it lost its lease: nothing of the counters runs there any more.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -773,12 +757,7 @@ async fn a_node_paused_past_its_lease_runs_nothing_when_it_wakes() {
     println!("  pause: b after it woke: {stats:?}");
     // a goes on; the totals are what a's fleet accepted, less only what b took in the
     // moment before its pause and never wrote (write-behind).
-    let mut rounds = 0;
-    send_until(&a, &mut sent, |_| {
-        rounds += 1;
-        rounds == 20
-    })
-    .await;
+    send_rounds(&a, &mut sent, 20).await;
     // Nothing counted twice; a's own counters lose nothing; every add accepted once a ran
     // b's counters is counted. What was sent to b before (casts between nodes are
     // fire-and-forget) and b had not written is lost with b's lapsed activations, or with the
@@ -828,9 +807,7 @@ async fn a_node_paused_past_its_lease_runs_nothing_when_it_wakes() {
     );
     b.command("stop");
     b.expect("stopped", Duration::from_secs(20));
-    drop(a.member);
-    a.fleet.leave().await.expect("a leaves");
-    a.tree.stop().await.expect("the tree stops");
+    leave(a).await;
 }
 
 /// Node `b`: joins, serves the counters, and answers `stats`, `drain`, `log` and `stop`.
