@@ -581,25 +581,23 @@ impl<E: Entity> Durable<E> {
     /// still do.
     pub(crate) async fn flush_keys(&self, keys: &[E::Key], timeout: Duration) -> usize {
         let deadline = Instant::now() + timeout;
+        let dirty = || {
+            keys.iter()
+                .filter(|key| self.dirty.contains_key(*key))
+                .count()
+        };
         loop {
             let written = self.written.notified();
             tokio::pin!(written);
             written.as_mut().enable();
-            let left_dirty = keys
-                .iter()
-                .filter(|key| self.dirty.contains_key(*key))
-                .count();
-            if left_dirty == 0 {
+            if dirty() == 0 {
                 return 0;
             }
             self.urgent.store(true, Ordering::Relaxed);
             self.wake.notify_one();
             let left = deadline.saturating_duration_since(Instant::now());
             if tokio::time::timeout(left, written).await.is_err() {
-                return keys
-                    .iter()
-                    .filter(|key| self.dirty.contains_key(*key))
-                    .count();
+                return dirty();
             }
         }
     }
