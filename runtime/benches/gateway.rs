@@ -1,7 +1,7 @@
 //! Gateway benchmarks, each beside a plain tokio TCP server written here as the baseline, in one
-//! run: echo round trips with 1,000 clients (gateway -> entity -> gateway, and the gateway alone
-//! to show the entity hop's share), and memory per idle connection at 10,000 and 50,000
-//! connections.
+//! run: echo round trips with 1,000 clients (gateway -> entity -> gateway with the entity on the
+//! tree's runtime and on its connection's event loop, and the gateway alone to show the entity
+//! hop's share), and memory per idle connection at 10,000 and 50,000 connections.
 //!
 //! Run with: `cargo bench -p garrison-runtime --bench gateway`
 //! (`-- --quick` for 200 clients and 2,000 connections).
@@ -21,7 +21,8 @@ use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use garrison_protocol::{DecodeConfig, FrameCodec, FrameMeta, Snapshot, control::Hello};
 use garrison_runtime::{
-    Activation, Entities, Entity, EntityContext, HandlerError, KindConfig, SessionId, Sessions,
+    Activation, Entities, Entity, EntityContext, HandlerError, KindConfig, Placement, SessionId,
+    Sessions,
     gateway::{Gateway, GatewayBuilder, GatewayConfig, ticket},
 };
 use garrison_supervisor::{ChildSpec, SupervisorBuilder};
@@ -73,8 +74,9 @@ impl Entity for Echo {
 /// Where the Garrison server's router sends an input.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Route {
-    /// To the player's entity, which echoes it: the path a game's input takes.
-    Entity,
+    /// To the player's entity, which echoes it: the path a game's input takes. The entity runs
+    /// where its kind's placement says.
+    Entity(Placement),
     /// Straight back from the router: the gateway alone, to show what the entity hop costs.
     Gateway,
 }
@@ -87,7 +89,13 @@ async fn garrison_server(
         Echo {
             sessions: sessions.clone(),
         },
-        KindConfig::default(),
+        KindConfig {
+            placement: match route {
+                Route::Entity(placement) => placement,
+                Route::Gateway => Placement::Tree,
+            },
+            ..KindConfig::default()
+        },
     )
     .unwrap();
     let tree = SupervisorBuilder::new("bench")
@@ -108,7 +116,7 @@ async fn garrison_server(
     config.idle_timeout = Duration::from_secs(600);
     let gateway = GatewayBuilder::<TestMessage>::new(config, sessions, move |session, message| {
         match route {
-            Route::Entity => session
+            Route::Entity(_) => session
                 .send::<Echo>(message)
                 .map_err(|refused| refused.reason),
             // The router answers itself: the gateway's own cost, without the entity hop.
@@ -371,7 +379,8 @@ fn echo_only(server: &str) {
         .unwrap();
     runtime.block_on(async {
         let route = match server {
-            "garrison" => Some(Route::Entity),
+            "garrison" => Some(Route::Entity(Placement::Tree)),
+            "placed" => Some(Route::Entity(Placement::SessionLoop)),
             "gateway" => Some(Route::Gateway),
             _ => None,
         };
@@ -384,7 +393,9 @@ fn echo_only(server: &str) {
             }
             None => (tokio_server().await.0, false),
         };
-        let (rate, p50, p99) = echo_run(clients.handle(), address, handshake, 1_000, 40).await;
+        let rounds =
+            std::env::var("GARRISON_ECHO_ROUNDS").map_or(40, |rounds| rounds.parse().unwrap_or(40));
+        let (rate, p50, p99) = echo_run(clients.handle(), address, handshake, 1_000, rounds).await;
         println!("{server}: {rate:.0} frames/s p50 {p50:?} p99 {p99:?}");
     });
 }
@@ -402,7 +413,8 @@ fn main() {
     let quick = args.iter().any(|arg| arg == "--quick");
     if let Some(position) = args.iter().position(|arg| arg == "--echo-only") {
         // One server's echo run alone, 1,000 clients x 40 round trips (for profiling one side):
-        // `garrison`, `gateway` (the router echoes) or `tokio`.
+        // `garrison`, `placed` (the entity on its connection's loop), `gateway` (the router
+        // echoes) or `tokio`.
         return echo_only(&args[position + 1]);
     }
     let fd_limit = raise_fd_limit();
@@ -414,39 +426,57 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let (clients, rounds) = if quick { (200, 20) } else { (1_000, 20) };
-        let (gateway, tree) = garrison_server(Route::Entity).await;
+        let (clients, rounds) = if quick { (200, 20) } else { (1_000, 100) };
+        let (tree, tree_supervisor) = garrison_server(Route::Entity(Placement::Tree)).await;
+        let (placed, placed_supervisor) =
+            garrison_server(Route::Entity(Placement::SessionLoop)).await;
         let (gateway_only, gateway_only_tree) = garrison_server(Route::Gateway).await;
         let (baseline_address, _) = tokio_server().await;
         // Alternating runs, so all see the same machine; the median of the per-run ratios is
         // the figure (one run on this shared machine can be off by a third either way).
-        let mut ratios = Vec::new();
-        let mut gateway_ratios = Vec::new();
-        let mut cpu_ratios = Vec::new();
+        let servers = [
+            ("entity on the tree", tree.tcp_addr().unwrap(), true),
+            ("entity on its loop", placed.tcp_addr().unwrap(), true),
+            ("gateway only", gateway_only.tcp_addr().unwrap(), true),
+            ("tokio", baseline_address, false),
+        ];
+        let mut ratios = vec![Vec::new(); servers.len()];
+        let mut cpu_ratios = vec![Vec::new(); servers.len()];
         let per_frame = |cpu: f64| cpu * 1e6 / f64::from(rounds) / clients as f64;
         println!("echo round trip, {clients} clients x {rounds} sequential round trips after one untimed warm-up each; clients on their own 2-thread runtime; {RUNS} alternating runs:");
-        println!("  garrison: gateway -> entity -> gateway; gateway only: the router echoes (no entity); tokio: a plain tokio server");
+        println!("  gateway -> entity -> gateway with the entity on the tree's runtime (Placement::Tree) and on its connection's event loop (Placement::SessionLoop); gateway only: the router echoes (no entity); tokio: a plain tokio server. CPU: whole process, clients included");
         for run in 0..RUNS {
-            let cpu = cpu_seconds();
-            let ours = echo_run(clients_on, gateway.tcp_addr().unwrap(), true, clients, rounds).await;
-            let our_cpu = cpu_seconds() - cpu;
-            let alone = echo_run(clients_on, gateway_only.tcp_addr().unwrap(), true, clients, rounds).await;
-            let cpu = cpu_seconds();
-            let theirs = echo_run(clients_on, baseline_address, false, clients, rounds).await;
-            let their_cpu = cpu_seconds() - cpu;
-            println!("  run {run}: garrison {:>6.0} frames/s p50 {:>6.1?} p99 {:>6.1?} {:>4.1} us CPU/frame | gateway only {:>6.0} frames/s | tokio {:>6.0} frames/s p50 {:>6.1?} p99 {:>6.1?} {:>4.1} us CPU/frame",
-                ours.0, ours.1, ours.2, per_frame(our_cpu), alone.0,
-                theirs.0, theirs.1, theirs.2, per_frame(their_cpu));
-            ratios.push(ours.0 / theirs.0);
-            gateway_ratios.push(alone.0 / theirs.0);
-            cpu_ratios.push(our_cpu / their_cpu);
+            let mut line = format!("  run {run}:");
+            let mut results = Vec::new();
+            for (name, address, handshake) in servers {
+                let cpu = cpu_seconds();
+                let (rate, p50, p99) =
+                    echo_run(clients_on, address, handshake, clients, rounds).await;
+                let cpu = cpu_seconds() - cpu;
+                line.push_str(&format!(" {name} {rate:.0}/s p50 {p50:.1?} p99 {p99:.1?} {:.1} us CPU/frame |", per_frame(cpu)));
+                results.push((rate, cpu));
+            }
+            println!("{}", line.trim_end_matches(" |"));
+            let (base_rate, base_cpu) = results[servers.len() - 1];
+            for (index, (rate, cpu)) in results.into_iter().enumerate() {
+                ratios[index].push(rate / base_rate);
+                cpu_ratios[index].push(cpu / base_cpu);
+            }
         }
-        for list in [&mut ratios, &mut gateway_ratios, &mut cpu_ratios] {
-            list.sort_by(f64::total_cmp);
+        for (index, (name, _, _)) in servers.iter().enumerate().take(servers.len() - 1) {
+            ratios[index].sort_by(f64::total_cmp);
+            cpu_ratios[index].sort_by(f64::total_cmp);
+            let runs = &ratios[index];
+            println!(
+                "  ratio ({name} / tokio frames/s): median {:.2}x (runs {:.2}-{:.2}x); CPU per frame median {:.2}x",
+                runs[RUNS / 2], runs[0], runs[RUNS - 1], cpu_ratios[index][RUNS / 2]
+            );
         }
-        println!("  ratio (garrison / tokio frames/s): median {:.2}x (runs {:.2}-{:.2}x); CPU per frame (whole process, clients included) median {:.2}x", ratios[RUNS / 2], ratios[0], ratios[RUNS - 1], cpu_ratios[RUNS / 2]);
-        println!("  ratio (gateway only / tokio frames/s): median {:.2}x (runs {:.2}-{:.2}x)", gateway_ratios[RUNS / 2], gateway_ratios[0], gateway_ratios[RUNS - 1]);
-        for (gateway, tree) in [(gateway, tree), (gateway_only, gateway_only_tree)] {
+        for (gateway, tree) in [
+            (tree, tree_supervisor),
+            (placed, placed_supervisor),
+            (gateway_only, gateway_only_tree),
+        ] {
             gateway.shutdown().await;
             tree.stop().await.unwrap();
         }
@@ -455,7 +485,7 @@ fn main() {
         counts.retain(|count| count + 200 < fd_limit);
         println!("memory per idle connection (server RSS growth; clients in a child process; fd limit {fd_limit}):");
         for count in counts {
-            let (gateway, tree) = garrison_server(Route::Entity).await;
+            let (gateway, tree) = garrison_server(Route::Entity(Placement::Tree)).await;
             let address = gateway.tcp_addr().unwrap();
             let gateway = Arc::new(gateway);
             let watched = gateway.clone();

@@ -76,7 +76,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         Echo {
             sessions: sessions.clone(),
         },
-        KindConfig::default(),
+        KindConfig {
+            // Each session's echo runs on its connection's event loop: the input, the handler
+            // and the echo on one thread.
+            placement: Placement::SessionLoop,
+            ..KindConfig::default()
+        },
     )?;
     let tree = supervisor! {
         "echo": one_for_one {

@@ -376,6 +376,10 @@ pub struct KindConfig {
     ///
     /// [`Entities::overload_limit`]: crate::Entities::overload_limit
     pub overload: Option<crate::overload::OverloadConfig>,
+    /// Where the kind's entities run (default: on the tree's runtime; see [`Placement`]).
+    ///
+    /// [`Placement`]: crate::Placement
+    pub placement: crate::Placement,
 }
 
 /// Where a kind's checkpoints and logs are kept beyond the process's memory.
@@ -440,6 +444,7 @@ impl Default for KindConfig {
             max_log_entries: 4096,
             max_pending_writes: 65_536,
             overload: None,
+            placement: crate::Placement::Tree,
         }
     }
 }

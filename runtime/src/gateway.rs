@@ -232,8 +232,9 @@ pub(crate) struct Shared<P: Protocol> {
     pub(crate) next_connection: AtomicU64,
     /// Set once: the acceptors stop.
     pub(crate) stop: tokio::sync::watch::Sender<bool>,
-    pub(crate) system: std::sync::OnceLock<actix_rt::System>,
     pub(crate) arbiters: std::sync::OnceLock<Arc<Vec<actix_rt::Arbiter>>>,
+    /// The gateway's hold on its event loops, until its shutdown (see `placement`).
+    pub(crate) loops: std::sync::Mutex<Option<Arc<crate::placement::Loops>>>,
 }
 
 /// Accepts control kinds and the game's kinds; everything else is refused at the header.
@@ -478,8 +479,8 @@ impl<P: Protocol> GatewayBuilder<P> {
             connections: DashMap::new(),
             next_connection: AtomicU64::new(0),
             stop: tokio::sync::watch::channel(false).0,
-            system: std::sync::OnceLock::new(),
             arbiters: std::sync::OnceLock::new(),
+            loops: std::sync::Mutex::new(None),
         });
         let thread_shared = shared.clone();
         let (ready, started) = std::sync::mpsc::channel();
@@ -564,7 +565,11 @@ impl<P: Protocol> Gateway<P> {
 
     /// Stops gracefully: stops accepting, tells every client `ServerShutdown` after what is
     /// already queued for it, waits up to the drain timeout for the queues to empty, then stops
-    /// the event loops.
+    /// the event loops. An entity placed on a loop ([`Placement::SessionLoop`]) keeps its loop
+    /// running until it ends (its tree stops it, or it passivates): the loops then stop
+    /// without being waited for here.
+    ///
+    /// [`Placement::SessionLoop`]: crate::Placement::SessionLoop
     pub async fn shutdown(mut self) {
         self.shared.stop.send_replace(true);
         for connection in self.shared.connections.iter() {
@@ -574,8 +579,8 @@ impl<P: Protocol> Gateway<P> {
         while !self.shared.connections.is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        connection::stop_system(&self.shared);
-        if let Some(thread) = self.thread.take() {
+        let stopped = connection::stop_system(&self.shared);
+        if let Some(thread) = self.thread.take().filter(|_| stopped) {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
     }

@@ -21,6 +21,6 @@ pub use rkyv::{Archive, Deserialize, Serialize};
 pub use crate::gateway::{Gateway, GatewayBuilder, GatewayConfig, SessionStart};
 pub use crate::{
     Activation, CallError, Checkpoint, Entities, Entity, EntityContext, EntityMessage, EntityRef,
-    Group, HandlerError, KindConfig, Refusal, Refused, Reply, Session, SessionEvent, SessionId,
-    Sessions, Timer, TimerError, TimerId, entity_messages,
+    Group, HandlerError, KindConfig, Placement, Refusal, Refused, Reply, Session, SessionEvent,
+    SessionId, Sessions, Timer, TimerError, TimerId, entity_messages,
 };

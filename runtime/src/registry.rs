@@ -538,11 +538,16 @@ impl<E: Entity> Entities<E> {
             key: key.clone(),
             cell: cell.clone(),
         };
-        let start = Start::worker_with_mailbox(
+        let mut start = Start::worker_with_mailbox(
             move || worker.clone(),
             self.inner.config.mailbox_capacity,
             self.inner.config.overflow,
         );
+        if self.inner.config.placement == crate::Placement::SessionLoop
+            && let Some((event_loop, keep_running)) = crate::placement::current_loop()
+        {
+            start = start.on_runtime(event_loop, keep_running);
+        }
         // The id is unique per activation: a passivating incarnation may still be stopping when
         // the next one starts.
         let spec = ChildSpec::new(format!("{key}@{activation}"), start)

@@ -114,6 +114,35 @@ impl Start {
         }
     }
 
+    /// Runs every incarnation of this worker on `runtime` instead of the supervisor's (an event
+    /// loop's current-thread runtime, say, so a session's entity runs on its connection's
+    /// thread). `hold` is kept alive for as long as the child is supervised, restarts included,
+    /// and dropped with its spec when the child is gone for good: the owner of `runtime` can
+    /// keep it running until then. When `runtime` has shut down, the start fails
+    /// (`StartFailed`) and the supervisor treats it as any failed start.
+    #[must_use]
+    pub fn on_runtime(
+        mut self,
+        runtime: tokio::runtime::Handle,
+        hold: Arc<dyn Any + Send + Sync>,
+    ) -> Start {
+        let start = self.start.clone();
+        self.start = Arc::new(move |supervisor, tree| {
+            // Held by this closure, which lives in the child's spec.
+            let _ = &hold;
+            let placed = runtime.spawn(start(supervisor, tree));
+            Box::pin(async move {
+                match placed.await {
+                    Ok(started) => started,
+                    Err(error) => Err(ExitReason::StartFailed(format!(
+                        "its runtime could not run it: {error}"
+                    ))),
+                }
+            })
+        });
+        self
+    }
+
     /// Closes this child's mailbox, or every mailbox of a nested supervisor's subtree, for good.
     pub(crate) fn close(&self, why: &MailboxClosed) {
         if let Some(slot) = &self.slot {

@@ -5,7 +5,7 @@ use std::{
     io,
     net::TcpListener as StdListener,
     pin::Pin,
-    sync::{Arc, atomic::Ordering},
+    sync::{Arc, PoisonError, atomic::Ordering},
     time::Duration,
 };
 
@@ -35,6 +35,7 @@ use crate::{
     Refusal, Session, SessionId, clock,
     origin::{self, Origin, Outbound},
     overload::Priority,
+    placement,
     telemetry::{self, Sampling},
 };
 
@@ -154,13 +155,31 @@ pub(super) fn run_system<P: Protocol>(
     let system_runtime = runtimes.remove(0);
     let runner = actix_rt::System::with_tokio_rt(move || system_runtime);
     runner.block_on(async {
-        let _ = shared.system.set(actix_rt::System::current());
+        let event_loops: Vec<tokio::runtime::Handle> = runtimes
+            .iter()
+            .map(|runtime| runtime.handle().clone())
+            .collect();
         let loops: Arc<Vec<Arbiter>> = Arc::new(
             runtimes
                 .into_iter()
                 .map(|runtime| Arbiter::with_tokio_rt(move || runtime))
                 .collect(),
         );
+        // What keeps the loops running: the gateway until its shutdown, and every entity
+        // placed on a loop while it runs (`Placement::SessionLoop`).
+        let handles: Vec<_> = loops.iter().map(Arbiter::handle).collect();
+        let system = actix_rt::System::current();
+        let keep_running = placement::Loops::new(move || {
+            for event_loop in &handles {
+                event_loop.stop();
+            }
+            system.stop();
+        });
+        // Queued before any connection can reach a loop.
+        for (event_loop, runtime) in loops.iter().zip(event_loops) {
+            let loops = Arc::downgrade(&keep_running);
+            event_loop.spawn_fn(move || placement::enter(runtime, loops));
+        }
         for (listener, transport) in [(tcp, Transport::Tcp), (websocket, Transport::WebSocket)] {
             if let Some(listener) = listener {
                 actix_rt::spawn(accept_loop(
@@ -173,20 +192,22 @@ pub(super) fn run_system<P: Protocol>(
         }
         // Keep the arbiters owned by the system's lifetime.
         let _ = shared.arbiters.set(loops);
+        *shared.loops.lock().unwrap_or_else(PoisonError::into_inner) = Some(keep_running);
         let _ = ready.send(Ok(()));
     });
     let _ = runner.run();
 }
 
-pub(super) fn stop_system<P: Protocol>(shared: &Shared<P>) {
-    if let Some(arbiters) = shared.arbiters.get() {
-        for arbiter in arbiters.iter() {
-            arbiter.stop();
-        }
-    }
-    if let Some(system) = shared.system.get() {
-        system.stop();
-    }
+/// Lets the event loops stop: at once, or when the last entity placed on one has ended.
+/// Returns whether they stop now.
+pub(super) fn stop_system<P: Protocol>(shared: &Shared<P>) -> bool {
+    let keep_running = shared
+        .loops
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    // The last reference stops them as it drops.
+    keep_running.is_none_or(|keep_running| Arc::into_inner(keep_running).is_some())
 }
 
 async fn accept_loop<P: Protocol>(
