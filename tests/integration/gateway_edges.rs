@@ -518,3 +518,85 @@ async fn inputs_a_client_sent_before_it_heard_of_its_move_or_a_shutdown_still_re
         }
     }
 }
+
+/// A client told `ServerShutdown` comes straight back, as a game client does. A reconnect that
+/// reaches the gateway while it stops is told `ServerShutdown` before it is welcomed (or finds
+/// the listener gone, or is reset from the listen backlog as the listener closes, before any
+/// frame): the stopping gateway never serves a new session it would then drop without a close
+/// code, which a client would count as a second server restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_reconnecting_while_the_gateway_stops_are_told_it_stops_or_refused() {
+    const ROUNDS: u32 = 30;
+    const CLIENTS: u64 = 16;
+    // The race is narrow: many stops make it likely to show.
+    for round in 0..ROUNDS {
+        stop_under_reconnects(round, CLIENTS).await;
+    }
+}
+
+/// One stop of a gateway while `clients` reconnect as soon as they are closed.
+async fn stop_under_reconnects(round: u32, clients: u64) {
+    use futures_util::StreamExt;
+    use garrison_protocol::FrameCodec;
+    use tokio::io::AsyncWriteExt;
+
+    // Long enough that a session served by mistake would still be open when its client gives
+    // up waiting for a close.
+    let world = world(|config| config.drain_timeout = Duration::from_secs(30)).await;
+    let address = world.gateway.tcp_addr().expect("a TCP listener");
+    let tasks: Vec<_> = (0..clients)
+        .map(|client| {
+            tokio::spawn(async move {
+                // Each connection: whether it was welcomed, and its close code (`None`: it
+                // ended without one).
+                let mut outcomes = Vec::new();
+                for attempt in 0u64.. {
+                    let Ok(stream) = tokio::net::TcpStream::connect(address).await else {
+                        // The listener is gone: the gateway stopped.
+                        return outcomes;
+                    };
+                    let mut framed = tokio_util::codec::Framed::new(stream, FrameCodec::default());
+                    let player = 1_000 + client * 10_000 + attempt;
+                    let _ = framed.get_mut().write_all(&hello(player)).await;
+                    let mut welcomed = false;
+                    let mut code = None;
+                    while let Ok(Some(Ok(frame))) = tokio::time::timeout(LIMIT, framed.next()).await
+                    {
+                        match Control::validate(frame) {
+                            Ok(Control::Welcome(_)) => welcomed = true,
+                            Ok(Control::Close(close)) => {
+                                code = Some(close.code.to_native());
+                                break;
+                            }
+                            _ => {}
+                        }
+                    }
+                    outcomes.push((welcomed, code));
+                    let _ = framed.get_mut().shutdown().await;
+                }
+                outcomes
+            })
+        })
+        .collect();
+    eventually("every client is in", LIMIT, || async {
+        world.sessions.len() == clients as usize
+    })
+    .await;
+    world.gateway.shutdown().await;
+    let shutdown = Some(CloseCode::ServerShutdown.code());
+    for client in tasks {
+        let outcomes = client.await.expect("the client ran");
+        assert_eq!(
+            outcomes.first(),
+            Some(&(true, shutdown)),
+            "round {round}: a session of the running gateway hears ServerShutdown: {outcomes:?}"
+        );
+        for outcome in &outcomes[1..] {
+            assert!(
+                matches!(outcome, (false, code) if *code == shutdown || code.is_none()),
+                "round {round}: a reconnect is told ServerShutdown (or reset from the backlog) \
+                 before any welcome: {outcomes:?}"
+            );
+        }
+    }
+}

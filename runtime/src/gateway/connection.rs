@@ -224,8 +224,10 @@ async fn accept_loop<P: Protocol>(
     let mut next = 0usize;
     loop {
         let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+            // A stopping gateway accepts nothing more, even with a connection waiting.
+            biased;
             _ = stop.wait_for(|stopping| *stopping) => return,
+            accepted = listener.accept() => accepted,
         };
         let stream = match accepted {
             Ok((stream, _)) => stream,
@@ -458,7 +460,12 @@ fn start<P, W>(
     }
     let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
     shared.connections.insert(id, queue.clone());
-    if admission.is_none() {
+    // A connection the accept loop took as the gateway began to stop may be inserted after
+    // `shutdown` told every connection: it checks the flag itself (set before that pass, read
+    // after this insert, so one of the two sees the other) and is told to come back later.
+    if *shared.stop.borrow() {
+        queue.close(CloseCode::ServerShutdown);
+    } else if admission.is_none() {
         queue.close_because(
             CloseCode::ServerFull,
             format!(
