@@ -83,7 +83,8 @@ fn main() {
             ),
             Err(reason) => {
                 failed += 1;
-                println!("test {name} ... FAILED\n  {reason}");
+                // The reason on the same line: a log cut after the test's line keeps it.
+                println!("test {name} ... FAILED: {reason}");
             }
         }
     }
