@@ -1,69 +1,86 @@
-//! A coarse clock read without a syscall: one background thread stores the elapsed
-//! milliseconds in an atomic every millisecond; readers do one relaxed load. And the process's
-//! CPU clock, for reports and benchmarks.
+//! A coarse clock read without a syscall and without a thread: the kernel's coarse monotonic
+//! clock (`CLOCK_MONOTONIC_COARSE`, read from the vDSO in a few nanoseconds, advanced once per
+//! kernel tick: 1 to 10 ms, 4 ms on common kernels), in milliseconds since the first reading.
+//! Elsewhere than Linux it is the precise clock (`Instant`). And the process's CPU clock, for
+//! reports and benchmarks.
 //!
 //! The source's cached clock cut system CPU from 19% to 2.3% by not asking the kernel for the
-//! time on every message. Garrison reads it for idle detection and checkpoint intervals.
+//! time on every message. Garrison reads it for idle detection, rate limits and checkpoint
+//! intervals. It used to be a thread storing the time in an atomic every millisecond: 1,000
+//! wake-ups a second, about 4% of a one-core battle server's CPU at 400 clients (and an idle
+//! server never idle); the kernel keeps the coarse clock current anyway.
 
-use std::{
-    sync::{
-        OnceLock,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::{sync::OnceLock, time::Duration};
 
-/// How often the clock is updated, and so its resolution.
-pub const RESOLUTION: Duration = Duration::from_millis(1);
-
-struct Clock {
-    epoch: Instant,
-    millis: AtomicU64,
+/// The coarse reading at the first call: readings count from it.
+fn epoch() -> Duration {
+    static EPOCH: OnceLock<Duration> = OnceLock::new();
+    *EPOCH.get_or_init(coarse)
 }
 
-fn clock() -> &'static Clock {
-    static CLOCK: OnceLock<&'static Clock> = OnceLock::new();
-    CLOCK.get_or_init(|| {
-        let clock: &'static Clock = Box::leak(Box::new(Clock {
-            epoch: Instant::now(),
-            millis: AtomicU64::new(0),
-        }));
-        std::thread::Builder::new()
-            .name("garrison-clock".into())
-            .spawn(move || {
-                loop {
-                    std::thread::sleep(RESOLUTION);
-                    let elapsed = clock.epoch.elapsed().as_millis() as u64;
-                    // Relaxed: readers need a recent value, not ordering with other memory.
-                    clock.millis.store(elapsed, Ordering::Relaxed);
-                }
-            })
-            .expect("spawning the clock thread");
-        clock
-    })
+/// The coarse monotonic clock, from the same origin as [`precise`].
+#[cfg(target_os = "linux")]
+fn coarse() -> Duration {
+    since_boot(rustix::time::clock_gettime(
+        rustix::time::ClockId::MonotonicCoarse,
+    ))
 }
 
-/// Milliseconds since the clock started (the first call), within [`RESOLUTION`] plus scheduling
-/// delay. Monotonic.
-///
-/// # Panics
-/// On the first call, if the operating system refuses to start the clock's thread: without it
-/// every timeout in the runtime would silently stop, so that is not hidden.
+/// The precise monotonic clock, from the same origin as [`coarse`].
+#[cfg(target_os = "linux")]
+fn precise() -> Duration {
+    since_boot(rustix::time::clock_gettime(
+        rustix::time::ClockId::Monotonic,
+    ))
+}
+
+#[cfg(target_os = "linux")]
+fn since_boot(time: rustix::time::Timespec) -> Duration {
+    // A monotonic clock is never negative; the conversions cannot fail.
+    Duration::new(
+        u64::try_from(time.tv_sec).unwrap_or(0),
+        u32::try_from(time.tv_nsec).unwrap_or(0),
+    )
+}
+
+#[cfg(not(target_os = "linux"))]
+fn coarse() -> Duration {
+    precise()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn precise() -> Duration {
+    static ORIGIN: OnceLock<std::time::Instant> = OnceLock::new();
+    ORIGIN.get_or_init(std::time::Instant::now).elapsed()
+}
+
+/// How far a reading may lag real time: the kernel's tick on Linux (what `clock_getres` says
+/// of the coarse clock), plus the millisecond it is truncated to.
+pub fn resolution() -> Duration {
+    #[cfg(target_os = "linux")]
+    let tick = since_boot(rustix::time::clock_getres(
+        rustix::time::ClockId::MonotonicCoarse,
+    ));
+    #[cfg(not(target_os = "linux"))]
+    let tick = Duration::ZERO;
+    tick + Duration::from_millis(1)
+}
+
+/// Milliseconds since the clock started (the first call), behind real time by at most
+/// [`resolution`]. Monotonic.
 pub fn now_millis() -> u64 {
-    // Relaxed: a single monotonic counter; no other data is published through it.
-    clock().millis.load(Ordering::Relaxed)
+    coarse().saturating_sub(epoch()).as_millis() as u64
 }
 
 /// Milliseconds since the Unix epoch at the instant the clock read `millis` ([`now_millis`]),
-/// converted with the precise clock, not the coarse one (which may lag by the time its thread
-/// was not scheduled: right after the process was paused, say).
+/// converted with the precise clock, not the coarse one.
 pub fn unix_ms_of(millis: u64) -> u64 {
-    let at = clock().epoch + Duration::from_millis(millis);
-    let now = Instant::now();
+    let at = epoch() + Duration::from_millis(millis);
+    let now = precise();
     let unix = std::time::SystemTime::now();
-    let then = match now.checked_duration_since(at) {
+    let then = match now.checked_sub(at) {
         Some(ago) => unix.checked_sub(ago),
-        None => unix.checked_add(at.duration_since(now)),
+        None => unix.checked_add(at - now),
     };
     then.and_then(|then| then.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |since| since.as_millis() as u64)

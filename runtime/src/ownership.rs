@@ -28,8 +28,8 @@ fn epoch() -> Instant {
 /// here, and its next message activates it again only where the fleet says.
 ///
 /// Read with `Instant::now()` on every check, not the runtime's coarse clock: a process resumed
-/// after a `SIGSTOP` must see the time it was stopped at once, before the coarse clock's thread
-/// has run again.
+/// after a `SIGSTOP` must see the time it was stopped at once, to the nanosecond, not to the
+/// kernel's last tick.
 #[derive(Clone, Debug)]
 pub struct Lease {
     /// Nanoseconds since [`epoch`] until which the lease holds; 0: revoked.
