@@ -80,8 +80,9 @@ pub fn abandoned_rooms_are_released_and_the_server_goes_idle() -> Outcome {
             ));
         }
         // Nothing ticks now: no frame is played, and the process goes idle: within a deadline,
-        // some half-second window uses under 5% of a core (idle in a debug build: 2-4%, mostly
-        // the coarse clock). 25 rooms ticking cost ~0.35% of a core each (~9% together in a
+        // some half-second window uses under 5% of a core (an idle server wakes about 20 times a
+        // second, for its timers; it took 2-4% of a core in a debug build while a thread kept the
+        // coarse clock). 25 rooms ticking cost ~0.35% of a core each (~9% together in a
         // release build, more in a debug one), so they would never pass; what remains of the
         // release (passivations, the last checkpoints) or a busy machine may take a window or
         // two.
