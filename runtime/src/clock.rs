@@ -12,10 +12,16 @@
 
 use std::{sync::OnceLock, time::Duration};
 
-/// The coarse reading at the first call: readings count from it.
-fn epoch() -> Duration {
-    static EPOCH: OnceLock<Duration> = OnceLock::new();
-    *EPOCH.get_or_init(coarse)
+/// The coarse reading at the first call, in milliseconds: readings count from it.
+fn epoch() -> u64 {
+    static EPOCH: OnceLock<u64> = OnceLock::new();
+    *EPOCH.get_or_init(|| millis(coarse()))
+}
+
+/// Whole milliseconds, in `u64` arithmetic (`Duration::as_millis` divides a `u128`: this is
+/// read on every message).
+fn millis(time: Duration) -> u64 {
+    time.as_secs() * 1_000 + u64::from(time.subsec_millis())
 }
 
 /// The coarse monotonic clock, from the same origin as [`precise`].
@@ -69,13 +75,13 @@ pub fn resolution() -> Duration {
 /// Milliseconds since the clock started (the first call), behind real time by at most
 /// [`resolution`]. Monotonic.
 pub fn now_millis() -> u64 {
-    coarse().saturating_sub(epoch()).as_millis() as u64
+    millis(coarse()).saturating_sub(epoch())
 }
 
 /// Milliseconds since the Unix epoch at the instant the clock read `millis` ([`now_millis`]),
 /// converted with the precise clock, not the coarse one.
 pub fn unix_ms_of(millis: u64) -> u64 {
-    let at = epoch() + Duration::from_millis(millis);
+    let at = Duration::from_millis(epoch() + millis);
     let now = precise();
     let unix = std::time::SystemTime::now();
     let then = match now.checked_sub(at) {

@@ -753,9 +753,6 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
                 };
             }
         };
-        self.cell
-            .last_handled
-            .store(clock::now_millis(), Ordering::Relaxed);
         let event_type = message.event_type();
         let trace = message.trace_context();
         // A timer's message never keeps its entity from passivating.
@@ -793,6 +790,10 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
         if let Some(started) = timed {
             self.kind.stats().handled(event_type, started.elapsed());
         }
+        // One coarse reading per message (a vDSO call): when it was handled and, below, when
+        // the entity was last active.
+        let now = clock::now_millis();
+        self.cell.last_handled.store(now, Ordering::Relaxed);
         let failure = match &handled {
             Ok(Ok(())) => None,
             Ok(Err(error)) => Some(("error", error.to_string())),
@@ -827,9 +828,7 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
         }
 
         if activity {
-            self.cell
-                .last_active
-                .store(clock::now_millis(), Ordering::Relaxed);
+            self.cell.last_active.store(now, Ordering::Relaxed);
         }
         let (checkpoint_requested, stop_requested, passivate_requested) = (
             entity_context.checkpoint_requested,
