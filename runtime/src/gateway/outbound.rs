@@ -54,8 +54,6 @@ struct Items {
     /// Wire bytes waiting for the writer: whole frames, or the rest of one the direct path only
     /// partly wrote.
     frames: VecDeque<(Bytes, Delivery)>,
-    /// Set once: the writer sends what is queued, then this close frame, then shuts down.
-    closing: Option<CloseCode>,
     /// What the `Close` says, when more is known than the code's description.
     reason: Option<String>,
     /// The writer has written everything it took and waits: a push may write directly.
@@ -88,11 +86,12 @@ pub(crate) struct OutboundQueue {
     urgent: Notify,
     replaced: AtomicBool,
     aborted: AtomicBool,
-    /// `Items::closing`'s wire code (0: not closing), written under the lock, read without it:
+    /// Set once, under the lock: the writer sends what is queued, then a `Close` with this wire
+    /// code, then shuts down (0: not closing). Read without the lock by [`OutboundQueue::closing`]:
     /// the connection asks on every frame it reads, and taking the lock there made its thread
     /// wait for a push writing to the socket under it (a futex wait and a context switch each
     /// time they met, measured on a one-core battle server).
-    closing_code: AtomicU16,
+    closing: AtomicU16,
     /// Where frames written on the direct path are counted.
     counters: Arc<Counters>,
 }
@@ -112,7 +111,6 @@ impl OutboundQueue {
         OutboundQueue {
             items: Mutex::new(Items {
                 frames: VecDeque::new(),
-                closing: None,
                 reason: None,
                 writer_idle: false,
                 direct: None,
@@ -122,7 +120,7 @@ impl OutboundQueue {
             urgent: Notify::new(),
             replaced: AtomicBool::new(false),
             aborted: AtomicBool::new(false),
-            closing_code: AtomicU16::new(0),
+            closing: AtomicU16::new(0),
             counters,
         }
     }
@@ -149,7 +147,8 @@ impl OutboundQueue {
     /// reliable frame that does not fit starts a slow-consumer close and is handed back.
     pub(crate) fn push_with(&self, frame: Frame, delivery: Delivery) -> Result<(), Frame> {
         let mut items = self.lock();
-        if items.closing.is_some() {
+        // Relaxed under the lock: it orders every write of the code.
+        if self.closing.load(Ordering::Relaxed) != 0 {
             return Err(frame);
         }
         let mut wire = frame.wire().clone();
@@ -194,8 +193,7 @@ impl OutboundQueue {
                 }
                 (Delivery::Latest, None) => return Err(frame),
                 (Delivery::Reliable, _) => {
-                    items.closing = Some(CloseCode::SlowConsumer);
-                    self.closing_code
+                    self.closing
                         .store(CloseCode::SlowConsumer.code(), Ordering::Release);
                     items.reason = Some(format!(
                         "the client did not read: {} frames were waiting for it",
@@ -229,10 +227,9 @@ impl OutboundQueue {
 
     fn close_with(&self, code: CloseCode, reason: Option<String>) {
         let mut items = self.lock();
-        if items.closing.is_none() {
-            items.closing = Some(code);
+        if self.closing.load(Ordering::Relaxed) == 0 {
             items.reason = reason.map(bounded);
-            self.closing_code.store(code.code(), Ordering::Release);
+            self.closing.store(code.code(), Ordering::Release);
         }
         drop(items);
         self.ready.notify_one();
@@ -241,7 +238,7 @@ impl OutboundQueue {
     /// The text the `Close` carries: the reason given, or the code's description.
     pub(crate) fn close_reason(&self) -> String {
         let items = self.lock();
-        match (&items.reason, items.closing) {
+        match (&items.reason, self.closing()) {
             (Some(reason), _) => reason.clone(),
             (None, Some(code)) => code.description().to_owned(),
             (None, None) => String::new(),
@@ -269,7 +266,8 @@ impl OutboundQueue {
                     return Next::Abort;
                 }
                 let mut items = self.lock();
-                if items.closing == Some(CloseCode::SlowConsumer) {
+                let closing = self.closing.load(Ordering::Relaxed);
+                if closing == CloseCode::SlowConsumer.code() {
                     items.writer_idle = false;
                     return Next::Close(CloseCode::SlowConsumer);
                 }
@@ -278,7 +276,7 @@ impl OutboundQueue {
                     batch.extend(items.frames.drain(..).map(|(frame, _)| frame));
                     return Next::Frames;
                 }
-                if let Some(code) = items.closing {
+                if let Some(code) = CloseCode::from_code(closing) {
                     items.writer_idle = false;
                     return Next::Close(code);
                 }
@@ -292,7 +290,7 @@ impl OutboundQueue {
     /// this moment may be seen on the next call (the queue itself refuses pushes under the lock).
     pub(crate) fn closing(&self) -> Option<CloseCode> {
         // No wire code is 0.
-        CloseCode::from_code(self.closing_code.load(Ordering::Acquire))
+        CloseCode::from_code(self.closing.load(Ordering::Acquire))
     }
 
     #[cfg(test)]
