@@ -253,12 +253,17 @@ pub struct GatewayBuilder<P: Protocol> {
     binders: Vec<Arc<Binder>>,
     /// Kinds the routes need running: checked by `start`.
     required: Vec<Required>,
+    /// The kinds whose entities run on its event loops ([`GatewayBuilder::hosts`]).
+    hosted: Vec<Host>,
     /// The adaptive limit on new sessions, if any.
     limit: Option<crate::overload::AdaptiveLimit>,
 }
 
 /// Binds a session at its handshake (see [`GatewayBuilder::to_entity`]).
 type Binder = dyn Fn(&Session) + Send + Sync;
+
+/// Hands a hosted kind the gateway's event loops once they run.
+pub(crate) type Host = Box<dyn FnOnce(Arc<crate::placement::HostLoops>) + Send>;
 
 /// A kind a gateway's routes need: its name, whether it is served and running, and how an
 /// overload limit follows its latency.
@@ -308,6 +313,7 @@ impl<P: Protocol> GatewayBuilder<P> {
             on_session_closed: Arc::new(|_| {}),
             binders: Vec::new(),
             required: Vec::new(),
+            hosted: Vec::new(),
             limit: None,
         }
     }
@@ -337,6 +343,22 @@ impl<P: Protocol> GatewayBuilder<P> {
         }));
         builder.required.push(Required::of(entities));
         builder
+    }
+
+    /// Runs `entities`' kind on this gateway's event loops while it runs: each activation
+    /// starts on the next loop in turn (a restart stays on its loop) instead of on the tree's
+    /// runtime. A room whose players' connections share its loop then receives their inputs
+    /// and writes its broadcasts with no hand-over between threads: on a server with one core
+    /// (one loop), every message of a match stays on one thread. A handler that computes for
+    /// long delays every connection of its loop. An entity running when the gateway shuts down
+    /// keeps its loop running until it ends (its tree stops it, or it passivates); activations
+    /// after the shutdown start on the tree's runtime.
+    #[must_use]
+    pub fn hosts<E: Entity>(mut self, entities: &Entities<E>) -> Self {
+        let entities = entities.clone();
+        self.hosted
+            .push(Box::new(move |loops| entities.host_on(loops)));
+        self
     }
 
     /// Makes [`GatewayBuilder::start`] fail unless `entities`' kind is served and running in a
@@ -429,6 +451,7 @@ impl<P: Protocol> GatewayBuilder<P> {
             });
         }
         let router = self.router;
+        let hosted = std::mem::take(&mut self.hosted);
         let bind = |address: Option<SocketAddr>| -> Result<Option<StdListener>, Error> {
             address
                 .map(|address| {
@@ -486,7 +509,7 @@ impl<P: Protocol> GatewayBuilder<P> {
         let (ready, started) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("garrison-gateway".into())
-            .spawn(move || connection::run_system(thread_shared, tcp, websocket, ready))
+            .spawn(move || connection::run_system(thread_shared, tcp, websocket, hosted, ready))
             .map_err(|error| Error::Gateway {
                 reason: error.to_string(),
             })?;

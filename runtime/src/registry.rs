@@ -78,6 +78,9 @@ struct Inner<E: Entity> {
     lease: OnceLock<Lease>,
     /// Told when an active entity leaves this process ([`Entities::on_departure`]).
     departures: OnceLock<Arc<Departures<E>>>,
+    /// The event loops of the gateway hosting the kind, if one does
+    /// ([`GatewayBuilder::hosts`](crate::gateway::GatewayBuilder::hosts)).
+    hosts: std::sync::RwLock<Option<Arc<crate::placement::HostLoops>>>,
 }
 
 /// What gives an activation its store generation, or refuses it ([`Entities::fence_by`]).
@@ -204,6 +207,7 @@ impl<E: Entity> Entities<E> {
                 limit,
                 lease: OnceLock::new(),
                 departures: OnceLock::new(),
+                hosts: std::sync::RwLock::new(None),
             }),
         };
         if let (Some(limit), Some(runtime)) = (&entities.inner.limit, &entities.inner.runtime) {
@@ -228,6 +232,16 @@ impl<E: Entity> Entities<E> {
             .module
             .set(module)
             .map_err(|_| Error::AlreadyServed { kind: E::KIND })
+    }
+
+    /// Starts the kind's next activations on `loops` (a gateway hosting it), in turn.
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+    pub(crate) fn host_on(&self, loops: Arc<crate::placement::HostLoops>) {
+        *self
+            .inner
+            .hosts
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(loops);
     }
 
     /// Whether the kind is served.
@@ -543,9 +557,19 @@ impl<E: Entity> Entities<E> {
             self.inner.config.mailbox_capacity,
             self.inner.config.overflow,
         );
-        if self.inner.config.placement == crate::Placement::SessionLoop
-            && let Some((event_loop, keep_running)) = crate::placement::current_loop()
-        {
+        let session_loop = match self.inner.config.placement {
+            crate::Placement::SessionLoop => crate::placement::current_loop(),
+            crate::Placement::Tree => None,
+        };
+        let placed = session_loop.or_else(|| {
+            self.inner
+                .hosts
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .as_ref()
+                .and_then(|hosts| hosts.pick(activation))
+        });
+        if let Some((event_loop, keep_running)) = placed {
             start = start.on_runtime(event_loop, keep_running);
         }
         // The id is unique per activation: a passivating incarnation may still be stopping when

@@ -1,7 +1,8 @@
 //! Where entities run (`KindConfig::placement`): a session's entity placed on its connection's
 //! event loop runs on that connection's thread, stays there across a crash with its state, and
 //! keeps the loop running after the gateway shuts down until its tree stops it; an entity on
-//! the tree never runs on a loop.
+//! the tree never runs on a loop, unless a gateway hosts its kind: then its activations take
+//! the gateway's loops in turn while the gateway runs.
 
 use std::{
     path::PathBuf,
@@ -44,6 +45,7 @@ fn this_thread() -> PathBuf {
 /// One handled input: the thread it ran on, the count after it, and the incarnation.
 #[derive(Clone, Debug)]
 struct Ran {
+    entity: u64,
     thread: PathBuf,
     handled: u32,
     incarnation: u64,
@@ -80,6 +82,7 @@ impl Entity for Pilot {
         assert_ne!(input.x.to_native(), 13, "told to crash");
         handled.0 += 1;
         self.ran.lock().unwrap().push(Ran {
+            entity: *context.key(),
             thread: this_thread(),
             handled: handled.0,
             incarnation: context.incarnation(),
@@ -108,6 +111,11 @@ struct World {
 }
 
 async fn world(placement: Placement) -> World {
+    world_hosting(placement, false).await
+}
+
+/// A world whose gateway hosts the pilots' kind when `hosted`.
+async fn world_hosting(placement: Placement, hosted: bool) -> World {
     let sessions = Arc::new(Sessions::new());
     let ran = Arc::new(Mutex::new(Vec::new()));
     let pilots = Entities::declare(KindConfig {
@@ -129,7 +137,7 @@ async fn world(placement: Placement) -> World {
     let routed = Arc::new(Mutex::new(Vec::new()));
     let routing = routed.clone();
     let bound = pilots.clone();
-    let gateway = GatewayBuilder::<TestMessage>::new(config, sessions, move |session, message| {
+    let builder = GatewayBuilder::<TestMessage>::new(config, sessions, move |session, message| {
         routing.lock().unwrap().push(this_thread());
         session
             .send::<Pilot>(message)
@@ -138,9 +146,13 @@ async fn world(placement: Placement) -> World {
     .on_session(move |start| {
         start.session.bind(&bound, start.session.player());
         Ok(())
-    })
-    .start()
-    .unwrap();
+    });
+    let builder = if hosted {
+        builder.hosts(&pilots)
+    } else {
+        builder
+    };
+    let gateway = builder.start().unwrap();
     World {
         gateway,
         tree,
@@ -247,6 +259,100 @@ async fn a_session_loop_entity_runs_on_its_connections_thread_and_a_tree_entity_
         drop(clients);
         world.gateway.shutdown().await;
         world.tree.stop().await.unwrap();
+    }
+}
+
+/// Input `seq` (x = `x`) for `entity`, as sent from outside any connection.
+fn input(entity: u64, seq: u32, x: i32) -> TestMessage {
+    let frame = garrison_protocol::encode_frame(
+        &Input {
+            entity,
+            x,
+            y: 0,
+            seq,
+            tick: 0,
+        },
+        FrameMeta::seq(seq),
+    )
+    .unwrap();
+    TestMessage::validate(frame).unwrap()
+}
+
+/// Waits until the pilots have handled `count` inputs and returns them.
+async fn handled(ran: &Arc<Mutex<Vec<Ran>>>, count: usize) -> Vec<Ran> {
+    let ran = ran.clone();
+    eventually(&format!("{count} inputs handled"), LIMIT, || {
+        let ran = ran.clone();
+        async move { ran.lock().unwrap().len() >= count }
+    })
+    .await;
+    let ran = ran.lock().unwrap().clone();
+    assert_eq!(ran.len(), count, "no input handled twice: {ran:?}");
+    ran
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hosted_kind_runs_on_the_gateways_loops_in_turn_and_on_the_tree_once_it_stops() {
+    let world = world_hosting(Placement::Tree, true).await;
+    // Two connections, one per loop: the threads their inputs are routed on are the loops.
+    let mut clients = Vec::new();
+    for player in 1..=2u64 {
+        let mut client = client(&world, player).await;
+        assert_eq!(ask(&mut client, player, 1, 1).await, Some(1));
+        clients.push(client);
+    }
+    let loops: Vec<PathBuf> = world.routed.lock().unwrap().clone();
+    assert_ne!(loops[0], loops[1], "one connection per loop");
+    // Activated from outside any loop (this test's task): each on a loop, the two in turn.
+    for entity in 100..104u64 {
+        world.pilots.send(&entity, input(entity, 1, 1)).unwrap();
+    }
+    let ran = handled(&world.ran, 6).await;
+    for each in &ran {
+        assert!(loops.contains(&each.thread), "ran off the loops: {each:?}");
+    }
+    let placed: std::collections::HashSet<_> = ran[2..].iter().map(|each| &each.thread).collect();
+    assert_eq!(placed.len(), 2, "activations take both loops: {ran:?}");
+    // A crash restarts the entity on its loop, with its state.
+    let home = ran
+        .iter()
+        .find(|each| each.entity == 100)
+        .unwrap()
+        .thread
+        .clone();
+    world.pilots.send(&100, input(100, 2, 13)).unwrap();
+    world.pilots.send(&100, input(100, 3, 1)).unwrap();
+    let ran = handled(&world.ran, 7).await;
+    let restarted = &ran[6];
+    assert_eq!(
+        (restarted.entity, restarted.handled, restarted.incarnation),
+        (100, 2, 2)
+    );
+    assert_eq!(restarted.thread, home, "the restart stayed on its loop");
+    // Once the gateway stops, a new activation runs on the tree; a running entity keeps its
+    // loop until the tree stops it.
+    drop(clients);
+    tokio::time::timeout(LIMIT, world.gateway.shutdown())
+        .await
+        .expect("the shutdown does not wait for the tree");
+    world.pilots.send(&200, input(200, 1, 1)).unwrap();
+    world.pilots.send(&100, input(100, 4, 1)).unwrap();
+    let ran = handled(&world.ran, 9).await;
+    let late = ran[7..].iter().find(|each| each.entity == 200).unwrap();
+    assert!(
+        !loops.contains(&late.thread),
+        "activated after the shutdown, it runs on the tree: {late:?}"
+    );
+    let kept = ran[7..].iter().find(|each| each.entity == 100).unwrap();
+    assert_eq!((kept.handled, kept.incarnation), (3, 2));
+    assert_eq!(kept.thread, home, "entity 100 kept its loop");
+    world.tree.stop().await.unwrap();
+    for event_loop in loops {
+        eventually("the event loop's thread ended", LIMIT, || {
+            let event_loop = event_loop.clone();
+            async move { !event_loop.exists() }
+        })
+        .await;
     }
 }
 

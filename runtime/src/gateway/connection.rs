@@ -133,6 +133,7 @@ pub(super) fn run_system<P: Protocol>(
     shared: Arc<Shared<P>>,
     tcp: Option<StdListener>,
     websocket: Option<StdListener>,
+    hosted: Vec<super::Host>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
     // Every runtime is built here, where a failure (out of descriptors, say) is an error to
@@ -175,6 +176,10 @@ pub(super) fn run_system<P: Protocol>(
             }
             system.stop();
         });
+        let hosts = placement::HostLoops::new(event_loops.clone(), Arc::downgrade(&keep_running));
+        for host in hosted {
+            host(hosts.clone());
+        }
         // Queued before any connection can reach a loop.
         for (event_loop, runtime) in loops.iter().zip(event_loops) {
             let loops = Arc::downgrade(&keep_running);
@@ -206,6 +211,9 @@ pub(super) fn stop_system<P: Protocol>(shared: &Shared<P>) -> bool {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .take();
+    if let Some(keep_running) = &keep_running {
+        keep_running.close();
+    }
     // The last reference stops them as it drops.
     keep_running.is_none_or(|keep_running| Arc::into_inner(keep_running).is_some())
 }
