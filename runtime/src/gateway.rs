@@ -81,6 +81,11 @@ pub struct GatewayConfig {
     /// the kernel's autotuned buffer (up to 4 MiB), is what holds a slow client's backlog; `None`
     /// leaves the system default.
     pub socket_send_buffer: Option<usize>,
+    /// Connections the kernel completes for each listener before the gateway accepts them
+    /// (`listen(2)`'s backlog, capped by `net.core.somaxconn`; default 4,096). A login storm (a
+    /// server's players reconnecting at once after a restart) beyond it overflows the queue:
+    /// the kernel answers with SYN cookies and may reset a client whose handshake it completed.
+    pub listen_backlog: u32,
     /// After its `Close` is written, how long a connection keeps reading (and discarding) while
     /// waiting for the client to close its side, so unread input never turns the close into a
     /// reset that destroys the `Close` in flight.
@@ -121,6 +126,7 @@ impl GatewayConfig {
             ticket_key: ticket_key.into(),
             max_ticket_lifetime: Duration::from_secs(24 * 60 * 60),
             socket_send_buffer: Some(64 * 1024),
+            listen_backlog: 4096,
             close_linger: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(2),
             reconnect_grace: Duration::from_secs(30),
@@ -452,18 +458,13 @@ impl<P: Protocol> GatewayBuilder<P> {
         }
         let router = self.router;
         let hosted = std::mem::take(&mut self.hosted);
+        let backlog = i32::try_from(self.config.listen_backlog).unwrap_or(i32::MAX);
         let bind = |address: Option<SocketAddr>| -> Result<Option<StdListener>, Error> {
             address
                 .map(|address| {
-                    let listener = StdListener::bind(address).map_err(|error| Error::Gateway {
+                    listen(address, backlog).map_err(|error| Error::Gateway {
                         reason: format!("bind {address}: {error}"),
-                    })?;
-                    listener
-                        .set_nonblocking(true)
-                        .map_err(|error| Error::Gateway {
-                            reason: error.to_string(),
-                        })?;
-                    Ok(listener)
+                    })
                 })
                 .transpose()
         };
@@ -534,6 +535,21 @@ impl<P: Protocol> GatewayBuilder<P> {
             websocket_addr,
         })
     }
+}
+
+/// A non-blocking listener on `address` with room for `backlog` connections not yet accepted
+/// (std's `TcpListener::bind` leaves 128), reusing the address as std does.
+fn listen(address: SocketAddr, backlog: i32) -> std::io::Result<StdListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(backlog)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 /// A running gateway.

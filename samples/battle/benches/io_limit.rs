@@ -169,8 +169,18 @@ async fn load(
     let start = Instant::now() + warm_up;
     let end = start + window;
     let frames = Arc::new(AtomicU64::new(0));
+    // At most 64 clients between connecting and their first frame: a connect storm beyond a
+    // listener's backlog turns into SYN cookies and resets, which neither server is measured on.
+    let connecting = Arc::new(tokio::sync::Semaphore::new(64));
     let tasks: Vec<_> = (1..=clients)
-        .map(|player| tokio::spawn(client(address, player, start, end, frames.clone())))
+        .map(|player| {
+            let connecting = connecting.clone();
+            let frames = frames.clone();
+            tokio::spawn(async move {
+                let permit = connecting.acquire_owned().await?;
+                client(address, player, start, end, frames, permit).await
+            })
+        })
         .collect();
     tokio::time::sleep_until(start.into()).await;
     let cpu_start = cpu_seconds_of(server.id()).ok_or("no CPU figure for the server")?;
@@ -190,7 +200,9 @@ async fn client(
     start: Instant,
     end: Instant,
     frames: Arc<AtomicU64>,
+    connecting: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<(), Error> {
+    let mut connecting = Some(connecting);
     let stream = TcpStream::connect(address).await?;
     stream.set_nodelay(true)?;
     let mut connection = Framed::new(
@@ -224,6 +236,8 @@ async fn client(
             Ok(None) => return Err(format!("player {player}: the server closed").into()),
             Ok(Some(frame)) => frame?,
         };
+        // Connected and answered: the next client may connect.
+        connecting.take();
         if frame.kind() != FrameInputs::KIND {
             continue;
         }
