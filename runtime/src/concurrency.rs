@@ -3,8 +3,10 @@
 //! - **Entities and supervisors** run on the tokio multi-thread runtime the application starts
 //!   (`#[tokio::main]`). ractor spawns their actors there. An `Entities` registry remembers the
 //!   runtime it was created on and starts activations there, whoever sends, except for a kind
-//!   placed on its sessions' loops (`Placement::SessionLoop`): an activation a session's input
-//!   causes runs on that connection's event loop (see `placement`).
+//!   placed on its sessions' loops (`Placement::SessionLoop`): an activation caused on a gateway
+//!   event loop (a session's input, or an entity running there) runs on that loop; and for a
+//!   kind a running gateway hosts (`GatewayBuilder::hosts`), whose activations take the
+//!   gateway's loops in turn (see `placement`).
 //! - **The gateway** runs on its own thread with an actix `System` and one actix-rt arbiter per
 //!   event loop (a single-threaded tokio runtime each). A connection lives entirely on one
 //!   arbiter: its actor (reading, handshake, limits, routing) and its writer task. actix types

@@ -84,7 +84,8 @@ pub struct GatewayConfig {
     /// Connections the kernel completes for each listener before the gateway accepts them
     /// (`listen(2)`'s backlog, capped by `net.core.somaxconn`; default 4,096). A login storm (a
     /// server's players reconnecting at once after a restart) beyond it overflows the queue:
-    /// the kernel answers with SYN cookies and may reset a client whose handshake it completed.
+    /// the kernel drops SYNs (the client retries after 1 s, 3 s, ...) or answers with SYN
+    /// cookies and may reset a client whose handshake it completed.
     pub listen_backlog: u32,
     /// After its `Close` is written, how long a connection keeps reading (and discarding) while
     /// waiting for the client to close its side, so unread input never turns the close into a
@@ -269,7 +270,7 @@ pub struct GatewayBuilder<P: Protocol> {
 type Binder = dyn Fn(&Session) + Send + Sync;
 
 /// Hands a hosted kind the gateway's event loops once they run.
-pub(crate) type Host = Box<dyn FnOnce(Arc<crate::placement::HostLoops>) + Send>;
+pub(crate) type Host = Box<dyn FnOnce(crate::placement::Opening) + Send>;
 
 /// A kind a gateway's routes need: its name, whether it is served and running, and how an
 /// overload limit follows its latency.
@@ -358,7 +359,8 @@ impl<P: Protocol> GatewayBuilder<P> {
     /// (one loop), every message of a match stays on one thread. A handler that computes for
     /// long delays every connection of its loop. An entity running when the gateway shuts down
     /// keeps its loop running until it ends (its tree stops it, or it passivates); activations
-    /// after the shutdown start on the tree's runtime.
+    /// after the shutdown start on the tree's runtime. A kind hosted by two gateways takes the
+    /// loops of the last one started.
     #[must_use]
     pub fn hosts<E: Entity>(mut self, entities: &Entities<E>) -> Self {
         let entities = entities.clone();
@@ -538,13 +540,15 @@ impl<P: Protocol> GatewayBuilder<P> {
 }
 
 /// A non-blocking listener on `address` with room for `backlog` connections not yet accepted
-/// (std's `TcpListener::bind` leaves 128), reusing the address as std does.
+/// (std's `TcpListener::bind` leaves 128), reusing the address as std does on Unix (not on
+/// Windows, where it would let another process take the port).
 fn listen(address: SocketAddr, backlog: i32) -> std::io::Result<StdListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(address),
         socket2::Type::STREAM,
         Some(socket2::Protocol::TCP),
     )?;
+    #[cfg(not(windows))]
     socket.set_reuse_address(true)?;
     socket.bind(&address.into())?;
     socket.listen(backlog)?;
@@ -604,9 +608,10 @@ impl<P: Protocol> Gateway<P> {
 
     /// Stops gracefully: stops accepting, tells every client `ServerShutdown` after what is
     /// already queued for it, waits up to the drain timeout for the queues to empty, then stops
-    /// the event loops. An entity placed on a loop ([`Placement::SessionLoop`]) keeps its loop
-    /// running until it ends (its tree stops it, or it passivates): the loops then stop
-    /// without being waited for here.
+    /// the event loops. An entity placed on a loop ([`Placement::SessionLoop`], or of a kind
+    /// the gateway hosts, [`GatewayBuilder::hosts`]) keeps its loop running until it ends (its
+    /// tree stops it, or it passivates): the loops then stop without being waited for here.
+    /// No new entity is placed on the loops from the start of the shutdown's last step.
     ///
     /// [`Placement::SessionLoop`]: crate::Placement::SessionLoop
     pub async fn shutdown(mut self) {
@@ -631,4 +636,40 @@ pub(crate) fn control_frame<M: garrison_protocol::Message>(
     meta: FrameMeta,
 ) -> Option<garrison_protocol::Frame> {
     garrison_protocol::encode_frame(message, meta).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection past a listener's backlog has its SYN dropped until the gateway accepts:
+    /// with std's 128, a login storm of 300 would wait for the kernel's retries (1 s, 3 s, ...)
+    /// or be reset; with the gateway's backlog every handshake completes before any accept.
+    #[tokio::test]
+    async fn the_listener_completes_a_login_storm_beyond_128_before_accepting_any() {
+        let listener = listen("127.0.0.1:0".parse().unwrap(), 1024).unwrap();
+        let address = listener.local_addr().unwrap();
+        let storm = (0..300).map(|_| {
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio::net::TcpStream::connect(address),
+            )
+        });
+        let connected = futures_util::future::join_all(storm)
+            .await
+            .into_iter()
+            .filter(|connected| matches!(connected, Ok(Ok(_))))
+            .count();
+        // The kernel caps every backlog at net.core.somaxconn (4,096 since Linux 5.4).
+        let cap = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|cap| cap.trim().parse::<usize>().ok())
+            .unwrap_or(4096);
+        assert_eq!(
+            connected,
+            300.min(cap + 1),
+            "every handshake completed, none accepted yet (somaxconn {cap})"
+        );
+        drop(listener);
+    }
 }

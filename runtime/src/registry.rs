@@ -80,7 +80,7 @@ struct Inner<E: Entity> {
     departures: OnceLock<Arc<Departures<E>>>,
     /// The event loops of the gateway hosting the kind, if one does
     /// ([`GatewayBuilder::hosts`](crate::gateway::GatewayBuilder::hosts)).
-    hosts: std::sync::RwLock<Option<Arc<crate::placement::HostLoops>>>,
+    hosts: std::sync::RwLock<Option<crate::placement::Opening>>,
 }
 
 /// What gives an activation its store generation, or refuses it ([`Entities::fence_by`]).
@@ -234,9 +234,10 @@ impl<E: Entity> Entities<E> {
             .map_err(|_| Error::AlreadyServed { kind: E::KIND })
     }
 
-    /// Starts the kind's next activations on `loops` (a gateway hosting it), in turn.
+    /// Starts the kind's next activations on `loops` (a gateway hosting it), in turn; the
+    /// last gateway to host the kind is the one its activations take.
     #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
-    pub(crate) fn host_on(&self, loops: Arc<crate::placement::HostLoops>) {
+    pub(crate) fn host_on(&self, loops: crate::placement::Opening) {
         *self
             .inner
             .hosts

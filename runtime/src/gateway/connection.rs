@@ -167,22 +167,21 @@ pub(super) fn run_system<P: Protocol>(
                 .collect(),
         );
         // What keeps the loops running: the gateway until its shutdown, and every entity
-        // placed on a loop while it runs (`Placement::SessionLoop`).
+        // placed on a loop while it runs (`Placement::SessionLoop`, a kind the gateway hosts).
         let handles: Vec<_> = loops.iter().map(Arbiter::handle).collect();
         let system = actix_rt::System::current();
-        let keep_running = placement::Loops::new(move || {
+        let keep_running = placement::Loops::new(event_loops.clone(), move || {
             for event_loop in &handles {
                 event_loop.stop();
             }
             system.stop();
         });
-        let hosts = placement::HostLoops::new(event_loops.clone(), Arc::downgrade(&keep_running));
         for host in hosted {
-            host(hosts.clone());
+            host(keep_running.opening());
         }
         // Queued before any connection can reach a loop.
         for (event_loop, runtime) in loops.iter().zip(event_loops) {
-            let loops = Arc::downgrade(&keep_running);
+            let loops = keep_running.opening();
             event_loop.spawn_fn(move || placement::enter(runtime, loops));
         }
         for (listener, transport) in [(tcp, Transport::Tcp), (websocket, Transport::WebSocket)] {

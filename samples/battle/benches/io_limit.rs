@@ -148,9 +148,14 @@ fn main() -> Result<(), Error> {
     }
     let listed: Vec<String> = ratios.iter().map(|ratio| format!("{ratio:.2}x")).collect();
     ratios.sort_by(f64::total_cmp);
+    let middle = ratios.len() / 2;
+    let median = if ratios.len() % 2 == 0 {
+        (ratios[middle - 1] + ratios[middle]) / 2.0
+    } else {
+        ratios[middle]
+    };
     println!(
-        "ratio garrison / tokio baseline, CPU per client-frame: {:.2}x, the median of {} rounds ({}) (goal <= 1.5x)",
-        ratios[ratios.len() / 2],
+        "ratio garrison / tokio baseline, CPU per client-frame: {median:.2}x, the median of {} rounds ({}) (goal <= 1.5x)",
         ratios.len(),
         listed.join(", "),
     );
