@@ -41,6 +41,10 @@ pub(crate) enum Recovery {
     Crash,
 }
 
+/// Why a message was not handled by an entity of a fleet whose node's lease lapsed.
+const LAPSED: &str = "not handled: this node's lease on its fleet's entities has lapsed (another \
+                      node may own the entity now)";
+
 /// Shared by the incarnations of one activation: what it saved (its last checkpoint and the log
 /// since) and when it last worked.
 pub(crate) struct EntityCell<E: Entity> {
@@ -495,11 +499,9 @@ impl<E: Entity, K: KindHost<E>> EntityWorker<E, K> {
         Ok(())
     }
 
-    /// The kind's lease has lapsed: `envelope` and everything queued are dead-lettered, and
-    /// the activation leaves this process without writing anything more.
-    fn lapse(&self, context: &WorkerContext<Envelope<E>>, envelope: Envelope<E>) {
-        let reason = "not handled: this node's lease on its fleet's entities has lapsed (another \
-                      node may own the entity now)";
+    /// The kind's lease has lapsed: `envelope` (if any) and everything queued are
+    /// dead-lettered, and the activation leaves this process without writing anything more.
+    fn lapse(&self, context: &WorkerContext<Envelope<E>>, envelope: Option<Envelope<E>>) {
         let key = self.key.to_string();
         let rest = self.kind.leave(
             &self.key,
@@ -507,8 +509,8 @@ impl<E: Entity, K: KindHost<E>> EntityWorker<E, K> {
             &self.cell,
             crate::ownership::DepartureKind::Lapsed,
         );
-        for envelope in std::iter::once(envelope).chain(rest) {
-            if let Some(letter) = envelope.dead_letter(key.clone(), reason.to_owned()) {
+        for envelope in envelope.into_iter().chain(rest) {
+            if let Some(letter) = envelope.dead_letter(key.clone(), LAPSED.to_owned()) {
                 self.kind.dead_letters().record(letter);
             }
         }
@@ -518,6 +520,11 @@ impl<E: Entity, K: KindHost<E>> EntityWorker<E, K> {
             "entity lapsed with its node's lease: forgotten here"
         );
         context.stop();
+    }
+
+    /// Whether the kind is under a fleet's lease that has lapsed.
+    fn lapsed(&self) -> bool {
+        self.kind.lease().is_some_and(|lease| !lease.is_valid())
     }
 
     /// Ends the entity for good if this incarnation still owns the key's entry and no message
@@ -550,6 +557,12 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
         } else {
             self.cell.recovery
         };
+        // Fenced when it was created, but started only now (a process paused in between, or
+        // a restart after the lease lapsed): nothing of it runs, not even its `activate`.
+        if self.lapsed() {
+            self.lapse(context, None);
+            return Err(Box::new(Abandon(LAPSED.to_owned())));
+        }
         let (mut from_store, mut must_checkpoint) = (false, false);
         if recovery == Recovery::Nothing
             && let Some(durable) = self.kind.durable()
@@ -680,10 +693,8 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
     ) -> Result<(), HandlerError> {
         // A node whose lease on its fleet's entities has lapsed acts on none of them: another
         // node may own this one by now.
-        if let Some(lease) = self.kind.lease()
-            && !lease.is_valid()
-        {
-            self.lapse(context, envelope);
+        if self.lapsed() {
+            self.lapse(context, Some(envelope));
             return Ok(());
         }
         // A message's place under its kind's overload limit is held until it is handled.
@@ -779,6 +790,13 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
             .stats()
             .handlers_timed()
             .then(std::time::Instant::now);
+        // One coarse reading per message (a vDSO call): when its handling began (the lease was
+        // checked just above) and, below, when the entity was last active. A departure reports
+        // the last such instant: nothing of the entity began here after it, though a handler
+        // that began before may end after it (a process paused in mid-handler); the store's
+        // fencing token refuses what such a handler writes once another node owns the entity.
+        let now = clock::now_millis();
+        self.cell.last_handled.store(now, Ordering::Relaxed);
         let handled = AssertUnwindSafe(crate::telemetry::in_sampling(
             sampling,
             module
@@ -790,10 +808,6 @@ impl<E: Entity, K: KindHost<E>> Worker for EntityWorker<E, K> {
         if let Some(started) = timed {
             self.kind.stats().handled(event_type, started.elapsed());
         }
-        // One coarse reading per message (a vDSO call): when it was handled and, below, when
-        // the entity was last active.
-        let now = clock::now_millis();
-        self.cell.last_handled.store(now, Ordering::Relaxed);
         let failure = match &handled {
             Ok(Ok(())) => None,
             Ok(Err(error)) => Some(("error", error.to_string())),

@@ -125,8 +125,10 @@ pub struct Departure {
     pub kind: DepartureKind,
     /// The store generation its activation wrote with, when the kind fences per entity.
     pub generation: Option<u64>,
-    /// When it last handled a message here, in milliseconds since the Unix epoch (its
-    /// activation's start if it handled none): nothing of it ran here after that.
+    /// When the last message it handled here began, in milliseconds since the Unix epoch (its
+    /// activation's start if it handled none): no handling of it began here after that (its
+    /// lease checked valid then). A handler that began before may end after, when the process
+    /// was paused in mid-handler; the store's fencing token refuses what it then writes.
     pub last_handled_unix_ms: u64,
 }
 

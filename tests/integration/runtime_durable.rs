@@ -805,6 +805,42 @@ async fn past_its_lease_an_entity_handles_nothing_its_message_is_dead_lettered_a
     node.tree.stop().await.unwrap();
 }
 
+// One thread: the activation is created while the lease holds and starts only after it
+// lapsed (as in a process paused between the two).
+#[tokio::test]
+async fn an_activation_that_starts_past_its_lease_runs_nothing_not_even_its_activate() {
+    let store: Store = Arc::new(MemoryStore::new());
+    let node = node(Durability::write_behind(store.clone())).await;
+    let lease = garrison_runtime::Lease::new();
+    node.ledgers.lease(lease.clone());
+    let departed = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let told = departed.clone();
+    node.ledgers
+        .on_departure(move |key, departure| told.lock().unwrap().push((*key, departure.kind)));
+    lease.renew_until(std::time::Instant::now() + Duration::from_secs(60));
+    node.ledgers.send(&6, Msg::Add(1)).ok().unwrap();
+    lease.revoke();
+    eventually("the activation lapses", LIMIT, || async {
+        !departed.lock().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(
+        departed.lock().unwrap().clone(),
+        vec![(6, garrison_runtime::DepartureKind::Lapsed)]
+    );
+    assert!(!node.ledgers.is_active(&6));
+    assert_eq!(node.started.load(Ordering::Relaxed), 0, "`started` ran");
+    let letters = node.ledgers.dead_letters().snapshot();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert!(letters[0].reason.contains("lease"), "{letters:?}");
+    assert!(node.ledgers.flush(LIMIT).await);
+    // Renewed, its next message activates it fresh: the add it never handled is not there.
+    lease.renew_until(std::time::Instant::now() + Duration::from_secs(60));
+    let ledger = get(&node.ledgers, 6).await;
+    assert_eq!((ledger.amounts, ledger.woke.as_str()), (vec![], "fresh"));
+    node.tree.stop().await.unwrap();
+}
+
 /// A Redis server of the test's own, on a free loopback port, stopped by its pid.
 struct OwnRedis {
     child: std::process::Child,

@@ -214,11 +214,12 @@ pub enum ActivationEvent {
         /// When.
         at_unix_ms: u64,
     },
-    /// It left this node: nothing of it ran here after `last_handled_unix_ms`.
+    /// It left this node: no handling of it began here after `last_handled_unix_ms` (see
+    /// [`Departure`](garrison_runtime::Departure)).
     Departed {
         /// How it left.
         how: DepartureKind,
-        /// When it last handled a message here (milliseconds since the Unix epoch).
+        /// When the last message it handled here began (milliseconds since the Unix epoch).
         last_handled_unix_ms: u64,
     },
 }

@@ -700,15 +700,18 @@ impl Bot {
             frame: stamp,
             buttons,
         };
-        self.sent.insert(stamp, (Instant::now(), buttons));
-        self.report.inputs_sent += 1;
-        if trace.is_some_and(|trace| trace.flags & 1 == 1) {
-            self.report.inputs_traced += 1;
-        }
+        let at = Instant::now();
+        // Counted once the client took it: one it refused (its connection ended under it)
+        // never left, and the room plays that frame without it (`inputs replaced`).
         connection
             .send_traced(&input, trace)
             .instrument(span)
             .await?;
+        self.sent.insert(stamp, (at, buttons));
+        self.report.inputs_sent += 1;
+        if trace.is_some_and(|trace| trace.flags & 1 == 1) {
+            self.report.inputs_traced += 1;
+        }
         Ok(())
     }
 }
@@ -917,6 +920,21 @@ pub async fn play(
                     }
                     Ok(Some(event)) => on_event(&mut bot, &connection, event).await,
                     Ok(None) => Err(BotError::Ended("the client ended".to_owned())),
+                };
+                let outcome = match outcome {
+                    // An answer found the connection ended: why it ended (a redirect and its
+                    // close) is still among its events, read now without answering them.
+                    Err(BotError::Client(ClientError::Closed)) => loop {
+                        match connection.next().await {
+                            Some(event) => {
+                                if let Err(error) = bot.receive(event) {
+                                    break Err(error);
+                                }
+                            }
+                            None => break Err(BotError::Client(ClientError::Closed)),
+                        }
+                    },
+                    outcome => outcome,
                 };
                 match (outcome, bot.options.server_restarts) {
                     (Ok(true), _) => return Ok(bot.report),

@@ -421,7 +421,6 @@ pub struct Running {
     member: Member,
     follower: tokio::task::JoinHandle<()>,
     seated: Arc<DashMap<u64, u64>>,
-    routes: Arc<Routes>,
     joined: Instant,
 }
 
@@ -501,7 +500,6 @@ pub async fn join(
         member,
         follower,
         seated,
-        routes,
         joined: Instant::now(),
     })
 }
@@ -565,12 +563,10 @@ impl Running {
             // (`Inbox::table_changed` runs first): owning nothing with no hand-off under way
             // means done.
             let owns_nothing = self.node.table().owned_by(self.node.id()).next().is_none();
-            // Its seated players are on their way to their rooms' new nodes (redirected), not
-            // left to the gateway's closing.
-            let redirected = self
-                .seated
-                .iter()
-                .all(|seat| self.routes.home(*seat.value()) == Home::Unknown);
+            // Its seated players are on their way to their rooms' new nodes (redirected: a
+            // redirected player leaves `seated`), not left to the gateway's closing. One whose
+            // room's new node is not known yet is still waiting for its redirect.
+            let redirected = self.seated.is_empty();
             if owns_nothing && self.kinds.stats().handing == 0 && redirected {
                 return Some(started.elapsed());
             }

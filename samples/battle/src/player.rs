@@ -10,7 +10,7 @@
 //! the room's node picks the seat up from the store when the client arrives (its `Join` asks
 //! the room for the match so far, its `Resume` for the frames it missed).
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use dashmap::DashMap;
 use garrison_protocol::control::RefusalCode;
@@ -94,6 +94,9 @@ impl garrison_protocol::Snapshot for PlayerState {
     const SCHEMA: &'static str = "battle.player";
     const VERSION: u16 = 1;
 }
+
+/// How soon a player whose room is moving to a node not known yet asks again where it is.
+const MOVED_RETRY: Duration = Duration::from_millis(20);
 
 /// The player kind: a client can only ever speak for its own slot.
 pub struct Player {
@@ -245,12 +248,17 @@ impl Entity for Player {
                     }
                 }
             }
-            (PlayerMsg::Moved, Some(seat)) => {
-                let home = self.reach.home(seat.room);
-                if home != Home::Unknown {
-                    self.move_to(player, seat, home);
+            (PlayerMsg::Moved, Some(seat)) => match self.reach.home(seat.room) {
+                // Its room's new node is not known or not reached yet (the members' watch or
+                // the peer connection lags the table by milliseconds): ask again shortly, one
+                // retry armed at a time, until the room has a home or the player goes.
+                Home::Unknown => {
+                    if context.timers() == 0 {
+                        let _ = context.send_after(MOVED_RETRY, PlayerMsg::Moved);
+                    }
                 }
-            }
+                home => self.move_to(player, seat, home),
+            },
             (PlayerMsg::Moved, None) => {}
             (PlayerMsg::MatchEnded(result), Some(seat)) if seat.room == result.room => {
                 self.unseated(player);

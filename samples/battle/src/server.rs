@@ -464,17 +464,10 @@ impl BattleServer {
         .requires(&players)
         .requires(&matchmakers)
         .requires(&rooms);
-        // One node's rooms run on the gateway's event loops, beside their players' connections:
-        // on one core every input, tick and broadcast of a match stays on one thread (no
-        // hand-over to the tree's worker per input: 700 -> 1,100 clients per core, see README).
-        // A fleet's rooms stay on the tree: with them on the loops, a drain lost inputs (the
-        // fleet test's drain, 1 run in 3 under load: a few players not redirected before the
-        // close), not understood yet.
-        let builder = if prepared.is_none() {
-            builder.hosts(&rooms)
-        } else {
-            builder
-        };
+        // The rooms run on the gateway's event loops, beside their players' connections: on
+        // one core every input, tick and broadcast of a match stays on one thread (no hand-over
+        // to the tree's worker per input: 700 -> 1,100 clients per core, see README).
+        let builder = builder.hosts(&rooms);
         let gateway = builder.start()?;
         let fleet = match prepared {
             // A fleet runs the stored rooms of the shards each node gains.

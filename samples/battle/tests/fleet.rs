@@ -299,8 +299,13 @@ fn a_node_paused_past_its_lease_runs_nothing_when_it_wakes() -> Result<(), Strin
         })
         .collect();
     if !late.is_empty() {
+        let history: Vec<&ActivationRecord> = records
+            .iter()
+            .filter(|record| late.iter().any(|late| late.key == record.key))
+            .collect();
         return Err(format!(
-            "node {victim} handled messages after its pause: {late:?}"
+            "node {victim} handled messages after its pause (paused at {stopped_at}, woke at \
+             {woke_at} ms): {late:?}; those keys' records: {history:?}"
         ));
     }
     let check = check_activations(&records, &HashMap::new())?;
