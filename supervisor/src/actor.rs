@@ -153,6 +153,10 @@ impl SupervisorState {
             return;
         };
         let child = &mut self.children[index];
+        // A worker waiting for work inside its handler takes no stop until it returns.
+        if let Some(slot) = &child.spec.start.slot {
+            slot.interrupt();
+        }
         let reason = match child.spec.shutdown {
             Shutdown::BrutalKill => {
                 let _ = cell.kill_and_wait(None).await;

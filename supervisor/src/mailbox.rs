@@ -5,9 +5,13 @@
 //! queue allocates as messages arrive and gives memory back when drained, so an idle child costs
 //! no queue memory whatever its bound (a preallocated ring of 256 envelopes would cost ~20 KiB
 //! per idle entity). The
-//! ractor actor only receives a [`Wake`] when the queue goes from idle to busy. A crash therefore
-//! loses only the message being handled; the queue, and every [`ChildRef`] to it, carry over to
-//! the next incarnation.
+//! ractor actor receives one [`Wake`] when an incarnation starts and then stays inside that
+//! message's handler, draining the queue and waiting on the slot's waker when it is empty: a send
+//! to an idle child is a queue push and one task wake, not a message through ractor's channels
+//! and its actor loop. It returns to ractor's loop only when it is to stop (a stop request sets
+//! the slot's interrupt flag and wakes it; a kill cancels the handler). A crash therefore loses
+//! only the message being handled; the queue, and every [`ChildRef`] to it, carry over to the
+//! next incarnation.
 //!
 //! The bound counts every message not yet handled. A mailbox of 256 or more gives the room its
 //! host frees back every 16 messages handled, so a sender may be refused up to 15 messages short
@@ -16,12 +20,14 @@
 use std::{
     collections::VecDeque,
     fmt,
+    future::Future,
     sync::{
         Arc, Mutex, OnceLock, RwLock,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence},
     },
 };
 
+use futures_util::task::AtomicWaker;
 use ractor::ActorRef;
 
 use crate::{Error, ExitReason};
@@ -29,7 +35,8 @@ use crate::{Error, ExitReason};
 /// Default mailbox capacity of a worker.
 pub const DEFAULT_MAILBOX_CAPACITY: usize = 1024;
 
-/// The only message a hosting ractor actor receives: "your queue has work".
+/// The only message a hosting ractor actor receives: "start draining your queue" (once per
+/// incarnation, see the module documentation).
 #[derive(Debug)]
 pub(crate) struct Wake;
 
@@ -303,8 +310,12 @@ pub(crate) struct Slot<M> {
     id: OnceLock<Arc<str>>,
     queue: Queue<M>,
     overflow: Overflow,
-    /// True while a `Wake` is pending or the host is draining; see `wake` for the protocol.
+    /// False only while the host waits for work (or is about to); see `wake` for the protocol.
     scheduled: AtomicBool,
+    /// The running incarnation's task, registered while it waits for work.
+    parked: AtomicWaker,
+    /// The running incarnation is to return to ractor's loop, where a stop is queued for it.
+    interrupted: AtomicBool,
     current: RwLock<Option<ActorRef<Wake>>>,
     incarnations: AtomicU64,
     /// Receives the messages still queued when the mailbox closes for good.
@@ -323,6 +334,8 @@ impl<M> Slot<M> {
             queue: Queue::new(capacity),
             overflow,
             scheduled: AtomicBool::new(false),
+            parked: AtomicWaker::new(),
+            interrupted: AtomicBool::new(false),
             current: RwLock::new(None),
             incarnations: AtomicU64::new(0),
             undelivered: OnceLock::new(),
@@ -341,19 +354,21 @@ impl<M> Slot<M> {
         self.id.get().map_or("", |id| id)
     }
 
-    /// Sends a `Wake` unless one is already pending.
+    /// Wakes the host waiting for work, unless it is awake already.
     ///
     /// Lost-wakeup freedom is a Dekker pattern: the sender does (push; fence; swap flag) and the
-    /// host does (clear flag; fence; pop). With both fences `SeqCst`, either the host's pop sees
-    /// the push, or the sender's swap sees the cleared flag and sends a new `Wake`.
+    /// host, waiting in [`Slot::idle`], does (register its waker; clear flag; fence; look at the
+    /// queue). With both fences `SeqCst`, either the host sees the push, or the sender's swap sees
+    /// the cleared flag, after the waker was registered, and wakes it.
     fn wake(&self) {
         fence(Ordering::SeqCst);
         if !self.scheduled.swap(true, Ordering::SeqCst) {
-            self.wake_current();
+            self.parked.wake();
         }
     }
 
-    /// Sends a `Wake` to the running incarnation, if any.
+    /// Sends a `Wake` to the running incarnation, if any (one that has not started draining
+    /// yet gets its queue looked at; one draining ignores it).
     fn wake_current(&self) {
         // A poisoned lock only means a panic elsewhere while it was held; the value is a plain
         // handle and still good.
@@ -367,17 +382,42 @@ impl<M> Slot<M> {
         }
     }
 
-    /// The host calls this before draining: clears the flag, then fences (see `wake`).
-    pub(crate) fn begin_drain(&self) {
-        self.scheduled.store(false, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
+    /// Resolves once the queue has work, or the incarnation is to stop (interrupted, or its
+    /// handle retired the mailbox). The host's wait between messages.
+    pub(crate) fn idle(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |context| {
+            let over = || self.is_interrupted() || self.is_retired() || !self.queue.is_empty();
+            // Woken by a send: the flag it set stays set, so the sends behind it wake nobody.
+            if over() {
+                return std::task::Poll::Ready(());
+            }
+            self.parked.register(context.waker());
+            self.scheduled.store(false, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            if over() {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
     }
 
-    /// The host calls this after a bounded batch: if work remains, make sure a `Wake` is pending.
-    pub(crate) fn end_drain(&self, myself: &ActorRef<Wake>) {
-        if !self.queue.is_empty() && !self.scheduled.swap(true, Ordering::SeqCst) {
-            let _ = myself.send_message(Wake);
-        }
+    /// Asks the running incarnation to return to ractor's loop after its current batch (a
+    /// stop is being queued for it), waking it if it waits for work.
+    pub(crate) fn interrupt(&self) {
+        self.interrupted.store(true, Ordering::SeqCst);
+        self.parked.wake();
+    }
+
+    /// A new incarnation starts: an interrupt was meant for its predecessor. Called before its
+    /// `start`, which may ask to stop.
+    pub(crate) fn clear_interrupt(&self) {
+        self.interrupted.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether the running incarnation is to return to ractor's loop.
+    pub(crate) fn is_interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::SeqCst)
     }
 
     pub(crate) fn pop(&self) -> Option<M> {
@@ -447,6 +487,7 @@ impl<M> Slot<M> {
     fn retire(&self, reason: String) {
         self.retired.store(true, Ordering::SeqCst);
         self.close(&MailboxClosed::ByHandle(reason));
+        self.parked.wake();
         self.wake_current();
     }
 
@@ -455,6 +496,7 @@ impl<M> Slot<M> {
     fn retire_taking(&self) -> VecDeque<M> {
         self.retired.store(true, Ordering::SeqCst);
         let left = self.queue.close();
+        self.parked.wake();
         self.wake_current();
         left
     }
@@ -662,57 +704,88 @@ mod tests {
         wakes.load(Ordering::SeqCst)
     }
 
+    /// A waker that counts its wakes.
+    struct Wakes(AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counting() -> (Arc<Wakes>, std::task::Waker) {
+        let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(wakes.clone());
+        (wakes, waker)
+    }
+
+    /// Polls the host's wait once: whether it is over.
+    fn idle_over(slot: &Slot<u32>, waker: &std::task::Waker) -> bool {
+        let mut context = std::task::Context::from_waker(waker);
+        std::pin::pin!(slot.idle()).poll(&mut context).is_ready()
+    }
+
     #[tokio::test]
-    async fn one_wake_per_idle_to_busy_transition_however_many_messages() {
+    async fn attaching_an_incarnation_sends_it_its_one_wake() {
         let slot = Arc::new(Slot::<u32>::new(64, Overflow::Reject));
         let handle = ChildRef::new(slot.clone());
         let wakes = Arc::new(AtomicUsize::new(0));
         let (actor, _) = Actor::spawn(None, Counter(wakes.clone()), ())
             .await
             .unwrap();
-        // Attaching wakes the incarnation once: messages may have queued meanwhile.
         slot.attach(actor.clone());
         assert_eq!(wakes_seen(&wakes, 1).await, 1);
-        // A wake is pending (nobody drained): ten more messages send no wake.
+        // Sends wake the host's task, not the actor: it stays inside that one `Wake`.
         for message in 0..10 {
             handle.send(message).unwrap();
         }
         assert_eq!(wakes_seen(&wakes, 2).await, 1);
-        // The host drains: it clears the flag, then pops everything.
-        slot.begin_drain();
-        let drained: Vec<u32> = std::iter::from_fn(|| slot.pop()).collect();
-        assert_eq!(drained, (0..10).collect::<Vec<_>>(), "in order");
-        slot.end_drain(&actor);
-        assert_eq!(wakes_seen(&wakes, 2).await, 1, "nothing left: no wake");
-        // Idle again: the next message wakes it, once.
-        handle.send(10).unwrap();
-        handle.send(11).unwrap();
-        assert_eq!(wakes_seen(&wakes, 2).await, 2);
         actor.stop(None);
     }
 
-    #[tokio::test]
-    async fn a_drain_that_leaves_work_asks_for_another_wake() {
+    #[test]
+    fn one_wake_per_idle_to_busy_transition_however_many_messages() {
         let slot = Arc::new(Slot::<u32>::new(64, Overflow::Reject));
         let handle = ChildRef::new(slot.clone());
-        let wakes = Arc::new(AtomicUsize::new(0));
-        let (actor, _) = Actor::spawn(None, Counter(wakes.clone()), ())
-            .await
-            .unwrap();
-        slot.attach(actor.clone());
-        for message in 0..3 {
+        let (wakes, waker) = counting();
+        assert!(!idle_over(&slot, &waker), "nothing queued: the host waits");
+        for message in 0..10 {
             handle.send(message).unwrap();
         }
-        // A bounded batch takes one message and yields with two left.
-        slot.begin_drain();
-        assert_eq!(slot.pop(), Some(0));
-        slot.end_drain(&actor);
         assert_eq!(
-            wakes_seen(&wakes, 2).await,
-            2,
-            "the rest gets a wake of its own"
+            wakes.0.load(Ordering::SeqCst),
+            1,
+            "one wake for ten messages"
         );
-        actor.stop(None);
+        assert!(idle_over(&slot, &waker));
+        let drained: Vec<u32> = std::iter::from_fn(|| slot.pop()).collect();
+        assert_eq!(drained, (0..10).collect::<Vec<_>>(), "in order");
+        // Idle again: the next message wakes it, once.
+        assert!(!idle_over(&slot, &waker));
+        handle.send(10).unwrap();
+        handle.send(11).unwrap();
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 2);
+        assert!(idle_over(&slot, &waker));
+    }
+
+    #[test]
+    fn a_stop_request_or_a_retired_mailbox_ends_the_hosts_wait() {
+        let slot = Arc::new(Slot::<u32>::new(64, Overflow::Reject));
+        let handle = ChildRef::new(slot.clone());
+        let (wakes, waker) = counting();
+        assert!(!idle_over(&slot, &waker));
+        slot.interrupt();
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        assert!(
+            idle_over(&slot, &waker),
+            "interrupted: it returns to ractor's loop"
+        );
+        // The next incarnation starts without its predecessor's interrupt.
+        slot.clear_interrupt();
+        assert!(!idle_over(&slot, &waker));
+        handle.close("gone");
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 2);
+        assert!(idle_over(&slot, &waker), "retired: it stops");
     }
 
     #[test]
@@ -833,27 +906,25 @@ mod tests {
     }
 
     #[test]
-    fn no_wake_is_lost_between_a_push_and_a_drain() {
-        // The Dekker pair (push; fence; swap) against (clear; fence; pop), raced many times:
-        // either the drainer sees the message, or the pusher sees the cleared flag and owes a
-        // wake. Modelled without an actor: `wake` reports what it would send.
+    fn no_wake_is_lost_between_a_push_and_the_hosts_wait() {
+        // The Dekker pair (push; fence; swap, then wake) against (register; clear; fence; look),
+        // raced many times: either the host sees the message, or its registered waker is woken.
         for _ in 0..2_000 {
             let slot = Arc::new(Slot::<u32>::new(8, Overflow::Reject));
             slot.scheduled.store(true, Ordering::SeqCst);
+            let (wakes, waker) = counting();
             let pusher = {
                 let slot = slot.clone();
                 std::thread::spawn(move || {
                     slot.queue.push(1).map_err(drop).unwrap();
-                    fence(Ordering::SeqCst);
-                    !slot.scheduled.swap(true, Ordering::SeqCst)
+                    slot.wake();
                 })
             };
-            slot.begin_drain();
-            let seen = slot.pop().is_some();
-            let owes_wake = pusher.join().unwrap();
+            let seen = idle_over(&slot, &waker);
+            pusher.join().unwrap();
             assert!(
-                seen || owes_wake,
-                "the message was neither drained nor announced"
+                seen || wakes.0.load(Ordering::SeqCst) > 0,
+                "the message was neither seen nor announced"
             );
         }
     }

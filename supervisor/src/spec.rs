@@ -28,6 +28,8 @@ pub(crate) trait SlotControl: Send + Sync {
     fn reopen(&self);
     fn depth(&self) -> usize;
     fn take_trace_parent(&self) -> Option<tracing::Span>;
+    /// The running incarnation is about to be asked to stop: it leaves its wait for work.
+    fn interrupt(&self);
 }
 
 impl<M: Send + 'static> SlotControl for Slot<M> {
@@ -45,6 +47,9 @@ impl<M: Send + 'static> SlotControl for Slot<M> {
     }
     fn depth(&self) -> usize {
         Slot::depth(self)
+    }
+    fn interrupt(&self) {
+        Slot::interrupt(self)
     }
     fn take_trace_parent(&self) -> Option<tracing::Span> {
         Slot::take_trace_parent(self)

@@ -13,8 +13,8 @@ use crate::{
 /// The error a worker's handler returns; any error type converts into it with `?`.
 pub type HandlerError = ActorProcessingErr;
 
-/// How many messages an incarnation handles per wake before yielding, so a stop request or a
-/// kill is never stuck behind a long queue.
+/// How many messages an incarnation handles before it yields to the other tasks of its thread
+/// and looks for a stop request, so neither is stuck behind a long queue.
 const DRAIN_BATCH: usize = 64;
 
 /// A supervised worker: an actor whose address, mailbox and supervision Garrison manages.
@@ -95,6 +95,7 @@ impl<M: Send + 'static> WorkerContext<M> {
     pub fn stop(&self) {
         if let Some(myself) = &self.myself {
             myself.stop(None);
+            self.slot.interrupt();
         }
     }
 }
@@ -130,6 +131,7 @@ impl<W: Worker> Actor for Host<W> {
         myself: ActorRef<Wake>,
         _: (),
     ) -> Result<HostState<W>, ActorProcessingErr> {
+        self.slot.clear_interrupt();
         let context = WorkerContext {
             slot: self.slot.clone(),
             incarnation: self.slot.incarnations() + 1,
@@ -166,32 +168,47 @@ impl<W: Worker> Actor for Host<W> {
         _: Wake,
         state: &mut HostState<W>,
     ) -> Result<(), ActorProcessingErr> {
-        if self.slot.is_retired() {
-            // Its handle closed the mailbox: nothing can reach this incarnation any more.
-            myself.stop(None);
-            return Ok(());
-        }
-        self.slot.begin_drain();
-        for _ in 0..DRAIN_BATCH {
-            let Some(message) = self.slot.pop() else {
+        // The one `Wake` of this incarnation: it drains here until it is to stop (see the
+        // mailbox's module documentation).
+        loop {
+            if self.slot.is_retired() {
+                // Its handle closed the mailbox: nothing can reach this incarnation any more.
+                myself.stop(None);
                 return Ok(());
-            };
-            // The message is now owned by this call: if it crashes, it is not redelivered.
-            let handled = AssertUnwindSafe(self.worker.handle(
-                &state.context,
-                message,
-                &mut state.state,
-            ))
-            .catch_unwind()
-            .await;
-            match handled {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => return Err(failure(ExitReason::Error(error.to_string()))),
-                Err(panic) => return Err(failure(ExitReason::Panic(panic_message(&*panic)))),
+            }
+            if self.slot.is_interrupted() {
+                // A stop is queued for it: ractor's loop takes it from here.
+                return Ok(());
+            }
+            let mut handled = 0;
+            while handled < DRAIN_BATCH {
+                let Some(message) = self.slot.pop() else {
+                    break;
+                };
+                // The message is now owned by this call: if it crashes, it is not redelivered.
+                let outcome = AssertUnwindSafe(self.worker.handle(
+                    &state.context,
+                    message,
+                    &mut state.state,
+                ))
+                .catch_unwind()
+                .await;
+                match outcome {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => {
+                        return Err(failure(ExitReason::Error(error.to_string())));
+                    }
+                    Err(panic) => return Err(failure(ExitReason::Panic(panic_message(&*panic)))),
+                }
+                handled += 1;
+            }
+            if handled == DRAIN_BATCH {
+                // Work is left: the thread's other tasks get their turn first.
+                tokio::task::yield_now().await;
+            } else {
+                self.slot.idle().await;
             }
         }
-        self.slot.end_drain(&myself);
-        Ok(())
     }
 
     async fn post_stop(
