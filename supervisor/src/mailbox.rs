@@ -383,20 +383,23 @@ impl<M> Slot<M> {
     }
 
     /// Resolves once the queue has work, or the incarnation is to stop (interrupted, or its
-    /// handle retired the mailbox). The host's wait between messages.
-    pub(crate) fn idle(&self) -> impl Future<Output = ()> + '_ {
+    /// handle retired the mailbox), with whether it had to wait (the task was suspended). The
+    /// host's wait between messages.
+    pub(crate) fn idle(&self) -> impl Future<Output = bool> + '_ {
+        let mut waited = false;
         std::future::poll_fn(move |context| {
             let over = || self.is_interrupted() || self.is_retired() || !self.queue.is_empty();
             // Woken by a send: the flag it set stays set, so the sends behind it wake nobody.
             if over() {
-                return std::task::Poll::Ready(());
+                return std::task::Poll::Ready(waited);
             }
             self.parked.register(context.waker());
             self.scheduled.store(false, Ordering::SeqCst);
             fence(Ordering::SeqCst);
             if over() {
-                std::task::Poll::Ready(())
+                std::task::Poll::Ready(waited)
             } else {
+                waited = true;
                 std::task::Poll::Pending
             }
         })
@@ -725,6 +728,27 @@ mod tests {
         std::pin::pin!(slot.idle()).poll(&mut context).is_ready()
     }
 
+    #[test]
+    fn the_hosts_wait_says_whether_it_waited() {
+        use std::task::Poll;
+        let slot = Arc::new(Slot::<u32>::new(64, Overflow::Reject));
+        let handle = ChildRef::new(slot.clone());
+        let (_, waker) = counting();
+        let mut context = std::task::Context::from_waker(&waker);
+        handle.send(1).unwrap();
+        // Work already there: over at once, and it counts as no wait (the host does not reset
+        // its count towards the yield every DRAIN_BATCH messages).
+        assert_eq!(
+            std::pin::pin!(slot.idle()).poll(&mut context),
+            Poll::Ready(false)
+        );
+        assert_eq!(slot.pop(), Some(1));
+        let mut wait = std::pin::pin!(slot.idle());
+        assert_eq!(wait.as_mut().poll(&mut context), Poll::Pending);
+        handle.send(2).unwrap();
+        assert_eq!(wait.as_mut().poll(&mut context), Poll::Ready(true));
+    }
+
     #[tokio::test]
     async fn attaching_an_incarnation_sends_it_its_one_wake() {
         let slot = Arc::new(Slot::<u32>::new(64, Overflow::Reject));
@@ -913,13 +937,17 @@ mod tests {
             let slot = Arc::new(Slot::<u32>::new(8, Overflow::Reject));
             slot.scheduled.store(true, Ordering::SeqCst);
             let (wakes, waker) = counting();
+            // Both sides start together, so the two orders and their interleavings all occur.
+            let start = Arc::new(std::sync::Barrier::new(2));
             let pusher = {
-                let slot = slot.clone();
+                let (slot, start) = (slot.clone(), start.clone());
                 std::thread::spawn(move || {
+                    start.wait();
                     slot.queue.push(1).map_err(drop).unwrap();
                     slot.wake();
                 })
             };
+            start.wait();
             let seen = idle_over(&slot, &waker);
             pusher.join().unwrap();
             assert!(

@@ -170,6 +170,8 @@ impl<W: Worker> Actor for Host<W> {
     ) -> Result<(), ActorProcessingErr> {
         // The one `Wake` of this incarnation: it drains here until it is to stop (see the
         // mailbox's module documentation).
+        // Messages handled since this task last gave its thread up.
+        let mut handled = 0;
         loop {
             if self.slot.is_retired() {
                 // Its handle closed the mailbox: nothing can reach this incarnation any more.
@@ -180,7 +182,6 @@ impl<W: Worker> Actor for Host<W> {
                 // A stop is queued for it: ractor's loop takes it from here.
                 return Ok(());
             }
-            let mut handled = 0;
             while handled < DRAIN_BATCH {
                 let Some(message) = self.slot.pop() else {
                     break;
@@ -205,8 +206,11 @@ impl<W: Worker> Actor for Host<W> {
             if handled == DRAIN_BATCH {
                 // Work is left: the thread's other tasks get their turn first.
                 tokio::task::yield_now().await;
-            } else {
-                self.slot.idle().await;
+                handled = 0;
+            } else if self.slot.idle().await {
+                // It waited: the thread ran its other tasks meanwhile. A wait that found work
+                // at once does not count, or a steady trickle would never yield.
+                handled = 0;
             }
         }
     }
