@@ -115,6 +115,22 @@ impl SnapshotWriter {
         Ok(snapshot)
     }
 
+    /// Writes a snapshot of `state` into the writer's buffer and hands `read` the bytes, to
+    /// compare or copy without an allocation of their own.
+    ///
+    /// # Errors
+    /// As [`SnapshotWriter::write`].
+    pub fn write_with<T: Snapshot, R>(
+        &mut self,
+        state: &T,
+        read: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, Error> {
+        self.fill(state)?;
+        let result = read(&self.buffer);
+        self.buffer.clear();
+        Ok(result)
+    }
+
     fn fill<T: Snapshot>(&mut self, state: &T) -> Result<(), Error> {
         self.buffer.clear();
         self.buffer.put_slice(&SNAPSHOT_MAGIC);
@@ -150,6 +166,19 @@ pub fn write_compact<T: Snapshot>(state: &T) -> Result<Bytes, Error> {
         Ok(mut writer) => writer.write_compact(state),
         // Only reachable if a Serialize impl itself writes a snapshot: use a fresh writer.
         Err(_) => SnapshotWriter::new().write_compact(state),
+    })
+}
+
+/// Writes a snapshot of `state` with a per-thread writer and hands `read` the bytes: a
+/// checkpoint compares them with the last one and copies them only when they differ. `read`
+/// must not write a snapshot itself (it would get a fresh writer).
+///
+/// # Errors
+/// As [`SnapshotWriter::write`].
+pub fn write_with<T: Snapshot, R>(state: &T, read: impl FnOnce(&[u8]) -> R) -> Result<R, Error> {
+    WRITER.with(|writer| match writer.try_borrow_mut() {
+        Ok(mut writer) => writer.write_with(state, read),
+        Err(_) => SnapshotWriter::new().write_with(state, read),
     })
 }
 

@@ -315,7 +315,8 @@ impl<S> Activation<S> {
 ///
 /// The default, `EveryMessages(1)`, keeps the promise that a crash loses nothing but the message
 /// that caused it, at the cost of writing a snapshot after every handled message (a small state
-/// costs well under a microsecond; see `docs/runtime-semantics.md`). A kind with a large state or
+/// costs well under a microsecond; see `docs/runtime-semantics.md`). A message that leaves the state
+/// as it was keeps the last checkpoint: nothing is copied or stored. A kind with a large state or
 /// a high message rate chooses `OnDemand` or `Every` and accepts losing what changed since.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Checkpoint {

@@ -221,16 +221,23 @@ impl<E: Entity, K: KindHost<E>> EntityWorker<E, K> {
     fn checkpoint(&self, running: &mut Running<E>) -> Result<u64, HandlerError> {
         self.kind.stats().checkpointed();
         // Exactly the snapshot's size, from a per-thread writer: an active entity holds its
-        // checkpoint and no buffer or arena of its own.
-        let bytes = garrison_protocol::snapshot::write_compact(&running.state)?;
-        let changes = {
+        // checkpoint and no buffer or arena of its own. A state the message left as it was (a
+        // query, an echo) writes the same bytes as the last checkpoint, when no log follows it:
+        // nothing is copied, and the store has nothing new to write.
+        let changed = garrison_protocol::snapshot::write_with(&running.state, |bytes| {
             let mut saved = self.cell.saved();
-            saved.checkpoint(bytes);
-            saved.changes
-        };
+            if saved.log.is_empty() && saved.snapshot.as_deref() == Some(bytes) {
+                return (false, saved.changes);
+            }
+            saved.checkpoint(Bytes::copy_from_slice(bytes));
+            (true, saved.changes)
+        })?;
         running.since_checkpoint = 0;
         running.last_checkpoint_ms = clock::now_millis();
-        self.changed();
+        let (changed, changes) = changed;
+        if changed {
+            self.changed();
+        }
         Ok(changes)
     }
 

@@ -310,6 +310,53 @@ async fn write_through_stores_a_message_before_the_next_is_handled() {
     node.tree.stop().await.unwrap();
 }
 
+/// A checkpoint of a state its message left as it was writes nothing: a kind checkpointing after
+/// every message answers reads without a store write (nor, written through, a wait for one),
+/// and still writes every change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_leaves_the_state_as_it_was_writes_nothing() {
+    let store: Arc<MemoryStore> = Arc::new(MemoryStore::new());
+    let ledgers = Entities::new(
+        Accounts {
+            replayed: Arc::default(),
+            started: Arc::default(),
+        },
+        KindConfig {
+            checkpoint: Checkpoint::EveryMessages(1),
+            durability: Durability::write_through(store.clone()),
+            ..KindConfig::default()
+        },
+    )
+    .unwrap();
+    let tree = SupervisorBuilder::new("game")
+        .child(garrison_supervisor::ChildSpec::new(
+            "ledgers",
+            ledgers.start(),
+        ))
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let writes = || ledgers.durability().expect("a durable kind").writes;
+    ledgers.send(&4, Msg::Add(1)).ok().unwrap();
+    // Handled after the add was written through, and counted.
+    get(&ledgers, 4).await;
+    let after_add = writes();
+    assert!(after_add >= 1, "the add was written");
+    for _ in 0..5 {
+        assert_eq!(get(&ledgers, 4).await.amounts, vec![1]);
+    }
+    assert_eq!(writes(), after_add, "reads wrote nothing");
+    ledgers.send(&4, Msg::Add(2)).ok().unwrap();
+    get(&ledgers, 4).await;
+    assert!(writes() > after_add, "a change is written");
+    let stored = store.get("ledger", "4").await.unwrap().expect("a record");
+    let snapshot: Ledger = garrison_protocol::snapshot::read(stored.snapshot).unwrap();
+    assert_eq!(snapshot.amounts, vec![1, 2]);
+    tree.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ended_entity_leaves_no_record_and_recover_stored_runs_the_rest() {
     let store: Store = Arc::new(MemoryStore::new());
