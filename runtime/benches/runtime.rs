@@ -271,6 +271,77 @@ fn activation(c: &mut Criterion) {
     group.finish();
 }
 
+/// One message at a time through 1,000 entities and back (a ping and its reply), all on one
+/// current-thread runtime, against 1,000 raw ractor actors: the hop an input takes to an entity
+/// on its connection's event loop, without the sockets. Three alternating runs; the median
+/// ratio is the figure.
+fn entity_ping() {
+    const ENTITIES: u64 = 1_000;
+    const ROUNDS: u64 = 200;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    runtime.block_on(async {
+        let (entities, tree) = kind(KindConfig {
+            checkpoint: Checkpoint::Never,
+            ..KindConfig::default()
+        })
+        .await;
+        let mut actors = Vec::new();
+        for _ in 0..ENTITIES {
+            actors.push(Actor::spawn(None, RawCounter, ()).await.expect("spawn").0);
+        }
+        // Activates every entity: the runs measure the steady state.
+        for key in 0..ENTITIES {
+            ping(&entities, key).await;
+        }
+        let per_ping = |elapsed: Duration| elapsed.as_nanos() as f64 / (ENTITIES * ROUNDS) as f64;
+        for _ in 0..3 {
+            let start = Instant::now();
+            for _ in 0..ROUNDS {
+                for key in 0..ENTITIES {
+                    ping(&entities, key).await;
+                }
+            }
+            ours.push(per_ping(start.elapsed()));
+            let start = Instant::now();
+            for _ in 0..ROUNDS {
+                for actor in &actors {
+                    raw_ping(actor).await;
+                }
+            }
+            theirs.push(per_ping(start.elapsed()));
+        }
+        for actor in actors {
+            actor.stop(None);
+        }
+        tree.stop().await.expect("stop");
+    });
+    let mut ratios: Vec<f64> = theirs
+        .iter()
+        .zip(&ours)
+        .map(|(raw, ours)| raw / ours)
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "\nentity_ping: {ENTITIES} entities on one thread, one ping and reply at a time: garrison {} ns, ractor {} ns per ping; speedup median {:.2}x (runs {:.2}-{:.2}x)",
+        ours.iter()
+            .map(|ns| format!("{ns:.0}"))
+            .collect::<Vec<_>>()
+            .join("/"),
+        theirs
+            .iter()
+            .map(|ns| format!("{ns:.0}"))
+            .collect::<Vec<_>>()
+            .join("/"),
+        ratios[1],
+        ratios[0],
+        ratios[2]
+    );
+}
+
 /// Panic -> serving again with 1 KiB of state restored from the checkpoint, p50 and p99.
 fn restart_recover() {
     const RESTARTS: usize = 2_000;
@@ -324,6 +395,9 @@ fn main() {
     config().final_summary();
     if garrison_tests::bench::extra_measurement_selected("restart_recover") {
         restart_recover();
+    }
+    if garrison_tests::bench::extra_measurement_selected("entity_ping") {
+        entity_ping();
     }
     garrison_tests::bench::report_ratios(&[
         ("entity_send", "ractor"),

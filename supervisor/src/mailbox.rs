@@ -141,7 +141,7 @@ struct QueueState<M> {
 /// Messages in `taken` stay in the slot, not in a host's future: a host that crashes or is
 /// killed mid-batch leaves them to the next incarnation, in order.
 struct Queue<M> {
-    state: CacheLine<Mutex<QueueState<M>>>,
+    state: CacheLine<Senders<M>>,
     /// The host's half: the oldest messages, in order, not yet handled. On a cache line of its
     /// own: sharing one with `state` made every send and every pop fight over it.
     taken: CacheLine<Mutex<VecDeque<M>>>,
@@ -150,8 +150,17 @@ struct Queue<M> {
     /// `state`; it is never smaller than the truth, so the bound holds. The host publishes a
     /// shrink every [`PUBLISH_EVERY`] pops (each pop on a small mailbox), not on every one: a
     /// sender reads this line on each push.
+    /// Zero exactly when `taken` is empty: every change that empties it stores zero.
     taken_len: CacheLine<AtomicUsize>,
     capacity: usize,
+}
+
+/// The senders' half, and its length for the host to read without the lock.
+struct Senders<M> {
+    items: Mutex<QueueState<M>>,
+    /// `items.len()`, stored under the lock whenever it changes: the host looks at it before
+    /// taking the lock, so a pop that finds nothing and the host's wait take no lock at all.
+    len: AtomicUsize,
 }
 
 /// Aligns its value to its own cache line (128 bytes: two lines on x86, which prefetches in
@@ -188,10 +197,13 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl<M> Queue<M> {
     fn new(capacity: usize) -> Self {
         Queue {
-            state: CacheLine(Mutex::new(QueueState {
-                items: VecDeque::new(),
-                closed: false,
-            })),
+            state: CacheLine(Senders {
+                items: Mutex::new(QueueState {
+                    items: VecDeque::new(),
+                    closed: false,
+                }),
+                len: AtomicUsize::new(0),
+            }),
             taken: CacheLine(Mutex::new(VecDeque::new())),
             taken_len: CacheLine(AtomicUsize::new(0)),
             capacity: capacity.max(1),
@@ -199,7 +211,12 @@ impl<M> Queue<M> {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, QueueState<M>> {
-        lock(&self.state)
+        lock(&self.state.items)
+    }
+
+    /// Publishes the senders' half's length; called under its lock after every change.
+    fn counted(&self, state: &QueueState<M>) {
+        self.state.len.store(state.items.len(), Ordering::Release);
     }
 
     /// Whether `state` (locked by the caller) and the host's half together are at the bound.
@@ -217,6 +234,7 @@ impl<M> Queue<M> {
             return Err(Refused::Full(message));
         }
         state.items.push_back(message);
+        self.counted(&state);
         Ok(())
     }
 
@@ -236,6 +254,7 @@ impl<M> Queue<M> {
             None
         };
         state.items.push_back(message);
+        self.counted(&state);
         Ok(evicted)
     }
 
@@ -249,7 +268,9 @@ impl<M> Queue<M> {
 
     /// The host's pop: from its own half, refilled by a swap when empty.
     fn pop(&self) -> Option<M> {
-        {
+        // Acquire: pairs with the stores under the locks. A stale `taken_len` is only ever too
+        // large, and only the host adds to `taken`: zero here means it is empty.
+        if self.taken_len.load(Ordering::Acquire) != 0 {
             let mut taken = lock(&self.taken);
             if let Some(message) = taken.pop_front() {
                 self.publish(taken.len());
@@ -258,6 +279,10 @@ impl<M> Queue<M> {
                 }
                 return Some(message);
             }
+        }
+        // Nothing from the senders: no lock taken. One pushing now wakes the host after.
+        if self.state.len.load(Ordering::Acquire) == 0 {
+            return None;
         }
         let mut state = self.lock();
         if state.items.is_empty() {
@@ -268,6 +293,7 @@ impl<M> Queue<M> {
         // buffer, already shrunk, becomes the senders' half.
         if taken.is_empty() {
             std::mem::swap(&mut state.items, &mut *taken);
+            self.counted(&state);
         }
         let message = taken.pop_front();
         // Published under `state` too: it grew, and a sender must not see the old length.
@@ -285,6 +311,7 @@ impl<M> Queue<M> {
         let mut left = std::mem::take(&mut *taken);
         left.append(&mut state.items);
         state.items = VecDeque::new();
+        self.counted(&state);
         left
     }
 
@@ -301,8 +328,10 @@ impl<M> Queue<M> {
         state.items.len() + lock(&self.taken).len()
     }
 
+    /// Whether nothing is queued, without a lock: the host's look before and after it
+    /// registers to wait (a push's `Release` store of the length comes before its wake's fence).
     fn is_empty(&self) -> bool {
-        lock(&self.taken).is_empty() && self.lock().items.is_empty()
+        self.taken_len.load(Ordering::Acquire) == 0 && self.state.len.load(Ordering::Acquire) == 0
     }
 }
 
@@ -896,6 +925,43 @@ mod tests {
         assert_eq!(queue.len(), 3);
         let rest: Vec<u32> = std::iter::from_fn(|| queue.pop()).collect();
         assert_eq!(rest, vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn the_lock_free_look_agrees_with_the_queue_through_evictions_and_lazy_counts() {
+        // Evictions empty the host's half without a pop: the next pop still finds the senders'.
+        let queue = Queue::<u32>::new(2);
+        assert!(queue.is_empty());
+        for message in 0..2 {
+            assert!(queue.push(message).is_ok());
+        }
+        assert!(!queue.is_empty());
+        assert_eq!(queue.pop(), Some(0));
+        assert!(queue.push(2).is_ok());
+        // 1 is the host's, 2 waits: the next two pushes evict 1, then 2.
+        assert_eq!(queue.force_push(3).ok(), Some(Some(1)));
+        assert_eq!(queue.force_push(4).ok(), Some(Some(2)));
+        assert!(!queue.is_empty());
+        let rest: Vec<u32> = std::iter::from_fn(|| queue.pop()).collect();
+        assert_eq!(rest, vec![3, 4]);
+        assert!(queue.is_empty());
+        assert_eq!(queue.pop(), None);
+
+        // A large mailbox publishes its host's half lazily: never zero while it holds any.
+        let queue = Queue::<u32>::new(1_024);
+        for message in 0..40 {
+            assert!(queue.push(message).is_ok());
+        }
+        for expected in 0..40 {
+            assert!(!queue.is_empty(), "{} left", 40 - expected);
+            assert_eq!(queue.pop(), Some(expected));
+        }
+        assert!(queue.is_empty());
+        assert!(queue.push(40).is_ok());
+        assert!(!queue.is_empty());
+        assert_eq!(queue.pop(), Some(40));
+        assert_eq!(queue.pop(), None);
+        assert!(queue.is_empty());
     }
 
     #[test]
