@@ -330,6 +330,8 @@ impl<M> Queue<M> {
 
     /// Whether nothing is queued, without a lock: the host's look before and after it
     /// registers to wait (a push's `Release` store of the length comes before its wake's fence).
+    /// Two loads, not one snapshot: right for the one host draining the slot (the only caller
+    /// outside tests), whose own pops and swaps are the only things that fill `taken`.
     fn is_empty(&self) -> bool {
         self.taken_len.load(Ordering::Acquire) == 0 && self.state.len.load(Ordering::Acquire) == 0
     }
