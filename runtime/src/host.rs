@@ -222,11 +222,16 @@ impl<E: Entity, K: KindHost<E>> EntityWorker<E, K> {
         self.kind.stats().checkpointed();
         // Exactly the snapshot's size, from a per-thread writer: an active entity holds its
         // checkpoint and no buffer or arena of its own. A state the message left as it was (a
-        // query, an echo) writes the same bytes as the last checkpoint, when no log follows it:
-        // nothing is copied, and the store has nothing new to write.
+        // query, an echo) writes the same bytes as the last checkpoint: when no log follows it
+        // and this activation already took it (so queued it for the store, unless the store
+        // has it), nothing is copied and the store has nothing new to write. A snapshot carried
+        // in (a reactivation, a recovery from another activation's pending state) is taken
+        // once here, so this activation writes it whole; a change the full write-behind set
+        // did not queue is queued by this one.
         let changed = garrison_protocol::snapshot::write_with(&running.state, |bytes| {
             let mut saved = self.cell.saved();
-            if saved.log.is_empty() && saved.snapshot.as_deref() == Some(bytes) {
+            let queued = (saved.snapshots > 0 || saved.snapshot_stored) && !saved.unqueued;
+            if queued && saved.log.is_empty() && saved.snapshot.as_deref() == Some(bytes) {
                 return (false, saved.changes);
             }
             saved.checkpoint(Bytes::copy_from_slice(bytes));
