@@ -223,14 +223,15 @@ impl<E: Entity, K: KindHost<E>> EntityWorker<E, K> {
         // Exactly the snapshot's size, from a per-thread writer: an active entity holds its
         // checkpoint and no buffer or arena of its own. A state the message left as it was (a
         // query, an echo) writes the same bytes as the last checkpoint: when no log follows it
-        // and this activation already took it (so queued it for the store, unless the store
-        // has it), nothing is copied and the store has nothing new to write. A snapshot carried
-        // in (a reactivation, a recovery from another activation's pending state) is taken
-        // once here, so this activation writes it whole; a change the full write-behind set
-        // did not queue is queued by this one.
+        // and this activation already took it (so queued it for the store), nothing is copied
+        // and the store has nothing new to write. A snapshot it did not take is taken once:
+        // carried in (a reactivation, another activation's pending state) it is written whole;
+        // loaded from the store, the write clears a log whose replay was refused and fences an
+        // older owner's late writes with this activation's generation. A change the full
+        // write-behind set did not queue is queued by the next checkpoint.
         let changed = garrison_protocol::snapshot::write_with(&running.state, |bytes| {
             let mut saved = self.cell.saved();
-            let queued = (saved.snapshots > 0 || saved.snapshot_stored) && !saved.unqueued;
+            let queued = saved.snapshots > 0 && !saved.unqueued;
             if queued && saved.log.is_empty() && saved.snapshot.as_deref() == Some(bytes) {
                 return (false, saved.changes);
             }

@@ -479,6 +479,52 @@ async fn damaged_records_are_set_aside_and_the_entity_goes_on_from_what_was_good
     node.tree.stop().await.unwrap();
 }
 
+/// A log whose first entry the module refuses is dropped, and the entity checkpoints at once:
+/// even when that checkpoint is byte for byte the stored snapshot, it is written, which clears
+/// the refused entries from the store (a later recovery does not meet them again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_log_is_cleared_from_the_store_even_when_the_state_is_the_stored_snapshot() {
+    let store = Arc::new(MemoryStore::new());
+    let snapshot = garrison_protocol::snapshot::write(&Ledger {
+        amounts: vec![1, 2, 3, 4, 5],
+        // What `activate` sets on a recovery: the recovered state is the stored bytes.
+        woke: "recovery".into(),
+    })
+    .unwrap();
+    store
+        .write(&[
+            Write::Put {
+                kind: "ledger".into(),
+                key: "4".into(),
+                generation: 0,
+                log_from: 10,
+                snapshot,
+            },
+            Write::Append {
+                kind: "ledger".into(),
+                key: "4".into(),
+                generation: 0,
+                // Three bytes: `replay` refuses it.
+                entries: vec![garrison_runtime::store::LogEntry {
+                    seq: 10,
+                    bytes: Bytes::from_static(b"bad"),
+                }],
+            },
+        ])
+        .await
+        .unwrap();
+    let node = node(Durability::write_behind(store.clone())).await;
+    assert_eq!(get(&node.ledgers, 4).await.amounts, [1, 2, 3, 4, 5]);
+    assert!(node.ledgers.flush(LIMIT).await);
+    let stored = store.get("ledger", "4").await.unwrap().expect("a record");
+    let log = store
+        .read_log("ledger", "4", stored.log_from)
+        .await
+        .unwrap();
+    assert!(log.entries.is_empty(), "the refused entry is gone");
+    node.tree.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fenced_writer_stops_writing_what_another_owner_holds() {
     let store: Store = Arc::new(MemoryStore::new());
