@@ -229,18 +229,18 @@ impl<E: Entity, K: KindHost<E>> EntityWorker<E, K> {
         // loaded from the store, the write clears a log whose replay was refused and fences an
         // older owner's late writes with this activation's generation. A change the full
         // write-behind set did not queue is queued by the next checkpoint.
-        let changed = garrison_protocol::snapshot::write_with(&running.state, |bytes| {
-            let mut saved = self.cell.saved();
-            let queued = saved.snapshots > 0 && !saved.unqueued;
-            if queued && saved.log.is_empty() && saved.snapshot.as_deref() == Some(bytes) {
-                return (false, saved.changes);
-            }
-            saved.checkpoint(Bytes::copy_from_slice(bytes));
-            (true, saved.changes)
-        })?;
+        let (changed, changes) =
+            garrison_protocol::snapshot::write_with(&running.state, |bytes| {
+                let mut saved = self.cell.saved();
+                let queued = saved.snapshots > 0 && !saved.unqueued;
+                if queued && saved.log.is_empty() && saved.snapshot.as_deref() == Some(bytes) {
+                    return (false, saved.changes);
+                }
+                saved.checkpoint(Bytes::copy_from_slice(bytes));
+                (true, saved.changes)
+            })?;
         running.since_checkpoint = 0;
         running.last_checkpoint_ms = clock::now_millis();
-        let (changed, changes) = changed;
         if changed {
             self.changed();
         }

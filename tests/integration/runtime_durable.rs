@@ -136,7 +136,15 @@ struct Node {
 }
 
 async fn node(durability: Durability) -> Node {
-    node_with(durability, KindConfig::default()).await
+    node_with(durability, ledger_config()).await
+}
+
+/// The ledgers' settings: they checkpoint when a handler asks (every fifth add).
+fn ledger_config() -> KindConfig {
+    KindConfig {
+        checkpoint: Checkpoint::OnDemand,
+        ..KindConfig::default()
+    }
 }
 
 async fn node_with(durability: Durability, config: KindConfig) -> Node {
@@ -147,7 +155,6 @@ async fn node_with(durability: Durability, config: KindConfig) -> Node {
             started: Arc::clone(&started),
         },
         KindConfig {
-            checkpoint: Checkpoint::OnDemand,
             durability,
             ..config
         },
@@ -316,45 +323,32 @@ async fn write_through_stores_a_message_before_the_next_is_handled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_that_leaves_the_state_as_it_was_writes_nothing() {
     let store: Arc<MemoryStore> = Arc::new(MemoryStore::new());
-    let ledgers = Entities::new(
-        Accounts {
-            replayed: Arc::default(),
-            started: Arc::default(),
-        },
+    let node = node_with(
+        Durability::write_through(store.clone()),
         KindConfig {
             checkpoint: Checkpoint::EveryMessages(1),
-            durability: Durability::write_through(store.clone()),
             ..KindConfig::default()
         },
     )
-    .unwrap();
-    let tree = SupervisorBuilder::new("game")
-        .child(garrison_supervisor::ChildSpec::new(
-            "ledgers",
-            ledgers.start(),
-        ))
-        .build()
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+    .await;
+    let ledgers = &node.ledgers;
     let writes = || ledgers.durability().expect("a durable kind").writes;
     ledgers.send(&4, Msg::Add(1)).ok().unwrap();
     // Handled after the add was written through, and counted.
-    get(&ledgers, 4).await;
+    get(ledgers, 4).await;
     let after_add = writes();
     assert!(after_add >= 1, "the add was written");
     for _ in 0..5 {
-        assert_eq!(get(&ledgers, 4).await.amounts, vec![1]);
+        assert_eq!(get(ledgers, 4).await.amounts, vec![1]);
     }
     assert_eq!(writes(), after_add, "reads wrote nothing");
     ledgers.send(&4, Msg::Add(2)).ok().unwrap();
-    get(&ledgers, 4).await;
+    get(ledgers, 4).await;
     assert!(writes() > after_add, "a change is written");
     let stored = store.get("ledger", "4").await.unwrap().expect("a record");
     let snapshot: Ledger = garrison_protocol::snapshot::read(stored.snapshot).unwrap();
     assert_eq!(snapshot.amounts, vec![1, 2]);
-    tree.stop().await.unwrap();
+    node.tree.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -793,7 +787,7 @@ async fn a_full_drop_oldest_mailbox_evicts_messages_never_the_hand_off() {
         KindConfig {
             mailbox_capacity: 4,
             overflow: garrison_supervisor::Overflow::DropOldest,
-            ..KindConfig::default()
+            ..ledger_config()
         },
     )
     .await;
@@ -845,11 +839,7 @@ async fn a_full_drop_oldest_mailbox_evicts_messages_never_the_hand_off() {
     let letters = letters.len();
     // Every add is handled (its state handed over through the store), sent on, or
     // dead-lettered with the eviction's reason.
-    let reader = node_with(
-        Durability::write_behind(store.clone()),
-        KindConfig::default(),
-    )
-    .await;
+    let reader = node_with(Durability::write_behind(store.clone()), ledger_config()).await;
     let handled = get(&reader.ledgers, 5).await.amounts;
     reader.tree.stop().await.unwrap();
     let sent_on = forwarded.lock().unwrap().len();
@@ -1128,7 +1118,7 @@ async fn a_full_write_behind_set_drops_changes_until_a_flush_or_an_end_queues_th
     };
     let config = KindConfig {
         max_pending_writes: 1,
-        ..KindConfig::default()
+        ..ledger_config()
     };
     let node = node_with(durability, config).await;
     for key in 1..=3 {
