@@ -145,22 +145,43 @@ struct Queue<M> {
     /// The host's half: the oldest messages, in order, not yet handled. On a cache line of its
     /// own: sharing one with `state` made every send and every pop fight over it.
     taken: CacheLine<Mutex<VecDeque<M>>>,
+    /// What senders read of the host's half on each push, and the bound.
+    published: CacheLine<Published>,
+}
+
+/// The line a sender reads on each push besides its own, which the host writes when it
+/// publishes (the bound is here, not on the senders' line, because the host reads it on each
+/// pop: there it would pull the senders' line over on every message).
+struct Published {
     /// `taken`'s length as the host last published it, read by senders under `state` to keep
     /// the bound over both halves. Written under `taken` and, when it grows, also under
     /// `state`; it is never smaller than the truth, so the bound holds. The host publishes a
     /// shrink every [`PUBLISH_EVERY`] pops (each pop on a small mailbox), not on every one: a
     /// sender reads this line on each push.
     /// Zero exactly when `taken` is empty: every change that empties it stores zero.
-    taken_len: CacheLine<AtomicUsize>,
+    taken_len: AtomicUsize,
     capacity: usize,
 }
 
-/// The senders' half, and its length for the host to read without the lock.
+/// The senders' half, and its length for the host to read without the lock, with all else a send
+/// writes or reads only here (the overflow policy, the host's wake) and the flags the host's
+/// wait reads. A send touches this line and `published`, nothing more of the slot; the host's
+/// wait, these two as well (with thousands of entities, each line touched per message is a
+/// likely cache miss).
 struct Senders<M> {
     items: Mutex<QueueState<M>>,
     /// `items.len()`, stored under the lock whenever it changes: the host looks at it before
     /// taking the lock, so a pop that finds nothing and the host's wait take no lock at all.
     len: AtomicUsize,
+    overflow: Overflow,
+    /// False only while the host waits for work (or is about to); see [`Slot::wake`].
+    scheduled: AtomicBool,
+    /// The running incarnation's task, registered while it waits for work.
+    parked: AtomicWaker,
+    /// The running incarnation is to return to ractor's loop, where a stop is queued for it.
+    interrupted: AtomicBool,
+    /// Closed by its handle ([`ChildRef::close`]): an incarnation stops once it sees it.
+    retired: AtomicBool,
 }
 
 /// Aligns its value to its own cache line (128 bytes: two lines on x86, which prefetches in
@@ -195,7 +216,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl<M> Queue<M> {
-    fn new(capacity: usize) -> Self {
+    fn new(capacity: usize, overflow: Overflow) -> Self {
         Queue {
             state: CacheLine(Senders {
                 items: Mutex::new(QueueState {
@@ -203,10 +224,17 @@ impl<M> Queue<M> {
                     closed: false,
                 }),
                 len: AtomicUsize::new(0),
+                overflow,
+                scheduled: AtomicBool::new(false),
+                parked: AtomicWaker::new(),
+                interrupted: AtomicBool::new(false),
+                retired: AtomicBool::new(false),
             }),
             taken: CacheLine(Mutex::new(VecDeque::new())),
-            taken_len: CacheLine(AtomicUsize::new(0)),
-            capacity: capacity.max(1),
+            published: CacheLine(Published {
+                taken_len: AtomicUsize::new(0),
+                capacity: capacity.max(1),
+            }),
         }
     }
 
@@ -222,7 +250,8 @@ impl<M> Queue<M> {
     /// Whether `state` (locked by the caller) and the host's half together are at the bound.
     fn full(&self, state: &QueueState<M>) -> bool {
         // Acquire: pairs with the host's stores; a stale value is only ever too large.
-        state.items.len() + self.taken_len.load(Ordering::Acquire) >= self.capacity
+        state.items.len() + self.published.taken_len.load(Ordering::Acquire)
+            >= self.published.capacity
     }
 
     fn push(&self, message: M) -> Result<(), Refused<M>> {
@@ -247,7 +276,9 @@ impl<M> Queue<M> {
             // The oldest is the host's, when it has any (lock order: state, then taken).
             let mut taken = lock(&self.taken);
             let oldest = taken.pop_front();
-            self.taken_len.store(taken.len(), Ordering::Release);
+            self.published
+                .taken_len
+                .store(taken.len(), Ordering::Release);
             drop(taken);
             oldest.or_else(|| state.items.pop_front())
         } else {
@@ -261,8 +292,8 @@ impl<M> Queue<M> {
     /// Tells senders the host's half now holds `left`: at once on a small mailbox or an empty
     /// half, else every [`PUBLISH_EVERY`] pops.
     fn publish(&self, left: usize) {
-        if left.is_multiple_of(PUBLISH_EVERY) || self.capacity < PUBLISH_EVERY * 16 {
-            self.taken_len.store(left, Ordering::Release);
+        if left.is_multiple_of(PUBLISH_EVERY) || self.published.capacity < PUBLISH_EVERY * 16 {
+            self.published.taken_len.store(left, Ordering::Release);
         }
     }
 
@@ -270,12 +301,12 @@ impl<M> Queue<M> {
     fn pop(&self) -> Option<M> {
         // Acquire: pairs with the stores under the locks. A stale `taken_len` is only ever too
         // large, and only the host adds to `taken`: zero here means it is empty.
-        if self.taken_len.load(Ordering::Acquire) != 0 {
+        if self.published.taken_len.load(Ordering::Acquire) != 0 {
             let mut taken = lock(&self.taken);
             if let Some(message) = taken.pop_front() {
                 self.publish(taken.len());
-                if taken.is_empty() && taken.capacity() > RETAINED_CAPACITY {
-                    taken.shrink_to(RETAINED_CAPACITY);
+                if taken.is_empty() {
+                    Self::drained(&mut taken);
                 }
                 return Some(message);
             }
@@ -296,10 +327,27 @@ impl<M> Queue<M> {
             self.counted(&state);
         }
         let message = taken.pop_front();
+        if taken.is_empty() {
+            Self::drained(&mut taken);
+        }
         // Published under `state` too: it grew, and a sender must not see the old length.
-        self.taken_len.store(taken.len(), Ordering::Release);
+        self.published
+            .taken_len
+            .store(taken.len(), Ordering::Release);
         drop(state);
         message
+    }
+
+    /// The host's half was emptied: it starts again at its buffer's first slot (the next swap
+    /// hands it to senders, whose pushes then land where the last ones did, in cache, rather
+    /// than walking the buffer), and a large buffer gives its room back.
+    fn drained(taken: &mut VecDeque<M>) {
+        // std's `clear` puts the head back at the start (not promised by its documentation:
+        // the unit test below would catch a toolchain where it no longer does).
+        taken.clear();
+        if taken.capacity() > RETAINED_CAPACITY {
+            taken.shrink_to(RETAINED_CAPACITY);
+        }
     }
 
     /// Closes the queue and takes what it still holds, oldest first.
@@ -307,7 +355,7 @@ impl<M> Queue<M> {
         let mut state = self.lock();
         state.closed = true;
         let mut taken = lock(&self.taken);
-        self.taken_len.store(0, Ordering::Release);
+        self.published.taken_len.store(0, Ordering::Release);
         let mut left = std::mem::take(&mut *taken);
         left.append(&mut state.items);
         state.items = VecDeque::new();
@@ -333,26 +381,20 @@ impl<M> Queue<M> {
     /// Two loads, not one snapshot: right for the one host draining the slot (the only caller
     /// outside tests), whose own pops and swaps are the only things that fill `taken`.
     fn is_empty(&self) -> bool {
-        self.taken_len.load(Ordering::Acquire) == 0 && self.state.len.load(Ordering::Acquire) == 0
+        self.published.taken_len.load(Ordering::Acquire) == 0
+            && self.state.len.load(Ordering::Acquire) == 0
     }
 }
 
 pub(crate) struct Slot<M> {
     id: OnceLock<Arc<str>>,
+    /// With the overflow policy and what the host's wait reads and writes (`scheduled`,
+    /// `parked`, `interrupted`, `retired`) on the senders' line.
     queue: Queue<M>,
-    overflow: Overflow,
-    /// False only while the host waits for work (or is about to); see `wake` for the protocol.
-    scheduled: AtomicBool,
-    /// The running incarnation's task, registered while it waits for work.
-    parked: AtomicWaker,
-    /// The running incarnation is to return to ractor's loop, where a stop is queued for it.
-    interrupted: AtomicBool,
     current: RwLock<Option<ActorRef<Wake>>>,
     incarnations: AtomicU64,
     /// Receives the messages still queued when the mailbox closes for good.
     undelivered: OnceLock<UndeliveredHook<M>>,
-    /// Closed by its handle ([`ChildRef::close`]): an incarnation stops once it sees it.
-    retired: AtomicBool,
     /// The span of the message being handled, set by workers that trace their messages, so a
     /// restart after a crash is recorded inside the trace of the message that caused it.
     trace_parent: std::sync::Mutex<Option<tracing::Span>>,
@@ -362,15 +404,10 @@ impl<M> Slot<M> {
     pub(crate) fn new(capacity: usize, overflow: Overflow) -> Self {
         Slot {
             id: OnceLock::new(),
-            queue: Queue::new(capacity),
-            overflow,
-            scheduled: AtomicBool::new(false),
-            parked: AtomicWaker::new(),
-            interrupted: AtomicBool::new(false),
+            queue: Queue::new(capacity, overflow),
             current: RwLock::new(None),
             incarnations: AtomicU64::new(0),
             undelivered: OnceLock::new(),
-            retired: AtomicBool::new(false),
             trace_parent: std::sync::Mutex::new(None),
         }
     }
@@ -393,8 +430,8 @@ impl<M> Slot<M> {
     /// the cleared flag, after the waker was registered, and wakes it.
     fn wake(&self) {
         fence(Ordering::SeqCst);
-        if !self.scheduled.swap(true, Ordering::SeqCst) {
-            self.parked.wake();
+        if !self.queue.state.scheduled.swap(true, Ordering::SeqCst) {
+            self.queue.state.parked.wake();
         }
     }
 
@@ -424,8 +461,8 @@ impl<M> Slot<M> {
             if over() {
                 return std::task::Poll::Ready(waited);
             }
-            self.parked.register(context.waker());
-            self.scheduled.store(false, Ordering::SeqCst);
+            self.queue.state.parked.register(context.waker());
+            self.queue.state.scheduled.store(false, Ordering::SeqCst);
             fence(Ordering::SeqCst);
             if over() {
                 std::task::Poll::Ready(waited)
@@ -439,19 +476,19 @@ impl<M> Slot<M> {
     /// Asks the running incarnation to return to ractor's loop after its current batch (a
     /// stop is being queued for it), waking it if it waits for work.
     pub(crate) fn interrupt(&self) {
-        self.interrupted.store(true, Ordering::SeqCst);
-        self.parked.wake();
+        self.queue.state.interrupted.store(true, Ordering::SeqCst);
+        self.queue.state.parked.wake();
     }
 
     /// A new incarnation starts: an interrupt was meant for its predecessor. Called before its
     /// `start`, which may ask to stop.
     pub(crate) fn clear_interrupt(&self) {
-        self.interrupted.store(false, Ordering::SeqCst);
+        self.queue.state.interrupted.store(false, Ordering::SeqCst);
     }
 
     /// Whether the running incarnation is to return to ractor's loop.
     pub(crate) fn is_interrupted(&self) -> bool {
-        self.interrupted.load(Ordering::SeqCst)
+        self.queue.state.interrupted.load(Ordering::SeqCst)
     }
 
     pub(crate) fn pop(&self) -> Option<M> {
@@ -466,7 +503,7 @@ impl<M> Slot<M> {
             .current
             .write()
             .unwrap_or_else(|poison| poison.into_inner()) = Some(actor.clone());
-        self.scheduled.store(true, Ordering::SeqCst);
+        self.queue.state.scheduled.store(true, Ordering::SeqCst);
         let _ = actor.send_message(Wake);
         incarnation
     }
@@ -519,25 +556,25 @@ impl<M> Slot<M> {
     /// Closes the mailbox for good on its handle's request, and wakes the running incarnation
     /// (if any) so it stops; one that starts later stops at once.
     fn retire(&self, reason: String) {
-        self.retired.store(true, Ordering::SeqCst);
+        self.queue.state.retired.store(true, Ordering::SeqCst);
         self.close(&MailboxClosed::ByHandle(reason));
-        self.parked.wake();
+        self.queue.state.parked.wake();
         self.wake_current();
     }
 
     /// As [`Slot::retire`], handing what is still queued to the caller instead of the
     /// undelivered hook.
     fn retire_taking(&self) -> VecDeque<M> {
-        self.retired.store(true, Ordering::SeqCst);
+        self.queue.state.retired.store(true, Ordering::SeqCst);
         let left = self.queue.close();
-        self.parked.wake();
+        self.queue.state.parked.wake();
         self.wake_current();
         left
     }
 
     /// Whether the handle closed the mailbox: the incarnation has nothing more to do.
     pub(crate) fn is_retired(&self) -> bool {
-        self.retired.load(Ordering::SeqCst)
+        self.queue.state.retired.load(Ordering::SeqCst)
     }
 
     pub(crate) fn incarnations(&self) -> u64 {
@@ -602,7 +639,7 @@ impl<M: Send + 'static> ChildRef<M> {
     /// [`SendError::Full`] when the mailbox is full under [`Overflow::Reject`];
     /// [`SendError::Closed`] when the child is gone for good. Both hand the message back.
     pub fn send(&self, message: M) -> Result<Sent<M>, SendError<M>> {
-        let pushed = match self.slot.overflow {
+        let pushed = match self.slot.queue.state.overflow {
             Overflow::Reject => self.slot.queue.push(message).map(|()| Sent::Queued),
             Overflow::DropOldest => self
                 .slot
@@ -684,7 +721,7 @@ impl<M: Send + 'static> ChildRef<M> {
 
     /// The mailbox's capacity.
     pub fn capacity(&self) -> usize {
-        self.slot.queue.capacity
+        self.slot.queue.published.capacity
     }
 
     /// How many incarnations have started so far (1 after the first start, +1 per restart).
@@ -868,7 +905,7 @@ mod tests {
 
     #[test]
     fn the_bound_holds_over_what_the_host_took_and_what_waits() {
-        let queue = Queue::<u32>::new(4);
+        let queue = Queue::<u32>::new(4, Overflow::Reject);
         for message in 0..4 {
             assert!(queue.push(message).is_ok());
         }
@@ -888,7 +925,7 @@ mod tests {
 
     #[test]
     fn a_large_mailbox_gives_room_back_every_sixteen_pops() {
-        let queue = Queue::<u32>::new(1_024);
+        let queue = Queue::<u32>::new(1_024, Overflow::Reject);
         for message in 0..1_024 {
             assert!(queue.push(message).is_ok());
         }
@@ -916,7 +953,7 @@ mod tests {
 
     #[test]
     fn drop_oldest_evicts_the_oldest_even_when_the_host_has_taken_it() {
-        let queue = Queue::<u32>::new(3);
+        let queue = Queue::<u32>::new(3, Overflow::Reject);
         for message in 0..3 {
             assert!(queue.push(message).is_ok());
         }
@@ -932,7 +969,7 @@ mod tests {
     #[test]
     fn the_lock_free_look_agrees_with_the_queue_through_evictions_and_lazy_counts() {
         // Evictions empty the host's half without a pop: the next pop still finds the senders'.
-        let queue = Queue::<u32>::new(2);
+        let queue = Queue::<u32>::new(2, Overflow::Reject);
         assert!(queue.is_empty());
         for message in 0..2 {
             assert!(queue.push(message).is_ok());
@@ -950,7 +987,7 @@ mod tests {
         assert_eq!(queue.pop(), None);
 
         // A large mailbox publishes its host's half lazily: never zero while it holds any.
-        let queue = Queue::<u32>::new(1_024);
+        let queue = Queue::<u32>::new(1_024, Overflow::Reject);
         for message in 0..40 {
             assert!(queue.push(message).is_ok());
         }
@@ -968,7 +1005,7 @@ mod tests {
 
     #[test]
     fn a_close_hands_back_both_halves_oldest_first() {
-        let queue = Queue::<u32>::new(8);
+        let queue = Queue::<u32>::new(8, Overflow::Reject);
         for message in 0..4 {
             assert!(queue.push(message).is_ok());
         }
@@ -984,7 +1021,7 @@ mod tests {
 
     #[test]
     fn a_drained_queue_gives_its_memory_back() {
-        let queue = Queue::<u64>::new(4_096);
+        let queue = Queue::<u64>::new(4_096, Overflow::Reject);
         for message in 0..1_000 {
             assert!(queue.push(message).is_ok());
         }
@@ -998,12 +1035,29 @@ mod tests {
     }
 
     #[test]
+    fn one_message_at_a_time_reuses_the_first_slot_and_the_senders_line_holds_a_send() {
+        // Each message pushed to an idle mailbox lands where the last one did (in cache), not
+        // one slot further round the buffer.
+        let queue = Queue::<[u8; 208]>::new(64, Overflow::Reject);
+        let mut places = std::collections::BTreeSet::new();
+        for round in 0..40u8 {
+            assert!(queue.push([round; 208]).is_ok());
+            places.insert(queue.lock().items.as_slices().0.as_ptr() as usize);
+            assert!(queue.pop().is_some_and(|message| message[0] == round));
+        }
+        // The two halves swap buffers on every pop here: each is pushed to at its start.
+        assert_eq!(places.len(), 2, "pushed at {places:x?}");
+        // What a send reads and writes, besides `published`, fits the senders' line.
+        assert!(std::mem::size_of::<Senders<[u8; 208]>>() <= std::mem::align_of::<CacheLine<()>>());
+    }
+
+    #[test]
     fn no_wake_is_lost_between_a_push_and_the_hosts_wait() {
         // The Dekker pair (push; fence; swap, then wake) against (register; clear; fence; look),
         // raced many times: either the host sees the message, or its registered waker is woken.
         for _ in 0..2_000 {
             let slot = Arc::new(Slot::<u32>::new(8, Overflow::Reject));
-            slot.scheduled.store(true, Ordering::SeqCst);
+            slot.queue.state.scheduled.store(true, Ordering::SeqCst);
             let (wakes, waker) = counting();
             // Both sides start together, so the two orders and their interleavings all occur.
             let start = Arc::new(std::sync::Barrier::new(2));

@@ -131,6 +131,66 @@ async fn brutal_kill_is_classified_as_killed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_child_blocked_in_its_handler_ends_before_its_next_incarnation_starts() {
+    let log = Log::default();
+    let root = SupervisorBuilder::new("root")
+        .child(ChildSpec::new("w", Probe::start(&log)).shutdown(Shutdown::BrutalKill))
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let mut events = root.events().unwrap();
+    let worker = root.child::<Command>("w").await.unwrap();
+    let (entered, inside) = tokio::sync::oneshot::channel();
+    let (release, released) = std::sync::mpsc::channel();
+    worker
+        .send(Command::Block {
+            entered,
+            release: released,
+        })
+        .unwrap();
+    inside.await.unwrap();
+    // The kill ends the incarnation's actor; its handler goes on blocking its thread.
+    let restart = tokio::spawn({
+        let root = root.clone();
+        async move { root.restart_child("w").await }
+    });
+    // A bounded look for what must never happen: the child reported stopped, or the next
+    // incarnation started, while the killed one's handler still runs.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+    let mut stops = Vec::new();
+    while tokio::time::Instant::now() < deadline {
+        assert_eq!(log.entries(), ["start w#1"], "two incarnations ran at once");
+        assert!(
+            !restart.is_finished(),
+            "the restart did not wait for the handler"
+        );
+        while let Ok(event) = events.try_recv() {
+            if let EventKind::Stopped(reason) = event.kind {
+                stops.push(reason);
+            }
+        }
+        assert!(stops.is_empty(), "reported stopped while its handler ran");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    release.send(()).unwrap();
+    tokio::time::timeout(LIMIT, restart)
+        .await
+        .expect("the restart finishes")
+        .unwrap()
+        .unwrap();
+    assert_eq!(log.entries(), ["start w#1", "end w#1", "start w#2"]);
+    while let Ok(event) = events.try_recv() {
+        if let EventKind::Stopped(reason) = event.kind {
+            stops.push(reason);
+        }
+    }
+    assert_eq!(stops, [ExitReason::Killed]);
+    root.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_significant_child_ends_its_supervisor_under_auto_shutdown() {
     let log = Log::default();
     let root = SupervisorBuilder::new("root")

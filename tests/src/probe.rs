@@ -27,6 +27,14 @@ pub enum Command {
     Hang,
     /// Reply with the incarnation handling it.
     Incarnation(oneshot::Sender<u64>),
+    /// Say it has begun, then block its thread (no await: a kill cannot cancel it) until
+    /// `release` is sent to or dropped, and log `end <id>#<n>`.
+    Block {
+        /// Told once the handler blocks.
+        entered: oneshot::Sender<()>,
+        /// What it blocks on.
+        release: std::sync::mpsc::Receiver<()>,
+    },
 }
 
 /// A shared, ordered record of what probes did.
@@ -140,6 +148,11 @@ impl Worker for Probe {
             Command::Hang => std::future::pending::<()>().await,
             Command::Incarnation(reply) => {
                 let _ = reply.send(context.incarnation());
+            }
+            Command::Block { entered, release } => {
+                let _ = entered.send(());
+                let _ = release.recv();
+                self.log.push(format!("end {}", name(context)));
             }
         }
         Ok(())
