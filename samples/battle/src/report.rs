@@ -36,6 +36,12 @@ pub struct Summary {
     /// compared; a run stopping mid-broadcast does not count either (only frames at least two
     /// clients received are compared).
     pub deviation_frames: u32,
+    /// Of the frames compared for deviation (`compared_frames`), how many a room's clients
+    /// received a whole tick or more apart: one stall shows as a handful, a saturated server as
+    /// a share.
+    pub deviated_frames: u64,
+    /// The live frames at least two clients of their room received.
+    pub compared_frames: u64,
     /// Most frames a client trailed its room's most advanced client when the run stopped (a
     /// resumed client has caught up when this is at most 1 or 2).
     pub behind_at_end_frames: u32,
@@ -127,6 +133,7 @@ impl Summary {
         // Per client means per client in a room: an unmatched bot receives nothing.
         let clients = matched.len().max(1) as f64;
         let sum = |field: fn(&BotReport) -> u32| matched.iter().map(|report| field(report)).sum();
+        let spread = deviation(&ok);
         Summary {
             clients: ok.len(),
             rooms: rooms.len(),
@@ -142,7 +149,9 @@ impl Summary {
                 / 1024.0
                 / seconds
                 / clients,
-            deviation_frames: deviation(&ok),
+            deviation_frames: spread.most,
+            deviated_frames: spread.deviated,
+            compared_frames: spread.compared,
             behind_at_end_frames: behind_at_end,
             desyncs: sum(|report| report.desyncs),
             delta_mismatches: sum(|report| report.delta_mismatches),
@@ -212,7 +221,7 @@ impl Summary {
              input->broadcast latency beyond the input delay  p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms\n\
              per client  in {:.2} KB/s  out {:.2} KB/s\n\
              inputs executed as sent {}  replaced (late) {}  mismatched {}\n\
-             frame deviation {} (behind at the end {})  desyncs {}  (checksums verified {}, frame deltas differing {})\n\
+             frame deviation {} ({} of {} frames a tick or more apart; behind at the end {})  desyncs {}  (checksums verified {}, frame deltas differing {})\n\
              reconnects {} (resynced from a snapshot {})  room restarts {}  process CPU {}{}\n\
              matches ended {} (results verified {}, differing {}){}",
             self.clients,
@@ -229,6 +238,8 @@ impl Summary {
             self.replaced,
             self.mismatched,
             self.deviation_frames,
+            self.deviated_frames,
+            self.compared_frames,
             self.behind_at_end_frames,
             self.desyncs,
             self.verified,
@@ -266,6 +277,8 @@ impl Summary {
             "kbps_in": self.kbps_in,
             "kbps_out": self.kbps_out,
             "deviation_frames": self.deviation_frames,
+            "deviated_frames": self.deviated_frames,
+            "compared_frames": self.compared_frames,
             "behind_at_end_frames": self.behind_at_end_frames,
             "desyncs": self.desyncs,
             "delta_mismatches": self.delta_mismatches,
@@ -291,33 +304,53 @@ impl Summary {
     }
 }
 
-/// The frame deviation of a run (see [`Summary::deviation_frames`]): over every frame of every
-/// room that at least two clients received live, the spread of their arrival times in whole
-/// ticks.
-fn deviation(reports: &[&BotReport]) -> u32 {
-    let mut spans: HashMap<(u64, u32), (Instant, Instant)> = HashMap::new();
+/// How far apart a run's clients received their rooms' frames (see
+/// [`Summary::deviation_frames`]).
+struct Spread {
+    /// The widest spread of one frame's arrival times, in whole ticks.
+    most: u32,
+    /// Frames spread over a whole tick or more.
+    deviated: u64,
+    /// Frames at least two clients received.
+    compared: u64,
+}
+
+/// Over every frame of every room that at least two clients received live, the spread of their
+/// arrival times in whole ticks.
+fn deviation(reports: &[&BotReport]) -> Spread {
+    // Per room and frame: the first and last arrival, and how many clients received it.
+    let mut spans: HashMap<(u64, u32), (Instant, Instant, u32)> = HashMap::new();
     let mut ticks: HashMap<u64, Duration> = HashMap::new();
     for report in reports {
         for arrival in &report.arrivals {
             spans
                 .entry((arrival.room, arrival.frame))
-                .and_modify(|(first, last)| {
+                .and_modify(|(first, last, received)| {
                     *first = (*first).min(arrival.at);
                     *last = (*last).max(arrival.at);
+                    *received += 1;
                 })
-                .or_insert((arrival.at, arrival.at));
+                .or_insert((arrival.at, arrival.at, 1));
             ticks.entry(arrival.room).or_insert(report.tick);
         }
     }
-    spans
-        .iter()
-        .map(|((room, _), (first, last))| {
-            let tick = ticks[room].max(Duration::from_micros(1));
-            u32::try_from(last.duration_since(*first).as_nanos() / tick.as_nanos())
-                .unwrap_or(u32::MAX)
-        })
-        .max()
-        .unwrap_or(0)
+    let mut spread = Spread {
+        most: 0,
+        deviated: 0,
+        compared: 0,
+    };
+    for ((room, _), (first, last, received)) in &spans {
+        if *received < 2 {
+            continue;
+        }
+        let tick = ticks[room].max(Duration::from_micros(1));
+        let apart = u32::try_from(last.duration_since(*first).as_nanos() / tick.as_nanos())
+            .unwrap_or(u32::MAX);
+        spread.most = spread.most.max(apart);
+        spread.compared += 1;
+        spread.deviated += u64::from(apart > 0);
+    }
+    spread
 }
 
 #[cfg(test)]
@@ -375,12 +408,31 @@ mod tests {
             summary.deviation_frames, 0,
             "within a tick, and frame 9 reached only one client"
         );
+        assert_eq!(
+            (summary.deviated_frames, summary.compared_frames),
+            (0, 9),
+            "frames 0-8 reached both clients of room 1, frame 9 one; room 2 has one client"
+        );
         assert_eq!(summary.behind_at_end_frames, 1, "b stopped one frame short");
         // A client receiving each frame 2.5 ticks after the first: two whole ticks apart.
         let mut late = report(1, 10, 1);
         late.arrivals = arrivals(1, 0..10, start, TICK * 5 / 2);
-        let summary = Summary::new(&[Ok(a), Ok(late)], None, None, 1.0);
+        let summary = Summary::new(&[Ok(a.clone()), Ok(late)], None, None, 1.0);
         assert_eq!(summary.deviation_frames, 2);
+        assert_eq!((summary.deviated_frames, summary.compared_frames), (10, 10));
+        // One frame out of ten a whole tick late: the deviation is 1, and it is one frame.
+        let mut stalled = report(1, 10, 1);
+        stalled.arrivals = arrivals(1, 0..10, start, Duration::ZERO);
+        stalled.arrivals[4].at += TICK + TICK / 4;
+        let summary = Summary::new(&[Ok(a), Ok(stalled)], None, None, 1.0);
+        assert_eq!(
+            (
+                summary.deviation_frames,
+                summary.deviated_frames,
+                summary.compared_frames
+            ),
+            (1, 1, 10)
+        );
     }
 
     #[test]
@@ -422,6 +474,8 @@ mod tests {
             "kbps_in",
             "kbps_out",
             "deviation_frames",
+            "deviated_frames",
+            "compared_frames",
             "behind_at_end_frames",
             "desyncs",
             "reconnects",

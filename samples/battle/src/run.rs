@@ -893,7 +893,10 @@ pub fn capacity_breaks(summary: &Summary, p99_ms: f64, deviation: u32) -> Vec<St
         breaks.push(format!("P99 {:.1} ms over {p99_ms:.1} ms", summary.p99_ms));
     }
     if summary.deviation_frames > deviation {
-        breaks.push(format!("frame deviation {}", summary.deviation_frames));
+        breaks.push(format!(
+            "frame deviation {} ({} of {} frames)",
+            summary.deviation_frames, summary.deviated_frames, summary.compared_frames
+        ));
     }
     breaks
 }
