@@ -171,6 +171,25 @@ pub const DEFAULT_BUTTON_CHANGES: u32 = 6;
 
 /// Most live frames a resuming bot holds while it waits for its catch-up.
 const MAX_PENDING: usize = 4_096;
+/// The most frames a bot reserves its records for at a match's start (ten minutes at 60 Hz:
+/// 1.2 MB of address space, touched only as frames arrive); a longer run grows them as it goes.
+const MAX_RESERVED_FRAMES: usize = 36_000;
+
+/// Makes room in `report` for the arrival and the latency of every frame `remaining` holds at
+/// its tick (up to [`MAX_RESERVED_FRAMES`]), so that no record grows mid-run: every bot of a run
+/// starts at about the same time and would grow its own at the same frame, and the load
+/// generator's one core would stall on the copies (a burst of frame deviation at frame 512).
+fn reserve_records(report: &mut BotReport, remaining: Duration, input_every: u32) {
+    let tick = report.tick.max(Duration::from_micros(1));
+    let frames = usize::try_from(remaining.as_nanos() / tick.as_nanos())
+        .unwrap_or(usize::MAX)
+        .min(MAX_RESERVED_FRAMES)
+        + 1;
+    let arrivals = &mut report.arrivals;
+    arrivals.reserve(frames.min(MAX_ARRIVALS.saturating_sub(arrivals.len())));
+    let every = input_every.max(1) as usize;
+    report.latencies.reserve(frames / every + 1);
+}
 
 /// A match in progress, as this bot sees it.
 struct Playing {
@@ -269,6 +288,8 @@ struct Bot {
     buttons: u8,
     /// Scratch for decoding a compact frame's inputs.
     unpacked: Vec<u8>,
+    /// When it stops playing.
+    deadline: Instant,
 }
 
 type Connection = Client<ServerMessage>;
@@ -512,6 +533,11 @@ impl Bot {
                 if !announced {
                     mirror.delta_mismatches += 1;
                 }
+                reserve_records(
+                    &mut self.report,
+                    self.deadline.saturating_duration_since(Instant::now()),
+                    self.options.input_every,
+                );
                 self.playing = Some(Playing {
                     mirror,
                     slot: start.slot,
@@ -900,6 +926,7 @@ pub async fn play(
         noise: player.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1,
         buttons: 0,
         unpacked: Vec::new(),
+        deadline,
     };
     let mut connection = bot.connect().await?;
     loop {
@@ -975,5 +1002,58 @@ pub async fn play(
                 connection = bot.connect().await?;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_match_start_reserves_every_record_the_rest_of_the_run_fills() {
+        let tick = Duration::from_micros(16_667);
+        let mut report = BotReport {
+            tick,
+            ..BotReport::default()
+        };
+        // Ten seconds left at 60 Hz, an input every second frame.
+        reserve_records(&mut report, Duration::from_secs(10), 2);
+        let (arrivals, latencies) = (report.arrivals.as_ptr(), report.latencies.as_ptr());
+        for frame in 0..600 {
+            report.arrivals.push(Arrival {
+                room: 1,
+                frame,
+                at: Instant::now(),
+            });
+            if frame % 2 == 0 {
+                report.latencies.push(tick);
+            }
+        }
+        assert_eq!(
+            (report.arrivals.as_ptr(), report.latencies.as_ptr()),
+            (arrivals, latencies),
+            "no record moved while the run filled it"
+        );
+        // A run past the bound reserves the bound, and never past the arrivals' cap.
+        let mut long = BotReport {
+            tick,
+            ..BotReport::default()
+        };
+        reserve_records(&mut long, Duration::from_secs(86_400), 1);
+        assert!(long.arrivals.capacity() >= MAX_RESERVED_FRAMES);
+        assert!(long.arrivals.capacity() < MAX_ARRIVALS);
+        let mut full = BotReport {
+            tick,
+            arrivals: Vec::with_capacity(MAX_ARRIVALS),
+            ..BotReport::default()
+        };
+        full.arrivals
+            .extend((0..MAX_ARRIVALS as u32).map(|frame| Arrival {
+                room: 1,
+                frame,
+                at: Instant::now(),
+            }));
+        reserve_records(&mut full, Duration::from_secs(10), 1);
+        assert_eq!(full.arrivals.capacity(), MAX_ARRIVALS, "the cap is kept");
     }
 }

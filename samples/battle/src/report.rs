@@ -32,9 +32,11 @@ pub struct Summary {
     pub kbps_out: f64,
     /// Frame deviation: most whole ticks between the first and the last of a room's clients
     /// receiving the same live broadcast (0: every client of every room had every frame within
-    /// one tick of the others). Frames caught up after a reconnect are not live and not
-    /// compared; a run stopping mid-broadcast does not count either (only frames at least two
-    /// clients received are compared).
+    /// one tick of the others), over the frames broadcast once every client was in its match
+    /// (the frames of the joining phase are counted apart, in `joining_deviation_frames`).
+    /// Frames caught up after a reconnect are not live and not compared; a run stopping
+    /// mid-broadcast does not count either (only frames at least two clients received are
+    /// compared).
     pub deviation_frames: u32,
     /// Of the frames compared for deviation (`compared_frames`), how many a room's clients
     /// received a whole tick or more apart: one stall shows as a handful, a saturated server as
@@ -42,6 +44,14 @@ pub struct Summary {
     pub deviated_frames: u64,
     /// The live frames at least two clients of their room received.
     pub compared_frames: u64,
+    /// Frame deviation of the frames first received before the last client's first frame: the
+    /// joining phase, when both sides are still setting up connections (every client connects at
+    /// the run's start), which the steady state above leaves out.
+    pub joining_deviation_frames: u32,
+    /// Of the joining phase's compared frames, those a tick or more apart.
+    pub joining_deviated_frames: u64,
+    /// The joining phase's compared frames.
+    pub joining_compared_frames: u64,
     /// Most frames a client trailed its room's most advanced client when the run stopped (a
     /// resumed client has caught up when this is at most 1 or 2).
     pub behind_at_end_frames: u32,
@@ -133,7 +143,7 @@ impl Summary {
         // Per client means per client in a room: an unmatched bot receives nothing.
         let clients = matched.len().max(1) as f64;
         let sum = |field: fn(&BotReport) -> u32| matched.iter().map(|report| field(report)).sum();
-        let spread = deviation(&ok);
+        let (spread, joining) = deviation(&ok);
         Summary {
             clients: ok.len(),
             rooms: rooms.len(),
@@ -152,6 +162,9 @@ impl Summary {
             deviation_frames: spread.most,
             deviated_frames: spread.deviated,
             compared_frames: spread.compared,
+            joining_deviation_frames: joining.most,
+            joining_deviated_frames: joining.deviated,
+            joining_compared_frames: joining.compared,
             behind_at_end_frames: behind_at_end,
             desyncs: sum(|report| report.desyncs),
             delta_mismatches: sum(|report| report.delta_mismatches),
@@ -221,7 +234,7 @@ impl Summary {
              input->broadcast latency beyond the input delay  p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms\n\
              per client  in {:.2} KB/s  out {:.2} KB/s\n\
              inputs executed as sent {}  replaced (late) {}  mismatched {}\n\
-             frame deviation {} ({} of {} frames a tick or more apart; behind at the end {})  desyncs {}  (checksums verified {}, frame deltas differing {})\n\
+             frame deviation {} ({} of {} frames a tick or more apart; while joining {}, {} of {}; behind at the end {})  desyncs {}  (checksums verified {}, frame deltas differing {})\n\
              reconnects {} (resynced from a snapshot {})  room restarts {}  process CPU {}{}\n\
              matches ended {} (results verified {}, differing {}){}",
             self.clients,
@@ -240,6 +253,9 @@ impl Summary {
             self.deviation_frames,
             self.deviated_frames,
             self.compared_frames,
+            self.joining_deviation_frames,
+            self.joining_deviated_frames,
+            self.joining_compared_frames,
             self.behind_at_end_frames,
             self.desyncs,
             self.verified,
@@ -279,6 +295,9 @@ impl Summary {
             "deviation_frames": self.deviation_frames,
             "deviated_frames": self.deviated_frames,
             "compared_frames": self.compared_frames,
+            "joining_deviation_frames": self.joining_deviation_frames,
+            "joining_deviated_frames": self.joining_deviated_frames,
+            "joining_compared_frames": self.joining_compared_frames,
             "behind_at_end_frames": self.behind_at_end_frames,
             "desyncs": self.desyncs,
             "delta_mismatches": self.delta_mismatches,
@@ -306,6 +325,7 @@ impl Summary {
 
 /// How far apart a run's clients received their rooms' frames (see
 /// [`Summary::deviation_frames`]).
+#[derive(Default)]
 struct Spread {
     /// The widest spread of one frame's arrival times, in whole ticks.
     most: u32,
@@ -316,8 +336,15 @@ struct Spread {
 }
 
 /// Over every frame of every room that at least two clients received live, the spread of their
-/// arrival times in whole ticks.
-fn deviation(reports: &[&BotReport]) -> Spread {
+/// arrival times in whole ticks: of the frames first received once every client had received
+/// its first (the steady state), and apart, of those received before (the joining phase).
+fn deviation(reports: &[&BotReport]) -> (Spread, Spread) {
+    // Every matched client is in play from its first live frame on.
+    let settled = reports
+        .iter()
+        .filter_map(|report| report.arrivals.first())
+        .map(|arrival| arrival.at)
+        .max();
     // Per room and frame: the first and last arrival, and how many clients received it.
     let mut spans: HashMap<(u64, u32), (Instant, Instant, u32)> = HashMap::new();
     let mut ticks: HashMap<u64, Duration> = HashMap::new();
@@ -334,11 +361,7 @@ fn deviation(reports: &[&BotReport]) -> Spread {
             ticks.entry(arrival.room).or_insert(report.tick);
         }
     }
-    let mut spread = Spread {
-        most: 0,
-        deviated: 0,
-        compared: 0,
-    };
+    let (mut steady, mut joining) = (Spread::default(), Spread::default());
     for ((room, _), (first, last, received)) in &spans {
         if *received < 2 {
             continue;
@@ -346,11 +369,16 @@ fn deviation(reports: &[&BotReport]) -> Spread {
         let tick = ticks[room].max(Duration::from_micros(1));
         let apart = u32::try_from(last.duration_since(*first).as_nanos() / tick.as_nanos())
             .unwrap_or(u32::MAX);
+        let spread = if settled.is_some_and(|settled| *first < settled) {
+            &mut joining
+        } else {
+            &mut steady
+        };
         spread.most = spread.most.max(apart);
         spread.compared += 1;
         spread.deviated += u64::from(apart > 0);
     }
-    spread
+    (steady, joining)
 }
 
 #[cfg(test)]
@@ -399,9 +427,13 @@ mod tests {
         // Half a tick behind: the same frame, within one tick.
         let mut b = report(1, 9, 1);
         b.arrivals = arrivals(1, 0..9, start, TICK / 2);
-        // Another room's frames with the same numbers are not compared with room 1's.
+        // Another room's frames with the same numbers are not compared with room 1's: its frame
+        // n arrives n ticks after room 1's.
         let mut c = report(2, 10, 1);
-        c.arrivals = arrivals(2, 0..10, start, TICK * 40);
+        c.arrivals = arrivals(2, 0..10, start, Duration::ZERO);
+        for arrival in &mut c.arrivals {
+            arrival.at += TICK * arrival.frame;
+        }
         let reports = vec![Ok(a.clone()), Ok(b), Ok(c)];
         let summary = Summary::new(&reports, None, None, 1.0);
         assert_eq!(
@@ -410,8 +442,17 @@ mod tests {
         );
         assert_eq!(
             (summary.deviated_frames, summary.compared_frames),
-            (0, 9),
-            "frames 0-8 reached both clients of room 1, frame 9 one; room 2 has one client"
+            (0, 8),
+            "frames 1-8 reached both clients of room 1 once both were in play, frame 9 one; \
+             room 2 has one client"
+        );
+        assert_eq!(
+            (
+                summary.joining_deviation_frames,
+                summary.joining_compared_frames
+            ),
+            (0, 1),
+            "frame 0 reached a before b had any frame"
         );
         assert_eq!(summary.behind_at_end_frames, 1, "b stopped one frame short");
         // A client receiving each frame 2.5 ticks after the first: two whole ticks apart.
@@ -419,7 +460,16 @@ mod tests {
         late.arrivals = arrivals(1, 0..10, start, TICK * 5 / 2);
         let summary = Summary::new(&[Ok(a.clone()), Ok(late)], None, None, 1.0);
         assert_eq!(summary.deviation_frames, 2);
-        assert_eq!((summary.deviated_frames, summary.compared_frames), (10, 10));
+        assert_eq!((summary.deviated_frames, summary.compared_frames), (7, 7));
+        assert_eq!(
+            (
+                summary.joining_deviation_frames,
+                summary.joining_deviated_frames,
+                summary.joining_compared_frames
+            ),
+            (2, 3, 3),
+            "frames 0-2 reached a before the late client had its first"
+        );
         // One frame out of ten a whole tick late: the deviation is 1, and it is one frame.
         let mut stalled = report(1, 10, 1);
         stalled.arrivals = arrivals(1, 0..10, start, Duration::ZERO);
@@ -432,6 +482,41 @@ mod tests {
                 summary.compared_frames
             ),
             (1, 1, 10)
+        );
+    }
+
+    #[test]
+    fn frames_received_before_every_client_was_in_play_count_apart_as_the_joining_phase() {
+        let start = Instant::now();
+        let mut a = report(1, 10, 1);
+        a.arrivals = arrivals(1, 0..10, start, Duration::ZERO);
+        // b reads its first three frames at once, three ticks after a's first (it was still
+        // connecting), then keeps up within an eighth of a tick, but for frame 6, a tick and a
+        // quarter late.
+        let mut b = report(1, 10, 1);
+        b.arrivals = arrivals(1, 0..10, start, TICK / 8);
+        for (frame, arrival) in b.arrivals[..3].iter_mut().enumerate() {
+            arrival.at = start + TICK * 3 + TICK / 16 * frame as u32;
+        }
+        b.arrivals[6].at += TICK + TICK / 8;
+        let summary = Summary::new(&[Ok(a), Ok(b)], None, None, 1.0);
+        assert_eq!(
+            (
+                summary.joining_deviation_frames,
+                summary.joining_deviated_frames,
+                summary.joining_compared_frames
+            ),
+            (3, 3, 3),
+            "frames 0-2 first arrived before b's first: 3, 2 and 1 ticks apart"
+        );
+        assert_eq!(
+            (
+                summary.deviation_frames,
+                summary.deviated_frames,
+                summary.compared_frames
+            ),
+            (1, 1, 7),
+            "frames 3-9 are the steady state, and frame 6 a tick apart in it"
         );
     }
 
@@ -476,6 +561,9 @@ mod tests {
             "deviation_frames",
             "deviated_frames",
             "compared_frames",
+            "joining_deviation_frames",
+            "joining_deviated_frames",
+            "joining_compared_frames",
             "behind_at_end_frames",
             "desyncs",
             "reconnects",

@@ -885,10 +885,17 @@ pub async fn main(args: BotArgs) -> Result<(), Error> {
 }
 
 /// Why a capacity step did not hold (empty: it held): P99 over `p99_ms`, frame deviation over
-/// `deviation`, a
-/// desync, a failed bot, or nothing played.
+/// `deviation` once every client is in its match, a joining phase longer than the steady state
+/// it leaves to measure, a desync, a failed bot, or nothing played.
 pub fn capacity_breaks(summary: &Summary, p99_ms: f64, deviation: u32) -> Vec<String> {
     let mut breaks = summary.problems();
+    if summary.compared_frames < summary.joining_compared_frames {
+        breaks.push(format!(
+            "joining took most of the run ({} of {} frames compared)",
+            summary.joining_compared_frames,
+            summary.joining_compared_frames + summary.compared_frames
+        ));
+    }
     if summary.p99_ms > p99_ms {
         breaks.push(format!("P99 {:.1} ms over {p99_ms:.1} ms", summary.p99_ms));
     }
@@ -970,7 +977,7 @@ async fn capacity(args: &BotArgs) -> Result<(), Error> {
     let remote = args.server.is_some() || args.spawn_server.is_some();
     let steps = capacity_ramp(args).await?;
     println!(
-        "capacity: {} CPU; a step holds with P99 <= {:.1} ms beyond the input delay, frame deviation 0, no desync, no failed bot",
+        "capacity: {} CPU; a step holds with P99 <= {:.1} ms beyond the input delay, frame deviation 0 once every client is in its match (while joining: counted, not held to it), no desync, no failed bot",
         if remote {
             "the server's own"
         } else {
@@ -979,7 +986,7 @@ async fn capacity(args: &BotArgs) -> Result<(), Error> {
         args.capacity_p99_ms
     );
     println!(
-        "clients | P99 ms | deviation | desyncs | failed | CPU cores | CPU ms per client-second | CPU us per client-frame | bots' cores | holds"
+        "clients | P99 ms | deviation | joining | desyncs | failed | CPU cores | CPU ms per client-second | CPU us per client-frame | bots' cores | holds"
     );
     let show = |value: Option<f64>, scale: f64| {
         value.map_or_else(
@@ -993,10 +1000,11 @@ async fn capacity(args: &BotArgs) -> Result<(), Error> {
         // broke while the bots' core was full measured the bots, not the server.
         let bots = remote.then_some(step.summary.cpu_seconds).flatten();
         println!(
-            "{:>7} | {:>6.1} | {:>9} | {:>7} | {:>6} | {:>9} | {:>24} | {:>23} | {:>11} | {}",
+            "{:>7} | {:>6.1} | {:>9} | {:>7} | {:>7} | {:>6} | {:>9} | {:>24} | {:>23} | {:>11} | {}",
             step.clients,
             step.summary.p99_ms,
             step.summary.deviation_frames,
+            step.summary.joining_deviation_frames,
             step.summary.desyncs,
             step.summary.failed,
             show(step.cpu_seconds, 1.0 / args.duration.max(1) as f64),
@@ -1121,6 +1129,62 @@ mod tests {
             );
         }
         assert!(capacity_ramp(&capacity_args([4, 0, 8], 1.0)).await.is_err());
+    }
+
+    #[test]
+    fn a_capacity_step_holds_to_the_steady_state_and_breaks_when_joining_took_most_of_it() {
+        let tick = Duration::from_micros(16_667);
+        let start = Instant::now();
+        // Two clients of a room playing ten frames; b reads its first `joined` frames at once,
+        // `joined` ticks in (it was still connecting), and frame `stall` (if any) a tick and a
+        // quarter late.
+        let run = |joined: u32, stall: Option<u32>| {
+            let client = |b: bool| BotReport {
+                room: 1,
+                tick,
+                frames: 10,
+                next_frame: 10,
+                verified: 1,
+                latencies: vec![Duration::from_millis(1)],
+                arrivals: (0..10)
+                    .map(|frame| {
+                        let mut at = start + tick * frame;
+                        if b {
+                            at = at.max(start + tick * joined);
+                            if stall == Some(frame) {
+                                at += tick + tick / 4;
+                            }
+                        }
+                        crate::bots::Arrival { room: 1, frame, at }
+                    })
+                    .collect(),
+                ..BotReport::default()
+            };
+            Summary::new(&[Ok(client(false)), Ok(client(true))], None, None, 1.0)
+        };
+        // Three ticks apart while joining: counted, and the step holds.
+        let joined = run(3, None);
+        assert_eq!(
+            (
+                joined.joining_deviation_frames,
+                joined.joining_compared_frames,
+                joined.compared_frames
+            ),
+            (3, 3, 7)
+        );
+        assert_eq!(capacity_breaks(&joined, 100.0, 0), Vec::<String>::new());
+        // A tick apart once both were in play: the step breaks.
+        let stalled = run(3, Some(6));
+        assert_eq!(
+            capacity_breaks(&stalled, 100.0, 0),
+            ["frame deviation 1 (1 of 7 frames)"]
+        );
+        // b in play only for the last two frames: no steady state left to hold a step on.
+        let late = run(8, None);
+        assert_eq!(
+            capacity_breaks(&late, 100.0, 0),
+            ["joining took most of the run (8 of 10 frames compared)"]
+        );
     }
 
     #[test]
