@@ -163,21 +163,36 @@ impl SupervisorState {
                 ExitReason::Killed
             }
             Shutdown::Timeout(limit) => {
-                match cell
+                let deadline = Instant::now() + limit;
+                let ended = match cell
                     .stop_and_wait(Some(SHUTDOWN_REASON.to_owned()), Some(limit))
                     .await
                 {
-                    Err(RactorErr::Timeout) => {
-                        let _ = cell.kill_and_wait(None).await;
-                        ExitReason::Killed
-                    }
-                    _ => ExitReason::Shutdown,
+                    Ok(()) => true,
+                    Err(RactorErr::Timeout) => false,
+                    // Its stop was taken already (the worker stopped itself): that stop may
+                    // still be running its hook, and ends within the same limit or is killed.
+                    Err(_) => cell
+                        .wait(Some(deadline.saturating_duration_since(Instant::now())))
+                        .await
+                        .is_ok(),
+                };
+                if ended {
+                    ExitReason::Shutdown
+                } else {
+                    let _ = cell.kill_and_wait(None).await;
+                    ExitReason::Killed
                 }
             }
             Shutdown::Infinity => {
-                let _ = cell
+                if cell
                     .stop_and_wait(Some(SHUTDOWN_REASON.to_owned()), None)
-                    .await;
+                    .await
+                    .is_err()
+                {
+                    // Its stop was taken already (the worker stopped itself): wait for it.
+                    let _ = cell.wait(None).await;
+                }
                 ExitReason::Shutdown
             }
         };

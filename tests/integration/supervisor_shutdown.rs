@@ -191,6 +191,63 @@ async fn a_killed_child_blocked_in_its_handler_ends_before_its_next_incarnation_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_stopping_itself_is_waited_for_before_its_next_incarnation_starts() {
+    for shutdown in [Shutdown::Timeout(LIMIT), Shutdown::Infinity] {
+        let log = Log::default();
+        let root = SupervisorBuilder::new("root")
+            .child(ChildSpec::new("w", Probe::start(&log)).shutdown(shutdown))
+            .build()
+            .unwrap()
+            .start()
+            .await
+            .unwrap();
+        let worker = root.child::<Command>("w").await.unwrap();
+        let (entered, inside) = tokio::sync::oneshot::channel();
+        let (release, released) = std::sync::mpsc::channel();
+        // The worker stops itself (ractor's stop is then taken) and blocks in its stop hook.
+        worker
+            .send(Command::StopBlocked {
+                entered,
+                release: released,
+            })
+            .unwrap();
+        inside.await.unwrap();
+        // Stopping it now finds its stop taken: it must still wait for the stop to end.
+        let restart = tokio::spawn({
+            let root = root.clone();
+            async move { root.restart_child("w").await }
+        });
+        // A bounded look for what must never happen: the next incarnation starting while the
+        // stopping one's hook still runs.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+        while tokio::time::Instant::now() < deadline {
+            assert_eq!(
+                log.entries(),
+                ["start w#1"],
+                "{shutdown:?}: two incarnations ran at once"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        release.send(()).unwrap();
+        tokio::time::timeout(LIMIT, restart)
+            .await
+            .expect("the restart finishes")
+            .unwrap()
+            .unwrap();
+        let worker = root.child::<Command>("w").await.unwrap();
+        let (reply, incarnation) = tokio::sync::oneshot::channel();
+        worker.send(Command::Incarnation(reply)).unwrap();
+        assert_eq!(incarnation.await.unwrap(), 2);
+        assert_eq!(
+            log.entries(),
+            ["start w#1", "stop w#1", "start w#2"],
+            "{shutdown:?}"
+        );
+        root.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_significant_child_ends_its_supervisor_under_auto_shutdown() {
     let log = Log::default();
     let root = SupervisorBuilder::new("root")

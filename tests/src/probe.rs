@@ -35,7 +35,18 @@ pub enum Command {
         /// What it blocks on.
         release: std::sync::mpsc::Receiver<()>,
     },
+    /// Stop normally, and in the stop hook say so, then block its thread until `release` is
+    /// sent to or dropped, and log `stop <id>#<n>`.
+    StopBlocked {
+        /// Told once the stop hook blocks.
+        entered: oneshot::Sender<()>,
+        /// What it blocks on.
+        release: std::sync::mpsc::Receiver<()>,
+    },
 }
+
+/// A stop hook's gate: told once it blocks, and what it blocks on.
+type StopGate = (oneshot::Sender<()>, std::sync::mpsc::Receiver<()>);
 
 /// A shared, ordered record of what probes did.
 #[derive(Clone, Default, Debug)]
@@ -120,22 +131,25 @@ fn name(context: &WorkerContext<Command>) -> String {
 
 impl Worker for Probe {
     type Message = Command;
-    type State = ();
+    type State = Option<StopGate>;
 
-    async fn start(&self, context: &WorkerContext<Command>) -> Result<(), HandlerError> {
+    async fn start(
+        &self,
+        context: &WorkerContext<Command>,
+    ) -> Result<Option<StopGate>, HandlerError> {
         if self.failures.take() {
             self.log.push(format!("start-failed {}", name(context)));
             return Err(format!("refused to start {}", context.id()).into());
         }
         self.log.push(format!("start {}", name(context)));
-        Ok(())
+        Ok(None)
     }
 
     async fn handle(
         &self,
         context: &WorkerContext<Command>,
         message: Command,
-        _: &mut (),
+        gate: &mut Option<StopGate>,
     ) -> Result<(), HandlerError> {
         match message {
             Command::Note(n) => self.log.push(format!("msg {} {n}", name(context))),
@@ -154,11 +168,19 @@ impl Worker for Probe {
                 let _ = release.recv();
                 self.log.push(format!("end {}", name(context)));
             }
+            Command::StopBlocked { entered, release } => {
+                *gate = Some((entered, release));
+                context.stop();
+            }
         }
         Ok(())
     }
 
-    async fn stop(&self, context: &WorkerContext<Command>, _: &mut ()) {
+    async fn stop(&self, context: &WorkerContext<Command>, gate: &mut Option<StopGate>) {
+        if let Some((entered, release)) = gate.take() {
+            let _ = entered.send(());
+            let _ = release.recv();
+        }
         self.log.push(format!("stop {}", name(context)));
     }
 }
