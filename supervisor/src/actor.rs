@@ -197,6 +197,11 @@ impl SupervisorState {
             }
         };
         if let Some(slot) = &child.spec.start.slot {
+            // A kill ended the actor, not its drain task: that ends at its next await (or once
+            // a handler blocking its thread returns), and the next incarnation waits for it.
+            // Whatever of the worker's state ractor kept goes first.
+            slot.discard(cell.get_id());
+            slot.drains().drained(cell.get_id()).await;
             slot.detach(cell.get_id());
         }
         child.status = ChildStatus::Terminated;

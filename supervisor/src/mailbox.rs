@@ -5,11 +5,13 @@
 //! queue allocates as messages arrive and gives memory back when drained, so an idle child costs
 //! no queue memory whatever its bound (a preallocated ring of 256 envelopes would cost ~20 KiB
 //! per idle entity). The
-//! ractor actor receives one [`Wake`] when an incarnation starts and then stays inside that
-//! message's handler, draining the queue and waiting on the slot's waker when it is empty: a send
-//! to an idle child is a queue push and one task wake, not a message through ractor's channels
-//! and its actor loop. It returns to ractor's loop only when it is to stop (a stop request sets
-//! the slot's interrupt flag and wakes it; a kill cancels the handler). A crash therefore loses
+//! ractor actor receives one [`Wake`] when an incarnation starts; its handler spawns the
+//! incarnation's drain task and awaits it. That task drains the queue and waits on the slot's
+//! waker when it is empty: a send to an idle child is a queue push and one wake of that task,
+//! not a message through ractor's channels, nor a poll of its actor loop and ports. The task
+//! ends only when the incarnation is to stop (a stop request sets the slot's interrupt flag and
+//! wakes it); a kill drops ractor's handler, which aborts the task, and the supervisor waits for
+//! the task to end (`Slot::drained`) before it reports the child stopped. A crash therefore loses
 //! only the message being handled; the queue, and every [`ChildRef`] to it, carry over to the
 //! next incarnation.
 //!
@@ -398,6 +400,69 @@ pub(crate) struct Slot<M> {
     /// The span of the message being handled, set by workers that trace their messages, so a
     /// restart after a crash is recorded inside the trace of the message that caused it.
     trace_parent: std::sync::Mutex<Option<tracing::Span>>,
+    /// The drain tasks of its incarnations still running.
+    drains: Arc<Drains>,
+    /// How to drop each living incarnation's context and state, by its actor's id.
+    kept: Arc<Mutex<Vec<(ractor::ActorId, Discard)>>>,
+}
+
+/// Drops an incarnation's context and state (if its drain task does not hold them).
+type Discard = Arc<dyn Fn() + Send + Sync>;
+
+/// Keeps an incarnation's [`Discard`] listed in its slot until it drops.
+pub(crate) struct Kept {
+    kept: Arc<Mutex<Vec<(ractor::ActorId, Discard)>>>,
+    discard: Discard,
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        lock(&self.kept).retain(|(_, discard)| !Arc::ptr_eq(discard, &self.discard));
+    }
+}
+
+/// The drain tasks of a slot's incarnations still running, by their actor's id (one at a time,
+/// but for a killed one whose handler still blocks its thread; or two children built from one
+/// `Start`).
+#[derive(Default)]
+pub(crate) struct Drains(Mutex<Vec<(ractor::ActorId, Arc<tokio::sync::Notify>)>>);
+
+impl Drains {
+    /// Returns once no drain task of the incarnation of `actor` runs: a killed incarnation's
+    /// task ends at its next await, or, if its handler blocks its thread, when that returns.
+    pub(crate) async fn drained(&self, actor: ractor::ActorId) {
+        loop {
+            let Some(done) = lock(&self.0)
+                .iter()
+                .find(|(id, _)| *id == actor)
+                .map(|(_, done)| done.clone())
+            else {
+                return;
+            };
+            // Created before the check below: a guard dropped between them still wakes it.
+            let ended = done.notified();
+            let running = lock(&self.0)
+                .iter()
+                .any(|(_, entry)| Arc::ptr_eq(entry, &done));
+            if running {
+                ended.await;
+            }
+        }
+    }
+}
+
+/// Held by an incarnation's drain task: its drop says the task, and the worker's state in it,
+/// ended.
+pub(crate) struct Draining {
+    drains: Arc<Drains>,
+    done: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for Draining {
+    fn drop(&mut self) {
+        lock(&self.drains.0).retain(|(_, done)| !Arc::ptr_eq(done, &self.done));
+        self.done.notify_waiters();
+    }
 }
 
 impl<M> Slot<M> {
@@ -409,6 +474,53 @@ impl<M> Slot<M> {
             incarnations: AtomicU64::new(0),
             undelivered: OnceLock::new(),
             trace_parent: std::sync::Mutex::new(None),
+            drains: Arc::default(),
+            kept: Arc::default(),
+        }
+    }
+
+    /// Lists how to drop the context and state of the incarnation of `actor`, until the returned
+    /// guard drops.
+    pub(crate) fn keep(
+        &self,
+        actor: ractor::ActorId,
+        discard: impl Fn() + Send + Sync + 'static,
+    ) -> Kept {
+        let discard: Discard = Arc::new(discard);
+        lock(&self.kept).push((actor, discard.clone()));
+        Kept {
+            kept: self.kept.clone(),
+            discard,
+        }
+    }
+
+    /// Drops the context and state of the incarnation of `actor` where ractor keeps them: after a
+    /// kill, ractor hands its actor's state to the supervisor in an event, which it may handle
+    /// after the next incarnation started.
+    pub(crate) fn discard(&self, actor: ractor::ActorId) {
+        let discards: Vec<Discard> = lock(&self.kept)
+            .iter()
+            .filter(|(id, _)| *id == actor)
+            .map(|(_, discard)| discard.clone())
+            .collect();
+        for discard in discards {
+            discard();
+        }
+    }
+
+    /// Its incarnations' drain tasks.
+    pub(crate) fn drains(&self) -> &Arc<Drains> {
+        &self.drains
+    }
+
+    /// Records that the incarnation of `actor` starts its drain task, until the returned guard
+    /// drops.
+    pub(crate) fn draining(&self, actor: ractor::ActorId) -> Draining {
+        let done = Arc::new(tokio::sync::Notify::new());
+        lock(&self.drains.0).push((actor, done.clone()));
+        Draining {
+            drains: self.drains.clone(),
+            done,
         }
     }
 

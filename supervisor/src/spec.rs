@@ -8,7 +8,7 @@ use ractor::{Actor, ActorCell, ActorId};
 
 use crate::{
     exit::{self, ExitReason, panic_message},
-    mailbox::{ChildRef, DEFAULT_MAILBOX_CAPACITY, MailboxClosed, Overflow, Slot},
+    mailbox::{ChildRef, DEFAULT_MAILBOX_CAPACITY, Drains, MailboxClosed, Overflow, Slot},
     policy::{
         AutoShutdown, Backoff, ChildKind, CrashLoop, DEFAULT_WORKER_SHUTDOWN, GameAttributes,
         Intensity, Restart, Shutdown, Strategy,
@@ -30,6 +30,10 @@ pub(crate) trait SlotControl: Send + Sync {
     fn take_trace_parent(&self) -> Option<tracing::Span>;
     /// The running incarnation is about to be asked to stop: it leaves its wait for work.
     fn interrupt(&self);
+    /// Its incarnations' drain tasks still running.
+    fn drains(&self) -> Arc<Drains>;
+    /// Drops the context and state of the incarnation of `actor`, wherever ractor keeps them.
+    fn discard(&self, actor: ActorId);
 }
 
 impl<M: Send + 'static> SlotControl for Slot<M> {
@@ -53,6 +57,12 @@ impl<M: Send + 'static> SlotControl for Slot<M> {
     }
     fn take_trace_parent(&self) -> Option<tracing::Span> {
         Slot::take_trace_parent(self)
+    }
+    fn drains(&self) -> Arc<Drains> {
+        Slot::drains(self).clone()
+    }
+    fn discard(&self, actor: ActorId) {
+        Slot::discard(self, actor)
     }
 }
 

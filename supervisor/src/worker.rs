@@ -4,10 +4,11 @@ use std::{future::Future, panic::AssertUnwindSafe, sync::Arc};
 
 use futures_util::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tracing::Instrument;
 
 use crate::{
     exit::{Abandon, ChildFailure, ExitReason, panic_message},
-    mailbox::{ChildRef, Slot, Wake},
+    mailbox::{ChildRef, Draining, Kept, Slot, Wake},
 };
 
 /// The error a worker's handler returns; any error type converts into it with `?`.
@@ -102,23 +103,133 @@ impl<M: Send + 'static> WorkerContext<M> {
 
 /// The ractor actor hosting one incarnation of `W`.
 pub(crate) struct Host<W: Worker> {
-    worker: W,
+    worker: Arc<W>,
     slot: Arc<Slot<W::Message>>,
 }
 
 impl<W: Worker> Host<W> {
     pub(crate) fn new(worker: W, slot: Arc<Slot<W::Message>>) -> Self {
-        Host { worker, slot }
+        Host {
+            worker: Arc::new(worker),
+            slot,
+        }
     }
 }
 
-pub(crate) struct HostState<W: Worker> {
+/// An incarnation's context and state.
+struct Incarnation<W: Worker> {
     context: WorkerContext<W::Message>,
     state: W::State,
 }
 
+/// Where an incarnation waits between its drain task's runs: out of ractor's state, which ractor
+/// hands to the supervisor in a kill's event, so the supervisor drops it (`Slot::discard`) before
+/// it starts the next incarnation.
+type Held<W> = Arc<std::sync::Mutex<Option<Incarnation<W>>>>;
+
+fn held<W: Worker>(held: &Held<W>) -> std::sync::MutexGuard<'_, Option<Incarnation<W>>> {
+    held.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+pub(crate) struct HostState<W: Worker> {
+    /// Empty while the drain task holds the incarnation, and once it is dropped.
+    incarnation: Held<W>,
+    /// Lets the supervisor drop the incarnation, until this state goes.
+    _kept: Kept,
+}
+
 fn failure(reason: ExitReason) -> ActorProcessingErr {
     Box::new(ChildFailure(reason))
+}
+
+/// Aborts the drain task when ractor drops the handler awaiting it (a kill): the task then ends
+/// at its next await, and the supervisor waits for that before it starts another incarnation.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Why [`drain`] returned.
+enum Left {
+    /// The incarnation is to stop (interrupted, or its mailbox retired).
+    Stop,
+    /// The queue is empty (only when asked not to wait).
+    Empty,
+}
+
+/// Handles the queue's messages until the incarnation is to stop, waiting on the slot's waker
+/// when the queue is empty, or, with `wait` false, returning then.
+async fn drain<W: Worker>(
+    worker: &W,
+    slot: &Slot<W::Message>,
+    myself: &ActorRef<Wake>,
+    incarnation: &mut Incarnation<W>,
+    wait: bool,
+) -> Result<Left, ActorProcessingErr> {
+    // Messages handled since this task last gave its thread up.
+    let mut handled = 0;
+    loop {
+        if slot.is_retired() {
+            // Its handle closed the mailbox: nothing can reach this incarnation any more.
+            myself.stop(None);
+            return Ok(Left::Stop);
+        }
+        if slot.is_interrupted() {
+            // A stop is queued for it: ractor's loop takes it from here.
+            return Ok(Left::Stop);
+        }
+        while handled < DRAIN_BATCH {
+            let Some(message) = slot.pop() else {
+                break;
+            };
+            // The message is now owned by this call: if it crashes, it is not redelivered.
+            let outcome = AssertUnwindSafe(worker.handle(
+                &incarnation.context,
+                message,
+                &mut incarnation.state,
+            ))
+            .catch_unwind()
+            .await;
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => return Err(failure(ExitReason::Error(error.to_string()))),
+                Err(panic) => return Err(failure(ExitReason::Panic(panic_message(&*panic)))),
+            }
+            handled += 1;
+        }
+        if handled == DRAIN_BATCH {
+            // Work is left: the thread's other tasks get their turn first.
+            tokio::task::yield_now().await;
+            handled = 0;
+        } else if !wait {
+            return Ok(Left::Empty);
+        } else if slot.idle().await {
+            // It waited: the thread ran its other tasks meanwhile. A wait that found work
+            // at once does not count, or a steady trickle would never yield.
+            handled = 0;
+        }
+    }
+}
+
+/// The incarnation's drain task: [`drain`] until it is to stop, then hands the incarnation back.
+/// A task of its own, so that a message wakes this loop alone and not ractor's actor loop and
+/// ports around the handler.
+async fn drain_task<W: Worker>(
+    worker: Arc<W>,
+    slot: Arc<Slot<W::Message>>,
+    myself: ActorRef<Wake>,
+    draining: Draining,
+    incarnation: Incarnation<W>,
+) -> Result<Incarnation<W>, ActorProcessingErr> {
+    // Locals drop in reverse: an aborted or crashed task drops the worker's state before it says
+    // it ended, and before the supervisor hears of a crash.
+    let _draining = draining;
+    let mut incarnation = incarnation;
+    drain(&*worker, &slot, &myself, &mut incarnation, true).await?;
+    Ok(incarnation)
 }
 
 impl<W: Worker> Actor for Host<W> {
@@ -132,6 +243,7 @@ impl<W: Worker> Actor for Host<W> {
         _: (),
     ) -> Result<HostState<W>, ActorProcessingErr> {
         self.slot.clear_interrupt();
+        let myself_id = myself.get_id();
         let context = WorkerContext {
             slot: self.slot.clone(),
             incarnation: self.slot.incarnations() + 1,
@@ -141,7 +253,21 @@ impl<W: Worker> Actor for Host<W> {
             .catch_unwind()
             .await;
         match started {
-            Ok(Ok(state)) => Ok(HostState { context, state }),
+            Ok(Ok(state)) => {
+                let incarnation: Held<W> =
+                    Arc::new(std::sync::Mutex::new(Some(Incarnation { context, state })));
+                let kept = self.slot.keep(myself_id, {
+                    let incarnation = incarnation.clone();
+                    move || {
+                        let taken = held(&incarnation).take();
+                        drop(taken);
+                    }
+                });
+                Ok(HostState {
+                    incarnation,
+                    _kept: kept,
+                })
+            }
             Ok(Err(error)) => Err(failure(match error.downcast_ref::<Abandon>() {
                 Some(Abandon(reason)) => ExitReason::Abandoned(reason.clone()),
                 None => ExitReason::StartFailed(error.to_string()),
@@ -158,7 +284,10 @@ impl<W: Worker> Actor for Host<W> {
         myself: ActorRef<Wake>,
         state: &mut HostState<W>,
     ) -> Result<(), ActorProcessingErr> {
-        state.context.incarnation = self.slot.attach(myself);
+        let incarnation = self.slot.attach(myself);
+        if let Some(running) = held(&state.incarnation).as_mut() {
+            running.context.incarnation = incarnation;
+        }
         Ok(())
     }
 
@@ -168,50 +297,44 @@ impl<W: Worker> Actor for Host<W> {
         _: Wake,
         state: &mut HostState<W>,
     ) -> Result<(), ActorProcessingErr> {
-        // The one `Wake` of this incarnation: it drains here until it is to stop (see the
-        // mailbox's module documentation).
-        // Messages handled since this task last gave its thread up.
-        let mut handled = 0;
-        loop {
-            if self.slot.is_retired() {
-                // Its handle closed the mailbox: nothing can reach this incarnation any more.
-                myself.stop(None);
+        // The incarnation's `Wake` (see the mailbox's module documentation).
+        let Some(mut incarnation) = held(&state.incarnation).take() else {
+            return Err(failure(ExitReason::Error(
+                "the incarnation was lost with its drain task".to_owned(),
+            )));
+        };
+        // What woke it is handled here first (an activation's first message goes without
+        // waiting for a task to be spawned); a crash drops the state as it returns.
+        match drain(&*self.worker, &self.slot, &myself, &mut incarnation, false).await? {
+            Left::Stop => {
+                *held(&state.incarnation) = Some(incarnation);
                 return Ok(());
             }
-            if self.slot.is_interrupted() {
-                // A stop is queued for it: ractor's loop takes it from here.
-                return Ok(());
+            Left::Empty => {}
+        }
+        // Then its drain task runs until it is to stop.
+        let draining = self.slot.draining(myself.get_id());
+        let mut task = AbortOnDrop(tokio::spawn(
+            drain_task(
+                self.worker.clone(),
+                self.slot.clone(),
+                myself,
+                draining,
+                incarnation,
+            )
+            // The worker's logs keep ractor's span of this actor.
+            .instrument(tracing::Span::current()),
+        ));
+        match (&mut task.0).await {
+            Ok(Ok(incarnation)) => {
+                *held(&state.incarnation) = Some(incarnation);
+                Ok(())
             }
-            while handled < DRAIN_BATCH {
-                let Some(message) = self.slot.pop() else {
-                    break;
-                };
-                // The message is now owned by this call: if it crashes, it is not redelivered.
-                let outcome = AssertUnwindSafe(self.worker.handle(
-                    &state.context,
-                    message,
-                    &mut state.state,
-                ))
-                .catch_unwind()
-                .await;
-                match outcome {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => {
-                        return Err(failure(ExitReason::Error(error.to_string())));
-                    }
-                    Err(panic) => return Err(failure(ExitReason::Panic(panic_message(&*panic)))),
-                }
-                handled += 1;
-            }
-            if handled == DRAIN_BATCH {
-                // Work is left: the thread's other tasks get their turn first.
-                tokio::task::yield_now().await;
-                handled = 0;
-            } else if self.slot.idle().await {
-                // It waited: the thread ran its other tasks meanwhile. A wait that found work
-                // at once does not count, or a steady trickle would never yield.
-                handled = 0;
-            }
+            Ok(Err(crashed)) => Err(crashed),
+            Err(error) => Err(failure(match error.try_into_panic() {
+                Ok(panic) => ExitReason::Panic(panic_message(&*panic)),
+                Err(error) => ExitReason::Error(format!("its drain task ended: {error}")),
+            })),
         }
     }
 
@@ -221,9 +344,18 @@ impl<W: Worker> Actor for Host<W> {
         state: &mut HostState<W>,
     ) -> Result<(), ActorProcessingErr> {
         self.slot.detach(myself.get_id());
-        let stopped = AssertUnwindSafe(self.worker.stop(&state.context, &mut state.state))
-            .catch_unwind()
-            .await;
+        let Some(mut incarnation) = held(&state.incarnation).take() else {
+            return Ok(());
+        };
+        let stopped = AssertUnwindSafe(
+            self.worker
+                .stop(&incarnation.context, &mut incarnation.state),
+        )
+        .catch_unwind()
+        .await;
+        // The worker's state goes now, not with ractor's stop event to the supervisor, which
+        // may handle it after the next incarnation started.
+        drop(incarnation);
         stopped.map_err(|panic| failure(ExitReason::Panic(panic_message(&*panic))))
     }
 }

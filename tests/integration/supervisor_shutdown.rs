@@ -247,6 +247,78 @@ async fn a_child_stopping_itself_is_waited_for_before_its_next_incarnation_start
     }
 }
 
+/// Which incarnation of child `id` of `root` runs now.
+async fn incarnation_of(root: &garrison_supervisor::SupervisorRef, id: &str) -> u64 {
+    let worker = root.child::<Command>(id).await.unwrap();
+    let (reply, incarnation) = tokio::sync::oneshot::channel();
+    worker.send(Command::Incarnation(reply)).unwrap();
+    tokio::time::timeout(LIMIT, incarnation)
+        .await
+        .unwrap_or_else(|_| panic!("child {id} does not answer"))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_or_crashed_incarnations_state_is_dropped_before_the_next_one_starts() {
+    // Killed while idle (ractor keeps the state of an actor killed between messages), killed
+    // in a handler that ignores the stop (its task is aborted), crashed (the handler panics).
+    #[derive(Debug)]
+    enum Then {
+        Idle,
+        Hang,
+        Panic,
+    }
+    let cases = [
+        (Shutdown::BrutalKill, Then::Idle),
+        (Shutdown::Timeout(Duration::from_millis(50)), Then::Hang),
+        (Shutdown::Timeout(LIMIT), Then::Panic),
+    ];
+    for (shutdown, then) in cases {
+        let log = Log::default();
+        let root = SupervisorBuilder::new("root")
+            .child(ChildSpec::new("w", Probe::start(&log)).shutdown(shutdown))
+            .build()
+            .unwrap()
+            .start()
+            .await
+            .unwrap();
+        let worker = root.child::<Command>("w").await.unwrap();
+        worker.send(Command::LogDrop).unwrap();
+        assert_eq!(incarnation_of(&root, "w").await, 1);
+        match then {
+            Then::Idle => {}
+            Then::Hang => {
+                // In the handler before the restart: a hang still queued would be the next
+                // incarnation's.
+                let (entered, inside) = tokio::sync::oneshot::channel();
+                worker.send(Command::HangSaying(entered)).unwrap();
+                inside.await.unwrap();
+            }
+            Then::Panic => {
+                worker.send(Command::Panic).unwrap();
+            }
+        }
+        if let Then::Panic = then {
+            eventually("the restart", LIMIT, || async { log.len() >= 3 }).await;
+        } else {
+            tokio::time::timeout(LIMIT, root.restart_child("w"))
+                .await
+                .expect("the restart finishes")
+                .unwrap();
+        }
+        assert_eq!(incarnation_of(&root, "w").await, 2);
+        assert_eq!(
+            log.entries(),
+            ["start w#1", "drop w#1", "start w#2"],
+            "{shutdown:?}, {then:?}"
+        );
+        tokio::time::timeout(LIMIT, root.stop())
+            .await
+            .expect("the tree stops")
+            .unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_significant_child_ends_its_supervisor_under_auto_shutdown() {
     let log = Log::default();

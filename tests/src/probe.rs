@@ -25,6 +25,8 @@ pub enum Command {
     Gate(oneshot::Receiver<()>),
     /// Never return, ignoring stop requests until killed.
     Hang,
+    /// As [`Command::Hang`], saying once it has begun.
+    HangSaying(oneshot::Sender<()>),
     /// Reply with the incarnation handling it.
     Incarnation(oneshot::Sender<u64>),
     /// Say it has begun, then block its thread (no await: a kill cannot cancel it) until
@@ -35,6 +37,8 @@ pub enum Command {
         /// What it blocks on.
         release: std::sync::mpsc::Receiver<()>,
     },
+    /// From now on, log `drop <id>#<n>` when this incarnation's state is dropped.
+    LogDrop,
     /// Stop normally, and in the stop hook say so, then block its thread until `release` is
     /// sent to or dropped, and log `stop <id>#<n>`.
     StopBlocked {
@@ -47,6 +51,22 @@ pub enum Command {
 
 /// A stop hook's gate: told once it blocks, and what it blocks on.
 type StopGate = (oneshot::Sender<()>, std::sync::mpsc::Receiver<()>);
+
+/// A probe incarnation's state.
+#[derive(Default)]
+pub struct ProbeState {
+    gate: Option<StopGate>,
+    /// Where, and as whom, its drop is logged (after [`Command::LogDrop`]).
+    drop_log: Option<(Log, String)>,
+}
+
+impl Drop for ProbeState {
+    fn drop(&mut self) {
+        if let Some((log, name)) = self.drop_log.take() {
+            log.push(format!("drop {name}"));
+        }
+    }
+}
 
 /// A shared, ordered record of what probes did.
 #[derive(Clone, Default, Debug)]
@@ -131,25 +151,22 @@ fn name(context: &WorkerContext<Command>) -> String {
 
 impl Worker for Probe {
     type Message = Command;
-    type State = Option<StopGate>;
+    type State = ProbeState;
 
-    async fn start(
-        &self,
-        context: &WorkerContext<Command>,
-    ) -> Result<Option<StopGate>, HandlerError> {
+    async fn start(&self, context: &WorkerContext<Command>) -> Result<ProbeState, HandlerError> {
         if self.failures.take() {
             self.log.push(format!("start-failed {}", name(context)));
             return Err(format!("refused to start {}", context.id()).into());
         }
         self.log.push(format!("start {}", name(context)));
-        Ok(None)
+        Ok(ProbeState::default())
     }
 
     async fn handle(
         &self,
         context: &WorkerContext<Command>,
         message: Command,
-        gate: &mut Option<StopGate>,
+        state: &mut ProbeState,
     ) -> Result<(), HandlerError> {
         match message {
             Command::Note(n) => self.log.push(format!("msg {} {n}", name(context))),
@@ -160,6 +177,10 @@ impl Worker for Probe {
                 let _ = gate.await;
             }
             Command::Hang => std::future::pending::<()>().await,
+            Command::HangSaying(entered) => {
+                let _ = entered.send(());
+                std::future::pending::<()>().await
+            }
             Command::Incarnation(reply) => {
                 let _ = reply.send(context.incarnation());
             }
@@ -169,15 +190,16 @@ impl Worker for Probe {
                 self.log.push(format!("end {}", name(context)));
             }
             Command::StopBlocked { entered, release } => {
-                *gate = Some((entered, release));
+                state.gate = Some((entered, release));
                 context.stop();
             }
+            Command::LogDrop => state.drop_log = Some((self.log.clone(), name(context))),
         }
         Ok(())
     }
 
-    async fn stop(&self, context: &WorkerContext<Command>, gate: &mut Option<StopGate>) {
-        if let Some((entered, release)) = gate.take() {
+    async fn stop(&self, context: &WorkerContext<Command>, state: &mut ProbeState) {
+        if let Some((entered, release)) = state.gate.take() {
             let _ = entered.send(());
             let _ = release.recv();
         }
