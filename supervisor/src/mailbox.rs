@@ -5,13 +5,14 @@
 //! queue allocates as messages arrive and gives memory back when drained, so an idle child costs
 //! no queue memory whatever its bound (a preallocated ring of 256 envelopes would cost ~20 KiB
 //! per idle entity). The
-//! ractor actor receives one [`Wake`] when an incarnation starts; its handler spawns the
-//! incarnation's drain task and awaits it. That task drains the queue and waits on the slot's
-//! waker when it is empty: a send to an idle child is a queue push and one wake of that task,
-//! not a message through ractor's channels, nor a poll of its actor loop and ports. The task
-//! ends only when the incarnation is to stop (a stop request sets the slot's interrupt flag and
-//! wakes it); a kill drops ractor's handler, which aborts the task, and the supervisor waits for
-//! the task to end (`Slot::drained`) before it reports the child stopped. A crash therefore loses
+//! ractor actor receives one [`Wake`] when an incarnation starts; its handler drains the queue
+//! until it first runs empty, then spawns the incarnation's drain task and awaits it. That task
+//! drains the queue and waits on the slot's waker when it is empty: a send to an idle child is a
+//! queue push and one wake of that task, not a message through ractor's channels, nor a poll of
+//! its actor loop and ports. The task ends only when the incarnation is to stop (a stop request
+//! sets the slot's interrupt flag and wakes it); a kill drops ractor's handler, which aborts the
+//! task, and the supervisor waits for the task to end (`Drains::drained`) before it reports the
+//! child stopped. A crash therefore loses
 //! only the message being handled; the queue, and every [`ChildRef`] to it, carry over to the
 //! next incarnation.
 //!
