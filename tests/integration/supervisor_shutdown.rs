@@ -234,10 +234,7 @@ async fn a_child_stopping_itself_is_waited_for_before_its_next_incarnation_start
             .expect("the restart finishes")
             .unwrap()
             .unwrap();
-        let worker = root.child::<Command>("w").await.unwrap();
-        let (reply, incarnation) = tokio::sync::oneshot::channel();
-        worker.send(Command::Incarnation(reply)).unwrap();
-        assert_eq!(incarnation.await.unwrap(), 2);
+        assert_eq!(incarnation_of(&root, "w").await, 2);
         assert_eq!(
             log.entries(),
             ["start w#1", "stop w#1", "start w#2"],
